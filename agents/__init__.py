@@ -1,0 +1,1 @@
+"""Learners that fit personalized rewards from offline preferences and plan against them."""

@@ -1,0 +1,54 @@
+"""lr-mdp-env: tabular MDPs with low-rank personalized rewards and simulated preference feedback.
+
+The world of DESIGN.md section 1: :class:`TabularMDP` and its families, users' low-rank reward
+structures, the Bradley-Terry teacher, offline preference datasets, exact dynamic programming and
+the Gymnasium environments (registered on import under the ``lr_mdp_env`` namespace).
+"""
+
+from .collection import collect_preferences, epsilon_optimal_policies, user_parameters
+from .dataset import PreferenceDataset
+from .dynamic_programming import (
+    backward_induction,
+    evaluate_policy,
+    expected_features,
+    occupancy,
+    return_moments,
+    uniform_policy,
+)
+from .families import chain_mdp, graph_mdp, gridworld_graph, gridworld_mdp, random_mdp
+from .mdp import TabularMDP, dense_features, one_hot_features, one_hot_time_features
+from .rewards import ContextualRewards, LowRankRewards, contextual_rewards, low_rank_rewards
+from .sampling import sample_trajectories
+from .subspace import principal_angle_distance
+from .teacher import Teacher
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ContextualRewards",
+    "LowRankRewards",
+    "PreferenceDataset",
+    "TabularMDP",
+    "Teacher",
+    "backward_induction",
+    "chain_mdp",
+    "collect_preferences",
+    "contextual_rewards",
+    "dense_features",
+    "epsilon_optimal_policies",
+    "evaluate_policy",
+    "expected_features",
+    "graph_mdp",
+    "gridworld_graph",
+    "gridworld_mdp",
+    "low_rank_rewards",
+    "occupancy",
+    "one_hot_features",
+    "one_hot_time_features",
+    "principal_angle_distance",
+    "random_mdp",
+    "return_moments",
+    "sample_trajectories",
+    "uniform_policy",
+    "user_parameters",
+]

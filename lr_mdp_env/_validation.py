@@ -1,0 +1,113 @@
+"""Boundary checks with messages that name the argument and the offending entry.
+
+Everything public validates its inputs here once; the numerical code behind it trusts them.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+PROBABILITY_TOLERANCE = 1e-8
+
+
+def as_real_array(name: str, value: Any, ndims: tuple[int, ...]) -> np.ndarray:
+    """Return ``value`` as a finite float64 array whose number of axes is one of ``ndims``."""
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be an array of real numbers, got {type(value).__name__}")
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be an array of real numbers ({error})") from None
+    if array.ndim not in ndims:
+        expected = " or ".join(str(n) for n in ndims)
+        raise ValueError(f"{name} must have {expected} axes, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+        raise ValueError(f"{name} must be finite, but {name}{list(bad)} = {array[bad]}")
+    return array
+
+
+def check_probability_rows(name: str, array: np.ndarray, index_names: tuple[str, ...]) -> None:
+    """Check that every row along the last axis is a probability vector.
+
+    ``index_names`` names the leading axes, so the message reads like
+    ``transitions[h=2, s=0, a=1] sums to 0.9, not 1``.
+    """
+    def where(index: tuple[int, ...]) -> str:
+        return ", ".join(f"{axis}={int(i)}" for axis, i in zip(index_names, index))
+
+    negative = np.argwhere(array < 0)
+    if negative.size:
+        index = tuple(negative[0])
+        raise ValueError(
+            f"{name} must be non-negative, but {name}[{where(index[:-1])}] has entry "
+            f"{array[index]!r} at position {int(index[-1])}"
+        )
+    sums = array.sum(axis=-1)
+    off = np.argwhere(np.abs(sums - 1.0) > PROBABILITY_TOLERANCE)
+    if off.size:
+        index = tuple(off[0])
+        raise ValueError(
+            f"{name}[{where(index)}] sums to {sums[index]!r}, not 1 "
+            f"(every row must be a probability distribution within {PROBABILITY_TOLERANCE})"
+        )
+
+
+def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return ``value`` as an ``int`` after checking its type and range."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}")
+    return value
+
+
+def check_real(
+    name: str,
+    value: Any,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    strict_minimum: bool = False,
+    allow_infinite: bool = False,
+) -> float:
+    """Return ``value`` as a ``float`` after checking type, finiteness and range."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if np.isnan(value) or (np.isinf(value) and not allow_infinite):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None:
+        if strict_minimum and not value > minimum:
+            raise ValueError(f"{name} must be greater than {minimum}, got {value}")
+        if value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}")
+    return value
+
+
+def as_generator(seed: Any) -> np.random.Generator:
+    """Turn a seed (int, ``SeedSequence``, ``Generator`` or ``None``) into a ``Generator``."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is None or isinstance(seed, np.random.SeedSequence):
+        return np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+        raise TypeError(
+            f"seed must be a non-negative int, numpy.random.SeedSequence or Generator, got {seed!r}"
+        )
+    return np.random.default_rng(int(seed))
+
+
+def frozen(array: np.ndarray) -> np.ndarray:
+    """Return a read-only view so that model parameters cannot be changed in place."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
