@@ -18,9 +18,13 @@ def as_real_array(name: str, value: Any, ndims: tuple[int, ...]) -> np.ndarray:
     if isinstance(value, (str, bytes)) or value is None:
         raise TypeError(f"{name} must be an array of real numbers, got {type(value).__name__}")
     try:
-        array = np.asarray(value, dtype=np.float64)
+        # A complex cast would only warn and drop the imaginary part.
+        is_complex = np.iscomplexobj(value)
+        array = None if is_complex else np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as error:
         raise TypeError(f"{name} must be an array of real numbers ({error})") from None
+    if array is None:
+        raise TypeError(f"{name} must be an array of real numbers, got complex values")
     if array.ndim not in ndims:
         expected = " or ".join(str(n) for n in ndims)
         raise ValueError(f"{name} must have {expected} axes, got shape {array.shape}")
@@ -36,22 +40,26 @@ def check_probability_rows(name: str, array: np.ndarray, index_names: tuple[str,
     ``index_names`` names the leading axes, so the message reads like
     ``transitions[h=2, s=0, a=1] sums to 0.9, not 1``.
     """
-    def where(index: tuple[int, ...]) -> str:
-        return ", ".join(f"{axis}={int(i)}" for axis, i in zip(index_names, index))
+    def row(index: tuple[int, ...]) -> str:
+        if array.ndim == 1:  # a single distribution has no row index to show
+            return name
+        return f"{name}[" + ", ".join(f"{axis}={int(i)}" for axis, i in zip(index_names, index)) + "]"
 
     negative = np.argwhere(array < 0)
     if negative.size:
         index = tuple(negative[0])
         raise ValueError(
-            f"{name} must be non-negative, but {name}[{where(index[:-1])}] has entry "
-            f"{array[index]!r} at position {int(index[-1])}"
+            f"{name} must be non-negative, but {row(index[:-1])} has entry "
+            f"{float(array[index])!r} at position {int(index[-1])}"
         )
     sums = array.sum(axis=-1)
-    off = np.argwhere(np.abs(sums - 1.0) > PROBABILITY_TOLERANCE)
+    # atleast_1d: for a single distribution the sum is 0-d, and argwhere of a 0-d array is empty
+    # even when the condition holds.
+    off = np.argwhere(np.atleast_1d(np.abs(sums - 1.0) > PROBABILITY_TOLERANCE))
     if off.size:
-        index = tuple(off[0])
+        index = tuple(off[0]) if array.ndim > 1 else ()
         raise ValueError(
-            f"{name}[{where(index)}] sums to {sums[index]!r}, not 1 "
+            f"{row(index)} sums to {float(sums[index])!r}, not 1 "
             f"(every row must be a probability distribution within {PROBABILITY_TOLERANCE})"
         )
 

@@ -65,7 +65,8 @@ def _behaviour_batch(
         if indices and policy is pair[0]:
             indices.append(indices[0])
             continue
-        policy = check_policy(mdp, policy, name if isinstance(behavior, tuple) else "behavior")
+        name = name if isinstance(behavior, tuple) else "behavior"
+        policy = check_policy(mdp, policy, name)
         offset = sum(block.shape[0] for block in blocks)
         if policy.ndim == 3:
             blocks.append(policy[None])

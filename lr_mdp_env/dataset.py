@@ -226,7 +226,11 @@ class PreferenceDataset:
             saving (checksum mismatch) or holds invalid data.
         """
         try:
-            with np.load(path, allow_pickle=False) as archive:
+            archive = np.load(path, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                # A plain .npy file loads as one array, which has no named arrays to read.
+                raise ValueError("it holds a single .npy array, not an .npz archive")
+            with archive:
                 contents = {name: archive[name] for name in archive.files}
         except FileNotFoundError:
             raise

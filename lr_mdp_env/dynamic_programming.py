@@ -17,8 +17,21 @@ from ._validation import as_real_array, check_probability_rows
 from .mdp import TabularMDP
 
 
-def check_reward(mdp: TabularMDP, reward: Any, name: str = "reward") -> np.ndarray:
-    """Validate a reward table of shape ``(H, S, A)`` or ``(N, H, S, A)``."""
+def check_reward(mdp: TabularMDP, reward: Any, name: str = "reward", *, finite: bool = True) -> np.ndarray:
+    """Validate a reward table of shape ``(H, S, A)`` or ``(N, H, S, A)``.
+
+    ``finite=False`` replaces the element-wise finiteness scan by one sum, which is non-finite
+    whenever an entry is; only then (or on overflow) does the full scan run to name the entry.
+    The output of a recursion cannot stand in for this test: ``-inf`` on a dominated action never
+    reaches the optimal values, and ``inf`` times a zero transition probability raises warnings
+    inside the matrix products.
+    """
+    if not finite and isinstance(reward, np.ndarray) and reward.dtype == np.float64:
+        if reward.ndim in (3, 4) and reward.shape[-3:] == (mdp.horizon, mdp.n_states, mdp.n_actions):
+            with np.errstate(over="ignore", invalid="ignore"):
+                total = reward.sum()
+            if np.isfinite(total):
+                return reward
     reward = as_real_array(name, reward, (3, 4))
     expected = (mdp.horizon, mdp.n_states, mdp.n_actions)
     if reward.shape[-3:] != expected:
@@ -52,6 +65,27 @@ def _expected_next(mdp: TabularMDP, step: int, next_values: np.ndarray) -> np.nd
     return flat.reshape(next_values.shape[:-1] + (n_states, n_actions))
 
 
+def _max_over_actions(q_values: np.ndarray) -> np.ndarray:
+    """``max_a q[..., a]`` by pairwise maxima of the action slices.
+
+    A reduction over a short last axis runs numpy's per-row inner loop once per state; the
+    ``A - 1`` element-wise maxima below stream through the array instead and are several times
+    faster for the action counts of tabular MDPs.
+    """
+    best = q_values[..., 0].copy()
+    for action in range(1, q_values.shape[-1]):
+        np.maximum(best, q_values[..., action], out=best)
+    return best
+
+
+def _keep_lowest_action(step_policy: np.ndarray, greedy: np.ndarray) -> None:
+    """Break exact ties of a greedy step in place: keep the lowest maximising action."""
+    tied = greedy.sum(axis=-1) > 1
+    step_policy[tied] = 0.0
+    first = greedy[tied].argmax(axis=-1)
+    step_policy[tied, first] = 1.0
+
+
 def backward_induction(mdp: TabularMDP, reward: Any) -> tuple[np.ndarray, np.ndarray]:
     """Optimal deterministic policy and values by backward induction.
 
@@ -76,22 +110,25 @@ def backward_induction(mdp: TabularMDP, reward: Any) -> tuple[np.ndarray, np.nda
     ----------
     Puterman, *Markov Decision Processes*, 1994, section 4.5.
     """
-    reward = check_reward(mdp, reward)
+    reward = check_reward(mdp, reward, finite=False)
     batched = reward.ndim == 4
     rewards = reward if batched else reward[None]
     n_users = rewards.shape[0]
     horizon, n_states, n_actions = mdp.horizon, mdp.n_states, mdp.n_actions
     values = np.empty((n_users, horizon, n_states))
-    actions = np.empty((n_users, horizon, n_states), dtype=np.int64)
+    policy = np.empty((n_users, horizon, n_states, n_actions))
     next_values = np.zeros((n_users, n_states))
     for step in range(horizon - 1, -1, -1):
         q_values = _expected_next(mdp, step, next_values)
         q_values += rewards[:, step]
-        actions[:, step] = q_values.argmax(axis=-1)
-        next_values = np.take_along_axis(q_values, actions[:, step, :, None], axis=-1)[..., 0]
+        next_values = _max_over_actions(q_values)
         values[:, step] = next_values
-    policy = np.zeros((n_users, horizon, n_states, n_actions))
-    np.put_along_axis(policy, actions[..., None], 1.0, axis=-1)
+        greedy = q_values == next_values[..., None]
+        policy[:, step] = greedy
+        if np.count_nonzero(greedy) > greedy.size // n_actions:
+            _keep_lowest_action(policy[:, step], greedy)
+    if not np.all(np.isfinite(values)):
+        check_reward(mdp, reward)  # a non-finite value comes from a non-finite reward: name it
     if not batched:
         return policy[0], values[0]
     return policy, values

@@ -190,8 +190,11 @@ def _normalisation(theta: np.ndarray, mdp: TabularMDP | None, scale: float) -> f
             raise ValueError(
                 f"mdp has {mdp.n_features} features but the rewards have n_features={theta.shape[0]}"
             )
-        _, variance = return_moments(mdp, uniform_policy(mdp), mdp.reward(theta.T))
-        size = np.sqrt(np.mean(2 * variance))
+        mean, variance = return_moments(mdp, uniform_policy(mdp), mdp.reward(theta.T))
+        # The variance is E[R^2] - E[R]^2, accurate only to a few ulps of E[R^2]: a spread below
+        # that noise is a constant return, which must not be blown up to the requested scale.
+        informative = variance > 1e-10 * (mean**2 + variance)
+        size = np.sqrt(np.mean(2 * np.where(informative, variance, 0.0)))
         what = "every trajectory of mdp has the same return for every user"
     if not size > 1e-12:
         raise ValueError(f"the rewards cannot be scaled to scale={scale}: {what}")
