@@ -122,8 +122,12 @@ def collect_preferences(
         counts = np.full(n_users, check_int("n_pairs_per_user", n_pairs_per_user, minimum=0))
     else:
         counts = np.asarray(n_pairs_per_user)
-        if counts.dtype.kind not in "iu" or counts.shape != (n_users,):
+        if counts.dtype.kind not in "iu":
             raise TypeError(
+                f"n_pairs_per_user must be an int or an integer array, got dtype {counts.dtype}"
+            )
+        if counts.shape != (n_users,):
+            raise ValueError(
                 f"n_pairs_per_user must be an int or an integer array of shape ({n_users},), "
                 f"got {counts.dtype} {counts.shape}"
             )
@@ -155,7 +159,7 @@ def collect_preferences(
         "behavior": "uniform" if behavior is None or isinstance(behavior, str) else "given",
         "n_pairs_requested": int(n),
         "skipped": int(n - keep.sum()),
-        "seed": seed if isinstance(seed, int) else None,
+        "seed": int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None,
     }
     return PreferenceDataset(
         users=users[keep],

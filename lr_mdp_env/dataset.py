@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import zipfile
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -209,11 +210,20 @@ class PreferenceDataset:
             arrays["contexts"] = self.contexts
         return arrays
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write a compressed ``.npz`` with a checksum, readable without pickle."""
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a compressed ``.npz`` with a checksum, readable without pickle.
+
+        The suffix ``.npz`` is added when missing (as numpy would); the path written is returned.
+        The checksum covers every array and the metadata.
+        """
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
         arrays = self._arrays()
-        header = json.dumps({"format": FORMAT, "metadata": self.metadata, "checksum": _checksum(arrays)})
+        header = json.dumps({"format": FORMAT, "metadata": self.metadata,
+                             "checksum": _checksum(arrays, self.metadata)})
         np.savez_compressed(path, header=np.array(header), **arrays)
+        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PreferenceDataset:
@@ -225,6 +235,9 @@ class PreferenceDataset:
             If the file is truncated or not an ``.npz``, lacks an array, was modified after
             saving (checksum mismatch) or holds invalid data.
         """
+        path = Path(path)
+        if not path.exists() and path.suffix != ".npz" and path.with_name(path.name + ".npz").exists():
+            path = path.with_name(path.name + ".npz")
         try:
             archive = np.load(path, allow_pickle=False)
             if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -243,14 +256,18 @@ class PreferenceDataset:
                    if name not in contents]
         if missing:
             raise ValueError(f"{os.fspath(path)!r} is not a preference dataset: missing array(s) {missing}")
+        unknown = sorted(set(contents) - {"header", "users", *_TRAJECTORY_ARRAYS, "labels", "probabilities",
+                                          "sizes", "contexts"})
+        if unknown:
+            raise ValueError(f"{os.fspath(path)!r} is not a preference dataset: unknown array(s) {unknown}")
         try:
             header = json.loads(str(contents.pop("header")))
             assert header["format"] == FORMAT
         except (ValueError, KeyError, TypeError, AssertionError):
             raise ValueError(f"{os.fspath(path)!r} has no valid header of format {FORMAT!r}") from None
-        if _checksum(contents) != header.get("checksum"):
+        if _checksum(contents, header.get("metadata")) != header.get("checksum"):
             raise ValueError(
-                f"{os.fspath(path)!r} failed its checksum: the arrays were modified after saving"
+                f"{os.fspath(path)!r} failed its checksum: the arrays or metadata were modified after saving"
             )
         n_users, n_states, n_actions, horizon = (int(v) for v in contents.pop("sizes"))
         return cls(
@@ -259,8 +276,8 @@ class PreferenceDataset:
         )
 
 
-def _checksum(arrays: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
+def _checksum(arrays: dict[str, np.ndarray], metadata: Any) -> str:
+    digest = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode())
     for name in sorted(arrays):
         array = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())

@@ -226,6 +226,10 @@ def return_moments(mdp: TabularMDP, policy: Any, reward: Any) -> tuple[np.ndarra
     """
     reward = check_reward(mdp, reward)
     policy = check_policy(mdp, policy)
+    if policy.ndim == 4 and reward.ndim == 4 and policy.shape[0] != reward.shape[0]:
+        raise ValueError(
+            f"policy and reward batch different numbers of users: {policy.shape[0]} and {reward.shape[0]}"
+        )
     shape = np.broadcast_shapes(policy.shape, reward.shape)
     first = np.zeros(shape[:-3] + (mdp.n_states,))
     second = np.zeros_like(first)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import zipfile
 
@@ -116,8 +117,29 @@ def test_file_that_is_not_an_npz_is_rejected(tmp_path):
 def test_tampered_array_fails_the_checksum(saved, dataset):
     flipped = 1.0 - np.asarray(dataset.labels)  # still valid labels: only the checksum can tell
     _rewrite_archive(saved, replace={"labels.npy": _npy(flipped)})
-    with pytest.raises(ValueError, match=r"failed its checksum: the arrays were modified after saving"):
+    with pytest.raises(ValueError, match=r"failed its checksum: the arrays or metadata were modified after saving"):
         PreferenceDataset.load(saved)
+
+
+def test_tampered_metadata_fails_the_checksum(saved):
+    with zipfile.ZipFile(saved) as archive:
+        header = json.loads(str(np.load(io.BytesIO(archive.read("header.npy")))))
+    header["metadata"]["skipped"] = 12345
+    _rewrite_archive(saved, replace={"header.npy": _npy(np.array(json.dumps(header)))})
+    with pytest.raises(ValueError, match=r"failed its checksum"):
+        PreferenceDataset.load(saved)
+
+
+def test_unknown_array_is_rejected(saved):
+    _rewrite_archive(saved, replace={"extra.npy": _npy(np.arange(3))})
+    with pytest.raises(ValueError, match=r"unknown array\(s\) \['extra'\]"):
+        PreferenceDataset.load(saved)
+
+
+def test_save_adds_the_suffix_and_load_finds_it(tmp_path, dataset):
+    written = dataset.save(tmp_path / "data")
+    assert written == tmp_path / "data.npz" and written.exists()
+    assert np.array_equal(PreferenceDataset.load(tmp_path / "data").labels, dataset.labels)
 
 
 def test_tampered_dtype_fails_the_checksum(saved, dataset):
