@@ -52,3 +52,23 @@ __all__ = [
     "uniform_policy",
     "user_parameters",
 ]
+
+# Gymnasium environments: importing the package registers the ``lr_mdp_env/...`` ids.
+from .envs import (  # noqa: E402
+    PreferenceEnvParams,
+    PreferenceEnvState,
+    PreferenceFeedback,
+    TabularPreferenceEnv,
+    TabularPreferenceVectorEnv,
+    register_envs,
+)
+
+register_envs()
+
+__all__ += [
+    "PreferenceEnvParams",
+    "PreferenceEnvState",
+    "PreferenceFeedback",
+    "TabularPreferenceEnv",
+    "TabularPreferenceVectorEnv",
+]

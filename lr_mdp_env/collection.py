@@ -147,9 +147,14 @@ def collect_preferences(
         mdp, policies, policy_index=policy_index, seed=trajectory_seed, transitions=transition_sampler(mdp)
     )
     reward_table = mdp.reward(theta)
-    step_rewards = reward_table[np.concatenate([users, users])[:, None], np.arange(mdp.horizon), states, actions]
+    # One flat gather: index ((i H + h) S + s) A + a of the (N, H, S, A) table.
+    both_users = np.concatenate([users, users])[:, None]
+    flat_index = ((both_users * mdp.horizon + np.arange(mdp.horizon)) * mdp.n_states + states) * mdp.n_actions + actions
+    step_rewards = reward_table.ravel()[flat_index]
     answers = teacher.answer(step_rewards[:n], step_rewards[n:], seed=label_seed)
     keep = answers.answered
+    if keep.all():
+        keep = slice(None)  # a view instead of a copy when the teacher answered every pair
     contexts = None
     if isinstance(rewards, ContextualRewards):
         contexts = rewards.contexts[users[keep]]
@@ -158,7 +163,7 @@ def collect_preferences(
                     "myopia": teacher.myopia, "skip": teacher.skip, "equal": teacher.equal},
         "behavior": "uniform" if behavior is None or isinstance(behavior, str) else "given",
         "n_pairs_requested": int(n),
-        "skipped": int(n - keep.sum()),
+        "skipped": int(n - answers.answered.sum()),
         "seed": int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None,
     }
     return PreferenceDataset(

@@ -295,6 +295,8 @@ def _integer_array(name: str, value: Any, ndim: int) -> np.ndarray:
 
 
 def _check_range(name: str, array: np.ndarray, upper: int) -> None:
+    if array.size == 0 or (array.min() >= 0 and array.max() < upper):
+        return
     bad = np.argwhere((array < 0) | (array >= upper))
     if bad.size:
         index = tuple(int(i) for i in bad[0])

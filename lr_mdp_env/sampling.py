@@ -15,6 +15,20 @@ from .dynamic_programming import check_policy
 from .mdp import TabularMDP
 
 
+def closed_cdf(probabilities: np.ndarray) -> np.ndarray:
+    """Cumulative rows ``(n_rows, K)`` closed at exactly 1 from each row's last positive entry.
+
+    A uniform ``u`` in ``[0, 1)`` then maps to the first ``i`` with ``cdf[i] > u``: never past
+    the row, never a zero-probability entry. Every sampler of the package (the vectorised one
+    and the environments' per-step lookup) uses this table, so they draw the same outcomes.
+    """
+    n_outcomes = probabilities.shape[1]
+    cdf = np.minimum(np.cumsum(probabilities, axis=1), 1.0)
+    last_positive = n_outcomes - 1 - np.argmax(probabilities[:, ::-1] > 0, axis=1)
+    cdf[np.arange(n_outcomes)[None, :] >= last_positive[:, None]] = 1.0
+    return cdf
+
+
 class CategoricalSampler:
     """Exact inverse-CDF sampling from many categorical distributions at once.
 
@@ -33,11 +47,14 @@ class CategoricalSampler:
 
     def __init__(self, probabilities: np.ndarray) -> None:
         n_rows, n_outcomes = probabilities.shape
-        cdf = np.cumsum(probabilities, axis=1)
-        # The last positive entry closes each row at exactly 1 so that u < 1 always stops there.
-        last_positive = n_outcomes - 1 - np.argmax(probabilities[:, ::-1] > 0, axis=1)
-        np.minimum(cdf, 1.0, out=cdf)
-        cdf[np.arange(n_outcomes)[None, :] >= last_positive[:, None]] = 1.0
+        # Two common tables need no search at all: every row uniform (the default behaviour
+        # policy), where the inverse CDF is floor(u K), and every row a point mass (deterministic
+        # policies), a lookup.
+        self._uniform = bool(np.all(probabilities == 1.0 / n_outcomes))
+        self._deterministic = None
+        if not self._uniform and np.all((probabilities == 0) | (probabilities == 1)):
+            self._deterministic = probabilities.argmax(axis=1)
+        cdf = closed_cdf(probabilities)
         # bucket[j, i] = smallest k with cdf[j, i] <= k / K, nudged up so rounding can only make
         # the guide start earlier (never past the answer).
         bucket = np.minimum(np.ceil(cdf * n_outcomes + 1e-9).astype(np.int64), n_outcomes)
@@ -51,6 +68,10 @@ class CategoricalSampler:
     def sample(self, rows: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
         """Outcome index for each ``rows[m]`` given uniforms ``u[m]`` in ``[0, 1)``."""
         n_outcomes = self._n_outcomes
+        if self._uniform:
+            return np.minimum((uniforms * n_outcomes).astype(np.int64), n_outcomes - 1)
+        if self._deterministic is not None:
+            return self._deterministic[rows]
         offsets = rows * n_outcomes
         buckets = (uniforms * n_outcomes).astype(np.int64)
         positions = offsets + self._guide[offsets + buckets]
@@ -121,18 +142,20 @@ def sample_trajectories(
     actions_sampler = CategoricalSampler(policies.reshape(-1, n_actions))
     initial = CategoricalSampler(mdp.initial_distribution[None])
 
-    states = np.empty((n, horizon), dtype=np.int64)
-    actions = np.empty((n, horizon), dtype=np.int64)
+    # Step-major buffers keep every per-step write contiguous; the (n, H) results are their
+    # transposed (Fortran-ordered) views.
+    states = np.empty((horizon, n), dtype=np.int64)
+    actions = np.empty((horizon, n), dtype=np.int64)
     uniforms = rng.random((2 * horizon + 1, n))
     current = initial.sample(np.zeros(n, dtype=np.int64), uniforms[0])
     policy_rows = index * (horizon * n_states)
     step_rows = 0 if mdp.stationary_transitions else n_states * n_actions
     for step in range(horizon):
-        states[:, step] = current
+        states[step] = current
         action = actions_sampler.sample(policy_rows + step * n_states + current, uniforms[2 * step + 1])
-        actions[:, step] = action
+        actions[step] = action
         if step + 1 < horizon:
             current = transitions.sample(
                 step * step_rows + current * n_actions + action, uniforms[2 * step + 2]
             )
-    return states, actions
+    return states.T, actions.T
