@@ -1,1 +1,45 @@
-"""Learners that fit personalized rewards from offline preferences and plan against them."""
+"""Learners that fit personalized rewards from offline preferences (DESIGN.md section 2).
+
+Estimators take a :class:`~lr_mdp_env.PreferenceDataset` and the :class:`~lr_mdp_env.TabularMDP`
+it came from, and expose each user's point estimate ``theta_hat`` and an ellipsoidal
+confidence set. They work on the world's arrays, never on Gymnasium environments.
+"""
+
+from .confidence import Ellipsoid, theory_radius, wald_radius
+from .contextual import BilinearCoordinates, FullRankContextual, LoCoPRS, rtv_coordinates
+from .data import ComparisonData, comparison_data
+from .estimators import IndependentMLE, OracleSubspaceMLE, PooledMLE, PShareLoRA, RewardEstimator
+from .factorized import FactoredFit, fit_factored, spectral_start
+from .logistic import ConvergenceWarning, LogisticFit, fit_logistic
+from .metrics import coverage, estimation_report, preference_accuracy, reward_errors, subspace_distance
+from .tuning import DEFAULT_RIDGE_GRID, select_ridge
+
+__all__ = [
+    "BilinearCoordinates",
+    "ComparisonData",
+    "ConvergenceWarning",
+    "DEFAULT_RIDGE_GRID",
+    "Ellipsoid",
+    "FactoredFit",
+    "FullRankContextual",
+    "IndependentMLE",
+    "LoCoPRS",
+    "LogisticFit",
+    "OracleSubspaceMLE",
+    "PShareLoRA",
+    "PooledMLE",
+    "RewardEstimator",
+    "comparison_data",
+    "coverage",
+    "estimation_report",
+    "fit_factored",
+    "fit_logistic",
+    "preference_accuracy",
+    "reward_errors",
+    "rtv_coordinates",
+    "select_ridge",
+    "spectral_start",
+    "subspace_distance",
+    "theory_radius",
+    "wald_radius",
+]

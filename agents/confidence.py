@@ -1,0 +1,187 @@
+"""Ellipsoidal confidence sets for reward parameters and their two radii."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import chi2
+
+from lr_mdp_env._validation import as_real_array, check_int, check_real, frozen
+
+
+@dataclass(frozen=True, eq=False)
+class Ellipsoid:
+    """The set ``C = {offset + basis @ w : ||w - center||_matrix <= radius}`` (DESIGN.md 2.1).
+
+    ``||u||_M = sqrt(u^T M u)``. The map ``G = basis^T`` takes a feature-space vector ``v`` to the
+    set's coordinates, since ``theta . v = offset . v + w . (G v)``; so over the set
+    ``theta . v`` ranges over ``offset . v + center . G v +- radius ||G v||_{M^{-1}}``.
+
+    Attributes
+    ----------
+    offset : ndarray, shape (d,)
+        Known part of every member (e.g. the base reward ``Theta_0[:, i]``).
+    basis : ndarray, shape (d, k)
+        Columns spanning the directions the set can move in (``U_hat`` for P-ShareLoRA, the
+        identity for a full-dimensional set, the RTV basis of a context for LoCo-RLHF).
+    center : ndarray, shape (k,)
+    matrix : ndarray, shape (k, k)
+        Symmetric positive definite ``M``.
+    radius : float
+    """
+
+    offset: np.ndarray
+    basis: np.ndarray
+    center: np.ndarray
+    matrix: np.ndarray
+    radius: float
+
+    def __post_init__(self) -> None:
+        offset = as_real_array("offset", self.offset, (1,))
+        basis = as_real_array("basis", self.basis, (2,))
+        center = as_real_array("center", self.center, (1,))
+        matrix = as_real_array("matrix", self.matrix, (2,))
+        d, k = basis.shape
+        if offset.shape != (d,):
+            raise ValueError(f"offset must have shape ({d},) to match basis {basis.shape}, got {offset.shape}")
+        if center.shape != (k,) or matrix.shape != (k, k):
+            raise ValueError(
+                f"center must have shape ({k},) and matrix ({k}, {k}) to match basis {basis.shape}, "
+                f"got {center.shape} and {matrix.shape}"
+            )
+        if not np.allclose(matrix, matrix.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(matrix).max())):
+            raise ValueError("matrix must be symmetric")
+        try:
+            cholesky = np.linalg.cholesky(matrix)
+        except np.linalg.LinAlgError:
+            raise ValueError("matrix must be positive definite") from None
+        radius = check_real("radius", self.radius, 0.0)
+        set_ = object.__setattr__
+        set_(self, "offset", frozen(offset))
+        set_(self, "basis", frozen(basis))
+        set_(self, "center", frozen(center))
+        set_(self, "matrix", frozen(matrix))
+        set_(self, "radius", radius)
+        set_(self, "_cholesky", cholesky)
+
+    @property
+    def dimension(self) -> int:
+        """``k``, the number of free coordinates."""
+        return self.basis.shape[1]
+
+    @property
+    def theta_hat(self) -> np.ndarray:
+        """The centre in feature space, ``offset + basis @ center``."""
+        return self.offset + self.basis @ self.center
+
+    def coordinates(self, vectors: Any) -> np.ndarray:
+        """``G v = basis^T v`` for ``v`` of shape ``(d,)`` or ``(..., d)``."""
+        return np.asarray(vectors, dtype=float) @ self.basis
+
+    def dual_norm(self, vectors: Any) -> np.ndarray:
+        """``||G v||_{M^{-1}}`` for ``v`` of shape ``(d,)`` or ``(..., d)``."""
+        coordinates = self.coordinates(vectors)
+        # Columns (k, m) for any number of leading axes: solve treats a 3-D right-hand side as a batch.
+        columns = np.reshape(coordinates, (-1, coordinates.shape[-1])).T
+        whitened = np.linalg.solve(self._cholesky, columns)
+        return np.sqrt(np.sum(whitened**2, axis=0)).reshape(coordinates.shape[:-1])
+
+    def lower(self, vectors: Any) -> np.ndarray | float:
+        """``min_{theta in C} theta . v`` in closed form: ``theta_hat . v - radius ||G v||_{M^{-1}}``."""
+        value = np.asarray(vectors, dtype=float) @ self.theta_hat - self.radius * self.dual_norm(vectors)
+        return float(value) if np.ndim(value) == 0 else value
+
+    def upper(self, vectors: Any) -> np.ndarray | float:
+        """``max_{theta in C} theta . v = theta_hat . v + radius ||G v||_{M^{-1}}``."""
+        value = np.asarray(vectors, dtype=float) @ self.theta_hat + self.radius * self.dual_norm(vectors)
+        return float(value) if np.ndim(value) == 0 else value
+
+    def _image_residual(self, theta: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``u = theta - theta_hat`` and its least-squares part in ``range(basis)``."""
+        theta = as_real_array("theta", theta, (1,))
+        if theta.shape != self.offset.shape:
+            raise ValueError(f"theta must have shape {self.offset.shape}, got {theta.shape}")
+        residual = theta - self.theta_hat
+        in_range = self.basis @ np.linalg.lstsq(self.basis, residual, rcond=None)[0]
+        return residual, in_range
+
+    def distance(self, theta: Any) -> float:
+        """Smallest ``||w - center||_M`` over coordinates ``w`` that map to ``theta``'s projection
+        onto the affine span ``offset + range(basis)``: ``sqrt(u^T (B M^{-1} B^T)^+ u)``.
+
+        This is the quantity compared with the radius; it is correct also when ``basis`` is not
+        injective (the RTV basis of a context has more columns than rows).
+        """
+        _, in_range = self._image_residual(theta)
+        whitened_basis = np.linalg.solve(self._cholesky, self.basis.T)  # L^{-1} B^T, M = L L^T
+        image = whitened_basis.T @ whitened_basis  # B M^{-1} B^T
+        return float(np.sqrt(max(in_range @ np.linalg.pinv(image, hermitian=True) @ in_range, 0.0)))
+
+    def contains(self, theta: Any, *, project: bool = False, atol: float = 1e-9) -> bool:
+        """Whether ``theta`` is in the set.
+
+        With ``project=True``, whether its projection onto the affine span
+        ``offset + range(basis)`` is (coverage of the truth's projection for reduced sets);
+        otherwise ``theta`` must also lie on that span within ``atol`` relative.
+        """
+        residual, in_range = self._image_residual(theta)
+        if not project and np.linalg.norm(residual - in_range) > atol * max(1.0, np.linalg.norm(theta)):
+            return False
+        return self.distance(theta) <= self.radius * (1 + 1e-12) + 1e-12
+
+
+def wald_radius(dimension: int, delta: float) -> float:
+    """Asymptotic radius ``sqrt(chi2.ppf(1 - delta, k))``, used with the Fisher information.
+
+    With ``M = sum_j sigmoid'(eta_j) (beta z_j)(beta z_j)^T + lambda I`` at the MLE,
+    ``||w_hat - w*||_M^2`` is asymptotically ``chi^2_k``, so the set covers with probability
+    ``-> 1 - delta`` as the number of comparisons grows (and the ridge's bias vanishes).
+
+    References
+    ----------
+    van der Vaart, *Asymptotic Statistics*, 1998, chapter 5 (asymptotic normality of the MLE).
+    """
+    dimension = check_int("dimension", dimension, minimum=1)
+    delta = check_real("delta", delta, 0.0, 1.0, strict_minimum=True)
+    return float(np.sqrt(chi2.ppf(1.0 - delta, dimension)))
+
+
+def theory_radius(gram: np.ndarray, ridge: float, delta: float, feature_bound: float, norm_bound: float) -> float:
+    """Finite-sample self-normalised radius for logistic models, with explicit constants.
+
+    ``radius = (1 / gamma) (0.5 sqrt(2 log(1 / delta) + log(det M / det(lambda I))) + sqrt(lambda) B)``
+    with the unnormalised Gram matrix ``M = lambda I + sum_j (beta z_j)(beta z_j)^T``,
+    ``gamma = 1 / (2 + exp(L B) + exp(-L B))`` the smallest slope ``sigmoid'`` on ``|eta| <= L B``,
+    ``L >= max_j ||beta z_j||`` and ``B >= ||w*||``.
+
+    The noise ``y - sigmoid(eta)`` is ``1/2``-sub-Gaussian, so the self-normalised bound of
+    Abbasi-Yadkori, Pal and Szepesvari gives ``||sum_j noise_j beta z_j||_{M^{-1}} <= 0.5 sqrt(...)``
+    with probability ``1 - delta``; the GLM argument of Li, Lu and Zhou turns it into a bound on
+    ``||w_hat - w*||_M`` by dividing by ``gamma`` and adds the ridge's bias ``sqrt(lambda) B``.
+    The assumptions bind where ``B`` or ``L`` is underestimated (the set may then miss the truth)
+    and through ``gamma``, which makes the radius grow like ``exp(L B)`` for confident labels.
+
+    References
+    ----------
+    Abbasi-Yadkori, Pal and Szepesvari, *Improved Algorithms for Linear Stochastic Bandits*,
+    NeurIPS 2011, Theorem 1. Li, Lu and Zhou, *Provably Optimal Algorithms for Generalized Linear
+    Contextual Bandits*, ICML 2017. Zhu, Jordan and Jiao, ICML 2023.
+    """
+    delta = check_real("delta", delta, 0.0, 1.0, strict_minimum=True)
+    ridge = check_real("ridge", ridge, 0.0, strict_minimum=True)
+    feature_bound = check_real("feature_bound", feature_bound, 0.0)
+    norm_bound = check_real("norm_bound", norm_bound, 0.0)
+    gram = as_real_array("gram", gram, (2,))
+    if gram.shape[0] != gram.shape[1]:
+        raise ValueError(f"gram must be a square matrix, got shape {gram.shape}")
+    k = gram.shape[0]
+    # The sign of the determinant cannot tell a positive definite matrix from one with an even
+    # number of negative eigenvalues: check the eigenvalues themselves.
+    eigenvalues = np.linalg.eigvalsh(0.5 * (gram + gram.T))
+    if not eigenvalues.min(initial=np.inf) > 0:
+        raise ValueError("gram must be positive definite")
+    log_det_ratio = float(np.sum(np.log(eigenvalues))) - k * np.log(ridge)
+    gamma = 1.0 / (2.0 + np.exp(feature_bound * norm_bound) + np.exp(-feature_bound * norm_bound))
+    return float((0.5 * np.sqrt(2 * np.log(1 / delta) + log_det_ratio) + np.sqrt(ridge) * norm_bound) / gamma)

@@ -1,0 +1,249 @@
+"""Contextual reward estimators: LoCo-RLHF's pessimism in reduced subspace (PRS) and full rank.
+
+The reward of a user with context ``x`` is ``x^T Theta_c phi`` (DESIGN.md 1.2), so a comparison
+observes ``eta_j = beta x_j^T Theta_c z_j = beta <Theta_c, x_j z_j^T>``. Both estimators write
+``Theta_c`` in blocks ``Theta_c = sum_k L_k K_k R_k^T`` for fixed orthonormal bases ``L_k``
+(context side) and ``R_k`` (feature side) and fit the vectorised blocks ``kappa`` by the ridge
+logistic MLE, whose features are ``vec((L_k^T x)(R_k^T z)^T)``:
+
+- full rank: one block ``(I_{d_x}, I_d)``, ``k = d_x d`` coordinates;
+- LoCo-RLHF (rotation-truncation-vectorisation, RTV): from the rank-``r`` fit ``U_hat V_hat^T``,
+  the blocks ``(U, V)``, ``(U, V_perp)`` and ``(U_perp, V)`` of the rotated matrix
+  ``[U U_perp]^T Theta_c [V V_perp]``, dropping ``(U_perp, V_perp)``:
+  ``k = r^2 + r (d - r) + (d_x - r) r = (d_x + d) r - r^2``.
+
+For a context ``x`` the set of rewards is ``{theta(x) = B_x kappa}`` with
+``B_x = [kron(L_k^T x, R_k)]_k``, an :class:`~agents.confidence.Ellipsoid` whose map ``G = B_x^T``
+sends a feature vector ``v`` to the RTV features of ``(x, v)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from lr_mdp_env import PreferenceDataset, TabularMDP
+from lr_mdp_env._validation import as_real_array, check_int
+
+from .confidence import Ellipsoid, theory_radius, wald_radius
+from .data import ComparisonData, comparison_data
+from .estimators import RewardEstimator
+from .factorized import fit_factored, spectral_start
+from .logistic import fit_logistic
+from .tuning import select_ridge
+
+
+def _complete(basis: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of the orthogonal complement of ``basis``'s columns."""
+    complete, _ = np.linalg.qr(basis, mode="complete")
+    return complete[:, basis.shape[1]:]
+
+
+class BilinearCoordinates:
+    """Blocks ``(L_k, R_k)`` of ``Theta_c = sum_k L_k K_k R_k^T`` and the maps in and out of them.
+
+    Parameters
+    ----------
+    blocks : list of (ndarray (d_x, a_k), ndarray (d, b_k))
+    """
+
+    def __init__(self, blocks: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.blocks = blocks
+        self.sizes = [left.shape[1] * right.shape[1] for left, right in blocks]
+
+    @property
+    def dimension(self) -> int:
+        return sum(self.sizes)
+
+    def features(self, contexts: np.ndarray, vectors: Any) -> np.ndarray:
+        """``vec((L_k^T x_j)(R_k^T v_j)^T)`` for paired rows ``x_j``, ``v_j``: ``(n, k)``."""
+        parts = []
+        for left, right in self.blocks:
+            left_part = contexts @ left
+            right_part = np.asarray(vectors @ right)
+            parts.append((left_part[:, :, None] * right_part[:, None, :]).reshape(contexts.shape[0], -1))
+        return np.hstack(parts)
+
+    def matrix(self, kappa: np.ndarray) -> np.ndarray:
+        """``Theta_c = sum_k L_k K_k R_k^T`` for the vectorised blocks ``kappa``."""
+        total = 0.0
+        for (left, right), block in zip(self.blocks, np.split(kappa, np.cumsum(self.sizes)[:-1])):
+            total = total + left @ block.reshape(left.shape[1], right.shape[1]) @ right.T
+        return total
+
+    def coordinates(self, theta_c: np.ndarray) -> np.ndarray:
+        """The blocks ``K_k = L_k^T Theta_c R_k`` of a matrix (its projection onto the coordinates)."""
+        return np.concatenate([np.ravel(left.T @ theta_c @ right) for left, right in self.blocks])
+
+    def basis_for(self, context: np.ndarray) -> np.ndarray:
+        """``B_x`` with ``theta(x) = Theta_c^T x = B_x kappa``: shape ``(d, k)``."""
+        columns = []
+        for left, right in self.blocks:
+            weights = left.T @ context
+            columns.append((right[:, None, :] * weights[None, :, None]).reshape(right.shape[0], -1))
+        return np.hstack(columns)
+
+
+class _ContextualEstimator(RewardEstimator):
+    """Shared fitting of ``kappa`` and the per-context confidence sets."""
+
+    def _prepare(self, data: ComparisonData, mdp: TabularMDP) -> None:
+        if data.contexts is None:
+            raise ValueError("the dataset has no contexts: contextual estimators need contextual data "
+                             "(collect_preferences with ContextualRewards)")
+        self._dense_differences = None
+
+    def _coordinates(self, data: ComparisonData, ridge: float) -> BilinearCoordinates:
+        raise NotImplementedError
+
+    def _fit(self, data: ComparisonData, ridge: float) -> None:
+        coordinates = self._coordinates(data, ridge)
+        features = coordinates.features(data.contexts, data.differences)
+        fit = fit_logistic(features, data.labels, offsets=data.offsets, beta=self.beta, ridge=ridge, tol=self.tol)
+        self._record("coordinates", fit)
+        self.coordinates_ = coordinates
+        self.kappa_hat = fit.theta[0]
+        self.fisher_ = fit.fisher[0]
+        self._features = features
+        self.theta_c_hat = coordinates.matrix(self.kappa_hat)
+        first_rows = np.unique(data.users, return_index=True)[1]
+        user_contexts = np.zeros((data.n_users, data.contexts.shape[1]))
+        user_contexts[data.users[first_rows]] = data.contexts[first_rows]
+        self.user_contexts = user_contexts
+        self.theta_hat = user_contexts @ self.theta_c_hat
+
+    def pair_logits(self, data: ComparisonData) -> np.ndarray:
+        return data.offsets + self.beta * data.row_dot(data.contexts @ self.theta_c_hat)
+
+    def theta_for(self, contexts: Any) -> np.ndarray:
+        """``theta_hat(x) = Theta_c_hat^T x`` for contexts ``(n, d_x)`` or ``(d_x,)``."""
+        return as_real_array("contexts", contexts, (1, 2)) @ self.theta_c_hat
+
+    def _set_matrix_and_radius(self) -> tuple[np.ndarray, float]:
+        k = self.coordinates_.dimension
+        if self.radius == "wald":
+            return self.fisher_, wald_radius(k, self.delta)
+        gram = self.beta**2 * self._features.T @ self._features + self.ridge_ * np.eye(k)
+        feature_bound = float(self.beta * np.max(np.linalg.norm(self._features, axis=1), initial=0.0))
+        norm_bound = self.norm_bound if self.norm_bound is not None else 2.0 * float(np.linalg.norm(self.kappa_hat)) or 1.0
+        return gram, theory_radius(gram, self.ridge_, self.delta, feature_bound, norm_bound)
+
+    def confidence_set(self, user: int | None = None, *, context: Any = None) -> Ellipsoid:
+        """``1 - delta`` set of ``theta(x)`` for a context ``x`` (or the context of ``user``)."""
+        if (user is None) == (context is None):
+            raise ValueError("give exactly one of user and context")
+        if context is None:
+            user = check_int("user", user, minimum=0, maximum=self.user_contexts.shape[0] - 1)
+            context = self.user_contexts[user]
+        context = as_real_array("context", context, (1,))
+        if context.shape != (self.theta_c_hat.shape[0],):
+            raise ValueError(f"context must have shape ({self.theta_c_hat.shape[0]},), got {context.shape}")
+        if not hasattr(self, "_set_cache"):
+            self._set_cache = self._set_matrix_and_radius()
+        matrix, radius = self._set_cache
+        basis = self.coordinates_.basis_for(context)
+        return Ellipsoid(offset=np.zeros(basis.shape[0]), basis=basis, center=self.kappa_hat,
+                         matrix=0.5 * (matrix + matrix.T), radius=radius)
+
+    def covers(self, theta_c: Any) -> bool:
+        """Whether the projection of a true ``Theta_c*`` onto the coordinates lies in the set:
+        ``||kappa* - kappa_hat||_M <= radius`` with ``kappa*`` its blocks (RTV drops the
+        ``(U_perp, V_perp)`` block: coverage of the truth's projection)."""
+        theta_c = as_real_array("theta_c", theta_c, (2,))
+        if not hasattr(self, "_set_cache"):
+            self._set_cache = self._set_matrix_and_radius()
+        matrix, radius = self._set_cache
+        deviation = self.coordinates_.coordinates(theta_c) - self.kappa_hat
+        return bool(deviation @ matrix @ deviation <= radius**2 * (1 + 1e-12))
+
+    def fit(self, dataset: PreferenceDataset, mdp: TabularMDP) -> _ContextualEstimator:
+        if hasattr(self, "_set_cache"):
+            del self._set_cache
+        super().fit(dataset, mdp)
+        return self
+
+
+class FullRankContextual(_ContextualEstimator):
+    """Full-rank contextual MLE: ``Theta_c`` unrestricted, ``k = d_x d`` (DESIGN.md 2.1 baseline)."""
+
+    def _coordinates(self, data: ComparisonData, ridge: float) -> BilinearCoordinates:
+        self.subspace = None
+        return BilinearCoordinates([(np.eye(data.contexts.shape[1]), np.eye(data.n_features))])
+
+
+class LoCoPRS(_ContextualEstimator):
+    """LoCo-RLHF: rank-``r`` fit, then the RTV coordinates around its subspaces (DESIGN.md 2.1).
+
+    1. Rank-``r`` MLE ``Theta_c = U V^T`` by Burer-Monteiro with the balancing penalty
+       ``(mu / 4) ||U^T U - V^T V||_F^2`` (:func:`agents.factorized.fit_factored`).
+    2. ``U_hat, V_hat`` from its SVD, completed to ``[U_hat U_perp]``, ``[V_hat V_perp]``.
+    3. RTV to ``k = (d_x + d) r - r^2`` coordinates (module docstring).
+    4. Ridge MLE in them, its Fisher matrix ``M`` and an ellipsoidal set.
+
+    Parameters
+    ----------
+    rank : int
+    balance : float, default 1.0
+        ``mu``.
+    subspaces : (ndarray, ndarray), optional
+        Known ``(U*, V*)``: skips step 1 (the oracle-subspace contextual baseline).
+    **kwargs
+        As :class:`agents.estimators.RewardEstimator`.
+
+    References
+    ----------
+    Lee, Sun and Liu, *Low-Rank Contextual Reinforcement Learning from Heterogeneous Human
+    Feedback*, arXiv:2412.19436.
+    """
+
+    def __init__(self, rank: int, *, balance: float = 1.0, subspaces: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rank = check_int("rank", rank, minimum=1)
+        self.balance = float(balance)
+        self.subspaces = None
+        if subspaces is not None:
+            left, right = (np.linalg.qr(as_real_array(name, value, (2,)))[0]
+                           for name, value in zip(("subspaces[0]", "subspaces[1]"), subspaces))
+            self.subspaces = (left, right)
+
+    def _prepare(self, data: ComparisonData, mdp: TabularMDP) -> None:
+        super()._prepare(data, mdp)
+        if self.rank > min(data.contexts.shape[1], data.n_features):
+            raise ValueError(f"rank={self.rank} exceeds min(d_x, d) = {min(data.contexts.shape[1], data.n_features)}")
+
+    def _low_rank_subspaces(self, data: ComparisonData, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+        if self.subspaces is not None:
+            return self.subspaces
+        # Every fit starts from the spectral start of its own data (no warm start along the ridge
+        # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
+        start = spectral_start(data.contexts, data.differences, data.labels, data.offsets, self.rank, self.beta)
+        factored = fit_factored(data.contexts, data.differences, data.labels, self.rank, initial=start,
+                                offsets=data.offsets, beta=self.beta, ridge=ridge, balance=self.balance,
+                                tol=10 * self.tol)
+        self._record("joint", factored)
+        q_left, r_left = np.linalg.qr(factored.left)
+        q_right, r_right = np.linalg.qr(factored.right)
+        small_left, _, small_right_t = np.linalg.svd(r_left @ r_right.T)
+        return q_left @ small_left[:, : self.rank], q_right @ small_right_t[: self.rank].T
+
+    def _coordinates(self, data: ComparisonData, ridge: float) -> BilinearCoordinates:
+        context_subspace, feature_subspace = self._low_rank_subspaces(data, ridge)
+        self.context_subspace, self.subspace = context_subspace, feature_subspace
+        return rtv_coordinates(context_subspace, feature_subspace)
+
+
+def rtv_coordinates(context_subspace: np.ndarray, feature_subspace: np.ndarray) -> BilinearCoordinates:
+    """Rotation-truncation-vectorisation blocks ``(U, V), (U, V_perp), (U_perp, V)``.
+
+    ``k = r^2 + r (d - r) + (d_x - r) r = (d_x + d) r - r^2``.
+    """
+    blocks = [(context_subspace, feature_subspace)]
+    feature_complement = _complete(feature_subspace)
+    context_complement = _complete(context_subspace)
+    if feature_complement.shape[1]:
+        blocks.append((context_subspace, feature_complement))
+    if context_complement.shape[1]:
+        blocks.append((context_complement, feature_subspace))
+    return BilinearCoordinates(blocks)

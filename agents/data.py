@@ -1,0 +1,128 @@
+"""Comparison data as the estimators see it: feature differences, labels, users, contexts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from lr_mdp_env import PreferenceDataset, TabularMDP
+from lr_mdp_env._validation import as_real_array
+
+
+@dataclass(frozen=True, eq=False)
+class ComparisonData:
+    """The columns of a :class:`~lr_mdp_env.PreferenceDataset` needed for estimation.
+
+    Attributes
+    ----------
+    differences : ndarray or scipy.sparse.csr_matrix, shape (n, d)
+        ``z_j = psi(tau1_j) - psi(tau0_j)``; sparse for indicator features (one-hot), whose
+        differences have at most ``2 H`` non-zeros.
+    labels : ndarray, shape (n,)
+    users : ndarray of int, shape (n,)
+    n_users : int
+    contexts : ndarray, shape (n, d_x), or None
+    offsets : ndarray, shape (n,)
+        ``beta Theta_0[:, i_j] . z_j``, the logit of the known base reward (zeros without one).
+    """
+
+    differences: Any
+    labels: np.ndarray
+    users: np.ndarray
+    n_users: int
+    contexts: np.ndarray | None
+    offsets: np.ndarray
+
+    @property
+    def n_pairs(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.differences.shape[1]
+
+    def subset(self, rows: np.ndarray) -> ComparisonData:
+        return ComparisonData(
+            differences=self.differences[rows],
+            labels=self.labels[rows],
+            users=self.users[rows],
+            n_users=self.n_users,
+            contexts=None if self.contexts is None else self.contexts[rows],
+            offsets=self.offsets[rows],
+        )
+
+    def dense_differences(self) -> np.ndarray:
+        if scipy.sparse.issparse(self.differences):
+            return self.differences.toarray()
+        return self.differences
+
+    def row_dot(self, rows: np.ndarray) -> np.ndarray:
+        """``z_j . rows[j]`` for an ``(n, d)`` array of per-pair vectors."""
+        if scipy.sparse.issparse(self.differences):
+            return np.asarray(self.differences.multiply(rows).sum(axis=1)).ravel()
+        return np.sum(self.differences * rows, axis=1)
+
+    def per_user_sums(self, weights: np.ndarray) -> np.ndarray:
+        """``sum_{j of user i} weights_j z_j`` for every user: ``(d, N)``."""
+        weighted = self.user_indicator().multiply(weights[:, None]).tocsr()
+        sums = weighted.T @ self.differences
+        return (sums.toarray() if scipy.sparse.issparse(sums) else np.asarray(sums)).T
+
+    def user_indicator(self) -> scipy.sparse.csr_matrix:
+        """Sparse ``(n, N)`` one-hot of the answering user (the contexts of P-ShareLoRA)."""
+        n = self.n_pairs
+        return scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), self.users)), shape=(n, self.n_users))
+
+
+def comparison_data(dataset: PreferenceDataset, mdp: TabularMDP, *, beta: float = 1.0, base: Any = None) -> ComparisonData:
+    """Build :class:`ComparisonData` from a dataset and the MDP that generated it.
+
+    Parameters
+    ----------
+    dataset : PreferenceDataset
+    mdp : TabularMDP
+        Must match the dataset's sizes.
+    beta : float, default 1.0
+        Rationality assumed by the estimator (scales the base reward's logit).
+    base : array_like of shape (d,) or (d, N), optional
+        Known base reward ``Theta_0``.
+    """
+    if not isinstance(dataset, PreferenceDataset):
+        raise TypeError(f"dataset must be a PreferenceDataset, got {type(dataset).__name__}")
+    if not isinstance(mdp, TabularMDP):
+        raise TypeError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
+    dataset.check_compatible(mdp)
+    counts = mdp.visit_counts(dataset.states1, dataset.actions1) - mdp.visit_counts(dataset.states0, dataset.actions0)
+    features = mdp.flat_features()
+    is_indicator = np.all((features == 0) | (features == 1)) and np.all(features.sum(axis=1) == 1)
+    if is_indicator:
+        differences = (counts @ scipy.sparse.csr_matrix(features)).tocsr()
+        differences.eliminate_zeros()
+    else:
+        differences = np.asarray(counts @ features)
+    offsets = np.zeros(dataset.n_pairs)
+    data = ComparisonData(
+        differences=differences,
+        labels=np.asarray(dataset.labels, dtype=float),
+        users=np.asarray(dataset.users),
+        n_users=dataset.n_users,
+        contexts=None if dataset.contexts is None else np.asarray(dataset.contexts),
+        offsets=offsets,
+    )
+    if base is None:
+        return data
+    base = base_matrix(base, mdp.n_features, dataset.n_users)
+    return replace(data, offsets=beta * data.row_dot(base.T[data.users]))
+
+
+def base_matrix(base: Any, n_features: int, n_users: int) -> np.ndarray:
+    """``Theta_0`` as a ``(d, N)`` array from ``(d,)`` (shared) or ``(d, N)``."""
+    base = as_real_array("base", base, (1, 2))
+    if base.ndim == 1:
+        base = base[:, None]
+    if base.shape[0] != n_features or base.shape[1] not in (1, n_users):
+        raise ValueError(f"base must have shape ({n_features},) or ({n_features}, {n_users}), got {base.shape}")
+    return np.broadcast_to(base, (n_features, n_users))

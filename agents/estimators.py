@@ -1,0 +1,288 @@
+"""Reward estimators for users identified by index: pooled, independent, oracle subspace, P-ShareLoRA.
+
+Every estimator ends with the same step: for each user ``i`` a ridge logistic MLE in the
+coordinates ``w`` of a basis ``B_i`` (``theta_i = Theta_0[:, i] + B_i w``), solved for all users at
+once by :func:`agents.logistic.fit_logistic`, and an :class:`~agents.confidence.Ellipsoid` around it.
+They differ in the basis and in the pairs each user's problem sees:
+
+============================  ==========================  ==========================
+estimator                     basis ``B_i``               pairs of user ``i``
+============================  ==========================  ==========================
+:class:`PooledMLE`            identifiable directions     everybody's (one shared ``w``)
+:class:`IndependentMLE`       identifiable directions     user ``i``'s
+:class:`OracleSubspaceMLE`    true ``U*``                 user ``i``'s
+:class:`PShareLoRA`           estimated ``U_hat``         user ``i``'s
+============================  ==========================  ==========================
+
+The identifiable directions (:func:`lr_mdp_env.identifiability.identifiable_basis`) leave out
+what comparisons never see, e.g. the all-ones direction of one-hot features (DESIGN.md 2.2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from lr_mdp_env import PreferenceDataset, TabularMDP
+from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real
+from lr_mdp_env.identifiability import identifiable_basis
+
+from .confidence import Ellipsoid, theory_radius, wald_radius
+from .data import ComparisonData, base_matrix, comparison_data
+from .factorized import FactoredFit, fit_factored, spectral_start
+from .logistic import LogisticFit, fit_logistic
+from .tuning import DEFAULT_RIDGE_GRID, select_ridge
+
+RADII = ("wald", "theory")
+
+
+class RewardEstimator:
+    """Common machinery: ridge selection, per-user coordinate fits and confidence sets.
+
+    Parameters
+    ----------
+    ridge : float, optional
+        ``lambda``. Default: chosen from ``ridge_grid`` by held-out preference log-likelihood on a
+        seeded 80/20 split of each user's pairs (:func:`agents.tuning.select_ridge`), the same
+        rule for every estimator so comparisons are against tuned baselines.
+    ridge_grid : sequence of float
+    beta : float, default 1.0
+        Rationality the model assumes.
+    radius : {"wald", "theory"}, default "wald"
+        See :func:`agents.confidence.wald_radius` and :func:`agents.confidence.theory_radius`.
+    delta : float, default 0.1
+        Confidence sets are ``1 - delta`` sets.
+    norm_bound : float, optional
+        ``B >= ||w*||`` for the theory radius; default twice the largest estimated ``||w_i||``
+        (a data-driven guess: the finite-sample guarantee then holds only if it is an upper bound).
+    base : array_like of shape (d,) or (d, N), optional
+        Known base reward ``Theta_0``.
+    seed : int, optional
+        Seeds the ridge-selection split.
+    tol : float, default 1e-8
+        Relative gradient tolerance of the logistic fits (the joint fit of P-ShareLoRA uses
+        ``10 tol``: its trust region loses precision earlier).
+
+    Attributes (after ``fit``)
+    --------------------------
+    theta_hat : ndarray, shape (N, d)
+    subspace : ndarray of shape (d, r), or None
+    ridge_ : float
+        The ridge used.
+    ridge_scores_ : dict
+        Held-out mean log-likelihood of each candidate ridge (empty with a fixed ridge).
+    diagnostics : dict
+        Gradient norms (relative) and iteration counts of every fit.
+    """
+
+    def __init__(
+        self,
+        *,
+        ridge: float | None = None,
+        ridge_grid: Any = DEFAULT_RIDGE_GRID,
+        beta: float = 1.0,
+        radius: str = "wald",
+        delta: float = 0.1,
+        norm_bound: float | None = None,
+        base: Any = None,
+        seed: int | None = 0,
+        tol: float = 1e-8,
+    ) -> None:
+        self.ridge = None if ridge is None else check_real("ridge", ridge, 0.0, strict_minimum=True)
+        self.ridge_grid = tuple(check_real("ridge_grid entry", value, 0.0, strict_minimum=True) for value in ridge_grid)
+        if not self.ridge_grid:
+            raise ValueError("ridge_grid must not be empty")
+        self.beta = check_real("beta", beta, 0.0, strict_minimum=True)
+        if radius not in RADII:
+            raise ValueError(f"radius must be one of {RADII}, got {radius!r}")
+        self.radius = radius
+        self.delta = check_real("delta", delta, 0.0, 1.0, strict_minimum=True)
+        if delta >= 1:
+            raise ValueError(f"delta must be below 1, got {delta}")
+        self.norm_bound = None if norm_bound is None else check_real("norm_bound", norm_bound, 0.0, strict_minimum=True)
+        self.base = base
+        self.seed = seed
+        self.tol = check_real("tol", tol, 0.0, strict_minimum=True)
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    def fit(self, dataset: PreferenceDataset, mdp: TabularMDP) -> RewardEstimator:
+        """Estimate every user's reward from ``dataset`` (collected in ``mdp``); returns ``self``."""
+        data = comparison_data(dataset, mdp, beta=self.beta, base=self.base)
+        self._identifiable = identifiable_basis(mdp)
+        self._base = np.zeros((mdp.n_features, data.n_users)) if self.base is None else \
+            np.array(base_matrix(self.base, mdp.n_features, data.n_users))
+        self._prepare(data, mdp)
+        self.diagnostics: dict[str, dict] = {}
+        if self.ridge is None:
+            self.ridge_, self.ridge_scores_ = select_ridge(self, data, self.ridge_grid, seed=self.seed)
+        else:
+            self.ridge_, self.ridge_scores_ = self.ridge, {}
+        self._fit(data, self.ridge_)
+        self._data = data
+        self._sets: dict[int, Ellipsoid] = {}
+        return self
+
+    def _prepare(self, data: ComparisonData, mdp: TabularMDP) -> None:
+        """Hook for work that does not depend on the ridge (run once before ridge selection)."""
+
+    def _fit(self, data: ComparisonData, ridge: float) -> None:
+        """Fit with a given ridge: set ``theta_hat``, ``subspace`` and the per-user problems."""
+        raise NotImplementedError
+
+    def _fit_coordinates(self, data: ComparisonData, bases: np.ndarray, ridge: float, pooled: bool = False) -> None:
+        """Ridge MLE of each user's coordinates in a shared basis ``(d, k)``; sets ``theta_hat``."""
+        coordinates = np.asarray(data.differences @ bases)
+        groups = np.zeros(data.n_pairs, dtype=np.int64) if pooled else data.users
+        n_problems = 1 if pooled else data.n_users
+        fit = fit_logistic(
+            coordinates, data.labels, groups=groups, n_problems=n_problems, offsets=data.offsets,
+            beta=self.beta, ridge=ridge, tol=self.tol, fisher=bases.shape[1] <= 64,
+        )
+        self._record("coordinates", fit)
+        centers = np.repeat(fit.theta, data.n_users, axis=0) if pooled else fit.theta
+        self._basis, self._centers, self._pooled = bases, centers, pooled
+        self._coordinate_features, self._groups = coordinates, groups
+        self._fisher = fit.fisher
+        self.theta_hat = self._base.T + centers @ bases.T
+
+    def _record(self, name: str, fit: LogisticFit | FactoredFit) -> None:
+        relative = np.max(fit.relative_gradient_norm) if np.ndim(fit.relative_gradient_norm) else fit.relative_gradient_norm
+        self.diagnostics[name] = {
+            "relative_gradient_norm": float(relative),
+            "iterations": int(fit.iterations),
+            "converged": bool(np.all(fit.converged)),
+        }
+
+    # -- predictions -------------------------------------------------------------------------
+
+    def pair_logits(self, data: ComparisonData) -> np.ndarray:
+        """``beta theta_hat_{i_j} . z_j`` for comparison data (base included)."""
+        return self.beta * data.row_dot(self.theta_hat[data.users])
+
+    # -- confidence sets ---------------------------------------------------------------------
+
+    def confidence_set(self, user: int) -> Ellipsoid:
+        """User ``user``'s ``1 - delta`` set ``{Theta_0[:, i] + B w : ||w - w_hat_i||_{M_i} <= radius_i}``."""
+        user = check_int("user", user, minimum=0, maximum=self.theta_hat.shape[0] - 1)
+        if user not in self._sets:
+            self._sets[user] = self._build_set(user)
+        return self._sets[user]
+
+    def _build_set(self, user: int) -> Ellipsoid:
+        problem = 0 if self._pooled else user
+        rows = np.flatnonzero(self._groups == problem)
+        features = self._coordinate_features[rows]
+        center = self._centers[user]
+        k = center.shape[0]
+        ridge = self.ridge_
+        if self.radius == "wald":
+            if self._fisher is not None:
+                matrix = self._fisher[problem]
+            else:
+                eta = self._data.offsets[rows] + self.beta * features @ center
+                slope = 1.0 / (2.0 + np.exp(eta) + np.exp(-eta))
+                matrix = self.beta**2 * (features.T * slope) @ features + ridge * np.eye(k)
+            radius = wald_radius(k, self.delta)
+        else:
+            matrix = self.beta**2 * features.T @ features + ridge * np.eye(k)
+            feature_bound = float(self.beta * np.max(np.linalg.norm(features, axis=1), initial=0.0))
+            norm_bound = self.norm_bound if self.norm_bound is not None else \
+                2.0 * float(np.max(np.linalg.norm(self._centers, axis=1), initial=0.0)) or 1.0
+            radius = theory_radius(matrix, ridge, self.delta, feature_bound, norm_bound)
+        return Ellipsoid(offset=self._base[:, user], basis=self._basis, center=center,
+                         matrix=0.5 * (matrix + matrix.T), radius=radius)
+
+
+class PooledMLE(RewardEstimator):
+    """One reward for everybody: homogeneous RLHF, the standard baseline (DESIGN.md 2.1)."""
+
+    def _fit(self, data: ComparisonData, ridge: float) -> None:
+        self.subspace = None
+        self._fit_coordinates(data, self._identifiable, ridge, pooled=True)
+
+
+class IndependentMLE(RewardEstimator):
+    """One full-dimensional ridge MLE per user, no sharing (DESIGN.md 2.1)."""
+
+    def _fit(self, data: ComparisonData, ridge: float) -> None:
+        self.subspace = None
+        self._fit_coordinates(data, self._identifiable, ridge)
+
+
+class OracleSubspaceMLE(RewardEstimator):
+    """Per-user MLE in the true shared subspace ``U*``: the benchmark P-ShareLoRA approaches.
+
+    Parameters
+    ----------
+    subspace : array_like, shape (d, r)
+        Columns spanning ``U*`` (orthonormalised here).
+    **kwargs
+        As :class:`RewardEstimator`.
+    """
+
+    def __init__(self, subspace: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        subspace = as_real_array("subspace", subspace, (2,))
+        self._oracle = np.linalg.qr(subspace)[0]
+
+    def _fit(self, data: ComparisonData, ridge: float) -> None:
+        if self._oracle.shape[0] != data.n_features:
+            raise ValueError(f"subspace has {self._oracle.shape[0]} rows but the MDP has {data.n_features} features")
+        self.subspace = self._oracle
+        self._fit_coordinates(data, self._oracle, ridge)
+
+
+class PShareLoRA(RewardEstimator):
+    """P-ShareLoRA: shared low-rank subspace, personal coordinates (DESIGN.md 2.1).
+
+    1. Joint rank-``r`` MLE of ``Theta = Theta_0 + U W^T`` over ``U`` (``d x r``) and ``W``
+       (``N x r``) on all users' data, from a spectral start
+       (:func:`agents.factorized.fit_factored` with one-hot user contexts).
+    2. ``U_hat``: top-``r`` left singular vectors of ``U W^T``.
+    3. Personal refit: ``w_i`` = ridge MLE with features ``U_hat^T z`` and its Fisher matrix ``M_i``.
+    4. Confidence set ``C_i = {Theta_0[:, i] + U_hat w : ||w - w_hat_i||_{M_i} <= radius_i}``.
+
+    Parameters
+    ----------
+    rank : int
+        ``r``.
+    **kwargs
+        As :class:`RewardEstimator`.
+
+    References
+    ----------
+    P-ShareLoRA, personalized RLHF with shared LoRA (``shared/seeds``); Hu et al., *LoRA:
+    Low-Rank Adaptation of Large Language Models*, ICLR 2022.
+    """
+
+    def __init__(self, rank: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rank = check_int("rank", rank, minimum=1)
+
+    def _prepare(self, data: ComparisonData, mdp: TabularMDP) -> None:
+        if self.rank > min(data.n_features, data.n_users):
+            raise ValueError(f"rank={self.rank} exceeds min(d, N) = {min(data.n_features, data.n_users)}")
+
+    def _fit(self, data: ComparisonData, ridge: float) -> None:
+        # Every fit starts from the spectral start of its own data (no warm start along the ridge
+        # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
+        users = data.user_indicator()
+        start = spectral_start(users, data.differences, data.labels, data.offsets, self.rank, self.beta)
+        factored = fit_factored(
+            users, data.differences, data.labels, self.rank,
+            initial=start, offsets=data.offsets, beta=self.beta, ridge=ridge, tol=10 * self.tol,
+        )
+        self._record("joint", factored)
+        self.joint_fit = factored
+        q, upper = np.linalg.qr(factored.right)  # U W^T = Q (R W^T): its SVD from an r x N one
+        small_left, _, _ = np.linalg.svd(upper @ factored.left.T, full_matrices=False)
+        subspace = q @ small_left[:, : self.rank]
+        # At the optimum U has no component along unidentified directions (they carry no data and
+        # the ridge shrinks them to zero); remove what the stopping tolerance leaves of them, so
+        # that theta_hat lies in the identifiable span like every other estimator's.
+        subspace = self._identifiable @ (self._identifiable.T @ subspace)
+        self.subspace = np.linalg.qr(subspace)[0]
+        self._fit_coordinates(data, self.subspace, ridge)

@@ -1,0 +1,310 @@
+"""The one logistic-regression solver: ridge Bradley-Terry MLE for many small problems at once.
+
+Problem ``b`` minimises
+
+    f_b(theta) = sum_{j in b} [softplus(eta_j) - y_j eta_j] + (lambda_b / 2) ||theta||^2,
+    eta_j = offset_j + beta x_j . theta,
+
+which for labels ``y in {0, 1}`` is ``-sum_j log sigmoid((2 y_j - 1) eta_j)`` (DESIGN.md 2.1) and
+for ``y = 0.5`` ("equal") the cross-entropy of a fair coin. Every problem is solved by damped
+Newton steps, all problems advancing together: the data are laid out padded as
+``(B, n_max, k)`` and each step is a batched matrix product and a batched solve. When problems
+have fewer samples than dimensions the Newton system is solved in the ``n``-dimensional sample
+space (Woodbury), so full-dimensional per-user fits cost ``O(n^2 k)`` instead of ``O(k^3)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.special import expit, log_expit
+
+from lr_mdp_env._validation import as_real_array, check_int, check_real
+
+
+class ConvergenceWarning(UserWarning):
+    """A logistic fit stopped at ``max_iter`` before reaching its gradient tolerance."""
+
+
+@dataclass(frozen=True)
+class LogisticFit:
+    """Result of :func:`fit_logistic`.
+
+    Attributes
+    ----------
+    theta : ndarray, shape (B, k)
+        The minimisers.
+    fisher : ndarray of shape (B, k, k), or None
+        ``M_b = beta^2 sum_j sigmoid'(eta_j) x_j x_j^T + lambda_b I`` at ``theta`` (the Hessian of
+        ``f_b``, i.e. the observed Fisher information plus the ridge).
+    gradient_norm : ndarray, shape (B,)
+        ``||grad f_b(theta)||_2`` at the returned point.
+    relative_gradient_norm : ndarray, shape (B,)
+        ``gradient_norm / max(||grad f_b(0)||, 1e-300)``: the stationarity certificate.
+    objective : ndarray, shape (B,)
+    iterations : int
+    converged : ndarray of bool, shape (B,)
+    """
+
+    theta: np.ndarray
+    fisher: np.ndarray
+    gradient_norm: np.ndarray
+    relative_gradient_norm: np.ndarray
+    objective: np.ndarray
+    iterations: int
+    converged: np.ndarray
+
+
+class _PaddedProblems:
+    """Samples of ``B`` problems, sorted by problem and zero-padded to ``(B, n_max, ...)``."""
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                 offsets: np.ndarray, n_problems: int) -> None:
+        order = np.argsort(groups, kind="stable")
+        counts = np.bincount(groups, minlength=n_problems)
+        n_max = max(int(counts.max(initial=0)), 1)
+        position = np.arange(groups.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        rows, cols = groups[order], position
+        k = features.shape[1]
+        self.features = np.zeros((n_problems, n_max, k))
+        self.features[rows, cols] = features[order]
+        self.labels = np.zeros((n_problems, n_max))
+        self.labels[rows, cols] = labels[order]
+        self.offsets = np.zeros((n_problems, n_max))
+        self.offsets[rows, cols] = offsets[order]
+        self.mask = np.zeros((n_problems, n_max))
+        self.mask[rows, cols] = 1.0
+        self.counts = counts
+
+    def logits(self, beta: float, theta: np.ndarray) -> np.ndarray:
+        return self.offsets + beta * _apply(self.features, theta)
+
+    def objective(self, beta: float, ridge: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        eta = self.logits(beta, theta)
+        # softplus(eta) - y eta = -log_expit(eta) + (1 - y) eta, stable for any eta.
+        losses = (-log_expit(eta) + (1.0 - self.labels) * eta) * self.mask
+        return losses.sum(axis=1) + 0.5 * ridge * np.sum(theta**2, axis=1)
+
+
+def fit_logistic(
+    features: Any,
+    labels: Any,
+    *,
+    groups: Any = None,
+    n_problems: int | None = None,
+    offsets: Any = None,
+    beta: float = 1.0,
+    ridge: Any = 1.0,
+    initial: Any = None,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+    fisher: bool = True,
+) -> LogisticFit:
+    """Ridge logistic (Bradley-Terry) MLE of ``B`` independent problems in one batched solve.
+
+    Parameters
+    ----------
+    features : array_like, shape (n, k)
+        ``x_j``; for preferences ``z_j = psi(tau1_j) - psi(tau0_j)`` or a projection of it.
+    labels : array_like, shape (n,)
+        ``y_j`` in ``[0, 1]`` (``1``: the second trajectory preferred).
+    groups : array_like of int, shape (n,), optional
+        Problem of each sample (default: one problem).
+    n_problems : int, optional
+        ``B`` (default ``max(groups) + 1``); problems without samples return ``theta = 0``.
+    offsets : array_like, shape (n,), optional
+        Known part of each logit, e.g. ``beta Theta_0[:, i] . z_j`` for a base reward.
+    beta : float, default 1.0
+        Rationality assumed by the model.
+    ridge : float or array_like of shape (B,), default 1.0
+        ``lambda > 0``: keeps separable data, duplicated rows and zero-information directions
+        finite (the minimiser exists and is unique).
+    initial : array_like, shape (B, k), optional
+        Warm start.
+    tol : float, default 1e-10
+        Stop when ``||grad f_b|| <= tol * max(1, ||grad f_b(0)||)`` for every problem.
+    max_iter : int, default 100
+    fisher : bool, default True
+        Whether to return the ``(B, k, k)`` Fisher matrices (skip for large ``B k^2``).
+
+    Returns
+    -------
+    LogisticFit
+
+    Warns
+    -----
+    ConvergenceWarning
+        If some problem has not reached ``tol`` after ``max_iter`` Newton steps.
+
+    References
+    ----------
+    Zhu, Jordan and Jiao, *Principled Reinforcement Learning with Human Feedback from Pairwise
+    or K-wise Comparisons*, ICML 2023 (the MLE and its Fisher matrix).
+    """
+    features = as_real_array("features", features, (2,))
+    n, k = features.shape
+    labels = as_real_array("labels", labels, (1,))
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) to match features, got {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 1):
+        raise ValueError("labels must lie in [0, 1]")
+    if groups is None:
+        groups = np.zeros(n, dtype=np.int64)
+    groups = np.asarray(groups)
+    if groups.shape != (n,) or (n and groups.dtype.kind not in "iu"):
+        raise TypeError(f"groups must be an integer array of shape ({n},), got {groups.dtype} {groups.shape}")
+    groups = groups.astype(np.int64, copy=False)
+    if n and groups.min() < 0:
+        raise ValueError("groups must be non-negative")
+    if n_problems is None:
+        n_problems = int(groups.max()) + 1 if n else 1
+    n_problems = check_int("n_problems", n_problems, minimum=1)
+    if n and groups.max() >= n_problems:
+        raise ValueError(f"groups has problem {groups.max()} but n_problems={n_problems}")
+    offsets = np.zeros(n) if offsets is None else as_real_array("offsets", offsets, (1,))
+    if offsets.shape != (n,):
+        raise ValueError(f"offsets must have shape ({n},), got {offsets.shape}")
+    beta = check_real("beta", beta, 0.0, strict_minimum=True)
+    ridge = as_real_array("ridge", ridge, (0, 1))
+    if ridge.ndim == 1 and ridge.shape != (n_problems,):
+        raise ValueError(f"ridge must be a float or have shape ({n_problems},) (one per problem), got {ridge.shape}")
+    ridge = np.broadcast_to(ridge, (n_problems,)).astype(float)
+    if np.any(ridge <= 0):
+        raise ValueError(f"ridge must be positive (it keeps separable data finite), got min {ridge.min()}")
+    tol = check_real("tol", tol, 0.0, strict_minimum=True)
+    max_iter = check_int("max_iter", max_iter, minimum=0)
+    theta = np.zeros((n_problems, k)) if initial is None else as_real_array("initial", initial, (2,)).copy()
+    if theta.shape != (n_problems, k):
+        raise ValueError(f"initial must have shape ({n_problems}, {k}), got {theta.shape}")
+
+    problems = _PaddedProblems(features, labels, groups, offsets, n_problems)
+    dual = problems.features.shape[1] < k
+    gram = problems.features @ problems.features.transpose(0, 2, 1) if dual else None
+
+    def gradient(theta: np.ndarray, eta: np.ndarray) -> np.ndarray:
+        residual = (expit(eta) - problems.labels) * problems.mask
+        return beta * _apply_transposed(problems.features, residual) + ridge[:, None] * theta
+
+    zero = np.zeros_like(theta)
+    initial_gradient = np.linalg.norm(gradient(zero, problems.logits(beta, zero)), axis=1)
+    threshold = tol * np.maximum(initial_gradient, 1.0)
+    objective = problems.objective(beta, ridge, theta)
+    iterations = 0
+    while True:
+        eta = problems.logits(beta, theta)
+        grad = gradient(theta, eta)
+        grad_norm = np.linalg.norm(grad, axis=1)
+        active = np.flatnonzero(grad_norm > threshold)
+        if active.size == 0 or iterations >= max_iter:
+            break
+        iterations += 1
+        weights = expit(eta[active]) * expit(-eta[active]) * problems.mask[active] * beta**2
+        step = _newton_direction(problems.features[active], weights, ridge[active], grad[active],
+                                 None if gram is None else gram[active])
+        theta[active], objective[active] = _backtrack(
+            problems, beta, ridge, theta[active], objective[active], active, step, grad[active]
+        )
+
+    converged = grad_norm <= threshold
+    if not np.all(converged):
+        worst = int(np.argmax(grad_norm / threshold))
+        warnings.warn(
+            f"logistic fit: {int((~converged).sum())} of {n_problems} problems did not reach "
+            f"tol={tol} in max_iter={max_iter} Newton steps (worst: problem {worst}, gradient "
+            f"norm {grad_norm[worst]:.3g})",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    information = None
+    if fisher:
+        eta = problems.logits(beta, theta)
+        weights = expit(eta) * expit(-eta) * problems.mask * beta**2
+        information = _weighted_gram(problems.features, weights)
+        information[:, np.arange(k), np.arange(k)] += ridge[:, None]
+    return LogisticFit(
+        theta=theta,
+        fisher=information,
+        gradient_norm=grad_norm,
+        relative_gradient_norm=grad_norm / np.maximum(initial_gradient, 1e-300),
+        objective=problems.objective(beta, ridge, theta),
+        iterations=iterations,
+        converged=converged,
+    )
+
+
+def _apply(features: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """``X_b v_b`` for every problem: ``(B, n, k) x (B, k) -> (B, n)`` (batched BLAS)."""
+    return (features @ vectors[:, :, None])[:, :, 0]
+
+
+def _apply_transposed(features: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """``X_b^T u_b`` for every problem: ``(B, n, k) x (B, n) -> (B, k)``."""
+    return (vectors[:, None, :] @ features)[:, 0, :]
+
+
+def _weighted_gram(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``X_b^T diag(w_b) X_b`` for every problem: ``(B, k, k)``."""
+    return features.transpose(0, 2, 1) @ (features * weights[:, :, None])
+
+
+def _subset_objective(problems: _PaddedProblems, beta: float, ridge: np.ndarray, rows: np.ndarray,
+                      theta_rows: np.ndarray) -> np.ndarray:
+    """``f_b`` of the problems ``rows`` at ``theta_rows``."""
+    eta = problems.offsets[rows] + beta * _apply(problems.features[rows], theta_rows)
+    losses = (-log_expit(eta) + (1.0 - problems.labels[rows]) * eta) * problems.mask[rows]
+    return losses.sum(axis=1) + 0.5 * ridge[rows] * np.sum(theta_rows**2, axis=1)
+
+
+def _newton_direction(features: np.ndarray, weights: np.ndarray, ridge: np.ndarray,
+                      grad: np.ndarray, gram: np.ndarray | None) -> np.ndarray:
+    """Solve ``(X^T W X + lambda I) step = grad`` for each problem.
+
+    Primal ``k x k`` system, or with ``n < k`` the Woodbury identity
+    ``(lambda I + X^T W X)^{-1} g = (g - X^T S (lambda I + S X X^T S)^{-1} S X g) / lambda``,
+    ``S = W^(1/2)``, an ``n x n`` system built from the precomputed Gram matrix ``X X^T``.
+    """
+    if gram is None:
+        hessian = _weighted_gram(features, weights)
+        k = hessian.shape[-1]
+        hessian[:, np.arange(k), np.arange(k)] += ridge[:, None]
+        return np.linalg.solve(hessian, grad[..., None])[..., 0]
+    root = np.sqrt(weights)
+    n = root.shape[1]
+    inner = root[:, :, None] * gram * root[:, None, :]
+    inner[:, np.arange(n), np.arange(n)] += ridge[:, None]
+    projected = root * _apply(features, grad)
+    solved = np.linalg.solve(inner, projected[..., None])[..., 0]
+    return (grad - _apply_transposed(features, root * solved)) / ridge[:, None]
+
+
+def _backtrack(problems: _PaddedProblems, beta: float, ridge: np.ndarray, theta: np.ndarray,
+               objective: np.ndarray, rows: np.ndarray, step: np.ndarray,
+               grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Armijo backtracking for problems ``rows`` at ``theta`` (their current points).
+
+    Returns the accepted points and objectives: the full Newton step, halved until the objective
+    decreases by ``1e-4`` of the predicted amount.
+    """
+    decrease = np.sum(grad * step, axis=1)
+    scale = np.ones(rows.size)
+    candidate = theta - step
+    values = objective.copy()
+    pending = np.arange(rows.size)
+    for _ in range(60):
+        trial = _subset_objective(problems, beta, ridge, rows[pending], candidate[pending])
+        # The slack of a few ulps of the objective lets a Newton step near the optimum through
+        # when the decrease it makes is below what floating point can resolve.
+        slack = 1e-13 * np.maximum(1.0, np.abs(objective[pending]))
+        ok = trial <= objective[pending] - 1e-4 * scale[pending] * decrease[pending] + slack
+        values[pending[ok]] = trial[ok]
+        pending = pending[~ok]
+        if pending.size == 0:
+            break
+        scale[pending] *= 0.5
+        candidate[pending] = theta[pending] - scale[pending, None] * step[pending]
+    # Problems still pending are at the limit of floating-point progress: keep their point.
+    candidate[pending] = theta[pending]
+    return candidate, values

@@ -1,0 +1,99 @@
+"""How good is a reward estimate: subspace distance, reward error, preference accuracy, coverage.
+
+All quantities are computed on what comparisons can identify (DESIGN.md 2.2): components of
+``theta`` along :func:`lr_mdp_env.identifiability.unidentified_directions` are removed from both
+the truth and the estimate first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lr_mdp_env import PreferenceDataset, TabularMDP, principal_angle_distance
+from lr_mdp_env.identifiability import project_identifiable, unidentified_directions
+from lr_mdp_env.rewards import ContextualRewards, LowRankRewards
+
+from .data import comparison_data
+
+
+def subspace_distance(mdp: TabularMDP, true_subspace: Any, estimate: Any) -> float:
+    """``sin`` of the largest principal angle between the identifiable parts of ``span(estimate)``
+    and of the true subspace, ``||(I - P P^T) Q||_2`` with ``P`` and ``Q`` bases of
+    ``(I - N N^T) U*`` and ``(I - N N^T) U_hat`` (DESIGN.md 3).
+
+    Both sides are projected: comparisons cannot tell ``U*`` from ``U*`` plus unidentified
+    directions, so neither the truth's nor the estimate's components along them count (the
+    oracle's ``U*`` itself is at distance 0).
+    """
+    hidden = unidentified_directions(mdp)
+    truth = project_identifiable(mdp, np.asarray(true_subspace, dtype=float).T, hidden).T
+    estimate = project_identifiable(mdp, np.asarray(estimate, dtype=float).T, hidden).T
+    return principal_angle_distance(truth, estimate)
+
+
+def reward_errors(mdp: TabularMDP, theta_hat: Any, theta_true: Any) -> np.ndarray:
+    """Per-user ``||(I - N N^T)(theta_hat_i - theta*_i)||_2`` on the identifiable directions.
+
+    Parameters
+    ----------
+    theta_hat : array_like, shape (N, d)
+        Estimates, user axis first (as agents expose them).
+    theta_true : array_like, shape (d, N)
+        The truth as :class:`~lr_mdp_env.LowRankRewards` stores it (``Theta*``).
+    """
+    difference = np.asarray(theta_hat, dtype=float) - np.asarray(theta_true, dtype=float).T
+    return np.linalg.norm(project_identifiable(mdp, difference), axis=1)
+
+
+def preference_accuracy(estimator: Any, dataset: PreferenceDataset, mdp: TabularMDP) -> dict[str, float]:
+    """Held-out accuracy of the estimator's predicted preferences, beside the truth's.
+
+    Pairs labelled "equal" (0.5) are left out. ``accuracy`` counts pairs where the estimate's
+    preferred trajectory is the labelled one; ``truth_accuracy`` does the same for the true
+    reward (``Pr(y = 1) > 1/2``), and ``bayes_accuracy`` is its expectation
+    ``mean_j max(p_j, 1 - p_j)``, the best any predictor can do on these pairs.
+    """
+    data = comparison_data(dataset, mdp, beta=estimator.beta, base=getattr(estimator, "base", None))
+    decided = data.labels != 0.5
+    predicted = estimator.pair_logits(data) > 0
+    labels = data.labels == 1.0
+    probabilities = np.asarray(dataset.probabilities)
+    return {
+        "accuracy": float(np.mean(predicted[decided] == labels[decided])),
+        "truth_accuracy": float(np.mean((probabilities[decided] > 0.5) == labels[decided])),
+        "bayes_accuracy": float(np.mean(np.maximum(probabilities, 1 - probabilities)[decided])),
+    }
+
+
+def coverage(estimator: Any, rewards: LowRankRewards | ContextualRewards) -> np.ndarray:
+    """For every user, whether the truth's projection onto the set's span lies in the set.
+
+    For user-indexed estimators the set of user ``i`` is checked against ``Theta*[:, i]``
+    (projected onto ``offset + range(basis)``: for reduced sets, the projection of the truth).
+    For contextual estimators, the blocks of ``Theta_c*`` in the estimator's coordinates.
+    """
+    if isinstance(rewards, ContextualRewards) and hasattr(estimator, "covers"):
+        return np.array([estimator.covers(rewards.theta_c)])
+    theta = rewards.theta
+    return np.array([estimator.confidence_set(i).contains(theta[:, i], project=True) for i in range(theta.shape[1])])
+
+
+def estimation_report(estimator: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRewards,
+                      held_out: PreferenceDataset | None = None) -> pd.DataFrame:
+    """One row per user: reward error, coverage, and (with held-out data) preference accuracy."""
+    report = pd.DataFrame({
+        "user": np.arange(rewards.n_users),
+        "reward_error": reward_errors(mdp, estimator.theta_hat, rewards.theta),
+    })
+    if not isinstance(rewards, ContextualRewards):
+        report["truth_in_set"] = coverage(estimator, rewards)
+    if getattr(estimator, "subspace", None) is not None:
+        report["subspace_distance"] = subspace_distance(mdp, rewards.subspace, estimator.subspace)
+    if held_out is not None:
+        for name, value in preference_accuracy(estimator, held_out, mdp).items():
+            report[name] = value
+    report.attrs["unidentified_directions"] = int(unidentified_directions(mdp).shape[1])
+    return report

@@ -1,0 +1,65 @@
+"""The one rule every estimator uses to choose its ridge (DESIGN.md 2.1, fair comparison)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.special import log_expit
+
+from lr_mdp_env._validation import as_generator
+
+from .data import ComparisonData
+
+DEFAULT_RIDGE_GRID = (100.0, 10.0, 1.0, 0.1, 0.01)
+HELD_OUT_FRACTION = 0.2
+
+
+def held_out_split(data: ComparisonData, *, seed: Any = None, fraction: float = HELD_OUT_FRACTION
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(train, held_out)`` holding out ``round(fraction n_i)`` of each user's pairs."""
+    rng = as_generator(seed)
+    order = rng.permutation(data.n_pairs)
+    by_user = order[np.argsort(data.users[order], kind="stable")]
+    counts = np.bincount(data.users, minlength=data.n_users)
+    rank_within_user = np.arange(data.n_pairs) - np.repeat(np.cumsum(counts) - counts, counts)
+    held = np.zeros(data.n_pairs, dtype=bool)
+    held[by_user] = rank_within_user < np.repeat(np.round(fraction * counts).astype(int), counts)
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def log_likelihood(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-pair Bradley-Terry log-likelihood ``y log sigmoid(eta) + (1 - y) log sigmoid(-eta)``."""
+    return labels * log_expit(logits) + (1.0 - labels) * log_expit(-logits)
+
+
+def select_ridge(estimator: Any, data: ComparisonData, grid: Sequence[float], *, seed: Any = None
+                 ) -> tuple[float, dict[float, float]]:
+    """Choose ``lambda`` from ``grid`` by held-out preference log-likelihood.
+
+    Each user's pairs are split 80/20 (seeded); the estimator is fitted on the 80% with every
+    candidate, from the largest ridge to the smallest so that iterative fits can warm-start, and
+    scored by the mean log-likelihood of the held-out 20%. Ties go to the larger ridge.
+
+    Parameters
+    ----------
+    estimator : object
+        Has ``_fit(data, ridge)`` and ``pair_logits(data)`` (all estimators in :mod:`agents`).
+    data : ComparisonData
+    grid : sequence of float
+    seed : int, optional
+
+    Returns
+    -------
+    best : float
+    scores : dict
+        Held-out mean log-likelihood of each candidate.
+    """
+    train, held_out = held_out_split(data, seed=seed)
+    train_data, held_out_data = data.subset(train), data.subset(held_out)
+    scores: dict[float, float] = {}
+    for ridge in sorted(grid, reverse=True):
+        estimator._fit(train_data, ridge)
+        scores[ridge] = float(np.mean(log_likelihood(estimator.pair_logits(held_out_data), held_out_data.labels)))
+    best = max(scores, key=lambda ridge: (scores[ridge], ridge))
+    return best, scores

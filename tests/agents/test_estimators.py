@@ -1,0 +1,385 @@
+"""User-indexed reward estimators: each fit is the optimum of its documented objective.
+
+Every objective is rebuilt here from the raw dataset (trajectory features of both trajectories,
+labels, users), never from the estimators' internal arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.optimize
+from scipy.stats import chi2
+
+import agents.estimators
+from agents import (
+    FullRankContextual,
+    IndependentMLE,
+    LoCoPRS,
+    OracleSubspaceMLE,
+    PooledMLE,
+    PShareLoRA,
+    comparison_data,
+    spectral_start,
+    theory_radius,
+)
+from agents.tuning import held_out_split
+from lr_mdp_env import Teacher, collect_preferences, low_rank_rewards, principal_angle_distance, random_mdp
+
+RIDGE = 0.5
+N_USERS, RANK = 6, 2
+
+
+# -- worlds --------------------------------------------------------------------------------------
+
+def make_world(kind, seed=0, n_pairs=50, base=None, equal=0.0):
+    if kind == "one_hot":
+        mdp = random_mdp(4, 3, 3, seed=seed)  # d = 12, the all-ones direction is unidentified
+    elif kind == "one_hot_time":
+        mdp = random_mdp(3, 2, 3, features="one_hot_time", seed=seed)  # d = 18, one per step
+    else:
+        mdp = random_mdp(5, 3, 3, features="dense", n_features=6, seed=seed)
+    rewards = low_rank_rewards(mdp.n_features, N_USERS, RANK, mdp=mdp, scale=2.0, base=base, seed=seed + 1)
+    dataset = collect_preferences(mdp, rewards, n_pairs, teacher=Teacher(equal=equal), seed=seed + 2)
+    return mdp, rewards, dataset
+
+
+@pytest.fixture(scope="module", params=["one_hot", "one_hot_time", "dense"])
+def world(request):
+    return make_world(request.param, equal=0.05)
+
+
+def differences(mdp, dataset):
+    """``z_j = psi(tau1_j) - psi(tau0_j)`` from the trajectories, independently of the agents."""
+    return (mdp.trajectory_features(dataset.states1, dataset.actions1)
+            - mdp.trajectory_features(dataset.states0, dataset.actions0))
+
+
+def unidentified(mdp):
+    """Directions no comparison sees, from the feature kind (independent of the library): the
+    normalised indicator of each step's block for one-hot features, none for dense ones."""
+    features = np.asarray(mdp.features)
+    d = mdp.n_features
+    if d == mdp.n_states * mdp.n_actions and np.all(np.isin(features, (0.0, 1.0))):
+        return np.ones((d, 1)) / np.sqrt(d)
+    if d == mdp.horizon * mdp.n_states * mdp.n_actions and np.all(np.isin(features, (0.0, 1.0))):
+        block = mdp.n_states * mdp.n_actions
+        return np.kron(np.eye(mdp.horizon), np.ones((block, 1))) / np.sqrt(block)
+    return np.zeros((d, 0))
+
+
+def sigmoid(eta):
+    return 0.5 * (1.0 + np.tanh(0.5 * eta))
+
+
+def coordinate_gradient(w, basis, offset, z, labels, beta, ridge):
+    """Gradient in ``w`` of ``sum_j softplus(eta_j) - y_j eta_j + ridge/2 ||w||^2`` with
+    ``eta_j = beta (offset + basis w) . z_j`` (DESIGN.md 2.1, the per-user refit)."""
+    eta = beta * z @ (offset + basis @ w)
+    return beta * basis.T @ (z.T @ (sigmoid(eta) - labels)) + ridge * w
+
+
+def logistic_objective(theta, z, labels, offsets, beta, ridge):
+    eta = offsets + beta * z @ theta
+    return float(np.sum(np.logaddexp(0.0, eta) - labels * eta) + 0.5 * ridge * theta @ theta)
+
+
+def logistic_gradient(theta, z, labels, offsets, beta, ridge):
+    eta = offsets + beta * z @ theta
+    return beta * z.T @ (sigmoid(eta) - labels) + ridge * theta
+
+
+def logistic_hessian(theta, z, labels, offsets, beta, ridge):
+    eta = offsets + beta * z @ theta
+    return beta**2 * (z.T * (0.25 / np.cosh(0.5 * eta) ** 2)) @ z + ridge * np.eye(z.shape[1])
+
+
+def generic_minimiser(z, labels, offsets, beta, ridge):
+    """L-BFGS-B on the full-dimensional ridge logistic objective, polished by a root finder on
+    ``grad f = 0`` when needed; returns the point and a bound ``||grad|| / ridge`` on its distance to the minimiser
+    (strong convexity)."""
+    args = (z, labels, offsets, beta, ridge)
+    point = scipy.optimize.minimize(
+        logistic_objective, np.zeros(z.shape[1]), args=args, jac=logistic_gradient, method="L-BFGS-B",
+        options={"ftol": 0.0, "gtol": 1e-13, "maxiter": 20000, "maxcor": 30},
+    ).x
+    if np.linalg.norm(logistic_gradient(point, *args)) > 1e-8 * ridge:
+        # Near the optimum objective values stop resolving progress (their changes fall below an
+        # ulp), so polish by solving grad f = 0 with scipy's root finder instead.
+        point = scipy.optimize.root(logistic_gradient, point, args=args, jac=logistic_hessian, method="hybr",
+                                    tol=1e-15).x
+    return point, np.linalg.norm(logistic_gradient(point, *args)) / ridge
+
+
+ESTIMATORS = {
+    "pooled": lambda rewards, **kw: PooledMLE(**kw),
+    "independent": lambda rewards, **kw: IndependentMLE(**kw),
+    "oracle": lambda rewards, **kw: OracleSubspaceMLE(rewards.subspace, **kw),
+    "p-sharelora": lambda rewards, **kw: PShareLoRA(RANK, **kw),
+}
+
+
+# -- the final per-user fit is stationary ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_final_coordinates_are_stationary(world, name):
+    mdp, rewards, dataset = world
+    estimator = ESTIMATORS[name](rewards, ridge=RIDGE, beta=1.3).fit(dataset, mdp)
+    z, labels = differences(mdp, dataset), dataset.labels
+    assert estimator.theta_hat.shape == (N_USERS, mdp.n_features)
+    for user in range(N_USERS):
+        region = estimator.confidence_set(user)
+        # confidence_set(i) is centred at theta_hat[i].
+        np.testing.assert_allclose(region.theta_hat, estimator.theta_hat[user], atol=1e-12)
+        rows = slice(None) if name == "pooled" else dataset.users == user
+        grad = coordinate_gradient(region.center, region.basis, region.offset, z[rows], labels[rows], 1.3, RIDGE)
+        at_zero = coordinate_gradient(np.zeros_like(region.center), region.basis, region.offset, z[rows],
+                                      labels[rows], 1.3, RIDGE)
+        assert np.linalg.norm(grad) <= 1e-6 * np.linalg.norm(at_zero)
+    if name == "pooled":
+        np.testing.assert_allclose(estimator.theta_hat, estimator.theta_hat[:1].repeat(N_USERS, 0), atol=1e-12)
+    assert all(entry["converged"] for entry in estimator.diagnostics.values())
+
+
+def test_independent_mle_equals_a_generic_optimiser_per_user(world):
+    """Per user, the ridge MLE over all of R^d: the unidentified components carry no data, so the
+    ridge sets them to zero and the minimiser is the estimator's (which fits identifiable
+    coordinates only)."""
+    mdp, rewards, dataset = world
+    estimator = IndependentMLE(ridge=RIDGE).fit(dataset, mdp)
+    z = differences(mdp, dataset)
+    for user in range(N_USERS):
+        rows = dataset.users == user
+        reference, bound = generic_minimiser(z[rows], dataset.labels[rows], np.zeros(rows.sum()), 1.0, RIDGE)
+        assert bound < 5e-7
+        np.testing.assert_allclose(estimator.theta_hat[user], reference, rtol=0, atol=1e-6)
+    pooled = PooledMLE(ridge=RIDGE).fit(dataset, mdp)
+    reference, bound = generic_minimiser(z, dataset.labels, np.zeros(len(dataset)), 1.0, RIDGE)
+    assert bound < 5e-7
+    np.testing.assert_allclose(pooled.theta_hat[0], reference, rtol=0, atol=1e-6)
+
+
+def test_theta_hat_lies_in_the_identifiable_span(world):
+    mdp, rewards, dataset = world
+    hidden = unidentified(mdp)
+    for name in ("pooled", "independent", "p-sharelora"):
+        estimator = ESTIMATORS[name](rewards, ridge=RIDGE).fit(dataset, mdp)
+        scale = np.abs(estimator.theta_hat).max()
+        np.testing.assert_allclose(estimator.theta_hat @ hidden, 0.0, atol=1e-9 * scale)
+        basis = estimator.confidence_set(0).basis
+        # The coordinates' basis is orthonormal and spans exactly the identifiable directions.
+        np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-10)
+        np.testing.assert_allclose(hidden.T @ basis, 0.0, atol=1e-10)
+        if name != "p-sharelora":
+            assert basis.shape[1] == mdp.n_features - hidden.shape[1]
+
+
+def test_oracle_subspace_fits_in_the_true_subspace():
+    mdp, rewards, dataset = make_world("one_hot", seed=3)
+    subspace = rewards.subspace
+    estimator = OracleSubspaceMLE(subspace, ridge=RIDGE).fit(dataset, mdp)
+    # The subspace is given up to a basis change: a skewed spanning set gives the same fit.
+    skewed = OracleSubspaceMLE(subspace @ np.array([[2.0, 1.0], [0.0, -0.5]]), ridge=RIDGE).fit(dataset, mdp)
+    np.testing.assert_allclose(skewed.theta_hat, estimator.theta_hat, atol=1e-9)
+    assert principal_angle_distance(subspace, estimator.subspace) < 1e-12
+    np.testing.assert_allclose(estimator.subspace.T @ estimator.subspace, np.eye(RANK), atol=1e-12)
+    z = differences(mdp, dataset)
+    for user in range(N_USERS):
+        rows = dataset.users == user
+        theta = estimator.theta_hat[user]
+        np.testing.assert_allclose(theta, subspace @ (subspace.T @ theta), atol=1e-12)
+        reference, bound = generic_minimiser(z[rows] @ subspace, dataset.labels[rows], np.zeros(rows.sum()), 1.0,
+                                             RIDGE)
+        assert bound < 5e-7
+        np.testing.assert_allclose(subspace.T @ theta, reference, atol=1e-6)
+
+
+# -- P-ShareLoRA --------------------------------------------------------------------------------
+
+def joint_gradient(users_factor, subspace_factor, z, labels, users, offsets, beta, ridge):
+    """Gradient of ``sum_j softplus(eta_j) - y_j eta_j + ridge/2 (||W||^2 + ||U||^2)`` with
+    ``eta_j = offset_j + beta W[i_j] . U^T z_j`` (DESIGN.md 2.1, step 1)."""
+    projected = z @ subspace_factor
+    eta = offsets + beta * np.sum(users_factor[users] * projected, axis=1)
+    residual = beta * (sigmoid(eta) - labels)
+    grad_users = np.zeros_like(users_factor)
+    np.add.at(grad_users, users, residual[:, None] * projected)
+    grad_subspace = z.T @ (residual[:, None] * users_factor[users])
+    return grad_users + ridge * users_factor, grad_subspace + ridge * subspace_factor
+
+
+@pytest.mark.parametrize("kind", ["one_hot", "dense"])
+def test_p_sharelora_joint_fit_and_subspace(kind):
+    base = None
+    mdp, rewards, dataset = make_world(kind, seed=4, n_pairs=80)
+    if kind == "dense":
+        base = np.random.default_rng(0).normal(size=(mdp.n_features, N_USERS))
+        mdp, rewards, dataset = make_world(kind, seed=4, n_pairs=80, base=base)
+    estimator = PShareLoRA(RANK, ridge=RIDGE, base=base).fit(dataset, mdp)
+    z, labels, users = differences(mdp, dataset), dataset.labels, dataset.users
+    offsets = np.zeros(len(dataset)) if base is None else np.sum(base.T[users] * z, axis=1)
+    joint = estimator.joint_fit
+    assert joint.left.shape == (N_USERS, RANK) and joint.right.shape == (mdp.n_features, RANK)
+    grad = joint_gradient(joint.left, joint.right, z, labels, users, offsets, 1.0, RIDGE)
+    data = comparison_data(dataset, mdp, base=base)
+    start = spectral_start(data.user_indicator(), data.differences, data.labels, data.offsets, RANK, 1.0)
+    start_grad = joint_gradient(*start, z, labels, users, offsets, 1.0, RIDGE)
+    norm = lambda pair: np.sqrt(sum(np.sum(part**2) for part in pair))  # noqa: E731
+    assert norm(grad) <= 1e-6 * norm(start_grad)
+    # U_hat: orthonormal columns spanning the top-r left singular space of the fitted U W^T.
+    subspace = estimator.subspace
+    assert subspace.shape == (mdp.n_features, RANK)
+    np.testing.assert_allclose(subspace.T @ subspace, np.eye(RANK), atol=1e-12)
+    left_singular = np.linalg.svd(joint.right @ joint.left.T)[0][:, :RANK]
+    assert principal_angle_distance(left_singular, subspace) < 1e-8
+    # Every estimate is base + a vector of the subspace.
+    personal = estimator.theta_hat - (0 if base is None else base.T)
+    np.testing.assert_allclose(personal, personal @ subspace @ subspace.T, atol=1e-10 * np.abs(personal).max())
+
+
+def test_rank_r_subspace_is_accurate_with_much_data():
+    """With many pairs the estimated subspace approaches the truth's (a sanity check of the
+    whole pipeline; the rate is in the slow statistical tests)."""
+    mdp = random_mdp(4, 3, 3, seed=5)
+    rewards = low_rank_rewards(mdp.n_features, 20, RANK, mdp=mdp, scale=3.0, seed=6)
+    few = collect_preferences(mdp, rewards, 20, seed=7)
+    many = collect_preferences(mdp, rewards, 400, seed=7)
+    distances = [agents.subspace_distance(mdp, rewards.subspace, PShareLoRA(RANK, ridge=1.0).fit(ds, mdp).subspace)
+                 for ds in (few, many)]
+    assert distances[1] < 0.3 and distances[1] < distances[0]
+
+
+# -- ridge selection -----------------------------------------------------------------------------
+
+def held_out_log_likelihood(theta_hat, z, labels, users):
+    eta = np.sum(theta_hat[users] * z, axis=1)
+    return float(np.mean(labels * -np.logaddexp(0, -eta) + (1 - labels) * -np.logaddexp(0, eta)))
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_ridge_rule_picks_the_best_held_out_likelihood(name):
+    mdp, rewards, dataset = make_world("one_hot", seed=8, n_pairs=30)
+    grid = (10.0, 1.0, 0.1)
+    estimator = ESTIMATORS[name](rewards, ridge_grid=grid, seed=3).fit(dataset, mdp)
+    train, held = held_out_split(comparison_data(dataset, mdp), seed=3)
+    # The split: disjoint, complete, round(20%) of every user's pairs held out.
+    assert np.intersect1d(train, held).size == 0 and np.union1d(train, held).size == len(dataset)
+    np.testing.assert_array_equal(np.bincount(dataset.users[held], minlength=N_USERS),
+                                  np.round(0.2 * dataset.pairs_per_user()).astype(int))
+    z = differences(mdp, dataset)
+    scores = {}
+    for ridge in grid:
+        refit = ESTIMATORS[name](rewards, ridge=ridge).fit(dataset.subset(train), mdp)
+        scores[ridge] = held_out_log_likelihood(refit.theta_hat, z[held], dataset.labels[held], dataset.users[held])
+    assert set(estimator.ridge_scores_) == set(grid)
+    for ridge in grid:
+        assert estimator.ridge_scores_[ridge] == pytest.approx(scores[ridge], abs=1e-6)
+    assert estimator.ridge_ == max(grid, key=lambda ridge: (scores[ridge], ridge))
+    # The final fit uses the chosen ridge on all the data.
+    fixed = ESTIMATORS[name](rewards, ridge=estimator.ridge_).fit(dataset, mdp)
+    np.testing.assert_allclose(estimator.theta_hat, fixed.theta_hat, atol=1e-7)
+
+
+def test_fixed_ridge_skips_selection(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("select_ridge must not run with a fixed ridge")
+
+    monkeypatch.setattr(agents.estimators, "select_ridge", forbidden)
+    mdp, rewards, dataset = make_world("one_hot", seed=9)
+    for name in ESTIMATORS:
+        estimator = ESTIMATORS[name](rewards, ridge=0.3).fit(dataset, mdp)
+        assert estimator.ridge_ == 0.3 and estimator.ridge_scores_ == {}
+    with pytest.raises(AssertionError, match="select_ridge"):
+        IndependentMLE().fit(dataset, mdp)
+
+
+# -- base reward ---------------------------------------------------------------------------------
+
+def test_base_offsets_are_known_not_estimated():
+    base = 3.0 * np.random.default_rng(10).normal(size=(12, N_USERS))  # one-hot world: d = 12
+    mdp, rewards, dataset = make_world("one_hot", seed=10, n_pairs=60, base=base)
+    np.testing.assert_allclose(rewards.base, base)
+    estimator = IndependentMLE(ridge=RIDGE, base=base).fit(dataset, mdp)
+    z = differences(mdp, dataset)
+    for user in range(N_USERS):
+        rows = dataset.users == user
+        offsets = z[rows] @ base[:, user]
+        reference, bound = generic_minimiser(z[rows], dataset.labels[rows], offsets, 1.0, RIDGE)
+        assert bound < 5e-7
+        # theta_hat - base is the ridge MLE of the personal part with the base's logit as offset.
+        np.testing.assert_allclose(estimator.theta_hat[user] - base[:, user], reference, atol=1e-6)
+        region = estimator.confidence_set(user)
+        np.testing.assert_array_equal(region.offset, base[:, user])
+    # A shared base (d,) is the same as that column repeated.
+    shared = base[:, 0]
+    one = IndependentMLE(ridge=RIDGE, base=shared).fit(dataset, mdp)
+    repeated = IndependentMLE(ridge=RIDGE, base=np.repeat(shared[:, None], N_USERS, axis=1)).fit(dataset, mdp)
+    np.testing.assert_allclose(one.theta_hat, repeated.theta_hat, atol=1e-12)
+    # Knowing the base helps: the personal part is estimated, not the large base.
+    truth = rewards.theta.T
+    with_base = agents.reward_errors(mdp, estimator.theta_hat, truth.T)
+    without = agents.reward_errors(mdp, IndependentMLE(ridge=RIDGE).fit(dataset, mdp).theta_hat, truth.T)
+    assert with_base.mean() < without.mean()
+
+
+# -- confidence sets -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("radius", ["wald", "theory"])
+@pytest.mark.parametrize("name", ["independent", "p-sharelora", "pooled"])
+def test_confidence_set_matrix_and_radius(name, radius):
+    mdp, rewards, dataset = make_world("dense", seed=11)
+    estimator = ESTIMATORS[name](rewards, ridge=RIDGE, radius=radius, delta=0.05, norm_bound=4.0,
+                                 beta=0.8).fit(dataset, mdp)
+    z = differences(mdp, dataset)
+    for user in range(N_USERS):
+        region = estimator.confidence_set(user)
+        rows = slice(None) if name == "pooled" else dataset.users == user
+        coordinates = 0.8 * z[rows] @ region.basis  # beta B^T z
+        k = region.dimension
+        if radius == "wald":
+            slope = sigmoid(coordinates @ region.center) * sigmoid(-coordinates @ region.center)
+            fisher = (coordinates.T * slope) @ coordinates + RIDGE * np.eye(k)
+            np.testing.assert_allclose(region.matrix, fisher, rtol=1e-10, atol=1e-12)
+            assert region.radius == pytest.approx(np.sqrt(chi2.ppf(0.95, k)), rel=1e-12)
+        else:
+            gram = coordinates.T @ coordinates + RIDGE * np.eye(k)
+            np.testing.assert_allclose(region.matrix, gram, rtol=1e-10, atol=1e-12)
+            bound = np.max(np.linalg.norm(coordinates, axis=1))
+            assert region.radius == pytest.approx(theory_radius(gram, RIDGE, 0.05, bound, 4.0), rel=1e-10)
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+def test_invalid_configurations_name_the_argument():
+    mdp, rewards, dataset = make_world("one_hot", seed=12, n_pairs=10)
+    with pytest.raises(ValueError, match="rank"):
+        PShareLoRA(N_USERS + 1, ridge=1.0).fit(dataset, mdp)
+    with pytest.raises(ValueError, match="rank"):
+        PShareLoRA(0)
+    with pytest.raises(ValueError, match="contexts"):
+        FullRankContextual(ridge=1.0).fit(dataset, mdp)
+    with pytest.raises(ValueError, match="contexts"):
+        LoCoPRS(1, ridge=1.0).fit(dataset, mdp)
+    with pytest.raises(ValueError, match="radius"):
+        IndependentMLE(radius="bayes")
+    for delta in (0.0, 1.0, -0.2, 1.5):
+        with pytest.raises(ValueError, match="delta"):
+            IndependentMLE(delta=delta)
+    for ridge in (0.0, -1.0):
+        with pytest.raises(ValueError, match="ridge"):
+            IndependentMLE(ridge=ridge)
+    with pytest.raises(ValueError, match="ridge_grid"):
+        IndependentMLE(ridge_grid=())
+    with pytest.raises(ValueError, match="ridge_grid"):
+        IndependentMLE(ridge_grid=(1.0, -1.0))
+    with pytest.raises(ValueError, match="beta"):
+        IndependentMLE(beta=0.0)
+    with pytest.raises(ValueError, match="subspace"):
+        OracleSubspaceMLE(np.eye(mdp.n_features + 1)[:, :2], ridge=1.0).fit(dataset, mdp)
+    with pytest.raises(ValueError, match="base"):
+        IndependentMLE(ridge=1.0, base=np.zeros(mdp.n_features + 1)).fit(dataset, mdp)
+    estimator = IndependentMLE(ridge=1.0).fit(dataset, mdp)
+    with pytest.raises(ValueError, match="user"):
+        estimator.confidence_set(N_USERS)
+    with pytest.raises(TypeError, match="user"):
+        estimator.confidence_set(0.5)

@@ -1,0 +1,178 @@
+"""The factored (Burer-Monteiro) rank-r logistic MLE: derivatives, stationarity, balancedness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+from agents import ConvergenceWarning, fit_factored, spectral_start
+from agents.factorized import _Bilinear
+
+
+# -- an independent implementation of F(A, B) (agents/factorized.py module docstring) -------------
+
+def sigmoid(eta):
+    return 0.5 * (1.0 + np.tanh(0.5 * eta))
+
+
+def factored_objective(left, right, contexts, features, labels, offsets, beta, ridge, balance):
+    contexts, features = dense(contexts), dense(features)
+    eta = offsets + beta * np.einsum("ja,ab,jb->j", contexts, left @ right.T, features)
+    imbalance = left.T @ left - right.T @ right
+    return (np.sum(np.logaddexp(0.0, eta) - labels * eta)
+            + 0.5 * ridge * (np.sum(left**2) + np.sum(right**2)) + 0.25 * balance * np.sum(imbalance**2))
+
+
+def factored_gradient(left, right, contexts, features, labels, offsets, beta, ridge, balance):
+    """``(dF/dA, dF/dB)``: with ``G = beta sum_j (sigmoid(eta_j) - y_j) x_j z_j^T`` the gradient of
+    the loss in ``M = A B^T``, ``dF/dA = G B + ridge A + balance A D`` and
+    ``dF/dB = G^T A + ridge B - balance B D``, ``D = A^T A - B^T B``."""
+    contexts, features = dense(contexts), dense(features)
+    eta = offsets + beta * np.einsum("ja,ab,jb->j", contexts, left @ right.T, features)
+    loss_gradient = beta * contexts.T @ ((sigmoid(eta) - labels)[:, None] * features)
+    imbalance = left.T @ left - right.T @ right
+    return (loss_gradient @ right + ridge * left + balance * left @ imbalance,
+            loss_gradient.T @ left + ridge * right - balance * right @ imbalance)
+
+
+def dense(matrix):
+    return matrix.toarray() if scipy.sparse.issparse(matrix) else np.asarray(matrix)
+
+
+def flat_norm(pair):
+    return float(np.sqrt(sum(np.sum(part**2) for part in pair)))
+
+
+def bilinear_problem(seed, n=300, context_dim=5, n_features=7, rank=2, one_hot=False):
+    """Bradley-Terry labels from a rank-``rank`` ``Theta_c``; one-hot contexts mimic P-ShareLoRA."""
+    rng = np.random.default_rng(seed)
+    if one_hot:
+        users = rng.integers(context_dim, size=n)
+        contexts = scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), users)), shape=(n, context_dim))
+    else:
+        contexts = rng.normal(size=(n, context_dim))
+    features = rng.normal(size=(n, n_features))
+    truth = rng.normal(size=(context_dim, rank)) @ rng.normal(size=(rank, n_features)) / np.sqrt(rank)
+    eta = np.einsum("ja,ab,jb->j", dense(contexts), truth, features)
+    labels = (rng.uniform(size=n) < sigmoid(eta)).astype(float)
+    offsets = 0.3 * rng.normal(size=n)
+    return contexts, features, labels, offsets
+
+
+# -- derivatives ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("one_hot", [False, True])
+@pytest.mark.parametrize("balance", [0.0, 0.7])
+def test_gradient_and_hessian_vector_product_match_finite_differences(one_hot, balance):
+    contexts, features, labels, offsets = bilinear_problem(1, n=60, one_hot=one_hot)
+    rank, beta, ridge = 3, 1.3, 0.4
+    problem = _Bilinear(contexts, features, labels, offsets, beta, ridge, balance, rank)
+    rng = np.random.default_rng(2)
+    d_x, d = contexts.shape[1], features.shape[1]
+    point = rng.normal(size=(d_x + d) * rank) * 0.5
+    value, grad = problem.value_and_gradient(point)
+    left, right = point[: d_x * rank].reshape(d_x, rank), point[d_x * rank:].reshape(d, rank)
+    args = (contexts, features, labels, offsets, beta, ridge, balance)
+    assert value == pytest.approx(factored_objective(left, right, *args), rel=1e-12)
+    independent = np.concatenate([np.ravel(part) for part in factored_gradient(left, right, *args)])
+    np.testing.assert_allclose(grad, independent, rtol=1e-10, atol=1e-12 * np.abs(independent).max())
+
+    # Central differences: truncation error O(step^2 f''') and rounding O(eps |f| / step), so
+    # step 1e-4 leaves errors near 1e-8 relative; 1e-6 is a safe margin.
+    step = 1e-4
+    numeric = np.array([(problem.value_and_gradient(point + step * e)[0]
+                         - problem.value_and_gradient(point - step * e)[0]) / (2 * step)
+                        for e in np.eye(point.size)])
+    np.testing.assert_allclose(grad, numeric, rtol=0, atol=1e-6 * np.abs(grad).max())
+
+    for _ in range(3):
+        direction = rng.normal(size=point.size)
+        product = problem.hessian_vector(point, direction)
+        numeric = (problem.value_and_gradient(point + step * direction)[1]
+                   - problem.value_and_gradient(point - step * direction)[1]) / (2 * step)
+        np.testing.assert_allclose(product, numeric, rtol=0, atol=1e-6 * np.abs(numeric).max())
+
+
+# -- the fitted point ----------------------------------------------------------------------------
+
+CASES = [
+    # (seed, one_hot contexts, ridge, balance)
+    (3, False, 0.1, 0.0),
+    (4, False, 1.0, 0.0),
+    (5, False, 3.0, 1.0),
+    (6, True, 0.3, 0.0),
+    (7, True, 1.0, 1.0),
+]
+
+
+def fitted(seed, one_hot, ridge, balance, rank=2):
+    contexts, features, labels, offsets = bilinear_problem(seed, one_hot=one_hot,
+                                                            context_dim=12 if one_hot else 5)
+    start = spectral_start(contexts, features, labels, offsets, rank, 1.0)
+    fit = fit_factored(contexts, features, labels, rank, initial=start, offsets=offsets, ridge=ridge,
+                       balance=balance)
+    return fit, start, (contexts, features, labels, offsets, 1.0, ridge, balance)
+
+
+@pytest.mark.parametrize("seed, one_hot, ridge, balance", CASES)
+def test_fit_is_a_stationary_point(seed, one_hot, ridge, balance):
+    fit, start, args = fitted(seed, one_hot, ridge, balance)
+    assert fit.converged
+    grad = factored_gradient(fit.left, fit.right, *args)
+    start_grad = factored_gradient(*start, *args)
+    assert flat_norm(grad) <= 1e-6 * flat_norm(start_grad)
+    # Scale-free as well: at a stationary point the ridge term ridge * (A, B) balances the data
+    # term, so this is the gradient relative to either of its two parts.
+    assert flat_norm(grad) <= 1e-6 * ridge * flat_norm((fit.left, fit.right))
+    # The reported certificate is the true one.
+    assert fit.gradient_norm == pytest.approx(flat_norm(grad), rel=1e-6, abs=1e-12)
+    assert fit.relative_gradient_norm == pytest.approx(flat_norm(grad) / flat_norm(start_grad), rel=1e-6,
+                                                       abs=1e-12)
+    assert fit.objective == pytest.approx(factored_objective(fit.left, fit.right, *args), rel=1e-12)
+    assert fit.objective <= factored_objective(*start, *args)
+    np.testing.assert_allclose(fit.matrix, fit.left @ fit.right.T)
+
+
+@pytest.mark.parametrize("seed, one_hot, ridge, balance", CASES)
+def test_stationary_points_are_balanced(seed, one_hot, ridge, balance):
+    """``A^T dF/dA - (dF/dB)^T B = ridge D + balance (A^T A D + D B^T B)`` with ``D = A^T A - B^T B``
+    (the loss terms cancel), and this map of ``D`` is positive definite: at a stationary point
+    ``D = 0``. Its size is bounded by ``(||A|| + ||B||) ||grad F|| / ridge``."""
+    fit, _, args = fitted(seed, one_hot, ridge, balance)
+    left_gram, right_gram = fit.left.T @ fit.left, fit.right.T @ fit.right
+    assert np.linalg.norm(left_gram - right_gram) <= 1e-5 * np.linalg.norm(left_gram)
+
+
+def test_one_hot_contexts_give_rank_r_and_match_dense_contexts():
+    rank = 3
+    contexts, features, labels, offsets = bilinear_problem(8, n=600, context_dim=15, n_features=9, rank=rank,
+                                                            one_hot=True)
+    start = spectral_start(contexts, features, labels, offsets, rank, 1.0)
+    sparse_fit = fit_factored(contexts, features, labels, rank, initial=start, offsets=offsets, ridge=0.5)
+    singular = np.linalg.svd(sparse_fit.matrix, compute_uv=False)
+    assert singular[rank - 1] > 1e-3 * singular[0]  # exactly rank r: not collapsed ...
+    assert singular[rank] <= 1e-12 * singular[0]  # ... and no more
+    dense_start = spectral_start(contexts.toarray(), features, labels, offsets, rank, 1.0)
+    np.testing.assert_allclose(dense_start[0], start[0], atol=1e-10)
+    dense_fit = fit_factored(contexts.toarray(), features, labels, rank, initial=dense_start, offsets=offsets,
+                             ridge=0.5)
+    # Same objective, same start: same answer up to the stopping tolerance.
+    np.testing.assert_allclose(dense_fit.matrix, sparse_fit.matrix, atol=1e-6 * np.abs(sparse_fit.matrix).max())
+
+
+def test_spectral_start_is_balanced_rank_r():
+    contexts, features, labels, offsets = bilinear_problem(9, n=200, context_dim=6, n_features=8, rank=2)
+    left, right = spectral_start(contexts, features, labels, offsets, 2, 1.0)
+    assert left.shape == (6, 2) and right.shape == (8, 2)
+    np.testing.assert_allclose(left.T @ left, right.T @ right, atol=1e-12 * np.abs(left).max() ** 2)
+    assert np.linalg.matrix_rank(left @ right.T) == 2
+
+
+def test_convergence_warning_when_out_of_iterations():
+    contexts, features, labels, offsets = bilinear_problem(10)
+    start = spectral_start(contexts, features, labels, offsets, 2, 1.0)
+    with pytest.warns(ConvergenceWarning):
+        fit = fit_factored(contexts, features, labels, 2, initial=start, offsets=offsets, ridge=0.1, max_iter=1)
+    assert not fit.converged
+    assert fit.iterations <= 1

@@ -1,0 +1,183 @@
+"""Evaluation metrics: identifiable-part subspace distance and reward errors, accuracy, coverage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agents import (
+    IndependentMLE,
+    LoCoPRS,
+    OracleSubspaceMLE,
+    PShareLoRA,
+    coverage,
+    estimation_report,
+    preference_accuracy,
+    reward_errors,
+    subspace_distance,
+)
+from lr_mdp_env import Teacher, collect_preferences, contextual_rewards, low_rank_rewards, random_mdp
+
+
+def make_mdp(kind, seed=0):
+    if kind == "one_hot":
+        return random_mdp(4, 3, 3, seed=seed)
+    if kind == "one_hot_time":
+        return random_mdp(3, 2, 3, features="one_hot_time", seed=seed)
+    return random_mdp(5, 3, 3, features="dense", n_features=6, seed=seed)
+
+
+def hidden_directions(mdp, kind):
+    """Unidentified directions from the feature kind alone (one per step block of one-hot features)."""
+    d = mdp.n_features
+    if kind == "one_hot":
+        return np.ones((d, 1)) / np.sqrt(d)
+    if kind == "one_hot_time":
+        block = mdp.n_states * mdp.n_actions
+        return np.kron(np.eye(mdp.horizon), np.ones((block, 1))) / np.sqrt(block)
+    return np.zeros((d, 0))
+
+
+def largest_angle_sine(first, second):
+    """``sin`` of the largest principal angle of two equal-dimensional spans: ``sqrt(1 - cos_min^2)``
+    with the cosines the singular values of ``Q1^T Q2``."""
+    q1, q2 = np.linalg.qr(first)[0], np.linalg.qr(second)[0]
+    cosines = np.linalg.svd(q1.T @ q2, compute_uv=False)
+    return float(np.sqrt(max(0.0, 1.0 - cosines.min() ** 2)))
+
+
+KINDS = ["one_hot", "one_hot_time", "dense"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_subspace_distance(kind):
+    mdp = make_mdp(kind)
+    rng = np.random.default_rng(1)
+    d, rank = mdp.n_features, 2
+    hidden = hidden_directions(mdp, kind)
+    truth = np.linalg.qr(rng.normal(size=(d, rank)))[0]
+    assert subspace_distance(mdp, truth, truth) == pytest.approx(0.0, abs=1e-12)
+    estimate = truth + 0.3 * rng.normal(size=(d, rank))
+    expected = largest_angle_sine(truth - hidden @ (hidden.T @ truth), estimate - hidden @ (hidden.T @ estimate))
+    assert subspace_distance(mdp, truth, estimate) == pytest.approx(expected, rel=1e-9)
+    if hidden.shape[1]:
+        # Unidentified components of either argument do not count ...
+        shifted_truth = truth + hidden @ rng.normal(size=(hidden.shape[1], rank))
+        shifted_estimate = estimate + hidden @ rng.normal(size=(hidden.shape[1], rank))
+        assert subspace_distance(mdp, shifted_truth, shifted_estimate) == pytest.approx(expected, rel=1e-9)
+        assert subspace_distance(mdp, truth, shifted_truth) == pytest.approx(0.0, abs=1e-12)
+    # ... while a rotation by a known angle inside the identifiable space does.
+    identifiable = np.linalg.qr(np.hstack([hidden, truth, rng.normal(size=(d, 1))]))[0][:, hidden.shape[1]:]
+    inside_truth = identifiable[:, :rank]
+    turned = inside_truth.copy()
+    turned[:, 0] = np.cos(0.2) * identifiable[:, 0] + np.sin(0.2) * identifiable[:, rank]
+    assert subspace_distance(mdp, inside_truth, turned) == pytest.approx(np.sin(0.2), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reward_errors_ignore_unidentified_components(kind):
+    mdp = make_mdp(kind)
+    rng = np.random.default_rng(2)
+    n_users, d = 5, mdp.n_features
+    theta = rng.normal(size=(d, n_users))
+    theta_hat = theta.T + 0.1 * rng.normal(size=(n_users, d))
+    errors = reward_errors(mdp, theta_hat, theta)
+    assert errors.shape == (n_users,)
+    hidden = hidden_directions(mdp, kind)
+    difference = theta_hat - theta.T
+    expected = np.linalg.norm(difference - difference @ hidden @ hidden.T, axis=1)
+    np.testing.assert_allclose(errors, expected, rtol=1e-12)
+    if kind == "one_hot":
+        # Adding a constant per user to every (s, a) reward changes no comparison, and no error.
+        shifted = theta_hat + rng.normal(size=(n_users, 1))
+        np.testing.assert_allclose(reward_errors(mdp, shifted, theta), errors, rtol=1e-12)
+        np.testing.assert_allclose(errors, np.linalg.norm(difference - difference.mean(axis=1, keepdims=True),
+                                                          axis=1), rtol=1e-12)
+    elif kind == "one_hot_time":
+        # A constant per step (a different one for every step) changes nothing either.
+        block = mdp.n_states * mdp.n_actions
+        shifted = theta_hat + np.repeat(rng.normal(size=(n_users, mdp.horizon)), block, axis=1)
+        np.testing.assert_allclose(reward_errors(mdp, shifted, theta), errors, rtol=1e-12)
+    else:
+        np.testing.assert_allclose(errors, np.linalg.norm(difference, axis=1), rtol=1e-12)
+
+
+class KnowsTheTruth:
+    """An estimator whose point estimate is the true reward."""
+
+    def __init__(self, theta, beta=1.0):
+        self.theta_hat, self.beta, self.base = theta, beta, None
+
+    def pair_logits(self, data):
+        return self.beta * data.row_dot(self.theta_hat[data.users])
+
+
+@pytest.mark.parametrize("kind", ["one_hot", "dense"])
+def test_preference_accuracy(kind):
+    mdp = make_mdp(kind, seed=3)
+    rewards = low_rank_rewards(mdp.n_features, 5, 2, mdp=mdp, scale=2.0, seed=4)
+    teacher = Teacher(beta=2.0, mistake=0.1, equal=0.1)
+    held_out = collect_preferences(mdp, rewards, 200, teacher=teacher, seed=5)
+    assert np.any(held_out.labels == 0.5)  # "equal" pairs exist and must be left out
+    truth = preference_accuracy(KnowsTheTruth(rewards.theta.T, beta=0.5), held_out, mdp)
+    assert truth["accuracy"] == truth["truth_accuracy"]
+    decided = held_out.labels != 0.5
+    probabilities = held_out.probabilities[decided]
+    assert truth["bayes_accuracy"] == pytest.approx(np.mean(np.maximum(probabilities, 1 - probabilities)))
+    # A fitted estimator's accuracy, recomputed from the trajectories.
+    train = collect_preferences(mdp, rewards, 60, seed=6)
+    estimator = IndependentMLE(ridge=1.0).fit(train, mdp)
+    z = (mdp.trajectory_features(held_out.states1, held_out.actions1)
+         - mdp.trajectory_features(held_out.states0, held_out.actions0))
+    predicted = np.sum(estimator.theta_hat[held_out.users] * z, axis=1) > 0
+    expected = np.mean(predicted[decided] == (held_out.labels[decided] == 1.0))
+    assert preference_accuracy(estimator, held_out, mdp)["accuracy"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_coverage_is_one_bool_per_user():
+    mdp = make_mdp("one_hot", seed=7)
+    rewards = low_rank_rewards(mdp.n_features, 8, 2, mdp=mdp, scale=2.0, seed=8)
+    dataset = collect_preferences(mdp, rewards, 40, seed=9)
+    for estimator in (IndependentMLE(ridge=1.0, delta=0.5), OracleSubspaceMLE(rewards.subspace, ridge=1.0),
+                      PShareLoRA(2, ridge=1.0, delta=0.5)):
+        estimator.fit(dataset, mdp)
+        covered = coverage(estimator, rewards)
+        assert covered.shape == (8,) and covered.dtype == bool
+        for user in range(8):
+            region = estimator.confidence_set(user)
+            basis = np.linalg.qr(region.basis)[0]
+            # The truth's projection onto the set's span, in the set's coordinates.
+            target = np.linalg.lstsq(region.basis, basis @ (basis.T @ (rewards.theta[:, user] - region.offset)),
+                                     rcond=None)[0]
+            deviation = target - region.center
+            assert covered[user] == (deviation @ region.matrix @ deviation <= region.radius**2)
+
+
+def test_contextual_coverage_and_report():
+    mdp = make_mdp("dense", seed=10)
+    rewards = contextual_rewards(mdp.n_features, 3, 1, n_users=20, mdp=mdp, scale=2.0, seed=11)
+    dataset = collect_preferences(mdp, rewards, 20, seed=12)
+    estimator = LoCoPRS(1, ridge=1.0).fit(dataset, mdp)
+    np.testing.assert_array_equal(coverage(estimator, rewards), [estimator.covers(rewards.theta_c)])
+    report = estimation_report(estimator, mdp, rewards)
+    np.testing.assert_allclose(report["reward_error"], reward_errors(mdp, estimator.theta_hat, rewards.theta))
+    assert "truth_in_set" not in report
+    assert report["subspace_distance"].iloc[0] == pytest.approx(
+        subspace_distance(mdp, rewards.subspace, estimator.subspace))
+
+
+def test_estimation_report_collects_the_metrics():
+    mdp = make_mdp("one_hot", seed=13)
+    rewards = low_rank_rewards(mdp.n_features, 6, 2, mdp=mdp, scale=2.0, seed=14)
+    dataset = collect_preferences(mdp, rewards, 40, seed=15)
+    held_out = collect_preferences(mdp, rewards, 40, seed=16)
+    estimator = PShareLoRA(2, ridge=1.0).fit(dataset, mdp)
+    report = estimation_report(estimator, mdp, rewards, held_out)
+    assert list(report["user"]) == list(range(6))
+    np.testing.assert_allclose(report["reward_error"], reward_errors(mdp, estimator.theta_hat, rewards.theta))
+    np.testing.assert_array_equal(report["truth_in_set"], coverage(estimator, rewards))
+    assert np.all(report["subspace_distance"] == subspace_distance(mdp, rewards.subspace, estimator.subspace))
+    accuracy = preference_accuracy(estimator, held_out, mdp)
+    for name, value in accuracy.items():
+        assert np.all(report[name] == value)
+    assert report.attrs["unidentified_directions"] == 1
