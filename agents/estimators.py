@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse
+from scipy.special import expit
 
 from lr_mdp_env import PreferenceDataset, TabularMDP
 from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real
@@ -123,6 +124,7 @@ class RewardEstimator:
         self._fit(data, self.ridge_)
         self._data = data
         self._sets: dict[int, Ellipsoid] = {}
+        self._set_matrices: dict[int, tuple[np.ndarray, float]] = {}
         return self
 
     def _prepare(self, data: ComparisonData, mdp: TabularMDP) -> None:
@@ -173,9 +175,17 @@ class RewardEstimator:
 
     def _build_set(self, user: int) -> Ellipsoid:
         problem = 0 if self._pooled else user
+        if problem not in self._set_matrices:
+            self._set_matrices[problem] = self._matrix_and_radius(problem)
+        matrix, radius = self._set_matrices[problem]
+        return Ellipsoid(offset=self._base[:, user], basis=self._basis, center=self._centers[user],
+                         matrix=matrix, radius=radius)
+
+    def _matrix_and_radius(self, problem: int) -> tuple[np.ndarray, float]:
+        """``(M, radius)`` of one coordinate problem (shared by all users when pooled)."""
         rows = np.flatnonzero(self._groups == problem)
         features = self._coordinate_features[rows]
-        center = self._centers[user]
+        center = self._centers[0 if self._pooled else problem]
         k = center.shape[0]
         ridge = self.ridge_
         if self.radius == "wald":
@@ -183,7 +193,7 @@ class RewardEstimator:
                 matrix = self._fisher[problem]
             else:
                 eta = self._data.offsets[rows] + self.beta * features @ center
-                slope = 1.0 / (2.0 + np.exp(eta) + np.exp(-eta))
+                slope = expit(eta) * expit(-eta)
                 matrix = self.beta**2 * (features.T * slope) @ features + ridge * np.eye(k)
             radius = wald_radius(k, self.delta)
         else:
@@ -192,8 +202,7 @@ class RewardEstimator:
             norm_bound = self.norm_bound if self.norm_bound is not None else \
                 2.0 * float(np.max(np.linalg.norm(self._centers, axis=1), initial=0.0)) or 1.0
             radius = theory_radius(matrix, ridge, self.delta, feature_bound, norm_bound)
-        return Ellipsoid(offset=self._base[:, user], basis=self._basis, center=center,
-                         matrix=0.5 * (matrix + matrix.T), radius=radius)
+        return 0.5 * (matrix + matrix.T), radius
 
 
 class PooledMLE(RewardEstimator):
