@@ -5,16 +5,28 @@ it came from, and expose each user's point estimate ``theta_hat`` and an ellipso
 confidence set. They work on the world's arrays, never on Gymnasium environments.
 """
 
+from . import planning
+from .agent import Agent, PessimisticAgent, behaviour_policy
 from .confidence import Ellipsoid, theory_radius, wald_radius
 from .contextual import BilinearCoordinates, FullRankContextual, LoCoPRS, rtv_coordinates
 from .data import ComparisonData, comparison_data
+from .evaluation import evaluate
 from .estimators import IndependentMLE, OracleSubspaceMLE, PooledMLE, PShareLoRA, RewardEstimator
 from .factorized import FactoredFit, fit_factored, spectral_start
 from .logistic import ConvergenceWarning, LogisticFit, fit_logistic
 from .metrics import coverage, estimation_report, preference_accuracy, reward_errors, subspace_distance
+from .registry import make, register, registered
 from .tuning import DEFAULT_RIDGE_GRID, select_ridge
 
 __all__ = [
+    "Agent",
+    "PessimisticAgent",
+    "behaviour_policy",
+    "evaluate",
+    "make",
+    "planning",
+    "register",
+    "registered",
     "BilinearCoordinates",
     "ComparisonData",
     "ConvergenceWarning",

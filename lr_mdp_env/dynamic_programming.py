@@ -13,8 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import as_real_array, check_probability_rows
+from ._validation import as_real_array, check_probability_rows, check_real
 from .mdp import TabularMDP
+
+#: Largest temporary of the robust step, in array elements (about 32 MB of float64): the users
+#: are processed in blocks so that the per-user sorted copies of the transition rows fit in it.
+_ROBUST_BLOCK_ELEMENTS = 1 << 22
 
 
 def check_reward(mdp: TabularMDP, reward: Any, name: str = "reward", *, finite: bool = True) -> np.ndarray:
@@ -86,31 +90,50 @@ def _keep_lowest_action(step_policy: np.ndarray, greedy: np.ndarray) -> None:
     step_policy[tied, first] = 1.0
 
 
-def backward_induction(mdp: TabularMDP, reward: Any) -> tuple[np.ndarray, np.ndarray]:
+def backward_induction(
+    mdp: TabularMDP, reward: Any, *, transition_radius: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Optimal deterministic policy and values by backward induction.
 
     ``Q_h(s, a) = r[h, s, a] + sum_s' P[h, s, a, s'] V_{h+1}(s')``, ``V_h(s) = max_a Q_h(s, a)``,
     ``V_H = 0``. Ties go to the lowest action index.
 
+    With ``transition_radius`` the expectation is replaced by its worst case over an L1 ball
+    around each transition row (robust dynamic programming with ``(s, a)``-rectangular
+    uncertainty): ``min { p . V_{h+1} : p in simplex, ||p - P[h, s, a]||_1 <= radius[h, s, a] }``,
+    solved exactly by :func:`l1_robust_expectation`'s sorting rule, for every user, state and
+    action at once. The result is the optimal policy and value against the adversarial
+    transitions, a lower bound on the value under any kernel in the balls.
+
     Parameters
     ----------
     mdp : TabularMDP
+        With estimated transitions, typically the empirical ones (see
+        :func:`l1_transition_radius`).
     reward : array_like, shape (H, S, A) or (N, H, S, A)
         One reward table, or one per user (all users go through one pass: each step is a single
         ``(N, S) x (S, S A)`` matrix product).
+    transition_radius : float or array_like of shape (H, S, A), optional
+        L1 radius of each transition row's uncertainty set, ``>= 0``; ``inf`` (or anything
+        ``>= 2``) lets the adversary choose any distribution. Default: the transitions are
+        exact. A radius of 0 gives exactly the plain recursion.
 
     Returns
     -------
     policy : ndarray, shape (H, S, A) or (N, H, S, A)
         One-hot rows of the greedy action.
     values : ndarray, shape (H, S) or (N, H, S)
-        ``V_h(s)`` of that policy, which is the optimal value.
+        ``V_h(s)`` of that policy, which is the optimal (robust) value.
 
     References
     ----------
     Puterman, *Markov Decision Processes*, 1994, section 4.5.
+    Iyengar, *Robust dynamic programming*, Mathematics of Operations Research 30(2), 2005.
+    Nilim and El Ghaoui, *Robust control of Markov decision processes with uncertain transition
+    matrices*, Operations Research 53(5), 2005.
     """
     reward = check_reward(mdp, reward, finite=False)
+    half_radius = None if transition_radius is None else 0.5 * check_transition_radius(mdp, transition_radius)
     batched = reward.ndim == 4
     rewards = reward if batched else reward[None]
     n_users = rewards.shape[0]
@@ -120,6 +143,10 @@ def backward_induction(mdp: TabularMDP, reward: Any) -> tuple[np.ndarray, np.nda
     next_values = np.zeros((n_users, n_states))
     for step in range(horizon - 1, -1, -1):
         q_values = _expected_next(mdp, step, next_values)
+        if half_radius is not None:
+            step_half_radius = half_radius if half_radius.ndim == 0 else half_radius[step].reshape(-1)
+            rows = mdp.transitions[step].reshape(n_states * n_actions, n_states)
+            q_values -= _l1_penalty(rows, next_values, step_half_radius).reshape(q_values.shape)
         q_values += rewards[:, step]
         next_values = _max_over_actions(q_values)
         values[:, step] = next_values
@@ -132,6 +159,153 @@ def backward_induction(mdp: TabularMDP, reward: Any) -> tuple[np.ndarray, np.nda
     if not batched:
         return policy[0], values[0]
     return policy, values
+
+
+def check_transition_radius(mdp: TabularMDP, radius: Any, name: str = "transition_radius") -> np.ndarray:
+    """Validate an L1 radius: a scalar or an array ``(H, S, A)``, non-negative, ``inf`` allowed."""
+    if isinstance(radius, (str, bytes)) or radius is None:
+        raise TypeError(f"{name} must be a real number or an array of them, got {type(radius).__name__}")
+    try:
+        array = np.asarray(radius, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be a real number or an array of them ({error})") from None
+    expected = (mdp.horizon, mdp.n_states, mdp.n_actions)
+    if array.ndim != 0 and array.shape != expected:
+        raise ValueError(f"{name} must be a scalar or have shape (H, S, A) = {expected}, got {array.shape}")
+    bad = np.isnan(array) | (array < 0)
+    if np.any(bad):
+        index = tuple(int(i) for i in np.argwhere(np.atleast_1d(bad))[0]) if array.ndim else ()
+        value = array[index] if array.ndim else array
+        raise ValueError(f"{name} must be non-negative (inf allowed), but {name}{list(index)} = {float(value)}")
+    return array
+
+
+def _l1_penalty(rows: np.ndarray, values: np.ndarray, half_radius: np.ndarray) -> np.ndarray:
+    """``p . v - min { p' . v : p' in simplex, ||p' - p||_1 <= 2 half_radius }`` for every pair.
+
+    Parameters: ``rows`` ``(R, S)`` probability vectors, ``values`` ``(n, S)``, ``half_radius``
+    scalar or ``(R,)``. Returns ``(n, R)``.
+
+    Sort each value vector in decreasing order, ``v_(0) >= ... >= v_(S-1) = min v``. The
+    adversary moves mass ``min(radius / 2, 1 - p[argmin])`` from the top of the order onto the
+    lowest state; by summation by parts the loss is
+    ``sum_j min(c_j, radius / 2) (v_(j) - v_(j+1))`` with ``c_j`` the mass of the ``j + 1`` highest
+    states (the cap ``1 - p[argmin]`` is ``c_(S-2)``, never smaller than the earlier ``c_j``).
+    Sorting depends only on the values, so it is done once per user; the rows are gathered in
+    that order for a block of users at a time.
+    """
+    n_users, n_states = values.shape
+    n_rows = rows.shape[0]
+    penalty = np.zeros((n_users, n_rows))
+    if n_states < 2:
+        return penalty
+    order = np.argsort(-values, axis=-1, kind="stable")
+    sorted_values = np.take_along_axis(values, order, axis=-1)
+    gaps = (sorted_values[:, :-1] - sorted_values[:, 1:])[:, None, :]  # (n, 1, S-1), >= 0
+    by_next_state = np.ascontiguousarray(rows.T)  # (S, R): a gather along the first axis is contiguous
+    block = max(1, _ROBUST_BLOCK_ELEMENTS // (n_rows * n_states))
+    for start in range(0, n_users, block):
+        users = slice(start, start + block)
+        mass = by_next_state[order[users, :-1]]  # (b, S-1, R): each row in the user's value order
+        np.cumsum(mass, axis=1, out=mass)
+        np.minimum(mass, half_radius, out=mass)
+        penalty[users] = (gaps[users] @ mass)[:, 0, :]
+    return penalty
+
+
+def l1_robust_expectation(rows: Any, values: Any, radius: Any) -> np.ndarray:
+    """Worst-case expectation over an L1 ball of distributions, exactly.
+
+    ``min { p . v : p >= 0, sum(p) = 1, ||p - p_0||_1 <= radius }``: the minimiser moves up to
+    ``radius / 2`` of mass from the highest-value outcomes (highest first) onto one
+    lowest-value outcome. Sorting gives it in ``O(S log S)`` per row.
+
+    Parameters
+    ----------
+    rows : array_like, shape (..., S)
+        Nominal distributions ``p_0`` (every row a probability vector).
+    values : array_like, shape (..., S)
+        Values ``v``; broadcast against ``rows``.
+    radius : float or array_like
+        Non-negative radius (``inf`` allowed), broadcast against the leading shape.
+
+    Returns
+    -------
+    ndarray, the broadcast leading shape
+        The minimum for each row.
+
+    References
+    ----------
+    Iyengar, *Robust dynamic programming*, Mathematics of Operations Research 30(2), 2005,
+    section 4 (L1 and other uncertainty sets with closed-form inner problems).
+    """
+    rows = as_real_array("rows", rows, tuple(range(1, 33)))
+    values = as_real_array("values", values, tuple(range(1, 33)))
+    check_probability_rows("rows", rows, tuple(f"axis{i}" for i in range(rows.ndim - 1)))
+    try:
+        radius = np.asarray(radius, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"radius must be real ({error})") from None
+    if np.any(np.isnan(radius) | (radius < 0)):
+        raise ValueError("radius must be non-negative (inf allowed)")
+    if rows.shape[-1] != values.shape[-1]:
+        raise ValueError(f"rows and values must have the same last axis, got {rows.shape} and {values.shape}")
+    leading = np.broadcast_shapes(rows.shape[:-1], values.shape[:-1], radius.shape)
+    n_outcomes = rows.shape[-1]
+    rows = np.broadcast_to(rows, leading + (n_outcomes,)).reshape(-1, n_outcomes)
+    values = np.broadcast_to(values, leading + (n_outcomes,)).reshape(-1, n_outcomes)
+    half_radius = np.broadcast_to(0.5 * radius, leading).reshape(-1)
+    order = np.argsort(-values, axis=-1, kind="stable")
+    sorted_values = np.take_along_axis(values, order, axis=-1)
+    cumulative = np.cumsum(np.take_along_axis(rows, order, axis=-1)[:, :-1], axis=-1)
+    gaps = sorted_values[:, :-1] - sorted_values[:, 1:]
+    penalty = np.sum(np.minimum(cumulative, half_radius[:, None]) * gaps, axis=-1)
+    return (np.sum(rows * values, axis=-1) - penalty).reshape(leading)
+
+
+def l1_transition_radius(counts: Any, delta: float) -> np.ndarray:
+    """L1 radius around empirical transition rows from their counts (Weissman et al. 2003).
+
+    For ``n`` independent draws from a distribution ``p`` on ``S`` outcomes, the empirical
+    distribution satisfies ``Pr(||p_hat - p||_1 >= eps) <= (2^S - 2) exp(-n eps^2 / 2)``; so with
+    probability at least ``1 - delta``
+
+    ``||p_hat - p||_1 <= sqrt(2 (S log 2 + log(1 / delta)) / n)``.
+
+    The radius is capped at 2 (the diameter of the simplex), which is also the radius of a row
+    that was never observed (``n = 0``): any distribution is then possible. The guarantee is per
+    row; for all ``H S A`` rows at once pass ``delta / (H S A)`` (union bound).
+
+    Parameters
+    ----------
+    counts : array_like, shape (..., S)
+        Observed next-state counts of each row, e.g.
+        :meth:`~lr_mdp_env.PreferenceDataset.transition_counts` ``(H, S, A, S)``.
+    delta : float in (0, 1)
+
+    Returns
+    -------
+    ndarray, shape (...)
+        The radius of each row, in ``(0, 2]``; ``(H, S, A)`` for counts ``(H, S, A, S)``, ready
+        for ``backward_induction(..., transition_radius=...)``.
+
+    References
+    ----------
+    Weissman, Ordentlich, Seroussi, Verdu and Weinberger, *Inequalities for the L1 deviation of
+    the empirical distribution*, HP Labs technical report HPL-2003-97, 2003.
+    """
+    counts = as_real_array("counts", counts, tuple(range(1, 33)))
+    if np.any(counts < 0):
+        raise ValueError("counts must be non-negative")
+    delta = check_real("delta", delta, 0.0, 1.0, strict_minimum=True)
+    if delta >= 1:
+        raise ValueError(f"delta must be below 1, got {delta}")
+    n_outcomes = counts.shape[-1]
+    visits = counts.sum(axis=-1)
+    squared = 2.0 * (n_outcomes * np.log(2.0) + np.log(1.0 / delta))
+    with np.errstate(divide="ignore"):
+        radius = np.sqrt(squared / visits)
+    return np.minimum(radius, 2.0)
 
 
 def occupancy(mdp: TabularMDP, policy: Any) -> np.ndarray:

@@ -1,0 +1,197 @@
+"""The agent protocol and the built-in agent: an estimator followed by a planner (DESIGN.md 2.3).
+
+An agent is anything with ``fit(dataset, mdp) -> agent`` and ``policy(user) -> (H, S, A)``;
+:func:`agents.evaluate` needs nothing more. Agents that also expose ``theta_hat``,
+``confidence_set(user)`` and ``reference_features`` get the pessimism diagnostics too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from lr_mdp_env import PreferenceDataset, TabularMDP
+from lr_mdp_env._validation import as_real_array, check_int, check_real
+from lr_mdp_env.dynamic_programming import (
+    check_policy,
+    expected_features,
+    l1_transition_radius,
+    uniform_policy,
+)
+
+from . import planning
+from .confidence import Ellipsoid
+
+PESSIMISM = ("exact", "rectangular", "none")
+TRANSITIONS = ("known", "estimated")
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """What :func:`agents.evaluate` and :func:`agents.register` expect of an agent."""
+
+    def fit(self, dataset: PreferenceDataset, mdp: TabularMDP) -> "Agent":
+        """Learn from an offline preference dataset collected in ``mdp``; return ``self``."""
+
+    def policy(self, user: int) -> np.ndarray:
+        """The Markov policy ``pi[h, s, a]`` chosen for ``user``, shape ``(H, S, A)``."""
+
+
+def behaviour_policy(dataset: PreferenceDataset) -> np.ndarray:
+    """The behaviour policy that collected ``dataset``: uniform when the data say so, otherwise
+    the empirical ``pi_h(a | s) = N(h, s, a) / N(h, s)`` of both trajectories of every pair
+    (uniform where ``(h, s)`` was never visited)."""
+    shape = (dataset.horizon, dataset.n_states, dataset.n_actions)
+    if dataset.metadata.get("behavior") == "uniform":
+        return np.full(shape, 1.0 / dataset.n_actions)
+    states = np.concatenate([dataset.states0, dataset.states1])
+    actions = np.concatenate([dataset.actions0, dataset.actions1])
+    steps = np.broadcast_to(np.arange(dataset.horizon), states.shape)
+    flat = np.ravel_multi_index((steps, states, actions), shape).ravel()
+    counts = np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape).astype(float)
+    visits = counts.sum(axis=-1, keepdims=True)
+    return np.where(visits > 0, counts / np.where(visits > 0, visits, 1.0), 1.0 / dataset.n_actions)
+
+
+class PessimisticAgent:
+    """A reward estimator followed by greedy, rectangular or exact pessimistic planning.
+
+    Parameters
+    ----------
+    estimator : RewardEstimator
+        Any estimator of :mod:`agents` (or one with ``fit``, ``theta_hat`` and
+        ``confidence_set``).
+    pessimism : {"exact", "rectangular", "none"}, default "exact"
+        ``"exact"``: :func:`agents.planning.robust_optimize` of
+        ``L(pi) = min_{theta in C} theta . (d_pi - d_ref)``; ``"rectangular"``: backward
+        induction on ``r_hat - radius ||G phi||_{M^{-1}}``; ``"none"``: greedy on ``theta_hat``.
+    reference : {"behavior", "uniform"} or array_like of shape (H, S, A), default "behavior"
+        The policy whose expected features are ``d_ref``: by default the behaviour policy of the
+        data (:func:`behaviour_policy`).
+    transitions : {"known", "estimated"}, default "known"
+        ``"estimated"`` plans in the empirical MDP of the dataset's transitions; rectangular
+        pessimism then also takes the worst case over an L1 ball around each row.
+    tol : float, default 1e-8
+        Relative gap of the exact robust solver.
+    """
+
+    def __init__(self, estimator: Any, *, pessimism: str = "exact", reference: Any = "behavior",
+                 transitions: str = "known", tol: float = 1e-8) -> None:
+        if pessimism not in PESSIMISM:
+            raise ValueError(f"pessimism must be one of {PESSIMISM}, got {pessimism!r}")
+        if transitions not in TRANSITIONS:
+            raise ValueError(f"transitions must be one of {TRANSITIONS}, got {transitions!r}")
+        if isinstance(reference, str) and reference not in ("behavior", "uniform"):
+            raise ValueError(f"reference must be 'behavior', 'uniform' or a policy array, got {reference!r}")
+        self.estimator = estimator
+        self.pessimism = pessimism
+        self.reference = reference
+        self.transitions = transitions
+        self.tol = check_real("tol", tol, 0.0, strict_minimum=True)
+
+    def __repr__(self) -> str:
+        return (f"PessimisticAgent({type(self.estimator).__name__}, pessimism={self.pessimism!r}, "
+                f"transitions={self.transitions!r})")
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    def fit(self, dataset: PreferenceDataset, mdp: TabularMDP) -> PessimisticAgent:
+        """Fit the estimator, choose ``d_ref`` and the planning MDP; policies are planned lazily."""
+        if not isinstance(dataset, PreferenceDataset):
+            raise TypeError(f"dataset must be a PreferenceDataset, got {type(dataset).__name__}")
+        if not isinstance(mdp, TabularMDP):
+            raise TypeError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
+        dataset.check_compatible(mdp)
+        self.estimator.fit(dataset, mdp)
+        self.mdp_ = mdp
+        self.transition_radius_ = None
+        if self.transitions == "estimated":
+            counts = dataset.transition_counts()
+            self.mdp_ = planning.empirical_mdp(mdp, counts)
+            self.transition_radius_ = l1_transition_radius(counts, getattr(self.estimator, "delta", 0.1))
+        if isinstance(self.reference, str):
+            reference = uniform_policy(mdp) if self.reference == "uniform" else behaviour_policy(dataset)
+        else:
+            reference = check_policy(mdp, self.reference, "reference")
+            if reference.ndim != 3:
+                raise ValueError(f"reference must be one policy (H, S, A), got shape {reference.shape}")
+        self.reference_policy = reference
+        self.reference_features = expected_features(self.mdp_, reference)
+        self._policies: dict[Any, np.ndarray] = {}
+        self._solutions: dict[Any, Any] = {}
+        return self
+
+    # -- what the agent knows ------------------------------------------------------------------
+
+    @property
+    def theta_hat(self) -> np.ndarray:
+        """Point estimates ``(N, d)``."""
+        return self.estimator.theta_hat
+
+    @property
+    def subspace(self) -> np.ndarray | None:
+        return getattr(self.estimator, "subspace", None)
+
+    @property
+    def n_users(self) -> int:
+        return self.estimator.theta_hat.shape[0]
+
+    def confidence_set(self, user: int | None = None, *, context: Any = None) -> Ellipsoid:
+        """The estimator's set for ``user`` (or, for contextual estimators, ``context=x``)."""
+        if context is not None:
+            return self.estimator.confidence_set(context=context)
+        return self.estimator.confidence_set(user)
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def policy(self, user: int | None = None, *, context: Any = None) -> np.ndarray:
+        """The planned ``(H, S, A)`` policy of ``user`` (or of a context, for contextual agents)."""
+        if (user is None) == (context is None):
+            raise ValueError("give exactly one of user and context")
+        if context is not None:
+            context = as_real_array("context", context, (1,))
+            key: Any = ("context", context.tobytes())
+        else:
+            key = check_int("user", user, minimum=0, maximum=self.n_users - 1)
+        if key not in self._policies:
+            if self.pessimism == "none" and context is None:
+                self._plan_greedy_all()
+            elif self.pessimism == "rectangular" and context is None:
+                self._plan_rectangular_all()
+            else:
+                self._policies[key] = self._plan_one(user, context)
+        return self._policies[key]
+
+    def policies(self) -> np.ndarray:
+        """Every user's policy, ``(N, H, S, A)`` (exact pessimism solves all users together)."""
+        if self.pessimism == "exact" and any(user not in self._policies for user in range(self.n_users)):
+            sets = [self.confidence_set(user) for user in range(self.n_users)]
+            solutions = planning.robust_optimize(self.mdp_, sets, np.tile(self.reference_features, (self.n_users, 1)),
+                                                 self.tol, reference_policy=self.reference_policy)
+            for user, solution in enumerate(solutions):
+                self._solutions[user], self._policies[user] = solution, solution.policy
+        return np.stack([self.policy(user) for user in range(self.n_users)])
+
+    def _plan_greedy_all(self) -> None:
+        for user, policy in enumerate(planning.greedy(self.mdp_, self.theta_hat)):
+            self._policies[user] = policy
+
+    def _plan_rectangular_all(self) -> None:
+        sets = [self.confidence_set(user) for user in range(self.n_users)]
+        solution = planning.rectangular(self.mdp_, sets, np.tile(self.reference_features, (self.n_users, 1)),
+                                        transition_radius=self.transition_radius_)
+        for user, policy in enumerate(solution.policy):
+            self._policies[user] = policy
+
+    def _plan_one(self, user: int | None, context: Any) -> np.ndarray:
+        confidence_set = self.confidence_set(user, context=context)
+        if self.pessimism == "none":
+            return planning.greedy(self.mdp_, confidence_set.theta_hat)
+        if self.pessimism == "rectangular":
+            return planning.rectangular(self.mdp_, confidence_set, self.reference_features,
+                                        transition_radius=self.transition_radius_).policy
+        solution = planning.robust_optimize(self.mdp_, confidence_set, self.reference_features, self.tol,
+                                            reference_policy=self.reference_policy)
+        self._solutions[user if context is None else ("context", np.asarray(context).tobytes())] = solution
+        return solution.policy

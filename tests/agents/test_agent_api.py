@@ -1,0 +1,155 @@
+"""The agent protocol, the registry, the built-in pessimistic agent and exact evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import agents
+import lr_mdp_env
+from agents.agent import behaviour_policy
+
+
+@pytest.fixture(scope="module")
+def world():
+    mdp = lr_mdp_env.random_mdp(6, 3, 4, seed=0)
+    rewards = lr_mdp_env.low_rank_rewards(mdp.n_features, 6, 2, mdp=mdp, scale=2.0, seed=1)
+    dataset = lr_mdp_env.collect_preferences(mdp, rewards, 150, seed=2)
+    return mdp, rewards, dataset
+
+
+class TruthAgent:
+    """Knows the true parameters: its greedy policies are optimal."""
+
+    def __init__(self, theta):
+        self.theta = np.asarray(theta)
+
+    def fit(self, dataset, mdp):
+        self._policies, _ = lr_mdp_env.backward_induction(mdp, mdp.reward(self.theta.T))
+        return self
+
+    def policy(self, user):
+        return self._policies[user]
+
+
+def test_built_in_names_are_registered():
+    assert {"pooled", "independent", "p-sharelora", "loco-prs", "oracle-subspace", "full-rank"} <= set(agents.registered())
+
+
+def test_make_rejects_unknown_names_and_arguments():
+    with pytest.raises(ValueError, match=r"unknown agent 'nope'; registered agents: \["):
+        agents.make("nope")
+    with pytest.raises(TypeError, match=r"agent 'pooled': .*unexpected keyword argument 'rank'"):
+        agents.make("pooled", rank=2)
+    with pytest.raises(ValueError, match=r"pessimism must be one of"):
+        agents.make("pooled", pessimism="optimistic")
+    with pytest.raises(ValueError, match=r"transitions must be one of"):
+        agents.make("pooled", transitions="learned")
+
+
+def test_register_validates_and_refuses_silent_overwrites():
+    with pytest.raises(TypeError, match=r"factory must be callable"):
+        agents.register("broken", 3)
+    with pytest.raises(TypeError, match=r"name must be a non-empty string"):
+        agents.register("", TruthAgent)
+    with pytest.raises(ValueError, match=r"already registered; pass overwrite=True"):
+        agents.register("pooled", TruthAgent)
+
+
+def test_a_registered_custom_agent_is_made_and_evaluated(world):
+    mdp, rewards, dataset = world
+    agents.register("truth-for-tests", TruthAgent, overwrite=True)
+    agent = agents.make("truth-for-tests", theta=rewards.theta).fit(dataset, mdp)
+    report = agents.evaluate(agent, mdp, rewards)
+    assert list(report["user"]) == list(range(rewards.n_users))
+    np.testing.assert_allclose(report["suboptimality"], 0.0, atol=1e-10)
+    # Without confidence sets the pessimism diagnostics are missing, not invented.
+    assert report[["lower_bound", "coverage_term", "bound", "reference_value"]].isna().all().all()
+
+
+def test_evaluate_values_are_exact(world):
+    mdp, rewards, dataset = world
+    agent = agents.make("independent", pessimism="none", ridge=1.0).fit(dataset, mdp)
+    report = agents.evaluate(agent, mdp, rewards)
+    table = rewards.reward_table(mdp)
+    policies = np.stack([agent.policy(user) for user in range(rewards.n_users)])
+    np.testing.assert_allclose(report["value"], lr_mdp_env.evaluate_policy(mdp, policies, table), atol=1e-10)
+    optimal, _ = lr_mdp_env.backward_induction(mdp, table)
+    np.testing.assert_allclose(report["optimal_value"], lr_mdp_env.evaluate_policy(mdp, optimal, table), atol=1e-10)
+    reference = lr_mdp_env.evaluate_policy(mdp, lr_mdp_env.uniform_policy(mdp), table)
+    np.testing.assert_allclose(report["reference_value"], reference, atol=1e-10)
+    assert (report["suboptimality"] >= -1e-10).all()
+
+
+def test_evaluate_rejects_bad_arguments(world):
+    mdp, rewards, dataset = world
+    with pytest.raises(TypeError, match=r"agent must have fit\(dataset, mdp\) and policy\(user\)"):
+        agents.evaluate(object(), mdp, rewards)
+    agent = agents.make("pooled", pessimism="none", ridge=1.0).fit(dataset, mdp)
+    with pytest.raises(ValueError, match=r"the agent has policies for 6 users but rewards have 3"):
+        agents.evaluate(agent, mdp, rewards.theta[:, :3])
+    with pytest.raises(ValueError, match=r"rewards must give Theta of shape \(d=18, N\)"):
+        agents.evaluate(agent, mdp, np.zeros((5, 6)))
+
+
+@pytest.mark.parametrize("name,options", [("independent", {}), ("p-sharelora", {"rank": 2}),
+                                          ("oracle-subspace", None)])
+def test_pessimism_lemma_and_lower_bound_hold_when_the_truth_is_in_the_set(world, name, options):
+    """DESIGN.md 3: with theta* in C, 0 <= J(pi*) - J(pi_hat) <= 2 radius ||G(d* - d_ref)|| (+ the
+    misspecification term of reduced sets) and J(pi_hat) - J(ref) >= L(pi_hat). Deterministic facts:
+    checked on every user whose set contains the truth, exactly (tolerance = solver gap 1e-8)."""
+    mdp, rewards, dataset = world
+    options = {"subspace": rewards.subspace} if options is None else options
+    agent = agents.make(name, pessimism="exact", ridge=1.0, **options).fit(dataset, mdp)
+    report = agents.evaluate(agent, mdp, rewards)
+    covered = report[report["truth_in_set"].astype(bool)]
+    assert len(covered) > 0, "no user's set contains the truth: the check would be vacuous"
+    slack = 1e-7 * (1 + report["optimal_value"].abs().max())
+    assert (covered["suboptimality"] >= -slack).all()
+    assert (covered["suboptimality"] <= covered["bound"] + slack).all()
+    assert (covered["value"] - covered["reference_value"] >= covered["lower_bound"] - slack).all()
+
+
+def test_rectangular_is_never_less_conservative_than_exact(world):
+    mdp, rewards, dataset = world
+    exact = agents.evaluate(agents.make("p-sharelora", rank=2, ridge=1.0).fit(dataset, mdp), mdp, rewards)
+    rectangular = agents.evaluate(
+        agents.make("p-sharelora", rank=2, ridge=1.0, pessimism="rectangular").fit(dataset, mdp), mdp, rewards)
+    assert (rectangular["lower_bound"] <= exact["lower_bound"] + 1e-7).all()
+
+
+def test_policies_are_valid_for_every_planner_and_transition_model(world):
+    mdp, _, dataset = world
+    for pessimism in ("none", "rectangular", "exact"):
+        for transitions in ("known", "estimated"):
+            agent = agents.make("independent", ridge=1.0, pessimism=pessimism, transitions=transitions)
+            policies = agent.fit(dataset, mdp).policies()
+            assert policies.shape == (dataset.n_users, mdp.horizon, mdp.n_states, mdp.n_actions)
+            np.testing.assert_allclose(policies.sum(axis=-1), 1.0, atol=1e-9)
+            assert (policies >= 0).all()
+
+
+def test_behaviour_policy_is_uniform_or_empirical(world):
+    mdp, rewards, dataset = world
+    np.testing.assert_allclose(behaviour_policy(dataset), lr_mdp_env.uniform_policy(mdp))
+    deterministic = np.zeros((mdp.horizon, mdp.n_states, mdp.n_actions))
+    deterministic[..., 1] = 1.0
+    given = lr_mdp_env.collect_preferences(mdp, rewards, 20, behavior=deterministic, seed=3)
+    estimate = behaviour_policy(given)
+    visited = np.zeros((mdp.horizon, mdp.n_states), dtype=bool)
+    visited[np.arange(mdp.horizon), given.states0] = True
+    np.testing.assert_allclose(estimate[visited], deterministic[visited])
+    np.testing.assert_allclose(estimate[~visited], 1.0 / mdp.n_actions)
+
+
+def test_contextual_agent_plans_per_context():
+    mdp = lr_mdp_env.random_mdp(5, 3, 1, features="dense", n_features=4, seed=0)
+    rewards = lr_mdp_env.contextual_rewards(4, 3, 1, n_users=40, mdp=mdp, scale=2.0, seed=1)
+    dataset = lr_mdp_env.collect_preferences(mdp, rewards, 5, seed=2)
+    agent = agents.make("loco-prs", rank=1, ridge=1.0, pessimism="exact").fit(dataset, mdp)
+    context = rewards.sample_contexts(1, seed=3, shifted=True)[0]
+    policy = agent.policy(context=context)
+    assert policy.shape == (1, 5, 3)
+    np.testing.assert_allclose(policy.sum(axis=-1), 1.0, atol=1e-9)
+    with pytest.raises(ValueError, match=r"give exactly one of user and context"):
+        agent.policy(0, context=context)
