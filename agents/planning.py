@@ -17,7 +17,7 @@ With ``g = d_pi - d_ref`` and the set ``C = {offset + B w : ||w - c||_M <= radiu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -54,7 +54,10 @@ def _check_mdp(mdp: Any) -> TabularMDP:
 def _as_sets(mdp: TabularMDP, sets: Any, name: str) -> tuple[list[Ellipsoid], bool]:
     """One Ellipsoid or a sequence of them, each of the MDP's feature dimension."""
     batched = not isinstance(sets, Ellipsoid)
-    items = list(sets) if batched else [sets]
+    try:
+        items = list(sets) if batched else [sets]
+    except TypeError:
+        raise TypeError(f"{name} must be an agents.Ellipsoid or a sequence of them, got {type(sets).__name__}") from None
     if batched and not items:
         raise ValueError(f"{name} must not be empty")
     for index, item in enumerate(items):
@@ -102,6 +105,10 @@ def greedy(mdp: TabularMDP, theta_hat: Any) -> np.ndarray:
     -------
     ndarray, shape (H, S, A) or (N, H, S, A)
         Deterministic policies; all users go through one batched backward induction.
+
+    References
+    ----------
+    Puterman, *Markov Decision Processes*, 1994, section 4.5.
     """
     mdp = _check_mdp(mdp)
     policy, _ = backward_induction(mdp, mdp.reward(theta_hat))
@@ -121,6 +128,11 @@ def pessimistic_value(mdp: TabularMDP, confidence_set: Any, reference_features: 
     Returns
     -------
     float, or ndarray of shape (N,) for a sequence of sets
+
+    References
+    ----------
+    Zhu, Jordan and Jiao, *Principled Reinforcement Learning with Human Feedback from Pairwise or
+    K-wise Comparisons*, ICML 2023 (the pessimistic objective).
     """
     mdp = _check_mdp(mdp)
     sets, batched = _as_sets(mdp, confidence_set, "confidence_set")
@@ -152,6 +164,10 @@ def rectangular_bonus(mdp: TabularMDP, sets: Any) -> np.ndarray:
     Returns
     -------
     ndarray, shape (H, S, A) or (N, H, S, A)
+
+    References
+    ----------
+    Jin, Yang and Wang, *Is Pessimism Provably Efficient for Offline RL?*, ICML 2021 (PEVI).
     """
     mdp = _check_mdp(mdp)
     items, batched = _as_sets(mdp, sets, "sets")
@@ -253,6 +269,11 @@ def empirical_mdp(mdp: TabularMDP, counts: Any) -> TabularMDP:
     Returns
     -------
     TabularMDP
+
+    References
+    ----------
+    Weissman, Ordentlich, Seroussi, Verdu and Weinberger, *Inequalities for the L1 deviation of
+    the empirical distribution*, HP Labs technical report HPL-2003-97, 2003.
     """
     mdp = _check_mdp(mdp)
     counts = as_real_array("counts", counts, (3, 4))
@@ -330,16 +351,21 @@ def robust_optimize(
        method on the ``rank(U) + 1`` dual variables: Newton's method on the optimality
        conditions of the previous support (warm start), a linear program when the optimal
        mixture has ``G g = 0``, and a barrier method when neither settles it;
-    3. pricing: the dual ``z`` gives ``theta(z) = theta_hat + radius K^T z`` in ``C`` (the
-       minimiser over ``C`` for the current mixture); one backward induction on its reward finds
-       the best deterministic policy for it, which is the next column, and
-       ``max_pi theta(z) . (d_pi - d_ref)`` bounds the optimum from above (weak duality).
+    3. pricing: a dual point ``z`` in the unit ball gives ``theta(z) = theta_hat + radius K^T z``
+       in ``C`` (at the master's dual, the minimiser over ``C`` for the current mixture); one
+       backward induction on its reward finds the best deterministic policy for it, the next
+       column, and ``max_pi theta(z) . (d_pi - d_ref)`` bounds the optimum from above (weak
+       duality). The pricing point is the master's dual smoothed towards the point of the best
+       bound so far (Wentges), which damps the zig-zag of plain column generation.
 
     It stops when the best bound minus the master's value is below ``tol * max(1, |value|)``.
-    At the optimum ``z`` is the saddle point's, so the bound is tight and the loop ends after
-    finitely many columns (typically a few times the set's dimension). Degenerate cases need no
-    special treatment: radius 0 or ``G g = 0`` (the master is then linear: greedy), and sets whose
-    basis is not injective (only ``K g`` enters).
+    At the optimum the master's dual is the saddle point's, so the bound is tight and the loop
+    ends after finitely many columns. The optimal mixture needs up to ``rank + 1`` vertices and
+    certifying it needs the dual in every direction of the set, so the number of pricing steps
+    grows with the set's dimension ``k``: a few for ``k <= 10``, a few times ``k`` for sets of
+    hundreds of dimensions. Degenerate cases need no special treatment: radius 0 or ``G g = 0``
+    (the master is then linear: greedy), and sets whose basis is not injective (only ``K g``
+    enters).
 
     Parameters
     ----------
@@ -366,8 +392,10 @@ def robust_optimize(
     References
     ----------
     Von Hohenbalken, *Simplicial decomposition in nonlinear programming algorithms*,
-    Mathematical Programming 13, 1977. Boyd and Vandenberghe, *Convex Optimization*, 2004,
-    section 11.3 (barrier method). Zhu, Jordan and Jiao, ICML 2023 (pessimistic MLE policy).
+    Mathematical Programming 13, 1977. Wentges, *Weighted Dantzig-Wolfe decomposition for
+    linear mixed-integer programming*, International Transactions in Operational Research 4(2),
+    1997 (dual price smoothing). Boyd and Vandenberghe, *Convex Optimization*, 2004, section 11.3
+    (barrier method). Zhu, Jordan and Jiao, ICML 2023 (pessimistic MLE policy).
     """
     mdp = _check_mdp(mdp)
     items, batched = _as_sets(mdp, confidence_set, "confidence_set")
@@ -385,21 +413,19 @@ def robust_optimize(
         reference_feature = expected_features(mdp, reference_policy)  # validates the rows
         for problem in problems:
             problem.add_column(reference_policy, reference_feature)
-    thetas = np.stack([problem.theta_hat for problem in problems])
     active = list(range(len(problems)))
     while active:
-        # One batched backward induction prices every unfinished problem at its dual point.
-        policies, values = backward_induction(mdp, mdp.reward(thetas[active]))
+        # One batched backward induction prices every unfinished problem at its pricing point.
+        thetas = np.stack([problems[index].pricing_parameter() for index in active])
+        policies, values = backward_induction(mdp, mdp.reward(thetas))
         best = values[:, 0] @ mdp.initial_distribution
         features = expected_features(mdp, policies)
         still_active = []
         for row, index in enumerate(active):
             problem = problems[index]
-            bound = best[row] - thetas[index] @ problem.reference
-            problem.record_bound(bound, thetas[index])
-            added = problem.add_column(policies[row].argmax(axis=-1), features[row])
-            thetas[index] = problem.solve_master()
-            if added and not problem.small_gap(tol) and problem.iterations < max_iterations:
+            problem.record_bound(best[row] - thetas[row] @ problem.reference)
+            problem.add_column(policies[row].argmax(axis=-1), features[row])
+            if not problem.small_gap(tol) and not problem.stalled and problem.iterations < max_iterations:
                 still_active.append(index)
         active = still_active
     solutions = [problem.solution(mdp, tol) for problem in problems]
@@ -407,7 +433,17 @@ def robust_optimize(
 
 
 class _RobustProblem:
-    """State of one column-generation run: columns, master solution and best dual bound."""
+    """State of one column-generation run: columns, master solution, dual bounds.
+
+    The pricing point is smoothed towards the dual point of the best bound so far (Wentges'
+    dual price smoothing): ``z_price = a z_best + (1 - a) z_master``. Pure column generation
+    (``a = 0``) zig-zags when many vertices share the optimal face (the dual of a large set is
+    then determined late); smoothing keeps the dual steps short. A column that does not improve
+    the master (a mis-price) instead improves the best bound, so the pricing point moves on
+    towards the master's dual and nothing cycles.
+    """
+
+    SMOOTHING = 0.5
 
     def __init__(self, confidence_set: Ellipsoid, reference: np.ndarray) -> None:
         self.set = confidence_set
@@ -415,54 +451,94 @@ class _RobustProblem:
         self.radius = confidence_set.radius
         self.reference = np.asarray(reference, dtype=float)
         self.whitening = _whitening(confidence_set)
+        self.frame = np.zeros((self.whitening.shape[0], 0))  # orthonormal basis of span(u_i)
         self.policies: list[np.ndarray] = []  # (H, S) actions of a vertex, or an (H, S, A) policy
-        self.gains: list[float] = []  # c_i = theta_hat . g_i
-        self.directions: list[np.ndarray] = []  # g_i = d_i - d_ref
-        self.coordinates: list[np.ndarray] = []  # u_i = K g_i
+        self.gains = np.zeros(0)  # c_i = theta_hat . g_i
+        self.reduced = np.zeros((0, 0))  # frame^T u_i, u_i = K g_i, as columns (p, m)
         self.upper_bound = np.inf
+        self.best_dual = np.zeros(self.whitening.shape[0])  # z of the best bound
         self.certificate = self.theta_hat
         self.iterations = 0
-        self.weights = np.zeros(0)
+        self.improved = False
+        self.direct = False  # price at the master's dual, without smoothing
+        self.stalled = False
         self.master: _Master | None = None
         self.master_value = -np.inf
+        self.pricing_dual = self.best_dual
 
-    def record_bound(self, bound: float, theta: np.ndarray) -> None:
+    def pricing_parameter(self) -> np.ndarray:
+        """``theta(z) = theta_hat + radius K^T z`` at the (smoothed) pricing point."""
+        if self.master is None:
+            self.pricing_dual = self.best_dual
+        elif self.direct:
+            self.pricing_dual = self.master.dual
+        else:
+            self.pricing_dual = self.SMOOTHING * self.best_dual + (1 - self.SMOOTHING) * self.master.dual
+        return self.theta_hat + self.radius * (self.whitening.T @ self.pricing_dual)
+
+    def record_bound(self, bound: float) -> None:
+        """Keep the best dual bound ``max_pi theta(z) . (d_pi - d_ref)`` and its point."""
         self.iterations += 1
-        if bound < self.upper_bound:
-            self.upper_bound, self.certificate = float(bound), theta.copy()
+        self.improved = bound < self.upper_bound
+        if self.improved:
+            self.upper_bound = float(bound)
+            self.best_dual = self.pricing_dual
+            self.certificate = self.theta_hat + self.radius * (self.whitening.T @ self.best_dual)
 
-    def add_column(self, policy: np.ndarray, features: np.ndarray) -> bool:
-        """Add a column unless one with the same ``g`` is present (then pricing is exhausted)."""
+    def add_column(self, policy: np.ndarray, features: np.ndarray) -> None:
+        """Add the priced vertex if it improves the master, and re-solve the master."""
         direction = features - self.reference
-        scale = max(1.0, float(np.abs(direction).max()))
-        for existing in self.directions:
-            if np.array_equal(existing, direction) or np.abs(existing - direction).max() <= 1e-14 * scale:
-                return False
+        coordinates = self.whitening @ direction
+        gain = float(self.theta_hat @ direction)
+        if self.master is not None:
+            reduced_cost = gain + self.radius * float(coordinates @ self.master.dual) - self.master.level
+            if reduced_cost <= 1e-13 * max(1.0, abs(self.master.level)):
+                # A mis-price: nothing to add (the bound has improved instead). Price at the
+                # master's own dual next; if that mis-prices too, the master is optimal up to
+                # rounding and nothing is left to add.
+                self.stalled = self.direct
+                self.direct = True
+                return
+        self.direct = False
         self.policies.append(policy)
-        self.directions.append(direction)
-        self.gains.append(float(self.theta_hat @ direction))
-        self.coordinates.append(self.whitening @ direction)
-        return True
+        self.gains = np.append(self.gains, gain)
+        self._extend_frame(coordinates)
+        spread = self.radius * self.reduced
+        previous = None if self.master is None else np.append(self.master.weights, 0.0)
+        self.master = _solve_master(self.gains, spread, self.frame, self.master, previous)
+        self.master_value = _master_primal(self.gains, spread, self.master.weights)
 
-    def solve_master(self) -> np.ndarray:
-        """Solve the restricted master; return the next pricing parameter ``theta(z)``."""
-        gains = np.array(self.gains)
-        coordinates = np.array(self.coordinates).T  # (k, m)
-        self.master = _solve_master(gains, coordinates, self.radius, self.master)
-        self.weights = self.master.weights
-        self.master_value = float(gains @ self.weights - self.radius * np.linalg.norm(coordinates @ self.weights))
-        return self.theta_hat + self.radius * (self.whitening.T @ self.master.dual)
+    def _extend_frame(self, coordinates: np.ndarray) -> None:
+        """Append ``frame^T u`` as a column of ``reduced``, growing the frame if ``u`` leaves its span.
+
+        Classical Gram-Schmidt applied twice keeps the frame orthonormal to rounding.
+        """
+        residual = coordinates.copy()
+        projection = np.zeros(self.frame.shape[1])
+        for _ in range(2):
+            step = self.frame.T @ residual
+            projection += step
+            residual -= self.frame @ step
+        norm = float(np.linalg.norm(residual))
+        largest = max(float(np.linalg.norm(coordinates)), float(np.abs(self.reduced).max(initial=0.0)))
+        column = projection
+        if norm > 1e-12 * largest:
+            self.frame = np.column_stack([self.frame, residual / norm])
+            self.reduced = np.vstack([self.reduced, np.zeros((1, self.reduced.shape[1]))])
+            column = np.append(projection, norm)
+        self.reduced = np.column_stack([self.reduced, column])
 
     def small_gap(self, tol: float) -> bool:
         return self.upper_bound - self.master_value <= tol * max(1.0, abs(self.master_value))
 
     def solution(self, mdp: TabularMDP, tol: float) -> RobustSolution:
-        weights = self.weights
+        weights = self.master.weights
         # Weights at rounding level carry no value; dropping them keeps the mixture small.
         support = np.flatnonzero(weights > 1e-12 * weights.max())
         weights = weights[support] / weights[support].sum()
         eye = np.eye(mdp.n_actions)
-        members = np.stack([eye[policy] if policy.ndim == 2 else policy for policy in (self.policies[i] for i in support)])
+        # Vertices are stored as (H, S) actions, a seeded reference policy as (H, S, A) rows.
+        members = np.stack([eye[self.policies[i]] if self.policies[i].ndim == 2 else self.policies[i] for i in support])
         mixture = np.tensordot(weights, occupancy(mdp, members), axes=1)
         totals = mixture.sum(axis=-1, keepdims=True)
         policy = np.where(totals > 0, mixture / np.where(totals > 0, totals, 1.0), 1.0 / mdp.n_actions)
@@ -495,12 +571,15 @@ class _Master:
     support: np.ndarray
 
 
-def _solve_master(gains: np.ndarray, coordinates: np.ndarray, radius: float, warm: _Master | None = None) -> _Master:
+def _solve_master(
+    gains: np.ndarray, spread: np.ndarray, frame: np.ndarray, warm: _Master | None = None,
+    previous_weights: np.ndarray | None = None,
+) -> _Master:
     """Solve the restricted master exactly (to rounding).
 
-    ``coordinates`` ``U`` ``(k, m)`` are reduced to their range by an SVD (``p = rank U <= m``), so
-    the work depends on the number of columns, not on ``k``. Candidates, cheapest first, until
-    one is optimal to rounding:
+    ``spread`` ``B`` ``(p, m)`` holds ``radius`` times the columns' whitened coordinates in the
+    orthonormal ``frame`` ``(k, p)`` of their span, so the work depends on the number of
+    columns, not on ``k``. Candidates, cheapest first, until one is optimal to rounding:
 
     1. the ball is active: the previous master's support and dual point (one column fewer),
        corrected by :func:`_active_set`, usually solve the new master in a few Newton steps;
@@ -510,24 +589,21 @@ def _solve_master(gains: np.ndarray, coordinates: np.ndarray, radius: float, war
        which :func:`_active_set` finishes.
 
     Every candidate is checked as it is (weights on the simplex, dual point in the ball), and
-    the best primal and dual are kept, so a failed attempt costs nothing but time.
+    the best primal and dual are kept (the previous master's weights, padded with a zero, are
+    one more candidate), so a failed attempt costs nothing but time.
     """
     n_columns = gains.size
-    if radius > 0 and coordinates.size and np.any(coordinates):
-        left, singular, right = np.linalg.svd(coordinates, full_matrices=False)
-        rank = int(np.sum(singular > singular[0] * 1e-13))
-    else:
-        rank = 0
-    if rank == 0:
+    if spread.shape[0] == 0 or not np.any(spread):
         # A linear master: the best column, and theta_hat itself (z = 0) prices it.
         best = int(np.argmax(gains))
         weights = np.zeros(n_columns)
         weights[best] = 1.0
-        return _Master(weights, np.zeros(coordinates.shape[0]), float(gains[best]), np.array([best]))
-    basis = left[:, :rank]
-    spread = radius * (singular[:rank, None] * right[:rank])  # (p, m)
+        return _Master(weights, np.zeros(frame.shape[0]), float(gains[best]), np.array([best]))
     scale = float(max(np.abs(gains).max(), np.linalg.norm(spread, axis=0).max()))
     candidates: list[tuple[np.ndarray, np.ndarray]] = []
+    start_dual = np.zeros(spread.shape[0]) if warm is None else _into_ball(frame.T @ warm.dual)
+    if previous_weights is not None:
+        candidates.append((previous_weights, start_dual))
 
     def settled() -> bool:
         """Whether the best pair's duality gap is at rounding level (relative to the value)."""
@@ -544,7 +620,7 @@ def _solve_master(gains: np.ndarray, coordinates: np.ndarray, radius: float, war
     if warm is not None and not settled():
         start_weights = np.zeros(n_columns)
         start_weights[warm.support] = warm.weights[warm.support]
-        candidates += _active_set(gains, spread, warm.support, start_weights, basis.T @ warm.dual, warm.level, scale)
+        candidates += _active_set(gains, spread, warm.support, start_weights, start_dual, warm.level, scale)
     if not warm_inactive and not settled():
         candidates += _inactive_ball(gains, spread)
     if not settled():
@@ -557,7 +633,12 @@ def _solve_master(gains: np.ndarray, coordinates: np.ndarray, radius: float, war
         start = np.flatnonzero(weights * max(1.0, abs(level)) > slack)
         candidates += _active_set(gains, spread, start, weights, y, level, scale)
     weights, y = _best_pair(gains, spread, candidates)
-    return _Master(weights, basis @ y, float(np.max(gains + y @ spread)), np.flatnonzero(weights > 0))
+    return _Master(weights, frame @ y, float(np.max(gains + y @ spread)), np.flatnonzero(weights > 0))
+
+
+def _into_ball(y: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(y))
+    return y / norm if norm > 1.0 else y
 
 
 def _best_pair(gains, spread, candidates):
@@ -572,43 +653,71 @@ def _master_primal(gains: np.ndarray, spread: np.ndarray, weights: np.ndarray) -
 
 
 def _active_set(gains, spread, support, weights, y, level, scale) -> list:
-    """Solve the optimality conditions with the ball active, correcting the support as needed.
+    """Solve the optimality conditions with the ball active by a primal active-set method.
 
-    For a given support the conditions are a square system in ``(y, t, lambda_S, nu)``, solved
-    by Newton's method from a nearby point (quadratic convergence to rounding level), or an
-    under-determined one when column generation has collected more vertices of the optimal face
-    than needed (minimum-norm steps then pick one solution). A negative weight leaves the
-    support and the most violated cut enters, as in an active-set method. Returns a list with
-    one candidate ``(lambda, y)``, or an empty list.
+    For a support ``S`` the conditions (``c_S + B_S^T y = t``, ``||y|| = 1``,
+    ``B_S lambda_S + nu y = 0``, ``sum lambda_S = 1``) characterise the maximiser of the concave
+    objective over the affine hull of ``S``: a square system in ``(y, t, lambda_S, nu)``, solved
+    by Newton's method from a nearby point (quadratic convergence to rounding level; when
+    column generation has collected more vertices of the optimal face than needed the system is
+    under-determined and a minimum-norm solution is taken). As in Wolfe's and Lawson and
+    Hanson's methods the weights stay feasible: if the maximiser has negative weights, move
+    towards it until the first weight vanishes and drop that column (the objective does not
+    decrease along the way, by concavity); if it is feasible and a cut outside ``S`` is violated,
+    the most violated column enters. A support on which Newton's method finds no solution loses
+    its lightest column (a starting support may hold near-active columns that do not belong).
+    Returns a list with one candidate ``(lambda, y)``, or an empty list when the ball is not
+    active at the optimum (or no support works).
     """
-    if len(support) == 0:
-        return []
     tolerance = 64 * np.finfo(float).eps * scale
-    support = list(support)
-    for _ in range(2 * gains.size + 10):
-        total = weights[support].sum()
-        start = weights[support] / total if total > 0 else np.full(len(support), 1.0 / len(support))
-        solved = _newton_active_ball(gains[support], spread[:, support], y, level, start)
+    support = [int(i) for i in support if weights[i] > 0]
+    if not support:
+        return []
+    current = weights[support] / weights[support].sum()
+    entering = -1
+    failures = 0
+    for _ in range(4 * gains.size + 20):
+        solved = _newton_active_ball(gains[support], spread[:, support], y, level, current)
         if solved is None:
-            return []
-        local_weights, new_y, new_level, multiplier = solved
-        if local_weights.min() < -tolerance / scale:
-            support.pop(int(np.argmin(local_weights)))
+            # No maximiser on this affine hull (the objective grows without bound along it, or
+            # the system is inconsistent): the smallest weight is the least trusted column.
+            # A few such failures mean the ball is not active: leave it to the other methods.
+            failures += 1
+            if len(support) == 1 or failures > 3:
+                return []
+            dropped = int(np.argmin(current))
+            support.pop(dropped)
+            current = np.delete(current, dropped)
+            current = current / current.sum() if current.sum() > 0 else np.full(len(support), 1.0 / len(support))
+            entering = -1
+            continue
+        target, y, level, multiplier = solved
+        if target.min() < -tolerance / scale:
+            change = target - current
+            shrinking = np.flatnonzero(change < 0)
+            ratios = -current[shrinking] / change[shrinking]
+            blocking = int(shrinking[np.argmin(ratios)])
+            if support[blocking] == entering and ratios.min() <= 0:
+                return []  # the entering column cannot take weight: degenerate, give up here
+            current = np.maximum(current + min(1.0, float(ratios.min())) * change, 0.0)
+            current[blocking] = 0.0
+            kept = current > 0
+            support = [column for column, keep in zip(support, kept) if keep]
             if not support:
                 return []
+            current = current[kept] / current[kept].sum()
+            entering = -1
             continue
         if multiplier < -tolerance:
             return []  # the ball is not active
-        violation = gains + new_y @ spread - new_level
+        current = np.maximum(target, 0.0)
+        violation = gains + y @ spread - level
         violation[support] = -np.inf
-        worst = int(np.argmax(violation))
-        if violation[worst] > tolerance:
-            support.append(worst)
-            weights = np.zeros(gains.size)
-            weights[support[:-1]] = local_weights
-            y, level = new_y, new_level
-            continue
-        return [_feasible_pair(gains.size, np.array(support), local_weights, new_y)]
+        entering = int(np.argmax(violation))
+        if violation[entering] <= tolerance:
+            return [_feasible_pair(gains.size, np.array(support), current, y)]
+        support.append(entering)
+        current = np.append(current, 0.0)
     return []
 
 
@@ -623,31 +732,43 @@ def _inactive_ball(gains, spread) -> list:
     n_dual, n_columns = spread.shape
     constraints = np.vstack([spread, np.ones((1, n_columns))])
     rhs = np.concatenate([np.zeros(n_dual), [1.0]])
-    result = scipy.optimize.linprog(-gains, A_eq=constraints, b_eq=rhs, bounds=(0, None), method="highs")
+    # HiGHS's default tolerances (1e-7) stop a vertex or two early; the exact solve below only
+    # restores feasibility on the support it returns, so ask for optimality to 1e-10.
+    result = scipy.optimize.linprog(-gains, A_eq=constraints, b_eq=rhs, bounds=(0, None), method="highs",
+                                    options={"primal_feasibility_tolerance": 1e-10,
+                                             "dual_feasibility_tolerance": 1e-10})
     if result.status != 0:
         return []
     weights = np.maximum(result.x, 0.0)
     support = np.flatnonzero(weights > 0)
     exact, *_ = np.linalg.lstsq(constraints[:, support], rhs, rcond=None)
-    if np.all(exact >= 0) and np.abs(constraints[:, support] @ exact - rhs).max() <= np.abs(constraints[:, support] @ weights[support] - rhs).max():
+    basic = constraints[:, support]
+    if np.all(exact >= 0) and np.abs(basic @ exact - rhs).max() <= np.abs(basic @ weights[support] - rhs).max():
         weights[support] = exact
     return [_feasible_pair(n_columns, support, weights[support], result.eqlin.marginals[:n_dual])]
 
 
 def _newton_active_ball(gains, spread, y, level, weights):
     """Newton's method on ``c + B^T y - t = 0``, ``(||y||^2 - 1) / 2 = 0``, ``B lambda + nu y = 0``,
-    ``sum lambda - 1 = 0`` in ``(y, t, lambda, nu)``; returns ``(lambda, y, t, nu)`` or None."""
+    ``sum lambda - 1 = 0`` in ``(y, t, lambda, nu)``; returns ``(lambda, y, t, nu)`` or None.
+
+    Full steps first: with nearly parallel columns the weights move far in the first step and the
+    residual grows through the ``nu y`` term before Newton's quadratic convergence sets in, which
+    a monotone line search would refuse. If full steps do not converge, damped steps
+    (backtracking on the residual) from the start point, for starts far from the solution.
+    """
     n_dual, size = spread.shape
     scale = max(float(np.abs(gains).max()), float(np.linalg.norm(spread, axis=0).max()), 1.0)
     norm = float(np.linalg.norm(y))
     y = y / norm if norm > 0 else y
-    nu = float(np.linalg.norm(spread @ weights))
-    point = np.concatenate([y, [level], weights, [nu]])
+    start = np.concatenate([y, [level], weights, [float(np.linalg.norm(spread @ weights))]])
     jacobian = np.zeros((size + n_dual + 2, n_dual + size + 2))
     jacobian[:size, :n_dual] = spread.T
     jacobian[:size, n_dual] = -1.0
     jacobian[size + 1:size + 1 + n_dual, n_dual + 1:-1] = spread
     jacobian[-1, n_dual + 1:-1] = 1.0
+    rounding = 64 * np.finfo(float).eps * scale
+
     def residual_at(point):
         dual, t, local_weights, nu = point[:n_dual], point[n_dual], point[n_dual + 1:-1], point[-1]
         return np.concatenate([
@@ -655,30 +776,42 @@ def _newton_active_ball(gains, spread, y, level, weights):
             spread @ local_weights + nu * dual, [local_weights.sum() - 1.0],
         ])
 
-    residual = residual_at(point)
-    size_of = float(np.abs(residual).max())
-    for _ in range(50):
-        if size_of <= 4 * np.finfo(float).eps * scale:
-            break
+    def newton_step(point, residual):
         dual, nu = point[:n_dual], point[-1]
         jacobian[size, :n_dual] = dual
         jacobian[size + 1:size + 1 + n_dual, :n_dual] = nu * np.eye(n_dual)
         jacobian[size + 1:size + 1 + n_dual, -1] = dual
-        step = np.linalg.lstsq(jacobian, -residual, rcond=None)[0]
-        # Backtracking on the residual: from a far start (a new column with a large violation)
-        # full steps can overshoot around the sphere.
-        for length in 0.5 ** np.arange(12):
-            candidate = point + length * step
-            candidate_residual = residual_at(candidate)
-            candidate_size = float(np.abs(candidate_residual).max())
-            if candidate_size < (1.0 - 0.25 * length) * size_of:
+        return _square_solve(jacobian, -residual)
+
+    for damped in (False, True):
+        point = start
+        residual = residual_at(point)
+        size_of = float(np.abs(residual).max())
+        best_point, best_size = point, size_of
+        for _ in range(30 if damped else 12):  # full steps converge in a few or not at all
+            if size_of <= rounding:
                 break
-        else:
-            break  # no decrease: converged to rounding level, or stuck
-        point, residual, size_of = candidate, candidate_residual, candidate_size
-    if not size_of <= 1e-9 * scale:
-        return None
-    return point[n_dual + 1:-1], point[:n_dual], point[n_dual], point[-1]
+            step = newton_step(point, residual)
+            lengths = 0.5 ** np.arange(12) if damped else (1.0,)
+            for length in lengths:
+                candidate = point + length * step
+                candidate_residual = residual_at(candidate)
+                candidate_size = float(np.abs(candidate_residual).max())
+                if not damped or candidate_size < (1.0 - 0.25 * length) * size_of:
+                    break
+            else:
+                break  # no decrease: stuck (damped steps only)
+            if not np.isfinite(candidate_size) or candidate_size > 1e6 * max(best_size, rounding):
+                break  # full steps diverge
+            point, residual, size_of = candidate, candidate_residual, candidate_size
+            if size_of < best_size:
+                best_point, best_size = point, size_of
+            elif size_of <= 1e3 * rounding:
+                break  # at rounding level, no further progress
+        if best_size <= 1e-9 * scale:
+            point = best_point
+            return point[n_dual + 1:-1], point[:n_dual], point[n_dual], point[-1]
+    return None
 
 
 def _feasible_pair(n_columns: int, support: np.ndarray, local_weights: np.ndarray, dual: np.ndarray):
@@ -744,6 +877,18 @@ def _master_barrier(gains: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, 
         tau *= 10.0
     weights = 1.0 / (tau * (t - gains - y @ spread))
     return weights / weights.sum(), y, t
+
+
+def _square_solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve a square system by LU; minimum-norm least squares if it is singular."""
+    try:
+        solution = np.linalg.solve(matrix, rhs)
+        error = np.abs(matrix @ solution - rhs).max()
+        if np.all(np.isfinite(solution)) and error <= 1e-8 * max(np.abs(rhs).max(), np.finfo(float).tiny):
+            return solution
+    except np.linalg.LinAlgError:
+        pass
+    return np.linalg.lstsq(matrix, rhs, rcond=None)[0]
 
 
 def _scaled_solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:

@@ -103,7 +103,9 @@ def backward_induction(
     uncertainty): ``min { p . V_{h+1} : p in simplex, ||p - P[h, s, a]||_1 <= radius[h, s, a] }``,
     solved exactly by :func:`l1_robust_expectation`'s sorting rule, for every user, state and
     action at once. The result is the optimal policy and value against the adversarial
-    transitions, a lower bound on the value under any kernel in the balls.
+    transitions, a lower bound on the value under any kernel in the balls. Its cost is
+    ``O(N H S^2 A)`` element operations outside BLAS (every row is gathered in each user's value
+    order): about ten times the plain step for one user, thirty times for a batch.
 
     Parameters
     ----------

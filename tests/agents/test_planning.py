@@ -211,6 +211,22 @@ def test_large_radius_keeps_to_the_reference_and_the_reference_policy_seeds_the_
     assert plain.iterations >= k
 
 
+def test_an_unfinished_run_reports_an_honest_gap():
+    mdp = lr_mdp_env.random_mdp(6, 3, 5, seed=23)
+    ellipsoid = random_ellipsoid(np.random.default_rng(24), mdp.n_features, 4, radius=2.0)
+    reference = expected_features(mdp, uniform_policy(mdp))
+    finished = planning.robust_optimize(mdp, ellipsoid, reference)
+    assert finished.converged and finished.iterations > 2
+    stopped = planning.robust_optimize(mdp, ellipsoid, reference, max_iterations=2)
+    assert stopped.iterations == 2 and not stopped.converged
+    # Still a valid policy with its exact value, and still a valid bound on the optimum.
+    assert stopped.value == pytest.approx(planning.pessimistic_value(mdp, ellipsoid, reference, stopped.policy),
+                                          abs=1e-12)
+    assert stopped.value <= finished.upper_bound + 1e-12
+    assert stopped.upper_bound >= finished.value - 1e-12
+    assert stopped.gap > 1e-8 * max(1.0, abs(stopped.value))
+
+
 def test_batched_sets_share_pricing_and_match_single_calls():
     mdp = lr_mdp_env.random_mdp(6, 3, 5, seed=7)
     rng = np.random.default_rng(8)
@@ -374,7 +390,8 @@ def test_robust_backward_induction_matches_a_linear_program_per_row(data):
     per_row = np.broadcast_to(radius, shape)
     expected = np.zeros(mdp.n_states)
     for step in range(mdp.horizon - 1, -1, -1):
-        q = np.array([[reward[step, s, a] + linprog_worst_case(mdp.transitions[step, s, a], expected, per_row[step, s, a])
+        q = np.array([[reward[step, s, a] + linprog_worst_case(mdp.transitions[step, s, a], expected,
+                                                                per_row[step, s, a])
                        for a in range(mdp.n_actions)] for s in range(mdp.n_states)])
         expected = q.max(axis=1)
         assert np.allclose(values[step], expected, atol=1e-9)
