@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.special import log_expit
 
-from lr_mdp_env._validation import as_generator
+from lr_mdp_env.dataset import held_out_mask
 
 from .data import ComparisonData
 
@@ -18,13 +18,7 @@ HELD_OUT_FRACTION = 0.2
 def held_out_split(data: ComparisonData, *, seed: Any = None, fraction: float = HELD_OUT_FRACTION
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Row indices ``(train, held_out)`` holding out ``round(fraction n_i)`` of each user's pairs."""
-    rng = as_generator(seed)
-    order = rng.permutation(data.n_pairs)
-    by_user = order[np.argsort(data.users[order], kind="stable")]
-    counts = np.bincount(data.users, minlength=data.n_users)
-    rank_within_user = np.arange(data.n_pairs) - np.repeat(np.cumsum(counts) - counts, counts)
-    held = np.zeros(data.n_pairs, dtype=bool)
-    held[by_user] = rank_within_user < np.repeat(np.round(fraction * counts).astype(int), counts)
+    held = held_out_mask(data.users, data.n_users, fraction, seed=seed)
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 

@@ -155,13 +155,7 @@ class PreferenceDataset:
     def split(self, fraction: float, *, seed: Any = None) -> tuple[PreferenceDataset, PreferenceDataset]:
         """Random split into ``(train, held_out)`` with ``fraction`` of each user's pairs held out."""
         fraction = check_real("fraction", fraction, 0.0, 1.0)
-        rng = as_generator(seed)
-        order = rng.permutation(self.n_pairs)
-        by_user = order[np.argsort(self.users[order], kind="stable")]
-        counts = self.pairs_per_user()
-        rank_within_user = np.arange(self.n_pairs) - np.repeat(np.cumsum(counts) - counts, counts)
-        held = np.zeros(self.n_pairs, dtype=bool)
-        held[by_user] = rank_within_user < np.repeat(np.round(fraction * counts).astype(int), counts)
+        held = held_out_mask(self.users, self.n_users, fraction, seed=seed)
         return self.subset(~held), self.subset(held)
 
     def transition_counts(self) -> np.ndarray:
@@ -274,6 +268,19 @@ class PreferenceDataset:
             n_users=n_users, n_states=n_states, n_actions=n_actions, horizon=horizon,
             metadata=header.get("metadata", {}), **contents,
         )
+
+
+def held_out_mask(users: np.ndarray, n_users: int, fraction: float, *, seed: Any = None) -> np.ndarray:
+    """Boolean mask holding out ``round(fraction n_i)`` randomly chosen pairs of each user ``i``."""
+    rng = as_generator(seed)
+    n_pairs = users.shape[0]
+    order = rng.permutation(n_pairs)
+    by_user = order[np.argsort(users[order], kind="stable")]
+    counts = np.bincount(users, minlength=n_users)
+    rank_within_user = np.arange(n_pairs) - np.repeat(np.cumsum(counts) - counts, counts)
+    held = np.zeros(n_pairs, dtype=bool)
+    held[by_user] = rank_within_user < np.repeat(np.round(fraction * counts).astype(int), counts)
+    return held
 
 
 def _checksum(arrays: dict[str, np.ndarray], metadata: Any) -> str:
