@@ -1,0 +1,157 @@
+"""Figures of a sweep: a metric against a grid value, one line per agent, bands over replicates.
+
+Each line is the mean over replicates; its band is the 95% t-interval of that mean
+(``t_{0.975, m-1} s / sqrt(m)`` for ``m`` replicates). On log-log axes the legend gives the
+least-squares slope of ``log mean`` against ``log x`` with its standard error: the measured
+rate to compare with the ``sqrt(k / n)`` shapes of :mod:`lr_mdp_env.theory`. Grid values other
+than ``x`` that vary get one panel each.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+#: Metrics whose rates matter: plotted on log-log axes by default.
+RATE_METRICS = ("suboptimality", "suboptimality_max", "reward_error", "subspace_distance", "bound")
+#: Columns a cell measures (never a panel).
+RESULT_COLUMNS = (*RATE_METRICS, "n_pairs", "value", "optimal_value", "coverage", "lower_bound",
+                  "seconds")
+
+
+def summarise(table: pd.DataFrame, metric: str, x: str, by: list[str] | None = None) -> pd.DataFrame:
+    """Mean, 95% half-width and replicate count of ``metric`` per agent, panel and ``x``.
+
+    Failed cells (``status != "ok"``) and missing values are left out.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``by + ["agent", x, "mean", "replicates", "minimum", "half_width"]``.
+    """
+    by = list(by or [])
+    for column in (metric, x, "agent", *by):
+        if column not in table.columns:
+            raise ValueError(f"results have no column {column!r}; columns: {sorted(table.columns)}")
+    usable = table[(table.get("status", "ok") == "ok") & table[metric].notna()]
+    grouped = usable.groupby([*by, "agent", x], sort=True)[metric]
+    summary = grouped.agg(["mean", "std", "count", "min"]).reset_index()
+    counts = summary["count"].to_numpy()
+    quantile = np.where(counts > 1, stats.t.ppf(0.975, np.maximum(counts - 1, 1)), np.nan)
+    summary["half_width"] = quantile * summary["std"].fillna(0.0).to_numpy() / np.sqrt(counts)
+    return summary.rename(columns={"count": "replicates", "min": "minimum"}).drop(columns="std")
+
+
+def log_log_slope(x: Any, y: Any) -> tuple[float, float]:
+    """Least-squares slope of ``log y`` on ``log x`` and its standard error (NaN if undefined)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 2 or np.ptp(np.log(x[keep])) == 0:
+        return float("nan"), float("nan")
+    fit = stats.linregress(np.log(x[keep]), np.log(y[keep]))
+    return float(fit.slope), float(fit.stderr) if keep.sum() > 2 else float("nan")
+
+
+def panel_columns(table: pd.DataFrame, x: str) -> list[str]:
+    """Setting columns that vary between settings sharing the same ``x``: one panel per combination."""
+    if "setting" not in table:
+        return []
+    settings = table.drop_duplicates("setting")
+    excluded = {x, "setting", "cell_id", "replicate", "agent", "agent_name", "agent_index", "status", "error",
+                *RESULT_COLUMNS}
+    columns = []
+    for column in settings.columns:
+        if column in excluded:
+            continue
+        if settings.groupby(x)[column].nunique(dropna=False).max() > 1:
+            columns.append(column)
+    return columns
+
+
+def plot_results(
+    table: pd.DataFrame,
+    out: str | Path,
+    *,
+    metric: str = "suboptimality",
+    x: str = "n_pairs_per_user",
+    loglog: bool | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write a PNG of ``metric`` against ``x``: one line per agent, one panel per other grid value.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A sweep's results (:func:`~lr_mdp_experiments.load_results`).
+    out : path
+        The PNG to write.
+    metric, x : str
+        Columns of ``table``.
+    loglog : bool, optional
+        Default: log-log for the rate metrics (``RATE_METRICS``) when all values are positive.
+    title : str, optional
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = panel_columns(table, x)
+    summary = summarise(table, metric, x, panels)
+    if summary.empty:
+        raise ValueError(f"no successful cell has a value of {metric!r} to plot")
+    if loglog is None:
+        loglog = metric in RATE_METRICS and bool((summary[x] > 0).all() and (summary["mean"] > 0).all())
+    keys = [tuple(row) for row in summary[panels].drop_duplicates().itertuples(index=False)] if panels else [()]
+    columns = min(len(keys), 3)
+    rows = -(-len(keys) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.0 * rows), squeeze=False)
+    colours = dict(zip(sorted(summary["agent"].unique()), itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])))
+    for axis, key in zip(axes.ravel(), keys):
+        panel = summary
+        for column, value in zip(panels, key):
+            panel = panel[panel[column] == value]
+        for agent, line in panel.groupby("agent", sort=True):
+            line = line.sort_values(x)
+            label = agent
+            if loglog:
+                slope, error = log_log_slope(line[x], line["mean"])
+                if np.isfinite(slope):
+                    label += f"  slope {slope:+.2f}" + (f" ± {error:.2f}" if np.isfinite(error) else "")
+            axis.plot(line[x], line["mean"], marker="o", color=colours[agent], label=label)
+            lower = line["mean"] - line["half_width"].fillna(0.0)
+            if loglog:  # a band below every replicate would only stretch the log axis
+                lower = np.maximum(lower, line["minimum"])
+            axis.fill_between(line[x], lower, line["mean"] + line["half_width"].fillna(0.0),
+                              color=colours[agent], alpha=0.2, linewidth=0)
+        if loglog:
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+            values = np.sort(panel[x].unique())
+            axis.set_xticks(values, [f"{value:g}" for value in values])
+            axis.minorticks_off()
+        axis.set_xlabel(x)
+        axis.set_ylabel(metric)
+        if panels:
+            axis.set_title(", ".join(f"{column}={value}" for column, value in zip(panels, key)), fontsize=9)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    for axis in axes.ravel()[len(keys):]:
+        axis.set_visible(False)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+    return out

@@ -1,0 +1,216 @@
+"""Running a sweep: serially, on a local process pool, or on a Dask cluster, with the same table.
+
+Cells are independent and seeded by their identity (:mod:`.cell`), so the engine and the number
+of workers change only the order in which rows arrive; the store sorts them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, TextIO
+
+import pandas as pd
+
+from .cell import run_cell
+from .config import Cell, SweepConfig
+from .store import ResultStore, rows_to_table
+
+ENGINES = ("serial", "processes", "dask")
+#: Seconds between two rebuilds of the results table while cells finish.
+TABLE_INTERVAL = 2.0
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """What a run did: cells in the grid, skipped (done before), run now, failed now."""
+
+    total: int
+    skipped: int
+    ran: int
+    failed: int
+    seconds: float
+    table: Path | None
+
+
+def run_sweep(
+    config: SweepConfig,
+    out: str | Path,
+    *,
+    engine: str = "processes",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    progress: bool | TextIO = False,
+) -> SweepSummary:
+    """Run every cell of ``config`` not yet completed in ``out``.
+
+    Parameters
+    ----------
+    config : SweepConfig
+    out : path
+        Output directory (:class:`~.store.ResultStore`).
+    engine : {"serial", "processes", "dask"}, default "processes"
+        ``"processes"``: a local pool of ``workers`` processes (default: the CPU count);
+        ``"dask"``: ``dask.distributed`` on the scheduler at ``scheduler``, or on a
+        ``LocalCluster`` of ``workers`` single-threaded processes it starts.
+    workers : int, optional
+    scheduler : str, optional
+        Address of a running Dask scheduler (``engine="dask"`` only).
+    overwrite : bool, default False
+        Discard results of a different configuration found in ``out``.
+    progress : bool or text stream, default False
+        Show a progress bar (on standard error when ``True``).
+
+    Returns
+    -------
+    SweepSummary
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if scheduler is not None and engine != "dask":
+        raise ValueError("scheduler is an address of a Dask scheduler: it needs engine='dask'")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    workers = workers or os.cpu_count() or 1
+    store = ResultStore(out, config, overwrite=overwrite)
+    store.write_manifest(engine, workers)
+    done = store.completed()
+    pending = [cell for cell in config.cells() if cell.cell_id not in done]
+    total = len(config.cells())
+    bar = ProgressBar(len(pending), stream=sys.stderr if progress is True else progress or None)
+    start = time.perf_counter()
+    failed, last_table = 0, time.perf_counter()
+    results = {"serial": _serial, "processes": _processes, "dask": _dask}[engine](config, pending, workers, scheduler)
+    for cell, row in results:
+        store.record(row, cell.agent_index)
+        failed += row["status"] != "ok"
+        bar.update(failed)
+        if time.perf_counter() - last_table > TABLE_INTERVAL:
+            store.write_table()
+            last_table = time.perf_counter()
+    table = store.write_table() if store.rows() else None
+    bar.close()
+    return SweepSummary(total, total - len(pending), len(pending), failed, time.perf_counter() - start, table)
+
+
+def run_serially(config: SweepConfig) -> pd.DataFrame:
+    """Every cell in this process, without a store: the reference table of a configuration."""
+    return rows_to_table([{**run_cell(config, cell), "agent_index": cell.agent_index} for cell in config.cells()])
+
+
+# -- engines: each yields (cell, row) as cells finish ------------------------------------------
+
+
+def _serial(config: SweepConfig, cells: list[Cell], workers: int, scheduler: str | None) -> Iterator[tuple[Cell, dict]]:
+    for cell in cells:
+        yield cell, run_cell(config, cell)
+
+
+def _single_threaded_worker() -> None:
+    """Workers use one BLAS thread each: ``workers`` processes then use ``workers`` cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return
+    threadpool_limits(1)
+
+
+def _processes(config: SweepConfig, cells: list[Cell], workers: int, scheduler: str | None) -> Iterator[tuple[Cell, dict]]:
+    if not cells:
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(cells)), initializer=_single_threaded_worker) as pool:
+        # A bounded window of submissions keeps memory flat on large grids.
+        queue = iter(cells)
+        running: dict[Any, Cell] = {}
+        for cell in queue:
+            running[pool.submit(run_cell, config, cell)] = cell
+            if len(running) >= 2 * workers:
+                break
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell = running.pop(future)
+                yield cell, _result_or_error(future, config, cell)
+                following = next(queue, None)
+                if following is not None:
+                    running[pool.submit(run_cell, config, following)] = following
+
+
+def _dask(config: SweepConfig, cells: list[Cell], workers: int, scheduler: str | None) -> Iterator[tuple[Cell, dict]]:
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise ImportError("engine='dask' needs dask.distributed: pip install 'lr-mdp-env[dask]'") from None
+    if not cells:
+        return
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(scheduler if scheduler is not None else cluster)
+    try:
+        client.run(_single_threaded_worker)
+        futures = {client.submit(run_cell, config, cell, pure=False): cell for cell in cells}
+        for future in as_completed(futures):
+            yield futures[future], _result_or_error(future, config, futures[future])
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _result_or_error(future: Any, config: SweepConfig, cell: Cell) -> dict[str, Any]:
+    """The row a worker returned, or an error row if the worker itself died."""
+    try:
+        return future.result()
+    except Exception as error:  # noqa: BLE001 - e.g. a worker process killed by the OS
+        row = {"cell_id": cell.cell_id, "setting": cell.setting.index, "agent": config.agents[cell.agent_index].label,
+               "agent_name": config.agents[cell.agent_index].name, "replicate": cell.replicate,
+               **cell.setting.values(), "status": "error", "error": f"{type(error).__name__}: {error}"}
+        return row
+
+
+class ProgressBar:
+    """``[#####-----] 12/40 cells  1 failed  0.8 cells/s  35 s left`` on one refreshed line."""
+
+    def __init__(self, total: int, stream: TextIO | None, width: int = 30,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.total, self.stream, self.width, self.clock = total, stream, width, clock
+        self.done, self.failed, self.start = 0, 0, clock()
+        self._render()
+
+    def update(self, failed: int) -> None:
+        self.done += 1
+        self.failed = failed
+        self._render()
+
+    def line(self) -> str:
+        filled = self.width * self.done // max(self.total, 1)
+        elapsed = self.clock() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        remaining = "--" if left != left else _duration(left)
+        return (f"[{'#' * filled}{'-' * (self.width - filled)}] {self.done}/{self.total} cells  "
+                f"{self.failed} failed  {rate:.2f} cells/s  {remaining} left")
+
+    def _render(self) -> None:
+        if self.stream is not None:
+            self.stream.write("\r" + self.line())
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

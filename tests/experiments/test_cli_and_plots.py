@@ -1,0 +1,119 @@
+"""The ``lr-mdp`` command and the figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import lr_mdp_experiments as experiments
+from lr_mdp_experiments.cli import build_parser, main, results_table
+from lr_mdp_experiments.plots import log_log_slope, panel_columns, plot_results, summarise
+
+
+def _synthetic_results(slopes: dict[str, float], replicates: int = 3) -> pd.DataFrame:
+    """Rows of a fake sweep: metric = c x^slope times a replicate-specific factor."""
+    rows = []
+    for setting, (n_users, x) in enumerate((u, x) for u in (10, 40) for x in (25, 50, 100, 200)):
+        for agent_index, (agent, slope) in enumerate(slopes.items()):
+            for replicate in range(replicates):
+                rows.append({"cell_id": f"{setting}-{agent_index}-{replicate}", "setting": setting,
+                             "agent": agent, "agent_index": agent_index, "replicate": replicate,
+                             "n_users": n_users, "n_pairs_per_user": x, "status": "ok", "error": "",
+                             "suboptimality": (1 + 0.1 * replicate) * 3.0 * x**slope})
+    return pd.DataFrame(rows)
+
+
+def test_summary_gives_the_mean_and_the_t_interval_over_replicates():
+    table = _synthetic_results({"a": -0.5})
+    summary = summarise(table, "suboptimality", "n_pairs_per_user", ["n_users"])
+    assert len(summary) == 8 and (summary["replicates"] == 3).all()
+    first = summary.iloc[0]
+    values = 3.0 * 25**-0.5 * np.array([1.0, 1.1, 1.2])
+    assert first["mean"] == pytest.approx(values.mean())
+    assert first["half_width"] == pytest.approx(stats.t.ppf(0.975, 2) * values.std(ddof=1) / np.sqrt(3))
+
+
+def test_failed_cells_are_left_out_of_the_summary():
+    table = _synthetic_results({"a": -0.5})
+    table.loc[0, ["status", "suboptimality"]] = ["error", np.nan]
+    summary = summarise(table, "suboptimality", "n_pairs_per_user", ["n_users"])
+    assert summary.iloc[0]["replicates"] == 2
+
+
+def test_log_log_slope_recovers_a_power_law():
+    x = np.array([25, 50, 100, 200])
+    slope, error = log_log_slope(x, 2.0 * x**-0.5)
+    assert slope == pytest.approx(-0.5) and error == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(log_log_slope([1.0], [1.0])[0])
+
+
+def test_panels_are_the_grid_values_other_than_x():
+    table = _synthetic_results({"a": -0.5, "b": -1.0})
+    assert panel_columns(table, "n_pairs_per_user") == ["n_users"]
+    assert panel_columns(table[table["n_users"] == 10], "n_pairs_per_user") == []
+
+
+def test_plot_writes_a_png_with_the_fitted_slopes_in_the_legend(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    labels = []
+    original = matplotlib.axes.Axes.plot
+
+    def recording_plot(self, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", recording_plot)
+    path = plot_results(_synthetic_results({"a": -0.5, "b": -1.0}), tmp_path / "figure.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Replicate factors are the same at every x, so the mean is exactly c' x^slope: slopes are exact.
+    assert labels.count("a  slope -0.50 ± 0.00") == 2 and labels.count("b  slope -1.00 ± 0.00") == 2
+
+
+def test_plot_refuses_unknown_metrics(tmp_path):
+    with pytest.raises(ValueError, match="results have no column 'regret'"):
+        plot_results(_synthetic_results({"a": -0.5}), tmp_path / "x.png", metric="regret")
+
+
+def test_results_table_prints_agents_by_x_in_panels():
+    text = results_table(_synthetic_results({"a": -0.5}), "suboptimality", "n_pairs_per_user")
+    assert "[n_users=10]" in text and "[n_users=40]" in text
+    assert "n_pairs_per_user=25" in text and "n_pairs_per_user=200" in text
+
+
+@pytest.mark.parametrize("command", ["demo", "sweep", "plot", "reproduce"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: lr-mdp " + command in capsys.readouterr().out
+
+
+def test_sweep_and_plot_commands_write_results_and_figures(tmp_path, tiny_config_text, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(tiny_config_text())
+    out = tmp_path / "out"
+    assert main(["sweep", str(config), "--out", str(out), "--workers", "1", "--no-progress",
+                 "--metric", "suboptimality", "--metric", "reward_error"]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny: 12 cells (0 already done, 12 run, 0 failed)" in printed
+    assert "reward_error (mean ± 95% CI over replicates)" in printed
+    assert (out / "suboptimality.png").exists() and (out / "reward_error.png").exists()
+    table = experiments.load_results(out)
+    assert len(table) == 12
+    assert main(["plot", str(out / "results.parquet"), "--metric", "coverage", "--linear"]) == 0
+    assert (out / "coverage.png").read_bytes()[:4] == b"\x89PNG"
+    # A second run finds everything done.
+    assert main(["sweep", str(config), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert "(12 already done, 0 run, 0 failed)" in capsys.readouterr().out
+
+
+def test_a_bad_config_exits_with_status_2_and_names_the_key(tmp_path, tiny_config_text, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text(tiny_config_text().replace("n_states = 4", "n_states = -4"))
+    assert main(["sweep", str(config), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("lr-mdp: config error: config key 'world'") and "n_states" in error
+    assert not (tmp_path / "out").exists()
