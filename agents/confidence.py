@@ -1,4 +1,9 @@
-"""Ellipsoidal confidence sets for reward parameters and their two radii."""
+"""Ellipsoidal confidence sets for reward parameters and their two radii.
+
+The radii are formulas of the theory, implemented once in :mod:`lr_mdp_env.theory` and
+re-exported here: :func:`wald_radius` (asymptotic, chi-square quantile) and :func:`theory_radius`
+(finite-sample, self-normalised, with the ``1 / gamma`` curvature factor).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import chi2
 
-from lr_mdp_env._validation import as_real_array, check_int, check_real, frozen
+from lr_mdp_env._validation import as_real_array, check_real, frozen
+from lr_mdp_env.theory import theory_radius, wald_radius
+
+__all__ = ["Ellipsoid", "theory_radius", "wald_radius"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,58 +137,3 @@ class Ellipsoid:
         if not project and np.linalg.norm(residual - in_range) > atol * max(1.0, np.linalg.norm(theta)):
             return False
         return self.distance(theta) <= self.radius * (1 + 1e-12) + 1e-12
-
-
-def wald_radius(dimension: int, delta: float) -> float:
-    """Asymptotic radius ``sqrt(chi2.ppf(1 - delta, k))``, used with the Fisher information.
-
-    With ``M = sum_j sigmoid'(eta_j) (beta z_j)(beta z_j)^T + lambda I`` at the MLE,
-    ``||w_hat - w*||_M^2`` is asymptotically ``chi^2_k``, so the set covers with probability
-    ``-> 1 - delta`` as the number of comparisons grows (and the ridge's bias vanishes).
-
-    References
-    ----------
-    van der Vaart, *Asymptotic Statistics*, 1998, chapter 5 (asymptotic normality of the MLE).
-    """
-    dimension = check_int("dimension", dimension, minimum=1)
-    delta = check_real("delta", delta, 0.0, 1.0, strict_minimum=True)
-    return float(np.sqrt(chi2.ppf(1.0 - delta, dimension)))
-
-
-def theory_radius(gram: np.ndarray, ridge: float, delta: float, feature_bound: float, norm_bound: float) -> float:
-    """Finite-sample self-normalised radius for logistic models, with explicit constants.
-
-    ``radius = (1 / gamma) (0.5 sqrt(2 log(1 / delta) + log(det M / det(lambda I))) + sqrt(lambda) B)``
-    with the unnormalised Gram matrix ``M = lambda I + sum_j (beta z_j)(beta z_j)^T``,
-    ``gamma = 1 / (2 + exp(L B) + exp(-L B))`` the smallest slope ``sigmoid'`` on ``|eta| <= L B``,
-    ``L >= max_j ||beta z_j||`` and ``B >= ||w*||``.
-
-    The noise ``y - sigmoid(eta)`` is ``1/2``-sub-Gaussian, so the self-normalised bound of
-    Abbasi-Yadkori, Pal and Szepesvari gives ``||sum_j noise_j beta z_j||_{M^{-1}} <= 0.5 sqrt(...)``
-    with probability ``1 - delta``; the GLM argument of Li, Lu and Zhou turns it into a bound on
-    ``||w_hat - w*||_M`` by dividing by ``gamma`` and adds the ridge's bias ``sqrt(lambda) B``.
-    The assumptions bind where ``B`` or ``L`` is underestimated (the set may then miss the truth)
-    and through ``gamma``, which makes the radius grow like ``exp(L B)`` for confident labels.
-
-    References
-    ----------
-    Abbasi-Yadkori, Pal and Szepesvari, *Improved Algorithms for Linear Stochastic Bandits*,
-    NeurIPS 2011, Theorem 1. Li, Lu and Zhou, *Provably Optimal Algorithms for Generalized Linear
-    Contextual Bandits*, ICML 2017. Zhu, Jordan and Jiao, ICML 2023.
-    """
-    delta = check_real("delta", delta, 0.0, 1.0, strict_minimum=True)
-    ridge = check_real("ridge", ridge, 0.0, strict_minimum=True)
-    feature_bound = check_real("feature_bound", feature_bound, 0.0)
-    norm_bound = check_real("norm_bound", norm_bound, 0.0)
-    gram = as_real_array("gram", gram, (2,))
-    if gram.shape[0] != gram.shape[1]:
-        raise ValueError(f"gram must be a square matrix, got shape {gram.shape}")
-    k = gram.shape[0]
-    # The sign of the determinant cannot tell a positive definite matrix from one with an even
-    # number of negative eigenvalues: check the eigenvalues themselves.
-    eigenvalues = np.linalg.eigvalsh(0.5 * (gram + gram.T))
-    if not eigenvalues.min(initial=np.inf) > 0:
-        raise ValueError("gram must be positive definite")
-    log_det_ratio = float(np.sum(np.log(eigenvalues))) - k * np.log(ridge)
-    gamma = 1.0 / (2.0 + np.exp(feature_bound * norm_bound) + np.exp(-feature_bound * norm_bound))
-    return float((0.5 * np.sqrt(2 * np.log(1 / delta) + log_det_ratio) + np.sqrt(ridge) * norm_bound) / gamma)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lr_mdp_env import TabularMDP, backward_induction, expected_features
+from lr_mdp_env import TabularMDP, backward_induction, expected_features, theory
 from lr_mdp_env.dynamic_programming import check_policy
 from lr_mdp_env.rewards import ContextualRewards, LowRankRewards
 
@@ -25,7 +25,9 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
     ``||G (d_pi*_i - d_ref)||_{M^{-1}}``, ``misspecification``
     ``2 max_pi |(theta*_i - theta*_proj) . (d_pi - d_ref)|`` and ``bound``
     ``2 radius coverage_term + misspecification`` (the pessimism lemma: when ``truth_in_set``,
-    ``suboptimality <= bound`` for exact pessimism). Missing quantities are ``NaN``.
+    ``suboptimality <= bound`` for exact pessimism), computed by :mod:`lr_mdp_env.theory`
+    (:func:`~lr_mdp_env.theory.misspecification_term`, :func:`~lr_mdp_env.theory.pessimism_bound`).
+    Missing quantities are ``NaN``.
 
     Parameters
     ----------
@@ -63,31 +65,20 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
                    ("lower_bound", "coverage_term", "misspecification", "bound")}
     in_set = np.full(n_users, np.nan, dtype=object)
     if reference is not None and hasattr(agent, "confidence_set"):
-        for user in range(n_users):
-            confidence_set = agent.confidence_set(user)
+        sets = [agent.confidence_set(user) for user in range(n_users)]
+        residuals = np.empty((n_users, mdp.n_features))
+        for user, confidence_set in enumerate(sets):
             diagnostics["lower_bound"][user] = confidence_set.lower(features[user] - reference)
             diagnostics["coverage_term"][user] = confidence_set.dual_norm(optimal_features[user] - reference)
             in_set[user] = bool(confidence_set.contains(theta[:, user], project=True))
-            residual = theta[:, user] - _projection(confidence_set, theta[:, user])
-            diagnostics["misspecification"][user] = 2 * _max_abs_gain(mdp, residual, reference)
-            diagnostics["bound"][user] = (2 * confidence_set.radius * diagnostics["coverage_term"][user]
-                                          + diagnostics["misspecification"][user])
+            residuals[user] = theta[:, user] - theory.affine_projection(
+                theta[:, user], confidence_set.offset, confidence_set.basis)
+        # One batched pair of backward inductions for all users' misspecification terms.
+        diagnostics["misspecification"] = theory.misspecification_term(mdp, residuals, reference)
+        diagnostics["bound"] = theory.pessimism_bound(
+            [confidence_set.radius for confidence_set in sets], diagnostics["coverage_term"],
+            diagnostics["misspecification"])
     for name in ("lower_bound", "coverage_term", "misspecification", "bound"):
         report[name] = diagnostics[name]
     report.insert(report.columns.get_loc("coverage_term"), "truth_in_set", in_set)
     return report
-
-
-def _projection(confidence_set: Any, theta: np.ndarray) -> np.ndarray:
-    """``theta``'s projection onto the set's affine span ``offset + range(basis)``."""
-    offset, basis = confidence_set.offset, confidence_set.basis
-    return offset + basis @ np.linalg.lstsq(basis, theta - offset, rcond=None)[0]
-
-
-def _max_abs_gain(mdp: TabularMDP, direction: np.ndarray, reference: np.ndarray) -> float:
-    """``max_pi |direction . (d_pi - d_ref)|`` by two backward inductions (for +direction and -direction)."""
-    if not np.any(direction):
-        return 0.0
-    _, values = backward_induction(mdp, mdp.reward(np.stack([direction, -direction])))
-    best = values[:, 0] @ mdp.initial_distribution
-    return float(max(best[0] - direction @ reference, best[1] + direction @ reference, 0.0))

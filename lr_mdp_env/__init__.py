@@ -21,6 +21,7 @@ from .rewards import ContextualRewards, LowRankRewards, contextual_rewards, low_
 from .sampling import sample_trajectories
 from .subspace import principal_angle_distance
 from .teacher import Teacher
+from . import theory
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "random_mdp",
     "return_moments",
     "sample_trajectories",
+    "theory",
     "uniform_policy",
     "user_parameters",
 ]
