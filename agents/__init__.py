@@ -7,6 +7,7 @@ confidence set. They work on the world's arrays, never on Gymnasium environments
 
 from . import planning
 from .agent import Agent, PessimisticAgent, behaviour_policy
+from .checker import AgentCheckError, CheckInstance, CheckReport, check_agent, draw_instances
 from .confidence import Ellipsoid, theory_radius, wald_radius
 from .contextual import BilinearCoordinates, FullRankContextual, LoCoPRS, rtv_coordinates
 from .data import ComparisonData, comparison_data
@@ -20,8 +21,13 @@ from .tuning import DEFAULT_RIDGE_GRID, select_ridge
 
 __all__ = [
     "Agent",
+    "AgentCheckError",
+    "CheckInstance",
+    "CheckReport",
     "PessimisticAgent",
     "behaviour_policy",
+    "check_agent",
+    "draw_instances",
     "evaluate",
     "make",
     "planning",

@@ -55,14 +55,16 @@ def make(name: str, **kwargs: Any) -> Any:
         raise TypeError(f"agent {name!r}: {error} (it takes {list(parameters)})") from None
 
 
-def takes(name: str, argument: str) -> bool:
-    """Whether the factory registered as ``name`` accepts the keyword ``argument`` (explicitly
-    or through ``**kwargs``); the built-in agents take ``seed``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown agent {name!r}; registered agents: {sorted(_REGISTRY)}")
+def takes(agent: str | Callable[..., Any], argument: str) -> bool:
+    """Whether a factory, or the factory registered under the name ``agent``, accepts the
+    keyword ``argument`` (explicitly or through ``**kwargs``); the built-in agents take ``seed``."""
+    if isinstance(agent, str):
+        if agent not in _REGISTRY:
+            raise ValueError(f"unknown agent {agent!r}; registered agents: {sorted(_REGISTRY)}")
+        agent = _REGISTRY[agent]
     try:
-        parameters = inspect.signature(_REGISTRY[name]).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        parameters = inspect.signature(agent).parameters
+    except (TypeError, ValueError):  # builtins without a signature
         return False
     return argument in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 

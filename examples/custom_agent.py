@@ -5,6 +5,11 @@ returning an ``(H, S, A)`` Markov policy. This one scores each ``(s, a)`` by how
 trajectories that visit it win their comparison (a per-user Borda count, no model of the
 noise) and plans greedily on that score with the library's backward induction.
 
+Before comparing it, :func:`agents.check_agent` fits it on small drawn instances and checks the
+protocol, its policies, that it leaves the data untouched, that it is deterministic and that it
+refuses data of the wrong sizes (it raises :class:`agents.AgentCheckError` naming the property
+that fails).
+
 Run: ``python examples/custom_agent.py``
 """
 
@@ -35,6 +40,7 @@ class BordaAgent:
 
 def main() -> None:
     agents.register("borda", BordaAgent)
+    print(agents.check_agent("borda"), end="\n\n")
 
     mdp = lr_mdp_env.random_mdp(n_states=15, n_actions=3, horizon=8, seed=0)
     rewards = lr_mdp_env.low_rank_rewards(mdp.n_features, n_users=20, rank=2, condition_number=2.0,
