@@ -58,7 +58,7 @@ class Ellipsoid:
                 f"center must have shape ({k},) and matrix ({k}, {k}) to match basis {basis.shape}, "
                 f"got {center.shape} and {matrix.shape}"
             )
-        if not np.allclose(matrix, matrix.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(matrix).max())):
+        if not np.allclose(matrix, matrix.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(matrix).max(initial=0.0))):
             raise ValueError("matrix must be symmetric")
         try:
             cholesky = np.linalg.cholesky(matrix)
@@ -90,6 +90,8 @@ class Ellipsoid:
     def dual_norm(self, vectors: Any) -> np.ndarray:
         """``||G v||_{M^{-1}}`` for ``v`` of shape ``(d,)`` or ``(..., d)``."""
         coordinates = self.coordinates(vectors)
+        if self.dimension == 0:  # a single point: no direction to move in
+            return np.zeros(coordinates.shape[:-1])
         # Columns (k, m) for any number of leading axes: solve treats a 3-D right-hand side as a batch.
         columns = np.reshape(coordinates, (-1, coordinates.shape[-1])).T
         whitened = np.linalg.solve(self._cholesky, columns)
@@ -111,6 +113,8 @@ class Ellipsoid:
         if theta.shape != self.offset.shape:
             raise ValueError(f"theta must have shape {self.offset.shape}, got {theta.shape}")
         residual = theta - self.theta_hat
+        if self.dimension == 0:
+            return residual, np.zeros_like(residual)
         in_range = self.basis @ np.linalg.lstsq(self.basis, residual, rcond=None)[0]
         return residual, in_range
 
@@ -122,6 +126,8 @@ class Ellipsoid:
         injective (the RTV basis of a context has more columns than rows).
         """
         _, in_range = self._image_residual(theta)
+        if self.dimension == 0:  # the projection onto a point is the point itself
+            return 0.0
         whitened_basis = np.linalg.solve(self._cholesky, self.basis.T)  # L^{-1} B^T, M = L L^T
         image = whitened_basis.T @ whitened_basis  # B M^{-1} B^T
         return float(np.sqrt(max(in_range @ np.linalg.pinv(image, hermitian=True) @ in_range, 0.0)))

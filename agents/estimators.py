@@ -188,6 +188,8 @@ class RewardEstimator:
         center = self._centers[0 if self._pooled else problem]
         k = center.shape[0]
         ridge = self.ridge_
+        if k == 0:  # nothing identifiable: the set is the single point offset
+            return np.zeros((0, 0)), 0.0
         if self.radius == "wald":
             if self._fisher is not None:
                 matrix = self._fisher[problem]

@@ -153,3 +153,19 @@ def test_contextual_agent_plans_per_context():
     np.testing.assert_allclose(policy.sum(axis=-1), 1.0, atol=1e-9)
     with pytest.raises(ValueError, match=r"give exactly one of user and context"):
         agent.policy(0, context=context)
+
+
+@pytest.mark.parametrize("pessimism", ["none", "rectangular", "exact"])
+@pytest.mark.parametrize("name", ["independent", "pooled"])
+def test_a_world_with_nothing_identifiable_gives_point_sets_and_its_only_policy(name, pessimism):
+    """One state and one action: every trajectory has the same features, comparisons identify no
+    direction, the confidence set is the single point offset (dimension 0) and the only policy
+    is optimal."""
+    mdp = lr_mdp_env.TabularMDP(np.ones((1, 1, 1)), np.ones(1), horizon=2)
+    rewards = lr_mdp_env.low_rank_rewards(mdp.n_features, 2, 1, seed=0)
+    dataset = lr_mdp_env.collect_preferences(mdp, rewards, 5, seed=1)
+    agent = agents.make(name, pessimism=pessimism).fit(dataset, mdp)
+    assert agent.confidence_set(0).dimension == 0
+    report = agents.evaluate(agent, mdp, rewards)
+    assert (report["suboptimality"] == 0).all() and report["truth_in_set"].all()
+    assert (report["bound"] == 0).all()
