@@ -13,6 +13,7 @@ from scipy.special import expit
 
 import agents
 import lr_mdp_env
+from lr_mdp_env.envs.registration import advancing_actions
 
 pytestmark = pytest.mark.slow
 
@@ -90,3 +91,134 @@ def test_pessimism_lemma_bound_shrinks_like_root_n_and_the_loss_at_least_as_fast
     loss_slope = np.polyfit(np.log(sizes), np.log(losses), 1)[0]
     assert -0.6 <= bound_slope <= -0.4, (bound_slope, bounds)
     assert loss_slope <= -0.4, (loss_slope, losses)
+
+
+# -- the chain: a rarely reached good end and a rarely tried idle action that can look good ------
+
+CHAIN_REPLICATES = 300
+CHAIN_SIZES = (800, 3200, 12800)
+END_REWARD = 1.0
+
+
+def _chain():
+    """``chain_mdp(4, 6)`` with two actions: advance, or fall back to state 0 (idle, in state 0).
+
+    Every replicate's reward is ``END_REWARD`` for staying in the end state, zero elsewhere, so
+    the optimal policy advances three times and then stays: ``J* = 3``. The behaviour wanders:
+    it always advances from state 0 and advances (or stays, at the end) with probability 1/2
+    elsewhere. Only 1/32 of its trajectories follow the optimal path and its value is 0.28:
+    the data rarely reach the optimal path. It never idles in state 0, the trap.
+    """
+    mdp = lr_mdp_env.chain_mdp(4, 6, seed=0)
+    advancing = advancing_actions(mdp)
+    idle = 1 - advancing[0]
+    theta = np.zeros(mdp.n_features)
+    theta[(mdp.n_states - 1) * mdp.n_actions + advancing[-1]] = END_REWARD
+    wander = np.full((mdp.horizon, mdp.n_states, mdp.n_actions), 0.5)
+    wander[:, 0, advancing[0]], wander[:, 0, idle] = 1.0, 0.0
+    return mdp, np.tile(theta[:, None], (1, CHAIN_REPLICATES)), wander, idle
+
+
+@pytest.fixture(scope="module")
+def chain_runs():
+    """Greedy, exact and rectangular pessimism on nested chain datasets, one fit per size.
+
+    One collection of ``n_max`` pairs per replicate: the first trajectory wanders, the second
+    idles at step 0 with probability ``2 / n_max`` and then wanders, so the idle action appears
+    in ``K ~ Binomial(n_max, 2 / n_max)``, about Poisson(2), pairs (the bandit test's rare
+    comparison, now a whole trajectory). The dataset of size ``n`` keeps those ``K`` pairs and the
+    first ``n`` others: its law is that of ``n`` wandering pairs plus about two trap comparisons
+    whatever ``n``, and the same trap comparisons appear at every size (common random numbers),
+    so the change across sizes is not masked by the draws of the trap's comparisons.
+    """
+    mdp, theta, wander, idle = _chain()
+    n_max = CHAIN_SIZES[-1] + 32  # K <= 32 except with probability below 1e-25
+    rare = wander.copy()
+    rare[0, 0] = 1.0 - 2.0 / n_max
+    rare[0, 0, idle] = 2.0 / n_max
+    full = lr_mdp_env.collect_preferences(mdp, theta, n_max, behavior=(wander, rare), seed=2024)
+    is_trap = full.actions1[:, 0] == idle
+    trap_pairs = np.bincount(full.users[is_trap], minlength=CHAIN_REPLICATES)
+    assert trap_pairs.max() <= 32
+    # Rank of each non-trap pair among its user's non-trap pairs (users are contiguous).
+    others = np.cumsum(~is_trap)
+    first = np.searchsorted(full.users, full.users)
+    rank = others - others[first] + (~is_trap[first]) - 1
+    runs = {"mdp": mdp, "theta": theta, "wander": wander, "trap_pairs": trap_pairs}
+    for n in CHAIN_SIZES:
+        dataset = full.subset(np.flatnonzero(is_trap | (rank < n)))
+        for pessimism in ("none", "exact", "rectangular"):
+            agent = agents.make("independent", ridge=0.05, pessimism=pessimism).fit(dataset, mdp)
+            runs[pessimism, n] = agents.evaluate(agent, mdp, theta)
+    return runs
+
+
+def test_pessimism_beats_greedy_on_a_chain_whose_optimal_path_the_data_rarely_follow(chain_runs):
+    """The chain version of Zhu, Jordan and Jiao (2023), Theorem 3.9.
+
+    Greedy: when the idle action is compared once (K = 1, probability
+    ``2 (1 - 2/n_max)^(n_max - 1) ~ 2 e^-2``), both trajectories of that pair collect no end
+    reward and the idling one wins (probability 1/2 under Bradley-Terry with beta = 1), the
+    ridge MLE (lambda = 0.05; a fixed small ridge, as the theorem is about the MLE) of the idle
+    reward is the root of ``0.05 t = sigmoid(-t)``, about 2.1, so idling for six steps (about 12)
+    beats the end's three steps of about 1: greedy idles and loses ``J* = 3``. A wandering
+    trajectory collects no end reward with probability at least ``1 - J(wander) / END_REWARD``
+    (Markov's inequality), and the idling one is a wandering one delayed by a step, so this
+    happens with probability ``p >= 2 e^-2 * 1/2 * (1 - J(wander))^2 = 0.070`` for every n. Over
+    300 replicates the mean greedy loss therefore exceeds ``3 (p - 3 sqrt(p (1 - p) / 300))``
+    (three standard errors of the frequency), the floor below.
+
+    Pessimism: the idle action's two-or-so comparisons give it a lower confidence bound far
+    below the end's, so pessimism never idles for long and must beat the floor at every n.
+    Its advantage over greedy is asserted against the standard error of the paired differences.
+    """
+    mdp, theta, wander = chain_runs["mdp"], chain_runs["theta"], chain_runs["wander"]
+    n_max = CHAIN_SIZES[-1] + 32
+    behaviour_value = float(lr_mdp_env.expected_features(mdp, wander) @ theta[:, 0])
+    assert abs(behaviour_value - 0.28125) < 1e-12
+    p = 2 * (1 - 2 / n_max) ** (n_max - 1) * 0.5 * (1 - behaviour_value / END_REWARD) ** 2
+    floor = 3 * END_REWARD * (p - 3 * np.sqrt(p * (1 - p) / CHAIN_REPLICATES))
+    assert floor > 0.07, floor
+    for n in CHAIN_SIZES:
+        greedy = chain_runs["none", n]["suboptimality"].to_numpy()
+        assert greedy.mean() > floor, (n, greedy.mean(), floor)
+        for pessimism in ("exact", "rectangular"):
+            loss = chain_runs[pessimism, n]["suboptimality"].to_numpy()
+            advantage = greedy - loss
+            standard_error = advantage.std(ddof=1) / np.sqrt(CHAIN_REPLICATES)
+            assert loss.mean() < floor, (pessimism, n, loss.mean(), floor)
+            assert advantage.mean() > 5 * standard_error, (pessimism, n, advantage.mean(), standard_error)
+
+
+def test_exact_pessimism_on_the_chain_converges_at_rate_root_n(chain_runs):
+    """Exact pessimism hedges: its optimal mixed policy idles with a small weight ``w`` whenever
+    the idle action looks good. Along the mixture, ``L`` gains ``w`` times the estimated advantage
+    of idling, a constant, but its penalty ``radius ||G (g* + w (g_idle - g*))||_{M^-1}`` grows
+    only quadratically in ``w``: the idle coordinate is nearly orthogonal to the well-covered
+    ones, whose part of the norm is ``a = ||G g*||_{M^-1} ~ n^-1/2``. The optimum is
+    ``w = a h`` with ``h`` a function of the trap's comparisons alone, whose law does not depend
+    on n; the loss is ``3 w``, so its mean falls exactly like ``n^-1/2`` asymptotically (and the
+    pessimism lemma's bound ``2 radius a`` too). Rectangular pessimism, deterministic, does not
+    hedge.
+
+    Tolerances. The bound: ``M`` grows linearly in n at a fixed radius; only the slope of
+    ``sigmoid'`` at the converging estimate moves it, by relative O(n^-1/2), so we allow 0.05.
+    The loss: next-order terms of relative size O(n^-1/2) (the estimate of the path's rewards,
+    the part of the penalty off the trap) steepen the slope at these sizes; the local slope
+    was -0.64 from 800 to 3200 and -0.53 from 3200 to 12800 (fitted -0.58), approaching -1/2 as
+    the theory says. With common random numbers the Monte Carlo standard error of the fitted
+    slope is 0.012 (bootstrap over the replicates), so we allow 0.15: 0.08 of finite-n bias plus
+    about six standard errors. A rate of n^-1 or no convergence at all would fail.
+    """
+    sizes = np.array(CHAIN_SIZES)
+    losses, bounds = [], []
+    for n in CHAIN_SIZES:
+        report = chain_runs["exact", n]
+        covered = report["truth_in_set"].astype(bool)
+        assert (report["suboptimality"][covered] <= report["bound"][covered] + 1e-7).all()
+        losses.append(report["suboptimality"].mean())
+        bounds.append(report["bound"].mean())
+    bound_slope = np.polyfit(np.log(sizes), np.log(bounds), 1)[0]
+    loss_slope = np.polyfit(np.log(sizes), np.log(losses), 1)[0]
+    assert abs(bound_slope + 0.5) <= 0.05, (bound_slope, bounds)
+    assert abs(loss_slope + 0.5) <= 0.15, (loss_slope, losses)
