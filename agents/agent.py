@@ -38,20 +38,38 @@ class Agent(Protocol):
         """The Markov policy ``pi[h, s, a]`` chosen for ``user``, shape ``(H, S, A)``."""
 
 
-def behaviour_policy(dataset: PreferenceDataset) -> np.ndarray:
+def behaviour_policy(dataset: PreferenceDataset, *, per_user: bool | None = None) -> np.ndarray:
     """The behaviour policy that collected ``dataset``: uniform when the data say so, otherwise
     the empirical ``pi_h(a | s) = N(h, s, a) / N(h, s)`` of both trajectories of every pair
-    (uniform where ``(h, s)`` was never visited)."""
+    (uniform where ``(h, s)`` was never visited).
+
+    Parameters
+    ----------
+    dataset : PreferenceDataset
+    per_user : bool, optional
+        ``True``: one empirical policy per user from that user's trajectories, shape
+        ``(N, H, S, A)``; ``False``: one policy from all trajectories, ``(H, S, A)``. Default:
+        per user exactly when the data were collected with per-user behaviours
+        (``metadata["behavior"] == "per_user"``, e.g. :func:`lr_mdp_env.collection.epsilon_optimal_policies`).
+    """
     shape = (dataset.horizon, dataset.n_states, dataset.n_actions)
+    if per_user is None:
+        per_user = dataset.metadata.get("behavior") == "per_user"
     if dataset.metadata.get("behavior") == "uniform":
-        return np.full(shape, 1.0 / dataset.n_actions)
+        uniform = np.full(shape, 1.0 / dataset.n_actions)
+        return np.broadcast_to(uniform, (dataset.n_users, *shape)).copy() if per_user else uniform
     states = np.concatenate([dataset.states0, dataset.states1])
     actions = np.concatenate([dataset.actions0, dataset.actions1])
     steps = np.broadcast_to(np.arange(dataset.horizon), states.shape)
-    flat = np.ravel_multi_index((steps, states, actions), shape).ravel()
-    counts = np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape).astype(float)
+    groups = np.concatenate([dataset.users, dataset.users]) if per_user else np.zeros(states.shape[0], dtype=int)
+    n_groups = dataset.n_users if per_user else 1
+    full_shape = (n_groups, *shape)
+    owners = np.broadcast_to(groups[:, None], states.shape)
+    flat = np.ravel_multi_index((owners, steps, states, actions), full_shape).ravel()
+    counts = np.bincount(flat, minlength=int(np.prod(full_shape))).reshape(full_shape).astype(float)
     visits = counts.sum(axis=-1, keepdims=True)
-    return np.where(visits > 0, counts / np.where(visits > 0, visits, 1.0), 1.0 / dataset.n_actions)
+    policy = np.where(visits > 0, counts / np.where(visits > 0, visits, 1.0), 1.0 / dataset.n_actions)
+    return policy if per_user else policy[0]
 
 
 class PessimisticAgent:
@@ -66,9 +84,12 @@ class PessimisticAgent:
         ``"exact"``: :func:`agents.planning.robust_optimize` of
         ``L(pi) = min_{theta in C} theta . (d_pi - d_ref)``; ``"rectangular"``: backward
         induction on ``r_hat - radius ||G phi||_{M^{-1}}``; ``"none"``: greedy on ``theta_hat``.
-    reference : {"behavior", "uniform"} or array_like of shape (H, S, A), default "behavior"
+    reference : {"behavior", "uniform"} or array_like of shape (H, S, A) or (N, H, S, A), default "behavior"
         The policy whose expected features are ``d_ref``: by default the behaviour policy of the
-        data (:func:`behaviour_policy`).
+        data (:func:`behaviour_policy`), one per user when the data were collected with per-user
+        behaviours. Each user is planned against their own ``d_ref``, and ``reference_features``
+        is then ``(N, d)``; a new context (contextual estimators) is planned against the pooled
+        behaviour.
     transitions : {"known", "estimated"}, default "known"
         ``"estimated"`` plans in the empirical MDP of the dataset's transitions; rectangular
         pessimism then also takes the worst case over an L1 ball around each row.
@@ -114,10 +135,15 @@ class PessimisticAgent:
             reference = uniform_policy(mdp) if self.reference == "uniform" else behaviour_policy(dataset)
         else:
             reference = check_policy(mdp, self.reference, "reference")
-            if reference.ndim != 3:
-                raise ValueError(f"reference must be one policy (H, S, A), got shape {reference.shape}")
+        if reference.ndim == 4 and reference.shape[0] != dataset.n_users:
+            raise ValueError(f"reference holds {reference.shape[0]} user policies but the dataset has "
+                             f"{dataset.n_users} users")
+        # New contexts have no behaviour of their own: they are planned against the pooled one.
+        self._context_reference_policy = reference if reference.ndim == 3 else \
+            (behaviour_policy(dataset, per_user=False) if isinstance(self.reference, str) else reference.mean(axis=0))
         self.reference_policy = reference
         self.reference_features = expected_features(self.mdp_, reference)
+        self.context_reference_features = expected_features(self.mdp_, self._context_reference_policy)
         self._policies: dict[Any, np.ndarray] = {}
         self._solutions: dict[Any, Any] = {}
         return self
@@ -167,8 +193,8 @@ class PessimisticAgent:
         """Every user's policy, ``(N, H, S, A)`` (exact pessimism solves all users together)."""
         if self.pessimism == "exact" and any(user not in self._policies for user in range(self.n_users)):
             sets = [self.confidence_set(user) for user in range(self.n_users)]
-            solutions = planning.robust_optimize(self.mdp_, sets, np.tile(self.reference_features, (self.n_users, 1)),
-                                                 self.tol, reference_policy=self.reference_policy)
+            solutions = planning.robust_optimize(self.mdp_, sets, self._reference_rows(), self.tol,
+                                                 reference_policy=self.reference_policy)
             for user, solution in enumerate(solutions):
                 self._solutions[user], self._policies[user] = solution, solution.policy
         return np.stack([self.policy(user) for user in range(self.n_users)])
@@ -179,19 +205,29 @@ class PessimisticAgent:
 
     def _plan_rectangular_all(self) -> None:
         sets = [self.confidence_set(user) for user in range(self.n_users)]
-        solution = planning.rectangular(self.mdp_, sets, np.tile(self.reference_features, (self.n_users, 1)),
+        solution = planning.rectangular(self.mdp_, sets, self._reference_rows(),
                                         transition_radius=self.transition_radius_)
         for user, policy in enumerate(solution.policy):
             self._policies[user] = policy
+
+    def _reference_rows(self) -> np.ndarray:
+        """``d_ref`` of every user, ``(N, d)``."""
+        return np.broadcast_to(self.reference_features, (self.n_users, self.reference_features.shape[-1]))
 
     def _plan_one(self, user: int | None, context: Any) -> np.ndarray:
         confidence_set = self.confidence_set(user, context=context)
         if self.pessimism == "none":
             return planning.greedy(self.mdp_, confidence_set.theta_hat)
+        if context is not None:
+            reference_policy, reference = self._context_reference_policy, self.context_reference_features
+        else:
+            per_user = self.reference_policy.ndim == 4
+            reference_policy = self.reference_policy[user] if per_user else self.reference_policy
+            reference = self._reference_rows()[user]
         if self.pessimism == "rectangular":
-            return planning.rectangular(self.mdp_, confidence_set, self.reference_features,
+            return planning.rectangular(self.mdp_, confidence_set, reference,
                                         transition_radius=self.transition_radius_).policy
-        solution = planning.robust_optimize(self.mdp_, confidence_set, self.reference_features, self.tol,
-                                            reference_policy=self.reference_policy)
+        solution = planning.robust_optimize(self.mdp_, confidence_set, reference, self.tol,
+                                            reference_policy=reference_policy)
         self._solutions[user if context is None else ("context", np.asarray(context).tobytes())] = solution
         return solution.policy

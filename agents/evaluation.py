@@ -59,7 +59,9 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
     optimal_value = np.sum(optimal_features * theta.T, axis=1)
     report = pd.DataFrame({"user": np.arange(n_users), "value": value, "optimal_value": optimal_value})
     reference = getattr(agent, "reference_features", None)
-    report["reference_value"] = theta.T @ reference if reference is not None else np.nan
+    if reference is not None:  # d_ref is (d,) or, for per-user behaviours, (N, d)
+        reference = np.broadcast_to(np.asarray(reference, dtype=float), (n_users, mdp.n_features))
+    report["reference_value"] = np.sum(theta.T * reference, axis=1) if reference is not None else np.nan
     report["suboptimality"] = optimal_value - value
     diagnostics = {name: np.full(n_users, np.nan) for name in
                    ("lower_bound", "coverage_term", "misspecification", "bound")}
@@ -68,8 +70,8 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
         sets = [agent.confidence_set(user) for user in range(n_users)]
         residuals = np.empty((n_users, mdp.n_features))
         for user, confidence_set in enumerate(sets):
-            diagnostics["lower_bound"][user] = confidence_set.lower(features[user] - reference)
-            diagnostics["coverage_term"][user] = confidence_set.dual_norm(optimal_features[user] - reference)
+            diagnostics["lower_bound"][user] = confidence_set.lower(features[user] - reference[user])
+            diagnostics["coverage_term"][user] = confidence_set.dual_norm(optimal_features[user] - reference[user])
             in_set[user] = bool(confidence_set.contains(theta[:, user], project=True))
             residuals[user] = theta[:, user] - theory.affine_projection(
                 theta[:, user], confidence_set.offset, confidence_set.basis)

@@ -377,7 +377,7 @@ def robust_optimize(
         ``d_ref``.
     tol : float, default 1e-8
         Relative gap at which to stop (below about ``1e-11`` rounding dominates).
-    reference_policy : array_like, shape (H, S, A), optional
+    reference_policy : array_like, shape (H, S, A) or (N, H, S, A), optional
         A policy added to the first columns, e.g. the reference policy itself: the point
         ``g = 0`` (``L = 0``), often optimal for large radii, is then in the master from the
         start instead of being reproduced as a mixture of vertices. (Certifying it still takes
@@ -405,14 +405,17 @@ def robust_optimize(
     problems = [_RobustProblem(item, ref) for item, ref in zip(items, reference)]
     if reference_policy is not None:
         reference_policy = np.asarray(reference_policy, dtype=float)
-        if reference_policy.shape != (mdp.horizon, mdp.n_states, mdp.n_actions):
+        shape = (mdp.horizon, mdp.n_states, mdp.n_actions)
+        if reference_policy.shape not in (shape, (len(problems), *shape)):
             raise ValueError(
-                f"reference_policy must have shape (H, S, A) = {(mdp.horizon, mdp.n_states, mdp.n_actions)}, "
-                f"got {reference_policy.shape}"
+                f"reference_policy must have shape (H, S, A) = {shape} or one per set "
+                f"({len(problems)}, H, S, A), got {reference_policy.shape}"
             )
         reference_feature = expected_features(mdp, reference_policy)  # validates the rows
-        for problem in problems:
-            problem.add_column(reference_policy, reference_feature)
+        per_set = reference_policy.ndim == 4
+        for index, problem in enumerate(problems):
+            problem.add_column(reference_policy[index] if per_set else reference_policy,
+                               reference_feature[index] if per_set else reference_feature)
     active = list(range(len(problems)))
     while active:
         # One batched backward induction prices every unfinished problem at its pricing point.
@@ -883,9 +886,13 @@ def _square_solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Solve a square system by LU; minimum-norm least squares if it is singular."""
     try:
         solution = np.linalg.solve(matrix, rhs)
-        error = np.abs(matrix @ solution - rhs).max()
-        if np.all(np.isfinite(solution)) and error <= 1e-8 * max(np.abs(rhs).max(), np.finfo(float).tiny):
-            return solution
+        if np.all(np.isfinite(solution)):
+            # A nearly singular matrix gives a huge solution whose residual may overflow: that is
+            # the signal to fall back, not an error.
+            with np.errstate(over="ignore", invalid="ignore"):
+                error = np.abs(matrix @ solution - rhs).max()
+            if error <= 1e-8 * max(np.abs(rhs).max(), np.finfo(float).tiny):
+                return solution
     except np.linalg.LinAlgError:
         pass
     return np.linalg.lstsq(matrix, rhs, rcond=None)[0]

@@ -79,6 +79,15 @@ def _behaviour_batch(
     return np.concatenate(blocks), np.concatenate(indices)
 
 
+def _behaviour_kind(behavior: Any) -> str:
+    """``"uniform"``, ``"given"`` (one policy, or a pair, shared by all users) or ``"per_user"``
+    (some trajectories follow a policy of their own user): what agents need to pick ``d_ref``."""
+    if behavior is None or isinstance(behavior, str):
+        return "uniform"
+    pair = behavior if isinstance(behavior, tuple) else (behavior,)
+    return "per_user" if any(np.ndim(policy) == 4 for policy in pair) else "given"
+
+
 def collect_preferences(
     mdp: TabularMDP,
     rewards: Any,
@@ -161,7 +170,7 @@ def collect_preferences(
     metadata = {
         "teacher": {"beta": teacher.beta if np.isfinite(teacher.beta) else "inf", "mistake": teacher.mistake,
                     "myopia": teacher.myopia, "skip": teacher.skip, "equal": teacher.equal},
-        "behavior": "uniform" if behavior is None or isinstance(behavior, str) else "given",
+        "behavior": _behaviour_kind(behavior),
         "n_pairs_requested": int(n),
         "skipped": int(n - answers.answered.sum()),
         "seed": int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None,

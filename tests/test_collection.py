@@ -94,11 +94,12 @@ def test_a_pair_of_behaviours_drives_each_side(world):
     data = collect_preferences(mdp, rewards, 50, behavior=(always[0], always[1]), seed=3)
     np.testing.assert_array_equal(data.actions0, 2)
     np.testing.assert_array_equal(data.actions1, 0)
+    assert data.metadata["behavior"] == "given"
     per_user = np.stack([always[1]] * 3)
     mixed = collect_preferences(mdp, rewards, 50, behavior=(uniform_policy(mdp), per_user), seed=3)
     np.testing.assert_array_equal(mixed.actions1, 0)
     assert len(np.unique(mixed.actions0)) == mdp.n_actions
-    assert mixed.metadata["behavior"] == "given"
+    assert mixed.metadata["behavior"] == "per_user"  # agents then take one d_ref per user
 
 
 def test_skipped_pairs_are_exactly_those_with_small_returns(world):

@@ -169,3 +169,27 @@ def test_a_world_with_nothing_identifiable_gives_point_sets_and_its_only_policy(
     report = agents.evaluate(agent, mdp, rewards)
     assert (report["suboptimality"] == 0).all() and report["truth_in_set"].all()
     assert (report["bound"] == 0).all()
+
+
+def test_per_user_behaviours_give_each_user_their_own_reference():
+    """With epsilon-optimal data every user's behaviour differs: the empirical behaviour of each
+    user's own trajectories is their d_ref, and the exact agent plans each user against it."""
+    from lr_mdp_env.collection import epsilon_optimal_policies
+
+    mdp = lr_mdp_env.random_mdp(4, 2, 3, seed=0)
+    rewards = lr_mdp_env.low_rank_rewards(mdp.n_features, 3, 1, mdp=mdp, seed=1)
+    behaviours = epsilon_optimal_policies(mdp, rewards, 0.2)
+    dataset = lr_mdp_env.collect_preferences(mdp, rewards, 40, behavior=behaviours, seed=2)
+    assert dataset.metadata["behavior"] == "per_user"
+    per_user = behaviour_policy(dataset)
+    assert per_user.shape == (3, mdp.horizon, mdp.n_states, mdp.n_actions)
+    for user in range(3):
+        np.testing.assert_array_equal(per_user[user], behaviour_policy(dataset.subset(dataset.users == user),
+                                                                       per_user=False))
+    agent = agents.make("independent", pessimism="exact").fit(dataset, mdp)
+    np.testing.assert_allclose(agent.reference_features, lr_mdp_env.expected_features(mdp, per_user))
+    report = agents.evaluate(agent, mdp, rewards)
+    expected = np.einsum("nd,dn->n", agent.reference_features, rewards.theta)
+    np.testing.assert_allclose(report["reference_value"], expected)
+    # The exact solution's pessimistic value is never below that of the user's own reference (L = 0).
+    assert (report["lower_bound"] >= -1e-7).all()
