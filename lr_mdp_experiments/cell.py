@@ -13,6 +13,7 @@ import importlib
 import json
 import time
 import traceback
+import warnings
 from typing import Any
 
 import numpy as np
@@ -44,19 +45,25 @@ def run_cell(config: SweepConfig, cell: Cell) -> dict[str, Any]:
     -------
     dict
         ``cell_id``, ``setting``, ``agent``, ``replicate``, the setting's values, ``status``
-        (``"ok"`` or ``"error"``), ``error``, and the metrics of :func:`evaluate_cell`.
+        (``"ok"`` or ``"error"``), ``error``, ``warnings`` (the distinct warnings raised while
+        the cell ran) and the metrics of :func:`evaluate_cell`.
     """
     spec = config.agents[cell.agent_index]
     row: dict[str, Any] = {"cell_id": cell.cell_id, "setting": cell.setting.index, "agent": spec.label,
                            "agent_name": spec.name, "replicate": cell.replicate}
     row.update({key: _scalar(value) for key, value in cell.setting.values().items()})
-    try:
-        row.update(evaluate_cell(config, cell))
-        row.update(status="ok", error="")
-    except Exception as error:  # noqa: BLE001 - a failing cell is recorded, the sweep goes on
-        frame = traceback.extract_tb(error.__traceback__)[-1]
-        row.update(status="error",
-                   error=f"{type(error).__name__}: {error} (at {frame.filename}:{frame.lineno})")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            row.update(evaluate_cell(config, cell))
+            row.update(status="ok", error="")
+        except Exception as error:  # noqa: BLE001 - a failing cell is recorded, the sweep goes on
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            row.update(status="error",
+                       error=f"{type(error).__name__}: {error} (at {frame.filename}:{frame.lineno})")
+    # Warnings (e.g. a fit that stopped short of its tolerance) belong to the cell, not to stderr.
+    messages = dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught)
+    row["warnings"] = " | ".join(messages)[:2000]
     return row
 
 

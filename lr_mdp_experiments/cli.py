@@ -15,11 +15,11 @@ from .plots import RATE_METRICS, plot_results, summarise
 from .store import load_results
 from .sweep import run_sweep
 
-#: Shipped configurations of ``lr-mdp reproduce``, with the metrics each one plots.
+#: Shipped configurations of ``lr-mdp reproduce``: the horizontal axis and the metrics plotted.
 REPRODUCTIONS = {
-    "sharelora": ("suboptimality", "subspace_distance", "reward_error"),
-    "loco": ("suboptimality", "reward_error"),
-    "pessimism": ("suboptimality", "lower_bound", "coverage"),
+    "sharelora": ("n_pairs_per_user", ("suboptimality", "subspace_distance", "reward_error")),
+    "loco": ("n_pairs", ("suboptimality", "reward_error")),
+    "pessimism": ("epsilon", ("suboptimality", "lower_bound", "coverage")),
 }
 DEMO_METRICS = ("suboptimality", "reward_error")
 
@@ -158,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(config, args, out, args.metric or ["suboptimality"], args.x)
         if args.command == "reproduce":
             config = shipped_config(args.name)
-            return _run(config, args, args.out or Path("results") / args.name, REPRODUCTIONS[args.name],
-                        "n_pairs_per_user")
+            x, metrics = REPRODUCTIONS[args.name]
+            return _run(config, args, args.out or Path("results") / args.name, metrics, x)
         table = load_results(args.results)
         out = args.out or (args.results if args.results.is_dir() else args.results.parent)
         for metric in args.metric or ["suboptimality"]:

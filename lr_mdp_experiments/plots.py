@@ -63,6 +63,7 @@ def panel_columns(table: pd.DataFrame, x: str) -> list[str]:
         return []
     settings = table.drop_duplicates("setting")
     excluded = {x, "setting", "cell_id", "replicate", "agent", "agent_name", "agent_index", "status", "error",
+                "warnings",
                 *RESULT_COLUMNS}
     columns = []
     for column in settings.columns:
@@ -104,15 +105,16 @@ def plot_results(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     panels = panel_columns(table, x)
     summary = summarise(table, metric, x, panels)
     if summary.empty:
         raise ValueError(f"no successful cell has a value of {metric!r} to plot")
     if loglog is None:
-        loglog = metric in RATE_METRICS and bool((summary[x] > 0).all() and (summary["mean"] > 0).all())
+        loglog = metric in RATE_METRICS and bool((summary[x] > 0).all() and (summary["mean"] > 0).any())
     keys = [tuple(row) for row in summary[panels].drop_duplicates().itertuples(index=False)] if panels else [()]
-    columns = min(len(keys), 3)
+    columns = int(np.ceil(np.sqrt(len(keys))))
     rows = -(-len(keys) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.0 * rows), squeeze=False)
     colours = dict(zip(sorted(summary["agent"].unique()), itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])))
@@ -123,6 +125,10 @@ def plot_results(
         for agent, line in panel.groupby("agent", sort=True):
             line = line.sort_values(x)
             label = agent
+            if loglog and not (line["mean"] > 0).all():
+                # Exact zeros (e.g. the oracle's subspace distance) have no place on log axes.
+                label += "  (zero: not shown)" if not (line["mean"] > 0).any() else "  (zeros not shown)"
+                line = line[line["mean"] > 0]
             if loglog:
                 slope, error = log_log_slope(line[x], line["mean"])
                 if np.isfinite(slope):
@@ -139,6 +145,9 @@ def plot_results(
             values = np.sort(panel[x].unique())
             axis.set_xticks(values, [f"{value:g}" for value in values])
             axis.minorticks_off()
+            # Ticks at 1, 2 and 5 of every decade, so narrow ranges still carry labels.
+            axis.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
         axis.set_xlabel(x)
         axis.set_ylabel(metric)
         if panels:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, TextIO
 
 import pandas as pd
 
-from .cell import run_cell
+from .cell import _scalar, run_cell
 from .config import Cell, SweepConfig
 from .store import ResultStore, rows_to_table
 
@@ -170,7 +170,7 @@ def _result_or_error(future: Any, config: SweepConfig, cell: Cell) -> dict[str, 
     except Exception as error:  # noqa: BLE001 - e.g. a worker process killed by the OS
         row = {"cell_id": cell.cell_id, "setting": cell.setting.index, "agent": config.agents[cell.agent_index].label,
                "agent_name": config.agents[cell.agent_index].name, "replicate": cell.replicate,
-               **cell.setting.values(), "status": "error", "error": f"{type(error).__name__}: {error}"}
+               **{key: _scalar(value) for key, value in cell.setting.values().items()}, "status": "error", "error": f"{type(error).__name__}: {error}", "warnings": ""}
         return row
 
 

@@ -43,6 +43,7 @@ pessimism = "rectangular"
 PLUGIN = '''
 import os
 import signal
+import warnings
 
 import agents
 
@@ -66,11 +67,12 @@ class Killer:
 
 
 class Fragile(Killer):
-    """Fails with a ValueError on 40 pairs per user."""
+    """Fails with a ValueError on 40 pairs per user, and warns on 20."""
 
     def fit(self, dataset, mdp):
         if dataset.n_pairs == 40 * 6:
             raise ValueError("fragile agent refuses 40 pairs per user")
+        warnings.warn("fragile agent is uneasy", UserWarning)
         return super().fit(dataset, mdp)
 
 

@@ -103,6 +103,9 @@ def test_a_failing_cell_is_recorded_and_the_rest_completes(tmp_path, tiny_config
     assert failed["suboptimality"].isna().all()
     ok = table[table["status"] == "ok"]
     assert len(ok) == 14 and np.isfinite(ok["suboptimality"]).all()
+    # Warnings raised inside a cell are kept with its row.
+    warned = ok[ok["agent"] == "fragile"]
+    assert len(warned) == 2 and (warned["warnings"] == "UserWarning: fragile agent is uneasy").all()
     # A re-run retries only the failed cells.
     again = experiments.run_sweep(config, tmp_path, engine="serial")
     assert (again.skipped, again.ran, again.failed) == (14, 2, 2)
