@@ -1,10 +1,11 @@
 """Sweep throughput: cells per second on 1 and 2 local worker processes, and the speed-up.
 
-The sweep is the shipped ``demo`` grid without the exact-pessimism agents (cells of a fraction of
-a second: pooled, independent and P-ShareLoRA MLE with greedy planning, exact evaluation), on
-2 replicates: 32 cells, run on a local process pool of 1 and of 2 workers (one BLAS thread each). The tables of both runs are checked to be identical.
-On a 2-core machine the ideal speed-up is 2; process start-up and the uneven cost of cells
-(P-ShareLoRA's fit dominates) take their share.
+The sweep is the shipped ``sharelora`` grid restricted to 20 users and rank 2 (pooled,
+independent, P-ShareLoRA and oracle-subspace MLE with greedy planning and exact evaluation,
+25 to 400 pairs per user, 4 replicates): 80 cells of 0.05 to 3 s. It runs on a local process
+pool of 1 and of 2 workers (one BLAS thread each), and the tables of both runs are checked to be
+identical. On a 2-core machine the ideal speed-up is 2; process start-up and the uneven cost of
+cells (P-ShareLoRA's fit dominates) take their share.
 
 Run: ``python benchmarks/bench_sweep.py``
 """
@@ -21,11 +22,9 @@ from lr_mdp_experiments.cli import shipped_config
 
 
 def main() -> None:
-    demo = shipped_config("demo")
-    greedy_only = demo.source.split("[[agents]]")
-    text = greedy_only[0] + "".join(
-        "[[agents]]" + block for block in greedy_only[1:] if 'pessimism = "exact"' not in block)
-    config = experiments.parse_config(text.replace("replicates = 3", "replicates = 2"), origin="bench.toml")
+    text = shipped_config("sharelora").source
+    text = text.replace("n_users = [20, 80]", "n_users = [20]").replace("rank = [2, 5]", "rank = [2]")
+    config = experiments.parse_config(text, origin="bench.toml")
     n_cells = len(config.cells())
     tables, rates = {}, {}
     for workers in (1, 2):

@@ -107,16 +107,18 @@ def run_serially(config: SweepConfig) -> pd.DataFrame:
 
 
 def _serial(config: SweepConfig, cells: list[Cell], workers: int, scheduler: str | None) -> Iterator[tuple[Cell, dict]]:
-    for cell in cells:
-        yield cell, run_cell(config, cell)
+    from threadpoolctl import threadpool_limits
+
+    # Cells are small problems: one BLAS thread runs them faster than several (measured ~1.7x).
+    with threadpool_limits(1):
+        for cell in cells:
+            yield cell, run_cell(config, cell)
 
 
 def _single_threaded_worker() -> None:
     """Workers use one BLAS thread each: ``workers`` processes then use ``workers`` cores."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        return
+    from threadpoolctl import threadpool_limits
+
     threadpool_limits(1)
 
 
