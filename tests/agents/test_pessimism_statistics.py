@@ -20,6 +20,34 @@ pytestmark = pytest.mark.slow
 REPLICATES = 300
 
 
+def mean_and_error(losses):
+    """Mean of independent replicates' losses and its standard error, formatted for the report."""
+    losses = np.asarray(losses)
+    return f"{losses.mean():.4f} +- {losses.std(ddof=1) / np.sqrt(losses.size):.4f}"
+
+
+def bootstrap_slope_interval(sizes, per_replicate, draws=2000, seed=0):
+    """95% percentile interval of the log-log slope of the mean of ``per_replicate`` (sizes x
+    replicates) on ``sizes``, resampling replicates jointly across sizes (they are i.i.d. triples
+    whether the sizes share data or not). It measures the Monte Carlo noise of the fitted slope
+    only; it is reported, never asserted."""
+    rows = np.asarray(per_replicate)
+    picks = np.random.default_rng(seed).integers(rows.shape[1], size=(draws, rows.shape[1]))
+    means = rows[:, picks].mean(axis=2)  # (sizes, draws)
+    means = means[:, (means > 0).all(axis=0)]  # a resample without any loss has no log-log slope
+    slopes = np.polyfit(np.log(sizes), np.log(means), 1)[0]
+    return np.percentile(slopes, [2.5, 97.5])
+
+
+def print_slopes(name, sizes, bound_slope, bound_rows, loss_slope, loss_rows):
+    """Report the fitted slopes of the mean bound and mean loss with their bootstrap intervals."""
+    bound_low, bound_high = bootstrap_slope_interval(sizes, bound_rows)
+    loss_low, loss_high = bootstrap_slope_interval(sizes, loss_rows)
+    print(f"MEASURED {name}: n={[int(n) for n in sizes]}; bound slope {bound_slope:.3f} "
+          f"(95% bootstrap [{bound_low:.3f}, {bound_high:.3f}]), loss slope {loss_slope:.3f} [{loss_low:.3f}, {loss_high:.3f}]; mean loss "
+          f"{np.round(np.mean(loss_rows, axis=1), 5).tolist()}")
+
+
 def _bandit():
     """One state, three actions, ``H = 1``: ``theta* = (1, 0.5, 0)`` (DESIGN.md 3, ZJJ Thm 3.9)."""
     mdp = lr_mdp_env.TabularMDP(np.ones((1, 3, 1)), np.ones(1), horizon=1)
@@ -58,7 +86,11 @@ def test_greedy_stays_suboptimal_while_exact_pessimism_converges_on_a_rarely_com
         dataset = _rarely_compared_data(mdp, theta, n, seed=n)
         for pessimism, losses in (("none", greedy_losses), ("exact", pessimistic_losses)):
             agent = agents.make("independent", ridge=0.05, pessimism=pessimism).fit(dataset, mdp)
-            losses.append(agents.evaluate(agent, mdp, theta)["suboptimality"].mean())
+            per_user = agents.evaluate(agent, mdp, theta)["suboptimality"].to_numpy()
+            losses.append(per_user.mean())
+            print(f"MEASURED bandit_greedy_vs_pessimism[n={n}]: {pessimism} loss {mean_and_error(per_user)}")
+    print(f"MEASURED bandit_greedy_vs_pessimism: asserted greedy > {floor:.3f} at every n; exact < {floor:.3f} "
+          f"from n = 200 and < 0.01 at n = 3200")
     assert min(greedy_losses) > floor, greedy_losses
     # Pessimism: below the greedy floor from n = 200 on, decreasing, and near zero at the end.
     assert all(loss < floor for loss in pessimistic_losses[1:]), pessimistic_losses
@@ -78,7 +110,7 @@ def test_pessimism_lemma_bound_shrinks_like_root_n_and_the_loss_at_least_as_fast
     replicates = 100
     theta = np.tile(single.theta, (1, replicates))
     sizes = np.array([200, 800, 3200, 12800])
-    losses, bounds = [], []
+    losses, bounds, loss_rows, bound_rows = [], [], [], []
     for n in sizes:
         dataset = lr_mdp_env.collect_preferences(mdp, theta, int(n), seed=int(n))
         agent = agents.make("independent", ridge=1.0, pessimism="exact").fit(dataset, mdp)
@@ -87,8 +119,11 @@ def test_pessimism_lemma_bound_shrinks_like_root_n_and_the_loss_at_least_as_fast
         assert (report["suboptimality"][covered] <= report["bound"][covered] + 1e-7).all()
         losses.append(report["suboptimality"].mean())
         bounds.append(report["bound"].mean())
+        loss_rows.append(report["suboptimality"].to_numpy())
+        bound_rows.append(report["bound"].to_numpy())
     bound_slope = np.polyfit(np.log(sizes), np.log(bounds), 1)[0]
     loss_slope = np.polyfit(np.log(sizes), np.log(losses), 1)[0]
+    print_slopes("lemma_bound_rate", sizes, bound_slope, bound_rows, loss_slope, loss_rows)
     assert -0.6 <= bound_slope <= -0.4, (bound_slope, bounds)
     assert loss_slope <= -0.4, (loss_slope, losses)
 
@@ -180,6 +215,11 @@ def test_pessimism_beats_greedy_on_a_chain_whose_optimal_path_the_data_rarely_fo
     floor = 3 * END_REWARD * (p - 3 * np.sqrt(p * (1 - p) / CHAIN_REPLICATES))
     assert floor > 0.07, floor
     for n in CHAIN_SIZES:
+        print(f"MEASURED chain_greedy_vs_pessimism[n={n}]: loss (J* = 3) "
+              + "; ".join(f"{pessimism} {mean_and_error(chain_runs[pessimism, n]['suboptimality'])}"
+                          for pessimism in ("none", "exact", "rectangular"))
+              + f"; asserted greedy > {floor:.3f} > pessimistic")
+    for n in CHAIN_SIZES:
         greedy = chain_runs["none", n]["suboptimality"].to_numpy()
         assert greedy.mean() > floor, (n, greedy.mean(), floor)
         for pessimism in ("exact", "rectangular"):
@@ -220,5 +260,7 @@ def test_exact_pessimism_on_the_chain_converges_at_rate_root_n(chain_runs):
         bounds.append(report["bound"].mean())
     bound_slope = np.polyfit(np.log(sizes), np.log(bounds), 1)[0]
     loss_slope = np.polyfit(np.log(sizes), np.log(losses), 1)[0]
+    print_slopes("chain_exact_rate", sizes, bound_slope, [chain_runs["exact", n]["bound"] for n in CHAIN_SIZES],
+                 loss_slope, [chain_runs["exact", n]["suboptimality"] for n in CHAIN_SIZES])
     assert abs(bound_slope + 0.5) <= 0.05, (bound_slope, bounds)
     assert abs(loss_slope + 0.5) <= 0.15, (loss_slope, losses)

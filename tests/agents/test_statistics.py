@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from agents import (
     FullRankContextual,
@@ -31,6 +32,21 @@ def slope_per_seed(x, values):
     mean slope and its standard error across seeds."""
     slopes = np.array([np.polyfit(np.log(x), np.log(row), 1)[0] for row in values])
     return slopes.mean(), slopes.std(ddof=1) / np.sqrt(len(slopes)), slopes
+
+
+def interval(samples, axis=0):
+    """Mean of independent ``samples`` (seeds) along ``axis`` and its 95% Student-t interval, for
+    the reported measurements only (the assertions keep their own derived tolerances)."""
+    samples = np.asarray(samples)
+    mean = samples.mean(axis=axis)
+    half = stats.t.ppf(0.975, samples.shape[axis] - 1) * samples.std(axis=axis, ddof=1) / np.sqrt(samples.shape[axis])
+    return mean, mean - half, mean + half
+
+
+def coverage_line(covered, trials):
+    """Coverage in percent with its exact (Clopper-Pearson) 95% binomial interval."""
+    low, high = stats.binomtest(covered, trials).proportion_ci(0.95)
+    return f"{100 * covered / trials:.1f}% [{100 * low:.1f}, {100 * high:.1f}] of {trials} users"
 
 
 # -- coverage of the Wald and theory sets --------------------------------------------------------
@@ -78,7 +94,8 @@ def test_wald_sets_cover_at_the_nominal_level(name, delta, frequency_tolerance):
     frequency = covered / trials
     # Bernstein half-width for n = 4000 trials at q = 1 - delta (about 0.027 for delta = 0.1).
     tolerance = frequency_tolerance(1 - delta, trials)
-    print(f"{name} Wald coverage at delta={delta}: {frequency:.4f} over {trials} users (tolerance {tolerance:.4f})")
+    print(f"MEASURED wald_coverage[{name}, delta={delta}]: {coverage_line(covered, trials)}; "
+          f"asserted |coverage - {1 - delta:.0%}| <= {100 * tolerance:.1f} points")
     assert abs(frequency - (1 - delta)) <= tolerance
 
 
@@ -106,7 +123,8 @@ def test_theory_sets_cover_at_least_the_nominal_level(name, n_pairs, frequency_t
             covered, trials = covered + int(hits.sum()), trials + hits.size
     frequency = covered / trials
     tolerance = frequency_tolerance(1 - delta, trials)
-    print(f"{name} theory coverage at n={n_pairs}: {frequency:.4f} over {trials} users")
+    print(f"MEASURED theory_coverage[{name}, n={n_pairs}]: {coverage_line(covered, trials)}; "
+          f"asserted >= {100 * (1 - delta - tolerance):.1f}%")
     assert frequency >= 1 - delta - tolerance
 
 
@@ -131,8 +149,10 @@ def test_p_sharelora_subspace_distance_rate():
             row.append(subspace_distance(mdp, rewards.subspace, estimator.subspace))
         distances.append(row)
     slope, error, slopes = slope_per_seed(n_users * pairs, np.array(distances))
-    print(f"P-ShareLoRA subspace distance slope {slope:.3f} +- {error:.3f} (per seed {np.round(slopes, 2)}); "
-          f"mean distances {np.round(np.mean(distances, axis=0), 4)}")
+    _, low, high = interval(slopes)
+    print(f"MEASURED p_sharelora_rate: slope of sin-distance on N n {slope:.3f} (95% [{low:.3f}, {high:.3f}], "
+          f"se {error:.3f}, {len(slopes)} seeds); mean distance by n={pairs.tolist()}: "
+          f"{np.round(np.mean(distances, axis=0), 4).tolist()}")
     assert error <= 0.2 / 3
     assert -0.7 <= slope <= -0.3
 
@@ -164,7 +184,11 @@ def test_p_sharelora_beats_independent_mle_and_the_gap_grows_with_users():
     mean, error = ratios.mean(axis=0), ratios.std(axis=0, ddof=1) / np.sqrt(len(ratios))
     drop = ratios[:, 0] - ratios[:, -1]
     drop_error = drop.std(ddof=1) / np.sqrt(len(drop))
-    print(f"error ratio P-ShareLoRA / independent for N={users}: {np.round(mean, 3)} +- {np.round(error, 3)}")
+    _, low, high = interval(ratios)
+    _, drop_low, drop_high = interval(drop)
+    print(f"MEASURED p_sharelora_vs_independent: error ratio by N={users}: "
+          + ", ".join(f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in zip(mean, low, high))
+          + f"; drop N=20 -> 320: {drop.mean():.3f} [{drop_low:.3f}, {drop_high:.3f}] ({len(ratios)} seeds)")
     assert mean[-1] + 3 * error[-1] <= 0.5
     assert drop.mean() > 3 * drop_error
 
@@ -202,9 +226,15 @@ def test_loco_rate_and_advantage_over_full_rank():
     per_seed = log_ratio.mean(axis=1)
     ratio_error = per_seed.std(ddof=1) / np.sqrt(len(per_seed))
     last_error = log_ratio[:, -1].std(ddof=1) / np.sqrt(len(per_seed))
-    print(f"LoCo-PRS slope {slope:.3f} +- {error:.3f} (per seed {np.round(slopes, 2)}); full-rank slope "
-          f"{slope_per_seed(n_users * pairs, full_errors)[0]:.3f}; error ratio LoCo / full by n: "
-          f"{np.round(np.exp(log_ratio.mean(axis=0)), 3)}")
+    _, low, high = interval(slopes)
+    full_slope, _, full_slopes = slope_per_seed(n_users * pairs, full_errors)
+    _, full_low, full_high = interval(full_slopes)
+    # Geometric-mean error ratio LoCo / full-rank per n, with the interval mapped from the log scale.
+    ratio, ratio_low, ratio_high = np.exp(interval(log_ratio))
+    print(f"MEASURED loco_rate: LoCo-PRS slope {slope:.3f} (95% [{low:.3f}, {high:.3f}], {len(slopes)} seeds); "
+          f"full-rank slope {full_slope:.3f} [{full_low:.3f}, {full_high:.3f}]")
+    print(f"MEASURED loco_vs_full_rank: error ratio by n={pairs.tolist()}: "
+          + ", ".join(f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in zip(ratio, ratio_low, ratio_high)))
     assert error <= 0.2 / 3
     assert -0.7 <= slope <= -0.3
     assert per_seed.mean() + 3 * ratio_error < 0
