@@ -2,9 +2,10 @@
 
 Profiles
 --------
-``ci`` (default): derandomized, 25 examples per property, no deadline, failing examples printed
-as reproduction blobs. ``thorough``: 300 random examples per property. Choose one with the
-environment variable ``HYPOTHESIS_PROFILE``, e.g. ``HYPOTHESIS_PROFILE=thorough pytest``.
+``ci`` (default, what CI runs): derandomized, 25 examples per property, no deadline, failing
+examples printed as reproduction blobs. ``thorough``: 300 random examples per property, the
+default of the slow command (``pytest -m slow``). The environment variable ``HYPOTHESIS_PROFILE``
+overrides both, e.g. ``HYPOTHESIS_PROFILE=thorough pytest tests/theory``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ import pytest
 from hypothesis import settings
 
 settings.register_profile("ci", derandomize=True, max_examples=25, deadline=None, print_blob=True)
-settings.register_profile("thorough", max_examples=300, deadline=None)
+settings.register_profile("thorough", max_examples=300, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config):
+    """The slow command (``-m slow``) is the thorough one: it draws 300 fresh examples per
+    property unless ``HYPOTHESIS_PROFILE`` chooses otherwise."""
+    expression = config.getoption("markexpr", default="") or ""
+    if "HYPOTHESIS_PROFILE" not in os.environ and "slow" in expression and "not slow" not in expression:
+        settings.load_profile("thorough")
 
 #: Probability that any single statistical assertion fails although the code is correct.
 FAILURE_PROBABILITY = 1e-6
