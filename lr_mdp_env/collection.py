@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ from .dataset import PreferenceDataset
 from .dynamic_programming import backward_induction, check_policy, uniform_policy
 from .mdp import TabularMDP
 from .rewards import ContextualRewards, LowRankRewards
-from .sampling import sample_trajectories, transition_sampler
+from .sampling import step_major_trajectories, transition_sampler
 from .teacher import Teacher
 
 
@@ -79,6 +80,30 @@ def _behaviour_batch(
     return np.concatenate(blocks), np.concatenate(indices)
 
 
+def _return_accumulator(
+    reward_table: np.ndarray, users: np.ndarray, myopia: float, returns: np.ndarray
+) -> Callable[[int, np.ndarray], None]:
+    """Per-step hook adding ``r_i[h, s_h, a_h]`` to each trajectory's (myopic) return.
+
+    Horner's rule ``R <- gamma R + r_h`` gives the teacher's ``sum_h gamma^(H - 1 - h) r_h``. The
+    step's rewards are one gather from the flat ``(N, H, S, A)`` table at ``i H S A + s A + a``,
+    counted from the step's first entry ``h S A``.
+    """
+    _, horizon, n_states, n_actions = reward_table.shape
+    flat = reward_table.reshape(-1)
+    user_cells = users * (horizon * n_states * n_actions)
+    step_rewards = np.empty(users.size)
+
+    def visit(step: int, rows: np.ndarray) -> None:
+        rows += user_cells
+        np.take(flat[step * n_states * n_actions:], rows, out=step_rewards, mode="wrap")  # in range
+        if myopia != 1.0:
+            np.multiply(returns, myopia, out=returns)
+        np.add(returns, step_rewards, out=returns)
+
+    return visit
+
+
 def _behaviour_kind(behavior: Any) -> str:
     """``"uniform"``, ``"given"`` (one policy, or a pair, shared by all users) or ``"per_user"``
     (some trajectories follow a policy of their own user): what agents need to pick ``d_ref``."""
@@ -99,9 +124,10 @@ def collect_preferences(
 ) -> PreferenceDataset:
     """Sample trajectory pairs for every user and label them with the simulated teacher.
 
-    All ``2 sum_i n_i`` trajectories are drawn in one vectorised pass
-    (:func:`~lr_mdp_env.sampling.sample_trajectories`); each user's step rewards are read from
-    the ``(N, H, S, A)`` reward table; the teacher labels every pair at once. Pairs the teacher
+    All ``2 sum_i n_i`` trajectories are drawn in one vectorised pass (the loop of
+    :func:`~lr_mdp_env.sampling.sample_trajectories`), and each trajectory's (myopic) return is
+    accumulated from the ``(N, H, S, A)`` reward table step by step as it is drawn; the teacher
+    labels every pair at once. Pairs the teacher
     skips are dropped (their number is in ``metadata["skipped"]``).
 
     Parameters
@@ -152,15 +178,13 @@ def collect_preferences(
     users = np.repeat(np.arange(n_users), counts)
     n = users.size
     policies, policy_index = _behaviour_batch(mdp, behavior, users, n_users)
-    states, actions = sample_trajectories(
-        mdp, policies, policy_index=policy_index, seed=trajectory_seed, transitions=transition_sampler(mdp)
+    returns = np.zeros(2 * n)
+    visit = _return_accumulator(mdp.reward(theta), np.concatenate([users, users]), teacher.myopia, returns)
+    states, actions = step_major_trajectories(
+        mdp, policies, policy_index, np.random.default_rng(trajectory_seed), transition_sampler(mdp), visit
     )
-    reward_table = mdp.reward(theta)
-    # One flat gather: index ((i H + h) S + s) A + a of the (N, H, S, A) table.
-    both_users = np.concatenate([users, users])[:, None]
-    flat_index = ((both_users * mdp.horizon + np.arange(mdp.horizon)) * mdp.n_states + states) * mdp.n_actions + actions
-    step_rewards = reward_table.ravel()[flat_index]
-    answers = teacher.answer(step_rewards[:n], step_rewards[n:], seed=label_seed)
+    states, actions = states.T, actions.T
+    answers = teacher.answer_returns(returns[:n], returns[n:], seed=label_seed)
     keep = answers.answered
     if keep.all():
         keep = slice(None)  # a view instead of a copy when the teacher answered every pair

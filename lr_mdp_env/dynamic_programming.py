@@ -24,20 +24,20 @@ _ROBUST_BLOCK_ELEMENTS = 1 << 22
 def check_reward(mdp: TabularMDP, reward: Any, name: str = "reward", *, finite: bool = True) -> np.ndarray:
     """Validate a reward table of shape ``(H, S, A)`` or ``(N, H, S, A)``.
 
-    ``finite=False`` replaces the element-wise finiteness scan by one sum, which is non-finite
-    whenever an entry is; only then (or on overflow) does the full scan run to name the entry.
-    The output of a recursion cannot stand in for this test: ``-inf`` on a dominated action never
-    reaches the optimal values, and ``inf`` times a zero transition probability raises warnings
-    inside the matrix products.
+    ``finite=False`` skips the element-wise finiteness scan of a float64 array of the right
+    shape: the caller then owns that test, as :func:`backward_induction` does with one sum per
+    step while the step's values are in cache, and calls this function again (with the scan) to
+    name the entry when a sum is not finite. The recursion's values alone cannot stand in for
+    the test: ``-inf`` on a dominated action never reaches them, and ``inf`` times a zero
+    transition probability raises warnings inside the next matrix product.
     """
-    if not finite and isinstance(reward, np.ndarray) and reward.dtype == np.float64:
-        if reward.ndim in (3, 4) and reward.shape[-3:] == (mdp.horizon, mdp.n_states, mdp.n_actions):
-            with np.errstate(over="ignore", invalid="ignore"):
-                total = reward.sum()
-            if np.isfinite(total):
-                return reward
-    reward = as_real_array(name, reward, (3, 4))
     expected = (mdp.horizon, mdp.n_states, mdp.n_actions)
+    if (
+        not finite and isinstance(reward, np.ndarray) and reward.dtype == np.float64
+        and reward.ndim in (3, 4) and reward.shape[-3:] == expected
+    ):
+        return reward
+    reward = as_real_array(name, reward, (3, 4))
     if reward.shape[-3:] != expected:
         raise ValueError(
             f"{name} must have shape (H, S, A) = {expected} or (N, H, S, A), got {reward.shape}"
@@ -69,25 +69,33 @@ def _expected_next(mdp: TabularMDP, step: int, next_values: np.ndarray) -> np.nd
     return flat.reshape(next_values.shape[:-1] + (n_states, n_actions))
 
 
-def _max_over_actions(q_values: np.ndarray) -> np.ndarray:
-    """``max_a q[..., a]`` by pairwise maxima of the action slices.
+def _max_over_actions(q_values: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``max_a q[s, a, i]`` of a state-major ``(S, A, N)`` array, into ``out (S, N)``.
 
-    A reduction over a short last axis runs numpy's per-row inner loop once per state; the
-    ``A - 1`` element-wise maxima below stream through the array instead and are several times
-    faster for the action counts of tabular MDPs.
+    A reduction over the short action axis runs numpy's inner loop once per state; the
+    ``A - 1`` element-wise maxima of contiguous action slices below stream through the array
+    instead and are several times faster for the action counts of tabular MDPs.
     """
-    best = q_values[..., 0].copy()
-    for action in range(1, q_values.shape[-1]):
-        np.maximum(best, q_values[..., action], out=best)
-    return best
+    np.copyto(out, q_values[:, 0])
+    for action in range(1, q_values.shape[1]):
+        np.maximum(out, q_values[:, action], out=out)
+    return out
 
 
-def _keep_lowest_action(step_policy: np.ndarray, greedy: np.ndarray) -> None:
-    """Break exact ties of a greedy step in place: keep the lowest maximising action."""
-    tied = greedy.sum(axis=-1) > 1
-    step_policy[tied] = 0.0
-    first = greedy[tied].argmax(axis=-1)
-    step_policy[tied, first] = 1.0
+def _lowest_greedy_action(greedy: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Lowest ``a`` with ``greedy[s, a, i]`` for a state-major mask ``(S, A, N)``, into ``out (S, N)``.
+
+    With a single maximiser (the rule, for continuous rewards) the index is ``sum_a a greedy``:
+    a few branch-free passes, where a running "replace if strictly better" with masked writes
+    is several times slower. States with exact ties are then corrected one by one.
+    """
+    out.fill(0)
+    for action in range(1, greedy.shape[1]):
+        out += greedy[:, action] * np.array(action, dtype=out.dtype)
+    if np.count_nonzero(greedy) > out.size:
+        states, users = np.nonzero(greedy.sum(axis=1) > 1)
+        out[states, users] = greedy[states, :, users].argmax(axis=-1)
+    return out
 
 
 def backward_induction(
@@ -114,7 +122,7 @@ def backward_induction(
         :func:`l1_transition_radius`).
     reward : array_like, shape (H, S, A) or (N, H, S, A)
         One reward table, or one per user (all users go through one pass: each step is a single
-        ``(N, S) x (S, S A)`` matrix product).
+        ``(S A, S) x (S, N)`` matrix product, and the last step none).
     transition_radius : float or array_like of shape (H, S, A), optional
         L1 radius of each transition row's uncertainty set, ``>= 0``; ``inf`` (or anything
         ``>= 2``) lets the adversary choose any distribution. Default: the transitions are
@@ -141,23 +149,36 @@ def backward_induction(
     n_users = rewards.shape[0]
     horizon, n_states, n_actions = mdp.horizon, mdp.n_states, mdp.n_actions
     values = np.empty((n_users, horizon, n_states))
-    policy = np.empty((n_users, horizon, n_states, n_actions))
-    next_values = np.zeros((n_users, n_states))
+    greedy_actions = np.empty((n_users, horizon, n_states), dtype=np.int8 if n_actions <= 127 else np.intp)
+    # State-major layout Q[s, a, i]: each step is one product P_h (S A, S) x V (S, N) written
+    # straight into q_values, the maximum over actions is A - 1 maxima of contiguous (S, N)
+    # slices, and V (S, N) feeds the next product as it is. V_H = 0: the last step needs no
+    # product. The one-hot policy is written once at the end from the greedy action indices.
+    q_values = np.empty((n_states, n_actions, n_users))
+    q_flat = q_values.reshape(n_states * n_actions, n_users)
+    next_values = np.empty((n_states, n_users))
+    greedy = np.empty(q_values.shape, dtype=bool)
+    best = np.empty((n_states, n_users), dtype=greedy_actions.dtype)
     for step in range(horizon - 1, -1, -1):
-        q_values = _expected_next(mdp, step, next_values)
-        if half_radius is not None:
-            step_half_radius = half_radius if half_radius.ndim == 0 else half_radius[step].reshape(-1)
-            rows = mdp.transitions[step].reshape(n_states * n_actions, n_states)
-            q_values -= _l1_penalty(rows, next_values, step_half_radius).reshape(q_values.shape)
-        q_values += rewards[:, step]
-        next_values = _max_over_actions(q_values)
-        values[:, step] = next_values
-        greedy = q_values == next_values[..., None]
-        policy[:, step] = greedy
-        if np.count_nonzero(greedy) > greedy.size // n_actions:
-            _keep_lowest_action(policy[:, step], greedy)
-    if not np.all(np.isfinite(values)):
-        check_reward(mdp, reward)  # a non-finite value comes from a non-finite reward: name it
+        step_reward = rewards[:, step].reshape(n_users, n_states * n_actions).T
+        if step == horizon - 1:
+            np.copyto(q_flat, step_reward)
+        else:
+            matrix = mdp.transitions[step].reshape(n_states * n_actions, n_states)
+            np.matmul(matrix, next_values, out=q_flat)
+            if half_radius is not None:
+                step_half_radius = half_radius if half_radius.ndim == 0 else half_radius[step].reshape(-1)
+                q_flat -= _l1_penalty(matrix, next_values.T, step_half_radius).T
+            q_flat += step_reward
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = q_flat.sum()
+        if not np.isfinite(total):
+            check_reward(mdp, reward)  # names a non-finite reward (or passes: an overflow)
+        _max_over_actions(q_values, next_values)
+        values[:, step] = next_values.T
+        np.equal(q_values, next_values[:, None, :], out=greedy)
+        greedy_actions[:, step] = _lowest_greedy_action(greedy, best).T
+    policy = np.take(np.eye(n_actions), greedy_actions, axis=0)
     if not batched:
         return policy[0], values[0]
     return policy, values

@@ -120,8 +120,30 @@ class Teacher:
                 "step_rewards0 and step_rewards1 must have the same shape, got "
                 f"{step_rewards0.shape} and {step_rewards1.shape}"
             )
+        return self.answer_returns(self.returns(step_rewards0), self.returns(step_rewards1), seed=seed)
+
+    def answer_returns(self, return0: Any, return1: Any, *, seed: Any = None) -> Answers:
+        """Label a batch of pairs from their (myopic) returns ``R_0, R_1``.
+
+        :meth:`answer` after :meth:`returns`; for callers that accumulate the returns while
+        drawing the trajectories, as :func:`~lr_mdp_env.collect_preferences` does.
+
+        Parameters
+        ----------
+        return0, return1 : array_like, shape (n,)
+            ``sum_h gamma^(H - 1 - h) r[h, s_h, a_h]`` along ``tau0`` and ``tau1``.
+        seed : int, SeedSequence or Generator, optional
+            Source of the label noise (one uniform draw per pair).
+
+        Returns
+        -------
+        Answers
+        """
+        return0 = as_real_array("return0", return0, (1,))
+        return1 = as_real_array("return1", return1, (1,))
+        if return0.shape != return1.shape:
+            raise ValueError(f"return0 and return1 must have the same shape, got {return0.shape} and {return1.shape}")
         rng = as_generator(seed)
-        return0, return1 = self.returns(step_rewards0), self.returns(step_rewards1)
         probabilities = self.preference_probability(return0, return1)
         labels = (rng.random(return0.shape) < probabilities).astype(float)
         equal = np.abs(return1 - return0) < self.equal

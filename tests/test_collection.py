@@ -57,6 +57,28 @@ def test_pairs_probabilities_and_labels_follow_the_teacher(world):
         assert abs(np.sum(data.labels[half] - p)) <= 5 * np.sqrt(np.sum(p * (1 - p)))
 
 
+def test_myopic_teacher_discounts_the_returns_it_compares(world):
+    mdp, rewards = world
+    teacher = Teacher(beta=1.0, myopia=0.6)
+    data = collect_preferences(mdp, rewards, 300, teacher=teacher, seed=5)
+    reward = rewards.reward_table(mdp)  # (N, H, S, A)
+    steps = np.arange(mdp.horizon)
+
+    def myopic_returns(states, actions):
+        return teacher.returns(reward[data.users[:, None], steps, states, actions])
+
+    expected = teacher.preference_probability(myopic_returns(data.states0, data.actions0),
+                                              myopic_returns(data.states1, data.actions1))
+    # The returns are accumulated step by step (Horner's rule) instead of by a dot product with
+    # the discount weights: the two agree to a few ulps of returns of size O(1).
+    np.testing.assert_allclose(data.probabilities, expected, rtol=0, atol=1e-12)
+    undiscounted = Teacher(beta=1.0).preference_probability(
+        _returns(mdp, rewards.theta, data.users, data.states0, data.actions0),
+        _returns(mdp, rewards.theta, data.users, data.states1, data.actions1),
+    )
+    assert np.max(np.abs(data.probabilities - undiscounted)) > 1e-3
+
+
 def test_deterministic_teacher_labels_the_better_trajectory(world):
     mdp, rewards = world
     data = collect_preferences(mdp, rewards, 300, teacher=Teacher(beta=np.inf), seed=1)

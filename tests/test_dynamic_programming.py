@@ -355,6 +355,9 @@ def _reward_with(value):
         (_reward_with(np.inf), r"reward must be finite, but reward\[2, 1, 0\] = inf"),
         (_reward_with(-np.inf), r"reward must be finite, but reward\[2, 1, 0\] = -inf"),
         (np.stack([np.zeros((3, 2, 2)), _reward_with(np.nan)]), r"reward must be finite, but reward\[1, 2, 1, 0\]"),
+        # A dominated -inf at the first step, reached last by the backward recursion.
+        (np.stack([np.zeros((3, 2, 2)), np.where(np.arange(12).reshape(3, 2, 2) == 1, -np.inf, 0.0)]),
+         r"reward must be finite, but reward\[1, 0, 0, 1\] = -inf"),
     ],
 )
 def test_invalid_rewards_are_named(small_mdp, reward, match):

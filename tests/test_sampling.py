@@ -84,6 +84,45 @@ def test_categorical_sampler_on_rows_summing_just_below_one():
     np.testing.assert_array_equal(sampler.sample(np.zeros(2, dtype=np.int64), uniforms), [9, 9])
 
 
+@pytest.mark.parametrize("n_outcomes", [5, 200])
+def test_buckets_holding_several_breakpoints_are_walked_exactly(n_outcomes):
+    # Tiny probabilities put several cumulative values inside one guide bucket (the first, a
+    # middle one, the last), where one comparison cannot decide the draw and the sampler walks
+    # the row; 200 outcomes need a wider guide type than 5. Uniforms on and around every
+    # cumulative value must still give exactly the inverse CDF, in every row of the batch.
+    rng = np.random.default_rng(n_outcomes)
+    tiny = np.zeros(n_outcomes)
+    tiny[:3] = [1e-12, 2e-12, 3e-12]
+    tiny[n_outcomes // 2 : n_outcomes // 2 + 3] = 1e-9
+    tiny[-3:-1] = 1e-10
+    tiny[-1] = 0.0  # a zero-probability entry right after the last tiny ones
+    tiny[3] = 1.0 - tiny.sum()
+    rows = np.stack([tiny, rng.permutation(tiny), rng.dirichlet(np.full(n_outcomes, 0.05))])
+    rows /= rows.sum(axis=1, keepdims=True)
+    sampler = CategoricalSampler(rows)
+    row_index, uniforms = [], []
+    for j, row in enumerate(rows):
+        cdf = np.cumsum(row)
+        edges = np.concatenate([cdf, np.nextafter(cdf, 0), np.nextafter(cdf, 2), cdf / 2, rng.random(200)])
+        edges = edges[(edges >= 0) & (edges < 1)]
+        row_index.append(np.full(edges.size, j))
+        uniforms.append(edges)
+    row_index = np.concatenate(row_index)
+    uniforms = np.concatenate(uniforms)
+
+    drawn = sampler.sample(row_index, uniforms)
+
+    expected = np.array([_naive_inverse_cdf(rows[j], u) for j, u in zip(row_index, uniforms)])
+    np.testing.assert_array_equal(drawn, expected)
+    assert np.all(rows[row_index, drawn] > 0)
+
+
+def test_transition_sampler_is_built_once_per_mdp():
+    mdp = random_mdp(3, 2, 4, seed=0)
+    assert transition_sampler(mdp) is transition_sampler(mdp)
+    assert transition_sampler(random_mdp(3, 2, 4, seed=0)) is not transition_sampler(mdp)
+
+
 # -- trajectories against exact quantities -----------------------------------------------------
 
 
@@ -125,6 +164,29 @@ def test_state_action_frequencies_match_occupancy(seed, frequency_tolerance):
     # Cells of probability zero are never visited, not merely rarely.
     np.testing.assert_array_equal(frequencies[exact == 0], 0.0)
     assert np.any(exact == 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_uniform_policy_transitions_match_the_kernel(seed, frequency_tolerance):
+    # A uniform policy draws the action and the next state from one uniform (its integer and
+    # fractional parts of u A): the triple (s_h, a_h, s_h+1) must still have exactly the law
+    # q_h(s, a) P_h(s, a, s') of independent draws.
+    mdp, _ = _world(seed)
+    policy = uniform_policy(mdp)
+    n = 30_000
+    states, actions = sample_trajectories(mdp, policy, n, seed=seed + 10)
+    exact_occupancy = occupancy(mdp, policy)
+    exact = exact_occupancy[:-1, :, :, None] * mdp.transitions[:-1]  # (H - 1, S, A, S)
+    counts = np.zeros(exact.shape)
+    for h in range(mdp.horizon - 1):
+        np.add.at(counts[h], (states[:, h], actions[:, h], states[:, h + 1]), 1.0)
+    # Each cell's count is Binomial(n, exact); Bernstein with a union bound over all cells (and
+    # over the occupancy cells below: half the failure budget each) fails with probability 1e-6.
+    tolerance = frequency_tolerance(exact, n, failure_probability=0.5e-6)
+    assert np.all(np.abs(counts / n - exact) <= tolerance)
+    np.testing.assert_array_equal(counts[exact == 0], 0.0)
+    frequencies = _empirical_occupancy(states, actions, exact_occupancy.shape)
+    assert np.all(np.abs(frequencies - exact_occupancy) <= frequency_tolerance(exact_occupancy, n, failure_probability=0.5e-6))
 
 
 def test_each_trajectory_follows_its_own_policy_in_a_batch(frequency_tolerance):

@@ -149,3 +149,27 @@ def test_invalid_teacher_parameters_are_named(kwargs, error, match):
 def test_invalid_answer_inputs_are_named(rewards0, rewards1, error, match):
     with pytest.raises(error, match=match):
         Teacher().answer(rewards0, rewards1, seed=0)
+
+
+def test_answers_from_returns_equal_answers_from_step_rewards():
+    rewards0, rewards1, _ = _pairs_with_differences([-1.0, 0.0, 0.4, 2.0], 50, horizon=4)
+    rewards1[:, 1] -= 0.3  # the myopic discount then changes the returns' difference
+    teacher = Teacher(beta=1.5, mistake=0.1, myopia=0.8, skip=0.3, equal=0.05)
+    from_steps = teacher.answer(rewards0, rewards1, seed=9)
+    from_returns = teacher.answer_returns(teacher.returns(rewards0), teacher.returns(rewards1), seed=9)
+    for got, expected in zip(from_returns, from_steps):
+        np.testing.assert_array_equal(got, expected)
+    assert 0 < from_steps.answered.sum() < len(rewards0)  # both the skip and the BTL branch ran
+
+
+@pytest.mark.parametrize(
+    "return0, return1, error, match",
+    [
+        (np.zeros(3), np.zeros(2), ValueError, r"return0 and return1 must have the same shape, got \(3,\) and \(2,\)"),
+        (np.zeros((3, 1)), np.zeros(3), ValueError, r"return0 must have 1 axes"),
+        (np.zeros(2), np.array([0.0, np.inf]), ValueError, r"return1 must be finite"),
+    ],
+)
+def test_invalid_returns_are_named(return0, return1, error, match):
+    with pytest.raises(error, match=match):
+        Teacher().answer_returns(return0, return1, seed=0)
