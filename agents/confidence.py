@@ -7,7 +7,7 @@ re-exported here: :func:`wald_radius` (asymptotic, chi-square quantile) and :fun
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,9 @@ class Ellipsoid:
     matrix : ndarray, shape (k, k)
         Symmetric positive definite ``M``.
     radius : float
+    factor : ndarray, shape (k, k), optional
+        The lower Cholesky factor of ``matrix``, when the caller has it (a matrix shared by many
+        sets is factored once); otherwise ``matrix`` is checked and factored here.
     """
 
     offset: np.ndarray
@@ -44,6 +47,7 @@ class Ellipsoid:
     center: np.ndarray
     matrix: np.ndarray
     radius: float
+    factor: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         offset = as_real_array("offset", self.offset, (1,))
@@ -58,12 +62,19 @@ class Ellipsoid:
                 f"center must have shape ({k},) and matrix ({k}, {k}) to match basis {basis.shape}, "
                 f"got {center.shape} and {matrix.shape}"
             )
-        if not np.allclose(matrix, matrix.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(matrix).max(initial=0.0))):
-            raise ValueError("matrix must be symmetric")
-        try:
-            cholesky = np.linalg.cholesky(matrix)
-        except np.linalg.LinAlgError:
-            raise ValueError("matrix must be positive definite") from None
+        if self.factor is not None:
+            # Many sets share one matrix (every context of a contextual estimator): its owner
+            # factors it once and vouches for it.
+            cholesky = as_real_array("factor", self.factor, (2,))
+            if cholesky.shape != matrix.shape:
+                raise ValueError(f"factor must have the shape of matrix {matrix.shape}, got {cholesky.shape}")
+        else:
+            if not np.allclose(matrix, matrix.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(matrix).max(initial=0.0))):
+                raise ValueError("matrix must be symmetric")
+            try:
+                cholesky = np.linalg.cholesky(matrix)
+            except np.linalg.LinAlgError:
+                raise ValueError("matrix must be positive definite") from None
         radius = check_real("radius", self.radius, 0.0)
         set_ = object.__setattr__
         set_(self, "offset", frozen(offset))
@@ -72,6 +83,7 @@ class Ellipsoid:
         set_(self, "matrix", frozen(matrix))
         set_(self, "radius", radius)
         set_(self, "_cholesky", cholesky)
+        set_(self, "factor", frozen(cholesky))
 
     @property
     def dimension(self) -> int:

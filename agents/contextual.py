@@ -95,13 +95,18 @@ class _ContextualEstimator(RewardEstimator):
                              "(collect_preferences with ContextualRewards)")
         self._dense_differences = None
 
-    def _coordinates(self, data: ComparisonData, ridge: float) -> BilinearCoordinates:
+    def _coordinates(self, data: ComparisonData, ridge: float) -> tuple[BilinearCoordinates, np.ndarray | None]:
+        """The coordinates, and a ``Theta_c`` in their span to start the ridge MLE from (or ``None``)."""
         raise NotImplementedError
 
     def _fit(self, data: ComparisonData, ridge: float) -> None:
-        coordinates = self._coordinates(data, ridge)
+        coordinates, start = self._coordinates(data, ridge)
         features = coordinates.features(data.contexts, data.differences)
-        fit = fit_logistic(features, data.labels, offsets=data.offsets, beta=self.beta, ridge=ridge, tol=self.tol)
+        # Every Newton step of the k-dimensional MLE forms a k x k Hessian from n pairs: starting
+        # from the rank-r fit, which lies in the coordinates' span, saves several of them.
+        initial = None if start is None else coordinates.coordinates(start)[None]
+        fit = fit_logistic(features, data.labels, offsets=data.offsets, beta=self.beta, ridge=ridge, tol=self.tol,
+                           initial=initial)
         self._record("coordinates", fit)
         self.coordinates_ = coordinates
         self.kappa_hat = fit.theta[0]
@@ -120,6 +125,19 @@ class _ContextualEstimator(RewardEstimator):
     def theta_for(self, contexts: Any) -> np.ndarray:
         """``theta_hat(x) = Theta_c_hat^T x`` for contexts ``(n, d_x)`` or ``(d_x,)``."""
         return as_real_array("contexts", contexts, (1, 2)) @ self.theta_c_hat
+
+    def _set_matrix(self) -> tuple[np.ndarray, float, np.ndarray]:
+        """``(M, radius, L)`` shared by the sets of all contexts, computed (symmetrised and
+        factored, ``M = L L^T``) once."""
+        if not hasattr(self, "_set_cache"):
+            matrix, radius = self._set_matrix_and_radius()
+            matrix = 0.5 * (matrix + matrix.T)
+            try:
+                factor = np.linalg.cholesky(matrix)
+            except np.linalg.LinAlgError:
+                raise ValueError("the confidence set's matrix is not positive definite; use a larger ridge") from None
+            self._set_cache = (matrix, radius, factor)
+        return self._set_cache
 
     def _set_matrix_and_radius(self) -> tuple[np.ndarray, float]:
         k = self.coordinates_.dimension
@@ -140,21 +158,17 @@ class _ContextualEstimator(RewardEstimator):
         context = as_real_array("context", context, (1,))
         if context.shape != (self.theta_c_hat.shape[0],):
             raise ValueError(f"context must have shape ({self.theta_c_hat.shape[0]},), got {context.shape}")
-        if not hasattr(self, "_set_cache"):
-            self._set_cache = self._set_matrix_and_radius()
-        matrix, radius = self._set_cache
+        matrix, radius, factor = self._set_matrix()
         basis = self.coordinates_.basis_for(context)
         return Ellipsoid(offset=np.zeros(basis.shape[0]), basis=basis, center=self.kappa_hat,
-                         matrix=0.5 * (matrix + matrix.T), radius=radius)
+                         matrix=matrix, radius=radius, factor=factor)
 
     def covers(self, theta_c: Any) -> bool:
         """Whether the projection of a true ``Theta_c*`` onto the coordinates lies in the set:
         ``||kappa* - kappa_hat||_M <= radius`` with ``kappa*`` its blocks (RTV drops the
         ``(U_perp, V_perp)`` block: coverage of the truth's projection)."""
         theta_c = as_real_array("theta_c", theta_c, (2,))
-        if not hasattr(self, "_set_cache"):
-            self._set_cache = self._set_matrix_and_radius()
-        matrix, radius = self._set_cache
+        matrix, radius, _ = self._set_matrix()
         deviation = self.coordinates_.coordinates(theta_c) - self.kappa_hat
         return bool(deviation @ matrix @ deviation <= radius**2 * (1 + 1e-12))
 
@@ -168,9 +182,9 @@ class _ContextualEstimator(RewardEstimator):
 class FullRankContextual(_ContextualEstimator):
     """Full-rank contextual MLE: ``Theta_c`` unrestricted, ``k = d_x d`` (DESIGN.md 2.1 baseline)."""
 
-    def _coordinates(self, data: ComparisonData, ridge: float) -> BilinearCoordinates:
+    def _coordinates(self, data: ComparisonData, ridge: float) -> tuple[BilinearCoordinates, None]:
         self.subspace = None
-        return BilinearCoordinates([(np.eye(data.contexts.shape[1]), np.eye(data.n_features))])
+        return BilinearCoordinates([(np.eye(data.contexts.shape[1]), np.eye(data.n_features))]), None
 
 
 class LoCoPRS(_ContextualEstimator):
@@ -213,9 +227,11 @@ class LoCoPRS(_ContextualEstimator):
         if self.rank > min(data.contexts.shape[1], data.n_features):
             raise ValueError(f"rank={self.rank} exceeds min(d_x, d) = {min(data.contexts.shape[1], data.n_features)}")
 
-    def _low_rank_subspaces(self, data: ComparisonData, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    def _low_rank_subspaces(self, data: ComparisonData, ridge: float
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(U_hat, V_hat)`` and the rank-``r`` fit ``U V^T`` they come from (``None`` when given)."""
         if self.subspaces is not None:
-            return self.subspaces
+            return (*self.subspaces, None)
         # Every fit starts from the spectral start of its own data (no warm start along the ridge
         # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
         start = spectral_start(data.contexts, data.differences, data.labels, data.offsets, self.rank, self.beta)
@@ -226,12 +242,12 @@ class LoCoPRS(_ContextualEstimator):
         q_left, r_left = np.linalg.qr(factored.left)
         q_right, r_right = np.linalg.qr(factored.right)
         small_left, _, small_right_t = np.linalg.svd(r_left @ r_right.T)
-        return q_left @ small_left[:, : self.rank], q_right @ small_right_t[: self.rank].T
+        return q_left @ small_left[:, : self.rank], q_right @ small_right_t[: self.rank].T, factored.matrix
 
-    def _coordinates(self, data: ComparisonData, ridge: float) -> BilinearCoordinates:
-        context_subspace, feature_subspace = self._low_rank_subspaces(data, ridge)
+    def _coordinates(self, data: ComparisonData, ridge: float) -> tuple[BilinearCoordinates, np.ndarray | None]:
+        context_subspace, feature_subspace, rank_r_fit = self._low_rank_subspaces(data, ridge)
         self.context_subspace, self.subspace = context_subspace, feature_subspace
-        return rtv_coordinates(context_subspace, feature_subspace)
+        return rtv_coordinates(context_subspace, feature_subspace), rank_r_fit
 
 
 def rtv_coordinates(context_subspace: np.ndarray, feature_subspace: np.ndarray) -> BilinearCoordinates:

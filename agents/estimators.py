@@ -63,8 +63,8 @@ class RewardEstimator:
     seed : int, optional
         Seeds the ridge-selection split.
     tol : float, default 1e-8
-        Relative gradient tolerance of the logistic fits (the joint fit of P-ShareLoRA uses
-        ``10 tol``: its trust region loses precision earlier).
+        Relative gradient tolerance of the logistic fits (the joint rank-``r`` fit uses ``10 tol``,
+        ``1e-7`` by default: its last digits cost the most conjugate-gradient steps).
 
     Attributes (after ``fit``)
     --------------------------

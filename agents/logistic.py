@@ -20,9 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.linalg.blas import dsyrk
 from scipy.special import expit, log_expit
 
 from lr_mdp_env._validation import as_real_array, check_int, check_real
+
+# From this many coordinates on, Gram matrices are formed problem by problem with BLAS syrk.
+_SYMMETRIC_UPDATE_MIN_DIMENSION = 64
 
 
 class ConvergenceWarning(UserWarning):
@@ -246,8 +250,18 @@ def _apply_transposed(features: np.ndarray, vectors: np.ndarray) -> np.ndarray:
 
 
 def _weighted_gram(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``X_b^T diag(w_b) X_b`` for every problem: ``(B, k, k)``."""
-    return features.transpose(0, 2, 1) @ (features * weights[:, :, None])
+    """``X_b^T diag(w_b) X_b`` for every problem: ``(B, k, k)``; ``weights`` non-negative."""
+    n_problems, _, k = features.shape
+    if k < _SYMMETRIC_UPDATE_MIN_DIMENSION:  # many small problems: one batched product
+        return features.transpose(0, 2, 1) @ (features * weights[:, :, None])
+    # Large problems: the symmetric rank-n update (BLAS syrk) on W^(1/2) X does half the work of a
+    # general product; it fills the upper triangle, mirrored here.
+    grams = np.empty((n_problems, k, k))
+    for problem in range(n_problems):
+        scaled = features[problem] * np.sqrt(weights[problem])[:, None]
+        upper = dsyrk(1.0, scaled.T, trans=0, lower=0)  # scaled.T is Fortran-ordered: no copy
+        grams[problem] = np.triu(upper) + np.triu(upper, 1).T
+    return grams
 
 
 def _subset_objective(problems: _PaddedProblems, beta: float, ridge: np.ndarray, rows: np.ndarray,

@@ -7,16 +7,20 @@ contextual estimators get d_x = 10 contexts. The peer: scikit-learn's ``Logistic
 (L2 penalty ``C = 1 / lambda``, no intercept, tol 1e-6) fitted to each user's comparisons in the
 full dimension d.
 
-Run: ``python benchmarks/bench_estimators.py`` (needs ``pip install scikit-learn``).
+Run: ``python benchmarks/bench_estimators.py`` (needs ``pip install scikit-learn``). Both sides
+run on one BLAS thread by default: multithreaded OpenBLAS stalls on these small products when
+another process shares the cores, which makes the ratio depend on the machine's load;
+``--blas-threads 0`` lifts the limit.
 """
 
 from __future__ import annotations
 
+import argparse
 import warnings
 
-import numpy as np
 from _timing import best_time
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 import agents
 import lr_mdp_env
@@ -40,18 +44,23 @@ def main() -> None:
         "loco-prs": (lambda: agents.LoCoPRS(RANK, ridge=RIDGE), contextual_dataset),
     }
 
-    def with_sets(make, data):
+    fitted = {}
+
+    def with_sets(name, make, data):
         estimator = make().fit(data, mdp)
         for user in range(N_USERS):
             estimator.confidence_set(user)
-        return estimator
+        fitted[name] = estimator
 
     print(f"estimator fits, d={mdp.n_features} N={N_USERS} n={PAIRS} per user r={RANK}, ridge={RIDGE} "
           "(all users' confidence sets included)")
     times = {}
     for name, (make, data) in estimators.items():
-        times[name] = best_time(lambda: with_sets(make, data), 2)
-        print(f"  {name:16s} {times[name]:8.3f} s")
+        times[name] = best_time(lambda name=name, make=make, data=data: with_sets(name, make, data), 2)
+        # The stationarity certificate of every fit inside the estimator (relative gradient norm).
+        certificates = ", ".join(f"{fit} {facts['relative_gradient_norm']:.1e}"
+                                 for fit, facts in fitted[name].diagnostics.items())
+        print(f"  {name:16s} {times[name]:8.3f} s   relative gradient norms: {certificates}")
 
     z = dataset.feature_differences(mdp)
     labels = dataset.labels.astype(int)
@@ -69,4 +78,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blas-threads", type=int, default=1, help="BLAS threads of both sides (0: no limit)")
+    threads = parser.parse_args().blas_threads
+    if threads == 0:
+        main()
+    else:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            main()

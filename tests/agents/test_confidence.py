@@ -254,3 +254,18 @@ def test_theory_radius_rejects_bad_input(change, error, name):
     arguments = {"gram": np.eye(2), "ridge": 1.0, "delta": 0.1, "feature_bound": 1.0, "norm_bound": 1.0, **change}
     with pytest.raises(error, match=name):
         theory_radius(**arguments)
+
+
+def test_a_precomputed_factor_gives_the_same_set_and_is_checked_for_shape():
+    rng = np.random.default_rng(4)
+    root = rng.standard_normal((3, 3))
+    matrix = root @ root.T + np.eye(3)
+    arguments = dict(offset=np.zeros(5), basis=rng.standard_normal((5, 3)), center=rng.standard_normal(3),
+                     matrix=matrix, radius=1.3)
+    plain = Ellipsoid(**arguments)
+    shared = Ellipsoid(**arguments, factor=np.linalg.cholesky(matrix))
+    vectors = rng.standard_normal((7, 5))
+    np.testing.assert_allclose(shared.lower(vectors), plain.lower(vectors), rtol=1e-12)
+    np.testing.assert_allclose(shared.dual_norm(vectors), plain.dual_norm(vectors), rtol=1e-12)
+    with pytest.raises(ValueError, match="factor must have the shape of matrix"):
+        Ellipsoid(**arguments, factor=np.eye(2))

@@ -176,3 +176,40 @@ def test_convergence_warning_when_out_of_iterations():
         fit = fit_factored(contexts, features, labels, 2, initial=start, offsets=offsets, ridge=0.1, max_iter=1)
     assert not fit.converged
     assert fit.iterations <= 1
+
+
+# -- the Newton system: eliminated contexts' block and its Schur complement ----------------------
+
+@pytest.mark.parametrize("one_hot", [False, True])
+@pytest.mark.parametrize("balance", [0.0, 0.7])
+def test_schur_complement_matches_the_dense_hessian(one_hot, balance):
+    """The solver eliminates ``dA`` with an explicit ``H_AA`` (block diagonal for one-hot contexts)
+    and multiplies by ``S = H_BB - H_BA H_AA^{-1} H_AB``; both must agree with the dense Hessian
+    assembled from the (finite-difference-checked) Hessian-vector products. At a balanced point
+    ``H_AA`` is positive definite (its balancing part ``mu A (dA^T A + A^T dA)`` is), so the solver's
+    inverse is the exact one. Both sides are exact linear algebra: only rounding separates them."""
+    from agents.factorized import _Curvature, balanced_factors
+
+    contexts, features, labels, offsets = bilinear_problem(11, n=80, one_hot=one_hot)
+    rank, beta, ridge = 2, 1.2, 0.3
+    problem = _Bilinear(contexts, features, labels, offsets, beta, ridge, balance, rank)
+    rng = np.random.default_rng(12)
+    d_x, d = contexts.shape[1], features.shape[1]
+    left, right = balanced_factors(rng.normal(size=(d_x, d)), rank)
+    point = np.concatenate([np.ravel(left), np.ravel(right)])
+    hessian = np.column_stack([problem.hessian_vector(point, e) for e in np.eye(point.size)])
+    a = d_x * rank
+    h_aa, h_ab, h_bb = hessian[:a, :a], hessian[:a, a:], hessian[a:, a:]
+    curvature = _Curvature(problem, problem.state(left, right))
+
+    vectors = rng.normal(size=(d_x, rank))
+    np.testing.assert_allclose(curvature.solve_left(vectors).ravel(), np.linalg.solve(h_aa, vectors.ravel()),
+                               rtol=1e-9, atol=1e-12)
+    schur = h_bb - h_ab.T @ np.linalg.solve(h_aa, h_ab)
+    direction = rng.normal(size=(d, rank))
+    product, d_feature, d_left = curvature.schur(direction)
+    np.testing.assert_allclose(product.ravel(), schur @ direction.ravel(), rtol=1e-9,
+                               atol=1e-10 * np.abs(schur).max())
+    np.testing.assert_allclose(d_left.ravel(), -np.linalg.solve(h_aa, h_ab @ direction.ravel()), rtol=1e-9,
+                               atol=1e-12)
+    np.testing.assert_allclose(d_feature, dense(features) @ direction, atol=1e-12)

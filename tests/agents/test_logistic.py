@@ -313,3 +313,23 @@ def test_invalid_input_names_the_argument(kwargs, error, name):
     features, labels = arguments.pop("features"), arguments.pop("labels")
     with pytest.raises(error, match=name):
         fit_logistic(features, labels, **arguments)
+
+
+def test_large_problems_use_the_symmetric_update_and_agree():
+    """From ``_SYMMETRIC_UPDATE_MIN_DIMENSION`` coordinates on the Gram matrices come from BLAS syrk
+    (upper triangle, mirrored): the Fisher matrices must equal ``X^T diag(w) X + ridge I`` computed
+    independently, to rounding of sums of ``n`` terms, and be exactly symmetric."""
+    k = agents.logistic._SYMMETRIC_UPDATE_MIN_DIMENSION + 6
+    rng = np.random.default_rng(21)
+    n, n_problems = 150, 2
+    features = rng.normal(size=(n, k)) / np.sqrt(k)
+    groups = np.repeat(np.arange(n_problems), n // n_problems)
+    labels = (rng.uniform(size=n) < 0.5).astype(float)
+    fit = fit_logistic(features, labels, groups=groups, ridge=0.7, beta=1.3)
+    for problem in range(n_problems):
+        rows = groups == problem
+        eta = 1.3 * features[rows] @ fit.theta[problem]
+        slope = 1.3**2 * np.exp(-np.logaddexp(0.0, eta) - np.logaddexp(0.0, -eta))  # sigmoid'(eta) beta^2
+        expected = features[rows].T @ (slope[:, None] * features[rows]) + 0.7 * np.eye(k)
+        np.testing.assert_allclose(fit.fisher[problem], expected, rtol=1e-12, atol=1e-13 * np.abs(expected).max())
+        np.testing.assert_array_equal(fit.fisher[problem], fit.fisher[problem].T)
