@@ -117,3 +117,32 @@ def test_a_bad_config_exits_with_status_2_and_names_the_key(tmp_path, tiny_confi
     error = capsys.readouterr().err
     assert error.startswith("lr-mdp: config error: config key 'world'") and "n_states" in error
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, engine, workers, scheduler", [
+    ([], "processes", None, None),
+    (["--workers", "1"], "serial", 1, None),
+    (["--workers", "3"], "processes", 3, None),
+    (["--dask-workers", "2"], "dask", 2, None),
+    (["--scheduler", "tcp://10.0.0.5:8786"], "dask", None, "tcp://10.0.0.5:8786"),
+])
+def test_engine_flags_choose_the_engine(tmp_path, tiny_config_text, monkeypatch, flags, engine, workers, scheduler):
+    import lr_mdp_experiments.cli as cli
+
+    calls = []
+
+    def fake_run_sweep(config, out, **options):
+        calls.append(options)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(cli, "run_sweep", fake_run_sweep)
+    config = tmp_path / "tiny.toml"
+    config.write_text(tiny_config_text())
+    assert main(["sweep", str(config), "--out", str(tmp_path / "out"), *flags]) == 2
+    assert (calls[0]["engine"], calls[0]["workers"], calls[0]["scheduler"]) == (engine, workers, scheduler)
+
+
+def test_scheduler_and_dask_workers_exclude_each_other(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sweep", "x.toml", "--scheduler", "tcp://a:1", "--dask-workers", "2"])
+    assert "not allowed with argument" in capsys.readouterr().err

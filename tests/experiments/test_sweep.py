@@ -171,3 +171,17 @@ def test_progress_bar_reports_cells_failures_and_time_left():
     assert lines[-1] == "\r[##------] 1/4 cells  0 failed  0.10 cells/s  30 s left"
     bar.update(failed=1)
     assert lines[-1] == "\r[####----] 2/4 cells  1 failed  0.10 cells/s  20 s left"
+
+
+def test_a_running_dask_scheduler_gives_the_same_table(tmp_path, tiny_config_text):
+    """``--scheduler ADDRESS``: cells go to an existing cluster (here a LocalCluster started by the
+    test, reached only through its address) and the table matches the serial one."""
+    distributed = pytest.importorskip("dask.distributed")
+    config = experiments.parse_config(tiny_config_text())
+    reference = _deterministic(experiments.run_serially(config))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+        summary = experiments.run_sweep(config, tmp_path, engine="dask", scheduler=cluster.scheduler_address)
+        assert (summary.ran, summary.failed) == (12, 0)
+        assert json.loads((tmp_path / "sweep.json").read_text())["engine"] == "dask"
+    table = _deterministic(experiments.load_results(tmp_path))
+    pd.testing.assert_frame_equal(table[reference.columns], reference, check_dtype=False)
