@@ -9,7 +9,6 @@ not depend on the grid values that leave the world unchanged (such as ``n_pairs_
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 import traceback
@@ -24,7 +23,7 @@ from lr_mdp_env import Teacher, collect_preferences
 from lr_mdp_env.collection import epsilon_optimal_policies
 from lr_mdp_env.rewards import ContextualRewards
 
-from .config import Cell, SweepConfig, cell_variables
+from .config import Cell, SweepConfig, cell_variables, import_plugin
 
 #: Columns that depend on the machine, not on the seed: left out when tables are compared.
 TIMING_COLUMNS = ("seconds",)
@@ -48,10 +47,7 @@ def run_cell(config: SweepConfig, cell: Cell) -> dict[str, Any]:
         (``"ok"`` or ``"error"``), ``error``, ``warnings`` (the distinct warnings raised while
         the cell ran) and the metrics of :func:`evaluate_cell`.
     """
-    spec = config.agents[cell.agent_index]
-    row: dict[str, Any] = {"cell_id": cell.cell_id, "setting": cell.setting.index, "agent": spec.label,
-                           "agent_name": spec.name, "replicate": cell.replicate}
-    row.update({key: _scalar(value) for key, value in cell.setting.values().items()})
+    row = _header(config, cell)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -67,6 +63,20 @@ def run_cell(config: SweepConfig, cell: Cell) -> dict[str, Any]:
     return row
 
 
+def _header(config: SweepConfig, cell: Cell) -> dict[str, Any]:
+    """The identity of a cell's row: ids, agent, replicate and the setting's values."""
+    spec = config.agents[cell.agent_index]
+    row: dict[str, Any] = {"cell_id": cell.cell_id, "setting": cell.setting.index, "agent": spec.label,
+                           "agent_name": spec.name, "replicate": cell.replicate}
+    row.update({key: _scalar(value) for key, value in cell.setting.values().items()})
+    return row
+
+
+def error_row(config: SweepConfig, cell: Cell, message: str) -> dict[str, Any]:
+    """The row of a cell that could not run at all (e.g. its worker process died)."""
+    return {**_header(config, cell), "status": "error", "error": message, "warnings": ""}
+
+
 def evaluate_cell(config: SweepConfig, cell: Cell) -> dict[str, float]:
     """Fit the cell's agent on the cell's data and summarise its exact evaluation over users.
 
@@ -78,10 +88,11 @@ def evaluate_cell(config: SweepConfig, cell: Cell) -> dict[str, float]:
         ``reward_error``; ``coverage`` (fraction of users whose truth lies in their set),
         ``bound`` (the pessimism lemma's, mean), ``lower_bound``; ``subspace_distance`` (of the
         agent's subspace, or of the top-``r`` left singular subspace of ``Theta_hat - Theta_0``
-        for agents without one; ``NaN`` for contextual worlds); ``seconds`` (fit and planning).
+        for agents without one; ``NaN`` for contextual worlds); ``seconds`` (fit, planning and
+        exact evaluation).
     """
     for module in config.plugins:
-        importlib.import_module(module)
+        import_plugin(module, config.plugin_path)
     setting, replicate = cell.setting, cell.replicate
     world = config.build_world(setting, model_seed=cell_seed(config, _WORLD, replicate) % 2**31)
     mdp, rewards = world
@@ -94,7 +105,7 @@ def evaluate_cell(config: SweepConfig, cell: Cell) -> dict[str, float]:
         seed=np.random.SeedSequence(config.seed, spawn_key=(_DATA, replicate, setting.index)),
     )
     spec = config.agents[cell.agent_index]
-    arguments = spec.arguments(cell_variables(setting, world))
+    arguments = spec.arguments(cell_variables(config, setting, world))
     if "seed" not in arguments and agents.registry.takes(spec.name, "seed"):
         # Not keyed by the agent: agents that differ only in their planner fit the same estimate.
         arguments["seed"] = cell_seed(config, _AGENT, replicate, setting.index)

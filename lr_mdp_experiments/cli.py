@@ -11,7 +11,7 @@ from typing import Sequence
 import pandas as pd
 
 from .config import ConfigError, SweepConfig, load_config, parse_config
-from .plots import RATE_METRICS, plot_results, summarise
+from .plots import METRIC_COLUMNS, RATE_METRICS, plot_results, summarise
 from .store import load_results
 from .sweep import run_sweep
 
@@ -40,10 +40,11 @@ def results_table(table: pd.DataFrame, metric: str, x: str) -> str:
     summary["cell"] = [f"{mean:.3g} ± {width:.2g}" if width == width else f"{mean:.3g}"
                        for mean, width in zip(summary["mean"], summary["half_width"])]
     blocks = []
-    for key, block in (summary.groupby(panels, sort=True) if panels else [((), summary)]):
+    for key, block in (summary.groupby(panels, sort=True, observed=True) if panels else [((), summary)]):
         key = key if isinstance(key, tuple) else (key,)
         heading = ", ".join(f"{column}={value}" for column, value in zip(panels, key))
-        pivot = block.pivot(index="agent", columns=x, values="cell")
+        pivot = block.pivot(index="agent", columns=x, values="cell").reindex(
+            [agent for agent in block["agent"].cat.categories if agent in set(block["agent"])])
         pivot.columns = [f"{x}={value}" for value in pivot.columns]
         blocks.append((f"[{heading}]\n" if heading else "") + pivot.to_string())
     return f"{metric} (mean ± 95% CI over replicates)\n" + "\n\n".join(blocks)
@@ -58,7 +59,18 @@ def _failures(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _check_outputs(config: SweepConfig, metrics: Sequence[str], x: str) -> None:
+    """Before a sweep runs: ``--x`` must be a column of the table and each ``--metric`` a number."""
+    setting_columns = set(config.settings[0].values()) | {"replicate", "n_pairs"}
+    if x not in setting_columns:
+        raise ConfigError(f"--x {x!r} is not a column of this sweep's table; choose one of {sorted(setting_columns)}")
+    for metric in metrics:
+        if metric not in METRIC_COLUMNS:
+            raise ConfigError(f"--metric {metric!r} is not a metric; choose one of {sorted(METRIC_COLUMNS)}")
+
+
 def _run(config: SweepConfig, args: argparse.Namespace, out: Path, metrics: Sequence[str], x: str) -> int:
+    _check_outputs(config, metrics, x)
     engine = "serial" if args.workers == 1 and not args.scheduler and not args.dask_workers else "processes"
     workers = args.workers
     if args.scheduler or args.dask_workers:
@@ -77,13 +89,15 @@ def _run(config: SweepConfig, args: argparse.Namespace, out: Path, metrics: Sequ
     failures = _failures(table)
     if failures:
         print("\n" + failures)
+        return 1
     return 0
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=_positive, default=None,
-                        help="local worker processes (default: all cores; 1 runs in this process)")
-    dask = parser.add_mutually_exclusive_group()
+    engines = parser.add_mutually_exclusive_group()
+    engines.add_argument("--workers", type=_positive, default=None,
+                         help="local worker processes (default: all cores; 1 runs in this process)")
+    dask = engines
     dask.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask scheduler at ADDRESS")
     dask.add_argument("--dask-workers", type=_positive, metavar="N",
                       help="run on a Dask LocalCluster of N single-threaded worker processes")

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lr_mdp_env.envs.registration import FAMILIES, NAMESPACE, World
+from lr_mdp_env.rewards import ContextualRewards
 from lr_mdp_env.teacher import Teacher
 
 if sys.version_info >= (3, 11):
@@ -57,6 +58,10 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 import agents
+from agents.contextual import FullRankContextual, LoCoPRS
+
+#: Estimators that learn a contextual reward (and need a contextual world).
+CONTEXTUAL_ESTIMATORS = (LoCoPRS, FullRankContextual)
 
 #: Top-level keys and sections a configuration may hold.
 TOP_LEVEL = {"name": str, "env": str, "seed": int, "replicates": int, "plugins": list,
@@ -127,7 +132,8 @@ class SweepConfig:
     name, env : str
     seed, replicates : int
     plugins : tuple of str
-        Modules imported before agents are made (they may call ``agents.register``).
+        Modules imported before agents are made (they may call ``agents.register``); they are
+        looked up on ``sys.path`` and in ``plugin_path``, the configuration file's directory.
     settings : tuple of Setting
         The grid, in a fixed order (the product of the ``[grid]`` lists, last key fastest).
     agents : tuple of AgentSpec
@@ -144,6 +150,7 @@ class SweepConfig:
     agents: tuple[AgentSpec, ...]
     grid_keys: tuple[str, ...]
     source: str = field(repr=False)
+    plugin_path: str | None = field(default=None, repr=False)
 
     @property
     def builder(self):
@@ -158,8 +165,9 @@ class SweepConfig:
 
     @property
     def fingerprint(self) -> str:
-        """A hash of what determines the results (not the file's comments or layout)."""
-        content = {"env": self.env, "seed": self.seed, "replicates": self.replicates,
+        """A hash of what determines each cell's results (not the file's comments or layout, nor
+        the number of replicates: more replicates only add cells)."""
+        content = {"env": self.env, "seed": self.seed,
                    "plugins": self.plugins, "agents": [(a.label, a.name, a.kwargs) for a in self.agents],
                    "settings": [(s.world, s.data, s.teacher, s.evaluation) for s in self.settings]}
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=repr).encode()).hexdigest()[:16]
@@ -204,10 +212,11 @@ def parse_config(text: str, *, origin: str = "<config>") -> SweepConfig:
     family = _family(env)
     builder = FAMILIES[family][0]
     plugins = tuple(raw.get("plugins", []))
+    search_path = str(Path(origin).resolve().parent) if origin != "<config>" and plugins else None
     for index, module in enumerate(plugins):
         _check_type(f"plugins[{index}]", module, str)
         try:
-            importlib.import_module(module)
+            import_plugin(module, search_path)
         except ImportError as error:
             raise ConfigError(f"config key 'plugins[{index}]': cannot import {module!r}: {error}") from None
 
@@ -248,11 +257,11 @@ def parse_config(text: str, *, origin: str = "<config>") -> SweepConfig:
     for setting in settings:
         _check_data(setting)
 
-    specs = _agent_specs(raw.get("agents"), settings[0])
+    specs = _agent_specs(raw.get("agents"), settings[0], set(world_fields))
     config = SweepConfig(
         name=raw.get("name", Path(origin).stem if origin != "<config>" else "sweep"),
         env=env, seed=raw.get("seed", 0), replicates=raw.get("replicates", 1), plugins=plugins,
-        settings=tuple(settings), agents=specs, grid_keys=grid_keys, source=text,
+        settings=tuple(settings), agents=specs, grid_keys=grid_keys, source=text, plugin_path=search_path,
     )
     if config.replicates < 1:
         raise ConfigError(f"config key 'replicates' must be at least 1, got {config.replicates}")
@@ -263,6 +272,13 @@ def parse_config(text: str, *, origin: str = "<config>") -> SweepConfig:
 
 
 # -- validation helpers ------------------------------------------------------------------------
+
+
+def import_plugin(module: str, search_path: str | None) -> None:
+    """Import a plugin module, looking also in ``search_path`` (a configuration's directory)."""
+    if search_path is not None and search_path not in sys.path:
+        sys.path.append(search_path)
+    importlib.import_module(module)
 
 
 def _env_ids() -> list[str]:
@@ -345,11 +361,11 @@ def _is_variable(value: Any) -> bool:
     return isinstance(value, str) and value.startswith("$")
 
 
-def _agent_specs(raw_agents: Any, first: Setting) -> tuple[AgentSpec, ...]:
+def _agent_specs(raw_agents: Any, first: Setting, world_fields: set[str]) -> tuple[AgentSpec, ...]:
     if not raw_agents:
         raise ConfigError(f"config key 'agents' must list at least one [[agents]] table; registered agents: "
                           f"{agents.registered()}")
-    known_variables = set(first.values()) | set(TRUTH_VARIABLES)
+    known_variables = set(first.values()) | world_fields | set(TRUTH_VARIABLES)
     specs, labels = [], set()
     for index, entry in enumerate(raw_agents):
         where = f"agents[{index}]"
@@ -385,26 +401,35 @@ def _dry_run(config: SweepConfig) -> None:
             continue
         try:
             worlds[setting.world] = config.build_world(setting, model_seed=0)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, MemoryError) as error:
             keys = ", ".join(f"world.{key}={value!r}" for key, value in setting.world)
             raise ConfigError(f"config key 'world' ({keys}): {error}") from None
     for setting in config.settings:
-        variables = cell_variables(setting, worlds[setting.world])
+        variables = cell_variables(config, setting, worlds[setting.world])
+        contextual_world = isinstance(worlds[setting.world].rewards, ContextualRewards)
         for index, spec in enumerate(config.agents):
             try:
-                agents.make(spec.name, **spec.arguments(variables))
+                agent = agents.make(spec.name, **spec.arguments(variables))
             except (ValueError, TypeError) as error:
                 raise ConfigError(f"config key 'agents[{index}]' ({spec.label}): {error}") from None
+            estimator = getattr(agent, "estimator", None)
+            if estimator is not None and isinstance(estimator, CONTEXTUAL_ESTIMATORS) != contextual_world:
+                kind = "contextual" if contextual_world else "user-indexed (non-contextual)"
+                raise ConfigError(f"config key 'agents[{index}]' ({spec.label}): {config.env} has {kind} rewards, "
+                                  f"which agent {spec.name!r} cannot learn")
         try:
             Teacher(**dict(setting.teacher))
         except (ValueError, TypeError) as error:
             raise ConfigError(f"config key 'teacher': {error}") from None
 
 
-def cell_variables(setting: Setting, world: World) -> dict[str, Any]:
-    """What ``"$name"`` may refer to in an agent's arguments."""
+def cell_variables(config: SweepConfig, setting: Setting, world: World) -> dict[str, Any]:
+    """What ``"$name"`` may refer to in an agent's arguments: the setting's values, the
+    builder's defaults for the world arguments the configuration leaves out, and the truth."""
     rewards = world.rewards
-    return {**setting.values(), "true_rank": int(rewards.rank),
+    defaults = {key: value for key, value in _builder_fields(config.builder).items()
+                if value is not inspect.Parameter.empty}
+    return {**defaults, **setting.values(), "true_rank": int(rewards.rank),
             "true_subspace": getattr(rewards, "subspace", None)}
 
 

@@ -22,6 +22,8 @@ from scipy import stats
 RATE_METRICS = ("suboptimality", "suboptimality_max", "reward_error", "subspace_distance", "bound")
 #: Sample sizes: rates are slopes against these.
 SAMPLE_COLUMNS = ("n_pairs_per_user", "n_pairs", "n_users")
+#: Numeric summaries a cell measures: what ``--metric`` may name.
+METRIC_COLUMNS = (*RATE_METRICS, "value", "optimal_value", "coverage", "lower_bound", "seconds", "n_pairs")
 #: Columns a cell measures (never a panel).
 RESULT_COLUMNS = (*RATE_METRICS, "n_pairs", "value", "optimal_value", "coverage", "lower_bound",
                   "seconds")
@@ -38,16 +40,37 @@ def summarise(table: pd.DataFrame, metric: str, x: str, by: list[str] | None = N
         Columns ``by + ["agent", x, "mean", "replicates", "minimum", "half_width"]``.
     """
     by = list(by or [])
-    for column in (metric, x, "agent", *by):
-        if column not in table.columns:
-            raise ValueError(f"results have no column {column!r}; columns: {sorted(table.columns)}")
+    check_columns(table, metric, x)
     usable = table[(table.get("status", "ok") == "ok") & table[metric].notna()]
-    grouped = usable.groupby([*by, "agent", x], sort=True)[metric]
+    usable = usable.assign(agent=pd.Categorical(usable["agent"], categories=agent_order(table)))
+    grouped = usable.groupby([*by, "agent", x], sort=True, observed=True)[metric]
     summary = grouped.agg(["mean", "std", "count", "min"]).reset_index()
     counts = summary["count"].to_numpy()
     quantile = np.where(counts > 1, stats.t.ppf(0.975, np.maximum(counts - 1, 1)), np.nan)
     summary["half_width"] = quantile * summary["std"].fillna(0.0).to_numpy() / np.sqrt(counts)
     return summary.rename(columns={"count": "replicates", "min": "minimum"}).drop(columns="std")
+
+
+def agent_order(table: pd.DataFrame) -> list[str]:
+    """Agents in the order of the configuration (``agent_index``), else alphabetically."""
+    if "agent_index" in table:
+        return list(table.sort_values("agent_index", kind="stable")["agent"].unique())
+    return sorted(table["agent"].unique())
+
+
+def check_columns(table: pd.DataFrame, metric: str, x: str) -> None:
+    """Refuse, with the reason, a table that cannot give ``metric`` against ``x``."""
+    if table.empty:
+        raise ValueError("the results are empty: no cell has finished")
+    if "status" in table and not (table["status"] == "ok").any():
+        first = table["error"].iloc[0] if "error" in table else ""
+        raise ValueError(f"all {len(table)} cells failed; first error: {first}")
+    for name, column in (("metric", metric), ("x", x)):
+        if column not in table.columns:
+            raise ValueError(f"results have no column {column!r} (--{name}); columns: {sorted(table.columns)}")
+    if not pd.api.types.is_numeric_dtype(table[metric]) or pd.api.types.is_bool_dtype(table[metric]):
+        raise ValueError(f"--metric {metric!r} is not a numeric column; numeric columns: "
+                         f"{sorted(c for c in table.columns if pd.api.types.is_numeric_dtype(table[c]))}")
 
 
 def log_log_slope(x: Any, y: Any) -> tuple[float, float]:
@@ -111,6 +134,7 @@ def plot_results(
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
+    check_columns(table, metric, x)
     panels = panel_columns(table, x)
     summary = summarise(table, metric, x, panels)
     if summary.empty:
@@ -122,12 +146,12 @@ def plot_results(
     columns = int(np.ceil(np.sqrt(len(keys))))
     rows = -(-len(keys) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.0 * rows), squeeze=False)
-    colours = dict(zip(sorted(summary["agent"].unique()), itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])))
+    colours = dict(zip(agent_order(table), itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])))
     for axis, key in zip(axes.ravel(), keys):
         panel = summary
         for column, value in zip(panels, key):
             panel = panel[panel[column] == value]
-        for agent, line in panel.groupby("agent", sort=True):
+        for agent, line in panel.groupby("agent", sort=True, observed=True):
             line = line.sort_values(x)
             label = agent
             if loglog and not (line["mean"] > 0).all():
@@ -139,6 +163,9 @@ def plot_results(
                 if np.isfinite(slope):
                     label += f"  slope {slope:+.2f}" + (f" ± {error:.2f}" if np.isfinite(error) else "")
             axis.plot(line[x], line["mean"], marker="o", color=colours[agent], label=label)
+            if len(line) == 1:  # a band needs two points: show the interval as an error bar
+                axis.errorbar(line[x], line["mean"], yerr=line["half_width"].fillna(0.0), color=colours[agent],
+                              capsize=4)
             lower = line["mean"] - line["half_width"].fillna(0.0)
             if loglog:  # a band below every replicate would only stretch the log axis
                 lower = np.maximum(lower, line["minimum"])

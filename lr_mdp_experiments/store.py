@@ -29,6 +29,8 @@ import pandas as pd
 from .config import SweepConfig
 
 CELLS = "cells"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 SORT_COLUMNS = ["setting", "agent_index", "replicate"]
 
 
@@ -51,6 +53,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for everybody to read
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -77,25 +80,31 @@ class ResultStore:
         self.directory = Path(directory)
         self.config = config
         self.cells_directory = self.directory / CELLS
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ValueError(f"out {str(self.directory)!r} is a file, not a directory")
         manifest_path = self.directory / "sweep.json"
-        if manifest_path.exists():
+        if manifest_path.exists() and not overwrite:
             try:
                 manifest = json.loads(manifest_path.read_text())
             except (json.JSONDecodeError, OSError) as error:
-                raise ValueError(f"{manifest_path} is unreadable ({error}); remove the directory or pass "
-                                 "overwrite=True") from None
-            if manifest.get("fingerprint") != config.fingerprint:
-                if not overwrite:
-                    raise ValueError(
-                        f"out directory {str(self.directory)!r} holds results of a different configuration "
-                        f"(fingerprint {manifest.get('fingerprint')} != {config.fingerprint}); choose another "
-                        "directory or pass overwrite=True (--overwrite) to discard them")
-                for stale in self.cells_directory.glob("*.json"):
-                    stale.unlink()
+                raise ValueError(f"{manifest_path} is unreadable ({error}); pass --overwrite (overwrite=True) "
+                                 "to start afresh") from None
+            # More replicates extend a sweep (cells are seeded by identity); anything else is another sweep.
+            if manifest.get("fingerprint") != config.fingerprint or manifest.get("replicates", 0) > config.replicates:
+                raise ValueError(
+                    f"out directory {str(self.directory)!r} holds results of a different configuration; choose "
+                    "another directory or pass --overwrite (overwrite=True) to discard them")
+        elif manifest_path.exists():
+            for stale in [*self.cells_directory.glob("*.json"), *self.directory.glob("results.*"),
+                          *self.directory.glob("*.png")]:
+                stale.unlink()
         self.cells_directory.mkdir(parents=True, exist_ok=True)
-        for leftover in self.directory.rglob(".*.tmp"):  # temporary files of a killed writer
-            leftover.unlink()
+        for folder in (self.directory, self.cells_directory):  # temporary files of a killed writer
+            for leftover in folder.glob(".*.tmp"):
+                leftover.unlink()
         atomic_write(self.directory / "config.toml", config.source.encode())
+        if self.rows():  # a killed run may have journalled cells after its last table
+            self.write_table()
 
     @property
     def table_path(self) -> Path:
@@ -103,6 +112,7 @@ class ResultStore:
 
     def write_manifest(self, engine: str, workers: int) -> None:
         manifest = {"name": self.config.name, "fingerprint": self.config.fingerprint,
+                    "replicates": self.config.replicates,
                     "lr_mdp_env_version": package_version(), "python": platform.python_version(),
                     "engine": engine, "workers": workers, "cells": len(self.config.cells())}
         atomic_write(self.directory / "sweep.json", json.dumps(manifest, indent=2).encode())

@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
 import pandas as pd
 
-from .cell import _scalar, run_cell
+from .cell import error_row, run_cell
 from .config import Cell, SweepConfig
 from .store import ResultStore, rows_to_table
 
@@ -64,7 +66,7 @@ def run_sweep(
     overwrite : bool, default False
         Discard results of a different configuration found in ``out``.
     progress : bool or text stream, default False
-        Show a progress bar (on standard error when ``True``).
+        Show a progress bar (``True``: on standard error, when it is a terminal).
 
     Returns
     -------
@@ -82,7 +84,9 @@ def run_sweep(
     done = store.completed()
     pending = [cell for cell in config.cells() if cell.cell_id not in done]
     total = len(config.cells())
-    bar = ProgressBar(len(pending), stream=sys.stderr if progress is True else progress or None)
+    if progress is True:  # a bar redrawn with carriage returns only makes sense on a terminal
+        progress = sys.stderr if sys.stderr.isatty() else None
+    bar = ProgressBar(len(pending), stream=progress or None)
     start = time.perf_counter()
     failed, last_table = 0, time.perf_counter()
     results = {"serial": _serial, "processes": _processes, "dask": _dask}[engine](config, pending, workers, scheduler)
@@ -123,24 +127,37 @@ def _single_threaded_worker() -> None:
 
 
 def _processes(config: SweepConfig, cells: list[Cell], workers: int, scheduler: str | None) -> Iterator[tuple[Cell, dict]]:
-    if not cells:
-        return
-    with ProcessPoolExecutor(max_workers=min(workers, len(cells)), initializer=_single_threaded_worker) as pool:
-        # A bounded window of submissions keeps memory flat on large grids.
-        queue = iter(cells)
-        running: dict[Any, Cell] = {}
-        for cell in queue:
-            running[pool.submit(run_cell, config, cell)] = cell
-            if len(running) >= 2 * workers:
-                break
-        while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                cell = running.pop(future)
-                yield cell, _result_or_error(future, config, cell)
-                following = next(queue, None)
-                if following is not None:
-                    running[pool.submit(run_cell, config, following)] = following
+    pending = deque(cells)
+    while pending:
+        # A worker that dies (killed by the OS, os._exit in a plugin) breaks the pool: the cells
+        # then running are recorded as errors, and a new pool takes the rest of the queue.
+        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), initializer=_single_threaded_worker) as pool:
+            running: dict[Any, Cell] = {}
+            broken = False
+
+            def fill() -> None:
+                # A bounded window of submissions keeps memory flat on large grids.
+                while pending and len(running) < 2 * workers and not broken:
+                    cell = pending.popleft()
+                    try:
+                        running[pool.submit(run_cell, config, cell)] = cell
+                    except BrokenProcessPool:
+                        pending.appendleft(cell)
+                        raise
+
+            try:
+                fill()
+            except BrokenProcessPool:
+                broken = True
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    cell = running.pop(future)
+                    yield cell, _result_or_error(future, config, cell)
+                try:
+                    fill()
+                except BrokenProcessPool:
+                    broken = True
 
 
 def _dask(config: SweepConfig, cells: list[Cell], workers: int, scheduler: str | None) -> Iterator[tuple[Cell, dict]]:
@@ -170,10 +187,7 @@ def _result_or_error(future: Any, config: SweepConfig, cell: Cell) -> dict[str, 
     try:
         return future.result()
     except Exception as error:  # noqa: BLE001 - e.g. a worker process killed by the OS
-        row = {"cell_id": cell.cell_id, "setting": cell.setting.index, "agent": config.agents[cell.agent_index].label,
-               "agent_name": config.agents[cell.agent_index].name, "replicate": cell.replicate,
-               **{key: _scalar(value) for key, value in cell.setting.values().items()}, "status": "error", "error": f"{type(error).__name__}: {error}", "warnings": ""}
-        return row
+        return error_row(config, cell, f"{type(error).__name__}: {error} (the worker running this cell died)")
 
 
 class ProgressBar:

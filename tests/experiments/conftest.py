@@ -76,7 +76,16 @@ class Fragile(Killer):
         return super().fit(dataset, mdp)
 
 
-for name, factory in (("killer", Killer), ("fragile", Fragile)):
+class Dying(Killer):
+    """Ends its process abruptly (as the OS's out-of-memory killer would) on 40 pairs per user."""
+
+    def fit(self, dataset, mdp):
+        if dataset.n_pairs == 40 * 6:
+            os._exit(3)
+        return super().fit(dataset, mdp)
+
+
+for name, factory in (("killer", Killer), ("fragile", Fragile), ("dying", Dying)):
     if name not in agents.registered():
         agents.register(name, factory)
 '''

@@ -146,3 +146,38 @@ def test_scheduler_and_dask_workers_exclude_each_other(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["sweep", "x.toml", "--scheduler", "tcp://a:1", "--dask-workers", "2"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--x", "nope"], "--x 'nope' is not a column of this sweep's table"),
+    (["--metric", "suboptimalty"], "--metric 'suboptimalty' is not a metric"),
+])
+def test_bad_plot_options_of_a_sweep_are_refused_before_it_runs(tmp_path, tiny_config_text, capsys, flags, message):
+    config = tmp_path / "tiny.toml"
+    config.write_text(tiny_config_text())
+    assert main(["sweep", str(config), "--out", str(tmp_path / "out"), *flags]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_plot_names_the_problem_with_its_inputs(tmp_path):
+    table = _synthetic_results({"a": -0.5})
+    with pytest.raises(ValueError, match="results have no column 'nope' \\(--x\\)"):
+        plot_results(table, tmp_path / "x.png", x="nope")
+    with pytest.raises(ValueError, match="--metric 'error' is not a numeric column"):
+        plot_results(table, tmp_path / "x.png", metric="error")
+    failed = table.assign(status="error", error="ValueError: boom")
+    with pytest.raises(ValueError, match="all 24 cells failed; first error: ValueError: boom"):
+        plot_results(failed, tmp_path / "x.png")
+
+
+def test_agents_keep_the_order_of_the_configuration():
+    table = _synthetic_results({"zeta": -0.5, "Alpha": -1.0})
+    text = results_table(table, "suboptimality", "n_pairs_per_user")
+    assert text.index("zeta") < text.index("Alpha")
+
+
+def test_a_sweep_with_failed_cells_exits_with_status_1(tmp_path, tiny_config_text, plugin_path, capsys):
+    config = tmp_path / "fragile.toml"
+    config.write_text(tiny_config_text(plugins=True, extra='[[agents]]\nname = "fragile"\n'))
+    assert main(["sweep", str(config), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 1
+    assert "2 cell(s) failed:" in capsys.readouterr().out

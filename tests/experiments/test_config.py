@@ -25,7 +25,7 @@ def test_agent_variables_take_the_cells_values_and_the_truth(tiny_config_text):
     config = experiments.parse_config(tiny_config_text())
     setting = config.settings[0]
     world = config.build_world(setting, model_seed=5)
-    variables = cell_variables(setting, world)
+    variables = cell_variables(config, setting, world)
     assert config.agents[1].arguments(variables)["rank"] == 2
     np.testing.assert_array_equal(config.agents[2].arguments(variables)["subspace"], world.rewards.subspace)
     assert [spec.label for spec in config.agents] == ["independent (none)", "p-sharelora (exact)",
@@ -90,3 +90,30 @@ def test_missing_agents_and_unreadable_files_are_reported(tmp_path, tiny_config_
         experiments.parse_config(text)
     with pytest.raises(experiments.ConfigError, match="cannot read config"):
         experiments.load_config(tmp_path / "missing.toml")
+
+
+def test_contextual_worlds_and_agents_must_match(tiny_config_text):
+    text = tiny_config_text().replace('name = "independent"', 'name = "loco-prs"\nrank = 1')
+    with pytest.raises(experiments.ConfigError, match="user-indexed \\(non-contextual\\) rewards, which agent 'loco-prs'"):
+        experiments.parse_config(text)
+
+
+def test_a_variable_may_name_a_builder_default(tiny_config_text):
+    """``rank = "$rank"`` works when the world leaves ``rank`` at the builder's default (2)."""
+    config = experiments.parse_config(tiny_config_text().replace("rank = 2\n", "", 1))
+    setting = config.settings[0]
+    world = config.build_world(setting, model_seed=0)
+    assert config.agents[1].arguments(cell_variables(config, setting, world))["rank"] == 2
+
+
+def test_plugins_are_found_next_to_the_config(tmp_path, tiny_config_text, monkeypatch):
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    (tmp_path / "neighbour_agents.py").write_text(
+        "import agents\n"
+        "if 'neighbour' not in agents.registered():\n"
+        "    agents.register('neighbour', lambda seed=0: agents.make('independent', pessimism='none', seed=seed))\n")
+    path = tmp_path / "sweep.toml"
+    path.write_text(tiny_config_text().replace("seed = 11", 'seed = 11\nplugins = ["neighbour_agents"]')
+                    + '\n[[agents]]\nname = "neighbour"\n')
+    config = experiments.load_config(path)
+    assert config.plugin_path == str(tmp_path.resolve()) and config.agents[-1].name == "neighbour"

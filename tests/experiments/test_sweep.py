@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -185,3 +184,41 @@ def test_a_running_dask_scheduler_gives_the_same_table(tmp_path, tiny_config_tex
         assert json.loads((tmp_path / "sweep.json").read_text())["engine"] == "dask"
     table = _deterministic(experiments.load_results(tmp_path))
     pd.testing.assert_frame_equal(table[reference.columns], reference, check_dtype=False)
+
+
+def test_a_dying_worker_process_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_config_text, plugin_path):
+    extra = """
+    [[agents]]
+    name = "dying"
+    """
+    config = experiments.parse_config(tiny_config_text(plugins=True, extra=extra))
+    summary = experiments.run_sweep(config, tmp_path, engine="processes", workers=2)
+    table = experiments.load_results(tmp_path)
+    assert len(table) == summary.total == 16 and table["cell_id"].is_unique
+    dying = table[(table["agent"] == "dying") & (table["n_pairs_per_user"] == 40)]
+    assert (dying["status"] == "error").all()
+    assert dying["error"].str.contains("the worker running this cell died").all()
+    # Cells that were running beside a dying one may be lost with it; the others complete.
+    assert (table["status"] == "ok").sum() >= 16 - 2 * 2 * 2
+    again = experiments.run_sweep(config, tmp_path, engine="processes", workers=2)
+    assert again.skipped == (table["status"] == "ok").sum()
+
+
+def test_more_replicates_extend_a_sweep_and_fewer_are_refused(tmp_path, tiny_config_text):
+    experiments.run_sweep(experiments.parse_config(tiny_config_text()), tmp_path, engine="serial")
+    more = experiments.parse_config(tiny_config_text().replace("replicates = 2", "replicates = 3"))
+    summary = experiments.run_sweep(more, tmp_path, engine="serial")
+    assert (summary.skipped, summary.ran) == (12, 6)
+    fewer = experiments.parse_config(tiny_config_text().replace("replicates = 2", "replicates = 1"))
+    with pytest.raises(ValueError, match="holds results of a different configuration"):
+        experiments.run_sweep(fewer, tmp_path, engine="serial")
+
+
+def test_overwrite_removes_the_old_table_and_figures(tmp_path, tiny_config_text):
+    experiments.run_sweep(experiments.parse_config(tiny_config_text()), tmp_path, engine="serial")
+    (tmp_path / "suboptimality.png").write_bytes(b"old figure")
+    other = experiments.parse_config(tiny_config_text().replace("seed = 11", "seed = 12"))
+    (tmp_path / "cells" / "s0000-a00-r000.json").unlink()  # the new run must not see old rows either
+    experiments.ResultStore(tmp_path, other, overwrite=True)
+    assert not (tmp_path / "suboptimality.png").exists() and not (tmp_path / "results.parquet").exists()
+    assert not list((tmp_path / "cells").glob("*.json"))
