@@ -22,17 +22,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.sparse
 
 from lr_mdp_env import PreferenceDataset, TabularMDP
 from lr_mdp_env._validation import as_real_array, check_int
 
 from .confidence import Ellipsoid, theory_radius, wald_radius
-from .data import ComparisonData, comparison_data
+from .data import ComparisonData
 from .estimators import RewardEstimator
 from .factorized import fit_factored, spectral_start
 from .logistic import fit_logistic
-from .tuning import select_ridge
 
 
 def _complete(basis: np.ndarray) -> np.ndarray:

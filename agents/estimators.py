@@ -23,11 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.sparse
 from scipy.special import expit
 
 from lr_mdp_env import PreferenceDataset, TabularMDP
-from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real
+from lr_mdp_env._validation import as_real_array, check_int, check_real
 from lr_mdp_env.identifiability import identifiable_basis
 
 from .confidence import Ellipsoid, theory_radius, wald_radius
