@@ -62,7 +62,8 @@ class TabularMDP:
         horizon: int | None = None,
         features: Any = None,
     ) -> None:
-        transitions = as_real_array("transitions", transitions, (3, 4))
+        # Copies: a caller who keeps the array must not be able to change a validated model.
+        transitions = as_real_array("transitions", transitions, (3, 4)).copy()
         n_states = transitions.shape[-1]
         if transitions.shape[-3] != n_states:
             raise ValueError(
@@ -88,7 +89,7 @@ class TabularMDP:
             check_probability_rows("transitions", transitions, ("h", "s", "a"))
         n_actions = transitions.shape[-2]
 
-        initial_distribution = as_real_array("initial_distribution", initial_distribution, (1,))
+        initial_distribution = as_real_array("initial_distribution", initial_distribution, (1,)).copy()
         if initial_distribution.shape != (n_states,):
             raise ValueError(
                 f"initial_distribution must have shape ({n_states},) to match transitions, "
@@ -281,7 +282,7 @@ def _resolve_features(features: Any, horizon: int, n_states: int, n_actions: int
         raise ValueError(
             f"features must be an array, 'one_hot' or 'one_hot_time', got the string {features!r}"
         )
-    features = as_real_array("features", features, (3, 4))
+    features = as_real_array("features", features, (3, 4)).copy()
     expected = (n_states, n_actions)
     if features.shape[-3:-1] != expected:
         raise ValueError(

@@ -368,3 +368,17 @@ def _path():
 def test_invalid_family_arguments_are_named(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_the_model_does_not_share_memory_with_the_callers_arrays():
+    """A validated model cannot be changed afterwards through the arrays it was built from."""
+    transitions = np.full((2, 2, 2), 0.5)
+    initial = np.array([1.0, 0.0])
+    features = np.ones((2, 2, 3))
+    mdp = TabularMDP(transitions, initial, horizon=2, features=features)
+    transitions[0, 0] = [1.0, 0.0]
+    initial[:] = [0.0, 1.0]
+    features[:] = 7.0
+    np.testing.assert_array_equal(mdp.transitions[0, 0, 0], [0.5, 0.5])
+    np.testing.assert_array_equal(mdp.initial_distribution, [1.0, 0.0])
+    np.testing.assert_array_equal(mdp.features, 1.0)
