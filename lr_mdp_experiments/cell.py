@@ -43,9 +43,9 @@ def run_cell(config: SweepConfig, cell: Cell) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``cell_id``, ``setting``, ``agent``, ``replicate``, the setting's values, ``status``
-        (``"ok"`` or ``"error"``), ``error``, ``warnings`` (the distinct warnings raised while
-        the cell ran) and the metrics of :func:`evaluate_cell`.
+        ``cell_id``, ``setting``, ``agent``, ``agent_name``, ``agent_index``, ``replicate``, the
+        setting's values, ``status`` (``"ok"`` or ``"error"``), ``error``, ``warnings`` (the
+        distinct warnings raised while the cell ran) and the metrics of :func:`evaluate_cell`.
     """
     row = _header(config, cell)
     with warnings.catch_warnings(record=True) as caught:
@@ -67,7 +67,7 @@ def _header(config: SweepConfig, cell: Cell) -> dict[str, Any]:
     """The identity of a cell's row: ids, agent, replicate and the setting's values."""
     spec = config.agents[cell.agent_index]
     row: dict[str, Any] = {"cell_id": cell.cell_id, "setting": cell.setting.index, "agent": spec.label,
-                           "agent_name": spec.name, "replicate": cell.replicate}
+                           "agent_name": spec.name, "agent_index": cell.agent_index, "replicate": cell.replicate}
     row.update({key: _scalar(value) for key, value in cell.setting.values().items()})
     return row
 

@@ -103,7 +103,9 @@ class ResultStore:
             for leftover in folder.glob(".*.tmp"):
                 leftover.unlink()
         atomic_write(self.directory / "config.toml", config.source.encode())
-        if self.rows():  # a killed run may have journalled cells after its last table
+        # The journal is read once; finished cells are added to it as they are recorded.
+        self._rows = {row["cell_id"]: row for row in read_journal(self.cells_directory)}
+        if self._rows:  # a killed run may have journalled cells after its last table
             self.write_table()
 
     @property
@@ -119,19 +121,17 @@ class ResultStore:
 
     def completed(self) -> set[str]:
         """Cell ids whose journal row has ``status == "ok"``."""
-        return {row["cell_id"] for row in self.rows() if row.get("status") == "ok"}
+        return {cell_id for cell_id, row in self._rows.items() if row.get("status") == "ok"}
 
     def rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for path in sorted(self.cells_directory.glob("*.json")):
-            rows.append(json.loads(path.read_text()))
-        return rows
+        """Every journalled row, as it reads back from its file."""
+        return list(self._rows.values())
 
-    def record(self, row: dict[str, Any], agent_index: int) -> None:
+    def record(self, row: dict[str, Any]) -> None:
         """Journal one finished cell (replacing an earlier failed attempt)."""
-        row = {**row, "agent_index": agent_index}
         text = json.dumps({key: _json_value(value) for key, value in row.items()}, allow_nan=False)
         atomic_write(self.cells_directory / f"{row['cell_id']}.json", text.encode())
+        self._rows[row["cell_id"]] = json.loads(text)
 
     def write_table(self) -> Path:
         """Rebuild the table from the journal; returns its path."""
@@ -146,6 +146,11 @@ class ResultStore:
         else:
             atomic_write(path, table.to_csv(index=False, na_rep="NaN").encode())
         return path
+
+
+def read_journal(cells_directory: Path) -> list[dict[str, Any]]:
+    """The rows of a journal directory, one per finished cell."""
+    return [json.loads(path.read_text()) for path in sorted(cells_directory.glob("*.json"))]
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -163,7 +168,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
     if path.is_dir():
         if not (path / CELLS).is_dir():
             raise ValueError(f"{str(path)!r} is not a sweep output directory (no {CELLS}/ inside)")
-        return rows_to_table([json.loads(p.read_text()) for p in sorted((path / CELLS).glob("*.json"))])
+        return rows_to_table(read_journal(path / CELLS))
     if not path.exists():
         raise ValueError(f"results {str(path)!r} do not exist")
     if path.suffix == ".parquet":

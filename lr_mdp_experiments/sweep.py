@@ -91,7 +91,7 @@ def run_sweep(
     failed, last_table = 0, time.perf_counter()
     results = {"serial": _serial, "processes": _processes, "dask": _dask}[engine](config, pending, workers, scheduler)
     for cell, row in results:
-        store.record(row, cell.agent_index)
+        store.record(row)
         failed += row["status"] != "ok"
         bar.update(failed)
         if time.perf_counter() - last_table > TABLE_INTERVAL:
@@ -104,7 +104,7 @@ def run_sweep(
 
 def run_serially(config: SweepConfig) -> pd.DataFrame:
     """Every cell in this process, without a store: the reference table of a configuration."""
-    return rows_to_table([{**run_cell(config, cell), "agent_index": cell.agent_index} for cell in config.cells()])
+    return rows_to_table([run_cell(config, cell) for cell in config.cells()])
 
 
 # -- engines: each yields (cell, row) as cells finish ------------------------------------------
@@ -134,30 +134,21 @@ def _processes(config: SweepConfig, cells: list[Cell], workers: int, scheduler: 
         with ProcessPoolExecutor(max_workers=min(workers, len(pending)), initializer=_single_threaded_worker) as pool:
             running: dict[Any, Cell] = {}
             broken = False
-
-            def fill() -> None:
+            while True:
                 # A bounded window of submissions keeps memory flat on large grids.
-                while pending and len(running) < 2 * workers and not broken:
-                    cell = pending.popleft()
+                while not broken and pending and len(running) < 2 * workers:
                     try:
-                        running[pool.submit(run_cell, config, cell)] = cell
+                        future = pool.submit(run_cell, config, pending[0])
                     except BrokenProcessPool:
-                        pending.appendleft(cell)
-                        raise
-
-            try:
-                fill()
-            except BrokenProcessPool:
-                broken = True
-            while running:
+                        broken = True
+                    else:
+                        running[future] = pending.popleft()
+                if not running:
+                    break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     cell = running.pop(future)
                     yield cell, _result_or_error(future, config, cell)
-                try:
-                    fill()
-                except BrokenProcessPool:
-                    broken = True
 
 
 def _dask(config: SweepConfig, cells: list[Cell], workers: int, scheduler: str | None) -> Iterator[tuple[Cell, dict]]:
