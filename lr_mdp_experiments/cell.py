@@ -27,6 +27,9 @@ from .config import Cell, SweepConfig, cell_variables, import_plugin
 
 #: Columns that depend on the machine, not on the seed: left out when tables are compared.
 TIMING_COLUMNS = ("seconds",)
+#: The summaries :func:`evaluate_cell` measures: what plots and ``--metric`` may name.
+METRIC_COLUMNS = ("n_pairs", "suboptimality", "suboptimality_max", "value", "optimal_value", "coverage", "bound",
+                  "lower_bound", "reward_error", "subspace_distance", "seconds")
 #: Spawn-key roots, so the world, data, agent and evaluation streams never coincide.
 _WORLD, _DATA, _AGENT, _EVALUATION = range(4)
 

@@ -11,7 +11,8 @@ from typing import Sequence
 import pandas as pd
 
 from .config import ConfigError, SweepConfig, load_config, parse_config
-from .plots import METRIC_COLUMNS, RATE_METRICS, plot_results, summarise
+from .cell import METRIC_COLUMNS
+from .plots import RATE_METRICS, plot_results, summarise
 from .store import load_results
 from .sweep import run_sweep
 

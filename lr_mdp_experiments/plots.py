@@ -18,15 +18,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .cell import METRIC_COLUMNS
+
 #: Metrics whose rates matter: plotted on log-log axes by default.
 RATE_METRICS = ("suboptimality", "suboptimality_max", "reward_error", "subspace_distance", "bound")
 #: Sample sizes: rates are slopes against these.
 SAMPLE_COLUMNS = ("n_pairs_per_user", "n_pairs", "n_users")
-#: Numeric summaries a cell measures: what ``--metric`` may name.
-METRIC_COLUMNS = (*RATE_METRICS, "value", "optimal_value", "coverage", "lower_bound", "seconds", "n_pairs")
-#: Columns a cell measures (never a panel).
-RESULT_COLUMNS = (*RATE_METRICS, "n_pairs", "value", "optimal_value", "coverage", "lower_bound",
-                  "seconds")
 
 
 def summarise(table: pd.DataFrame, metric: str, x: str, by: list[str] | None = None) -> pd.DataFrame:
@@ -90,7 +87,7 @@ def panel_columns(table: pd.DataFrame, x: str) -> list[str]:
     settings = table.drop_duplicates("setting")
     excluded = {x, "setting", "cell_id", "replicate", "agent", "agent_name", "agent_index", "status", "error",
                 "warnings",
-                *RESULT_COLUMNS}
+                *METRIC_COLUMNS}
     columns = []
     for column in settings.columns:
         if column in excluded:

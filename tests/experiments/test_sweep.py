@@ -13,7 +13,7 @@ import pytest
 
 import lr_mdp_experiments as experiments
 from lr_mdp_experiments import store as store_module
-from lr_mdp_experiments.cell import cell_seed
+from lr_mdp_experiments.cell import METRIC_COLUMNS, cell_seed
 from lr_mdp_experiments.sweep import ProgressBar
 
 
@@ -222,3 +222,11 @@ def test_overwrite_removes_the_old_table_and_figures(tmp_path, tiny_config_text)
     experiments.ResultStore(tmp_path, other, overwrite=True)
     assert not (tmp_path / "suboptimality.png").exists() and not (tmp_path / "results.parquet").exists()
     assert not list((tmp_path / "cells").glob("*.json"))
+
+
+def test_a_cell_measures_exactly_the_documented_metrics(tiny_config_text):
+    config = experiments.parse_config(tiny_config_text())
+    row = experiments.run_cell(config, config.cells()[0])
+    measured = set(row) - set(config.settings[0].values()) - {
+        "cell_id", "setting", "agent", "agent_name", "agent_index", "replicate", "status", "error", "warnings"}
+    assert measured == set(METRIC_COLUMNS)
