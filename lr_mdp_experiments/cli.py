@@ -12,7 +12,7 @@ import pandas as pd
 
 from .config import ConfigError, SweepConfig, load_config, parse_config
 from .cell import METRIC_COLUMNS
-from .plots import RATE_METRICS, plot_results, summarise
+from .plots import RATE_METRICS, panel_columns, plot_results, summarise
 from .store import load_results
 from .sweep import run_sweep
 
@@ -34,8 +34,6 @@ def shipped_config(name: str) -> SweepConfig:
 def results_table(table: pd.DataFrame, metric: str, x: str) -> str:
     """``metric`` (mean ± 95% half-width over replicates) with agents as rows and ``x`` as columns,
     one block per panel of other varying grid values."""
-    from .plots import panel_columns
-
     panels = panel_columns(table, x)
     summary = summarise(table, metric, x, panels)
     summary["cell"] = [f"{mean:.3g} ± {width:.2g}" if width == width else f"{mean:.3g}"

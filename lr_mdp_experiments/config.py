@@ -154,7 +154,8 @@ class SweepConfig:
 
     @property
     def builder(self):
-        return FAMILIES[self.env.split("/", 1)[1].rsplit("-v", 1)[0]][0]
+        """The registered family's world builder (``lr_mdp_env.envs.*_world``)."""
+        return FAMILIES[_family(self.env)][0]
 
     def cells(self) -> list[Cell]:
         """Every cell: settings x agents x replicates."""
@@ -343,8 +344,8 @@ def _grid_field(key: str, sections: dict[str, dict[str, Any]]) -> tuple[str, str
 
 def _check_data(setting: Setting) -> None:
     data, evaluation = dict(setting.data), dict(setting.evaluation)
-    pairs = data["n_pairs_per_user"]
-    if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
+    pairs = data["n_pairs_per_user"]  # an int: _check_value checked the type
+    if pairs < 1:
         raise ConfigError(f"config key 'data.n_pairs_per_user' must be a positive integer, got {pairs!r}")
     if data["behavior"] not in BEHAVIORS:
         raise ConfigError(f"config key 'data.behavior' must be one of {BEHAVIORS}, got {data['behavior']!r}")
