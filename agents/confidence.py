@@ -82,7 +82,6 @@ class Ellipsoid:
         set_(self, "center", frozen(center))
         set_(self, "matrix", frozen(matrix))
         set_(self, "radius", radius)
-        set_(self, "_cholesky", cholesky)
         set_(self, "factor", frozen(cholesky))
 
     @property
@@ -106,7 +105,7 @@ class Ellipsoid:
             return np.zeros(coordinates.shape[:-1])
         # Columns (k, m) for any number of leading axes: solve treats a 3-D right-hand side as a batch.
         columns = np.reshape(coordinates, (-1, coordinates.shape[-1])).T
-        whitened = np.linalg.solve(self._cholesky, columns)
+        whitened = np.linalg.solve(self.factor, columns)
         return np.sqrt(np.sum(whitened**2, axis=0)).reshape(coordinates.shape[:-1])
 
     def lower(self, vectors: Any) -> np.ndarray | float:
@@ -140,7 +139,7 @@ class Ellipsoid:
         _, in_range = self._image_residual(theta)
         if self.dimension == 0:  # the projection onto a point is the point itself
             return 0.0
-        whitened_basis = np.linalg.solve(self._cholesky, self.basis.T)  # L^{-1} B^T, M = L L^T
+        whitened_basis = np.linalg.solve(self.factor, self.basis.T)  # L^{-1} B^T, M = L L^T
         image = whitened_basis.T @ whitened_basis  # B M^{-1} B^T
         return float(np.sqrt(max(in_range @ np.linalg.pinv(image, hermitian=True) @ in_range, 0.0)))
 
