@@ -235,7 +235,7 @@ class LoCoPRS(_ContextualEstimator):
         start = spectral_start(data.contexts, data.differences, data.labels, data.offsets, self.rank, self.beta)
         factored = fit_factored(data.contexts, data.differences, data.labels, self.rank, initial=start,
                                 offsets=data.offsets, beta=self.beta, ridge=ridge, balance=self.balance,
-                                tol=10 * self.tol)
+                                tol=100 * self.tol)
         self._record("joint", factored)
         q_left, r_left = np.linalg.qr(factored.left)
         q_right, r_right = np.linalg.qr(factored.right)

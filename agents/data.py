@@ -95,12 +95,16 @@ def comparison_data(dataset: PreferenceDataset, mdp: TabularMDP, *, beta: float 
     if not isinstance(mdp, TabularMDP):
         raise TypeError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
     dataset.check_compatible(mdp)
-    counts = mdp.visit_counts(dataset.states1, dataset.actions1) - mdp.visit_counts(dataset.states0, dataset.actions0)
+    counts = mdp.visit_count_differences(dataset.states1, dataset.actions1, dataset.states0, dataset.actions0)
     features = mdp.flat_features()
     is_indicator = np.all((features == 0) | (features == 1)) and np.all(features.sum(axis=1) == 1)
-    if is_indicator:
+    if is_indicator and features.shape[0] == features.shape[1] and np.array_equal(np.argmax(features, axis=1),
+                                                                                    np.arange(features.shape[0])):
+        differences = counts  # one feature per cell, in cell order: the counts are the differences
+    elif is_indicator:
         differences = (counts @ scipy.sparse.csr_matrix(features)).tocsr()
         differences.eliminate_zeros()
+        differences.sum_duplicates()  # canonical (sorted indices), like the counts
     else:
         differences = np.asarray(counts @ features)
     offsets = np.zeros(dataset.n_pairs)

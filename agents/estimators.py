@@ -27,11 +27,11 @@ from scipy.special import expit
 
 from lr_mdp_env import PreferenceDataset, TabularMDP
 from lr_mdp_env._validation import as_real_array, check_int, check_real
-from lr_mdp_env.identifiability import identifiable_basis
+from lr_mdp_env.identifiability import identifiable_basis, project_identifiable, unidentified_directions
 
 from .confidence import Ellipsoid, theory_radius, wald_radius
 from .data import ComparisonData, base_matrix, comparison_data
-from .factorized import FactoredFit, fit_factored, spectral_start
+from .factorized import FactoredFit, fit_factored
 from .logistic import LogisticFit, fit_logistic
 from .tuning import DEFAULT_RIDGE_GRID, select_ridge
 
@@ -62,8 +62,9 @@ class RewardEstimator:
     seed : int, optional
         Seeds the ridge-selection split.
     tol : float, default 1e-8
-        Relative gradient tolerance of the logistic fits (the joint rank-``r`` fit uses ``10 tol``,
-        ``1e-7`` by default: its last digits cost the most conjugate-gradient steps).
+        Relative gradient tolerance of the logistic fits. The joint rank-``r`` fit uses ``100 tol``,
+        ``1e-6`` by default: its last digits cost the most conjugate-gradient steps, and an error
+        of that size in the factors is far below their statistical error.
 
     Attributes (after ``fit``)
     --------------------------
@@ -111,6 +112,7 @@ class RewardEstimator:
     def fit(self, dataset: PreferenceDataset, mdp: TabularMDP) -> RewardEstimator:
         """Estimate every user's reward from ``dataset`` (collected in ``mdp``); returns ``self``."""
         data = comparison_data(dataset, mdp, beta=self.beta, base=self.base)
+        self._hidden = unidentified_directions(mdp)
         self._identifiable = identifiable_basis(mdp)
         self._base = np.zeros((mdp.n_features, data.n_users)) if self.base is None else \
             np.array(base_matrix(self.base, mdp.n_features, data.n_users))
@@ -124,6 +126,7 @@ class RewardEstimator:
         self._data = data
         self._sets: dict[int, Ellipsoid] = {}
         self._set_matrices: dict[int, tuple[np.ndarray, float]] = {}
+        self._wald_radii: dict[int, float] = {}
         return self
 
     def _prepare(self, data: ComparisonData, mdp: TabularMDP) -> None:
@@ -182,28 +185,37 @@ class RewardEstimator:
 
     def _matrix_and_radius(self, problem: int) -> tuple[np.ndarray, float]:
         """``(M, radius)`` of one coordinate problem (shared by all users when pooled)."""
-        rows = np.flatnonzero(self._groups == problem)
-        features = self._coordinate_features[rows]
         center = self._centers[0 if self._pooled else problem]
         k = center.shape[0]
         ridge = self.ridge_
         if k == 0:  # nothing identifiable: the set is the single point offset
             return np.zeros((0, 0)), 0.0
+        if self.radius == "wald" and self._fisher is not None:
+            return self._symmetric(self._fisher[problem]), self._wald_radius(k)
+        rows = np.flatnonzero(self._groups == problem)
+        features = self._coordinate_features[rows]
         if self.radius == "wald":
-            if self._fisher is not None:
-                matrix = self._fisher[problem]
-            else:
-                eta = self._data.offsets[rows] + self.beta * features @ center
-                slope = expit(eta) * expit(-eta)
-                matrix = self.beta**2 * (features.T * slope) @ features + ridge * np.eye(k)
-            radius = wald_radius(k, self.delta)
+            eta = self._data.offsets[rows] + self.beta * features @ center
+            slope = expit(eta) * expit(-eta)
+            matrix = self.beta**2 * (features.T * slope) @ features + ridge * np.eye(k)
+            radius = self._wald_radius(k)
         else:
             matrix = self.beta**2 * features.T @ features + ridge * np.eye(k)
             feature_bound = float(self.beta * np.max(np.linalg.norm(features, axis=1), initial=0.0))
             norm_bound = self.norm_bound if self.norm_bound is not None else \
                 2.0 * float(np.max(np.linalg.norm(self._centers, axis=1), initial=0.0)) or 1.0
             radius = theory_radius(matrix, ridge, self.delta, feature_bound, norm_bound)
-        return 0.5 * (matrix + matrix.T), radius
+        return self._symmetric(matrix), radius
+
+    @staticmethod
+    def _symmetric(matrix: np.ndarray) -> np.ndarray:
+        return 0.5 * (matrix + matrix.T)
+
+    def _wald_radius(self, k: int) -> float:
+        """:func:`wald_radius` of ``k`` coordinates, computed once (every user's set shares it)."""
+        if k not in self._wald_radii:
+            self._wald_radii[k] = wald_radius(k, self.delta)
+        return self._wald_radii[k]
 
 
 class PooledMLE(RewardEstimator):
@@ -279,11 +291,9 @@ class PShareLoRA(RewardEstimator):
     def _fit(self, data: ComparisonData, ridge: float) -> None:
         # Every fit starts from the spectral start of its own data (no warm start along the ridge
         # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
-        users = data.user_indicator()
-        start = spectral_start(users, data.differences, data.labels, data.offsets, self.rank, self.beta)
         factored = fit_factored(
-            users, data.differences, data.labels, self.rank,
-            initial=start, offsets=data.offsets, beta=self.beta, ridge=ridge, tol=10 * self.tol,
+            data.user_indicator(), data.differences, data.labels, self.rank, offsets=data.offsets,
+            beta=self.beta, ridge=ridge, hidden=self._hidden, tol=100 * self.tol,
         )
         self._record("joint", factored)
         self.joint_fit = factored

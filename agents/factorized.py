@@ -20,13 +20,20 @@ is solved by eliminating ``dA``: the block ``H_AA`` is small and formed explicit
 diagonal, one ``r x r`` block per user, for one-hot contexts), which leaves the Schur complement
 ``H_BB - H_BA H_AA^{-1} H_AB`` on ``dB`` (``d r`` unknowns), solved by preconditioned conjugate
 gradients with a per-feature block-diagonal preconditioner. Every product with it is one pass
-``Z dB`` and one pass ``Z^T (.)`` over the features; the line search reuses ``Z dB`` and needs no
-pass. Between steps the factors are rebalanced (``A B^T`` kept, ``A^T A = B^T B`` made exact),
-which lowers ``F`` (the balanced factorisation has the smallest ridge and no imbalance) and removes
-the directions in which ``F`` is nearly flat. Where the Newton direction is not a descent
-direction (far from a minimum the Hessian of the factorisation is indefinite), conjugate gradients
-stop at the first direction of negative curvature and, failing that, the step falls back to the
-block-preconditioned gradient.
+``x_j^T A dB^T z_j`` forward and one pass ``sum_j t_j z_j x_j^T A`` back over the features; the
+residual terms of the Hessian go through the ``d x d_x`` matrix ``R = sum_j r_j z_j x_j^T``,
+formed once per Newton step. For one-hot contexts and sparse features each pass touches every
+non-zero of the features once (with a single number, not ``r``): the features are laid out as
+the ``n x (d N)`` matrix with ``z_jk`` in column ``(k, i_j)``, so that ``x_j^T A dB^T z_j`` is
+entry ``j`` of its product with ``dB A^T`` and ``R`` is its transpose times the residuals.
+Directions of feature space that no ``z_j`` touches (the all-ones direction of one-hot features)
+can be declared; the solver keeps ``B`` orthogonal to them, where ``F`` is the ridge alone and
+its minimiser is zero. Between steps the factors are rebalanced (``A B^T`` kept,
+``A^T A = B^T B`` made exact), which lowers ``F`` (the balanced factorisation has the smallest
+ridge and no imbalance) and removes the directions in which ``F`` is nearly flat. Where the Newton
+direction is not a descent direction (far from a minimum the Hessian of the factorisation is
+indefinite), conjugate gradients stop at the first direction of negative curvature and, failing
+that, the step falls back to the block-preconditioned gradient.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ from scipy.special import expit, log_expit
 
 from .logistic import ConvergenceWarning, fit_logistic
 
+# The one-hot layout holds d x N numbers per pass; above this it falls back to the general one.
+_USER_LAYOUT_MAX_ENTRIES = 2**25
+_MAX_CG = 20
+
 
 @dataclass(frozen=True)
 class FactoredFit:
@@ -54,8 +65,7 @@ class FactoredFit:
     gradient_norm : float
         ``||grad F||`` at the returned point.
     relative_gradient_norm : float
-        ``gradient_norm`` divided by ``||grad F||`` at the spectral start: the stationarity
-        certificate.
+        ``gradient_norm`` divided by ``||grad F||`` at the start: the stationarity certificate.
     iterations : int
         Newton steps.
     converged : bool
@@ -88,31 +98,31 @@ def _one_hot_groups(contexts: Any) -> np.ndarray | None:
     return None
 
 
-class _Bilinear:
-    """``F``, its gradient and the pieces of its Newton system at a point ``(A, B)``.
+# -- the data: passes over contexts and features ---------------------------------------------------
 
-    Data enter only through the projections ``p_j = A^T x_j`` (contexts side) and
-    ``q_j = B^T z_j`` (features side): ``eta_j = offset_j + beta p_j . q_j``. One-hot contexts
-    (P-ShareLoRA's users) are stored as group indices, so that ``A^T x_j`` is a row lookup and the
-    contexts' block of the Hessian is block diagonal (one ``r x r`` block per context).
+class _Pairs:
+    """The passes over the data ``(x_j, z_j)`` the solver needs, for any contexts and features.
+
+    One-hot contexts are kept as group indices (``A^T x_j`` is a row lookup, sums over contexts
+    are sums per group, and ``H_AA`` is block diagonal).
     """
 
-    def __init__(self, contexts, features, labels, offsets, beta, ridge, balance, rank):
-        self.contexts = contexts.tocsr() if scipy.sparse.issparse(contexts) else np.asarray(contexts, dtype=float)
-        self.features = features.tocsr() if scipy.sparse.issparse(features) else np.asarray(features, dtype=float)
+    def __init__(self, contexts: Any, features: Any, groups: np.ndarray | None) -> None:
+        sparse = scipy.sparse.issparse(features)
+        self.features = features.tocsr() if sparse else np.asarray(features, dtype=float)
         # Both passes, Z B and Z^T X, run fastest as column-oriented (scatter) products: from a
         # column-major copy for the first, from the transposed view of the row-major one for the
         # second.
-        self._features_by_column = features.tocsc() if scipy.sparse.issparse(features) else self.features
+        self._features_by_column = self.features.tocsc() if sparse else self.features
         self._features_transposed = self.features.T
-        self.groups = _one_hot_groups(self.contexts)
-        if self.groups is not None:  # one-hot contexts, dense or sparse: keep them sparse
-            n = self.groups.shape[0]
-            self.contexts = scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), self.groups)), shape=contexts.shape)
-        self.labels, self.offsets = labels, offsets
-        self.beta, self.ridge, self.balance, self.rank = beta, ridge, balance, rank
-        self.n_contexts, self.n_features = contexts.shape[1], features.shape[1]
-        self.left_size = self.n_contexts * rank
+        self.groups = groups
+        n = self.features.shape[0]
+        if groups is not None:  # one-hot contexts, dense or sparse: keep them sparse
+            contexts = scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), groups)), shape=contexts.shape)
+        else:
+            contexts = contexts.tocsr() if scipy.sparse.issparse(contexts) else np.asarray(contexts, dtype=float)
+        self.contexts = contexts
+        self.n_contexts, self.n_features = contexts.shape[1], self.features.shape[1]
         self._squared_features = None
 
     @property
@@ -122,8 +132,6 @@ class _Bilinear:
             self._squared_features = self.features.multiply(self.features).tocsr() \
                 if scipy.sparse.issparse(self.features) else self.features**2
         return self._squared_features
-
-    # -- data passes ---------------------------------------------------------------------------
 
     def project_contexts(self, left: np.ndarray) -> np.ndarray:
         """``x_j^T A`` for every pair, ``(n, r)``."""
@@ -137,9 +145,165 @@ class _Bilinear:
         """``sum_j x_j rows_j^T``, ``(d_x, m)``."""
         return np.asarray(self.contexts.T @ rows)
 
-    def sum_features(self, rows: np.ndarray) -> np.ndarray:
-        """``sum_j z_j rows_j^T``, ``(d, m)``: one pass over the features."""
-        return np.asarray(self._features_transposed @ rows)
+    def context_row_dot(self, left: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``(x_j^T left) . rows_j`` for every pair, ``(n,)``."""
+        return _row_dot(self.project_contexts(left), rows)
+
+    def sum_contexts_weighted(self, weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``sum_j w_j x_j rows_j^T``, ``(d_x, m)``."""
+        return self.sum_contexts(weights[:, None] * rows)
+
+    def pair_products(self, left: np.ndarray, right: np.ndarray, context_part: np.ndarray | None = None) -> np.ndarray:
+        """``(x_j^T left) . (z_j^T right)`` for every pair, ``(n,)``; ``context_part`` is
+        ``x_j^T left`` when the caller has it."""
+        context_part = self.project_contexts(left) if context_part is None else context_part
+        return _row_dot(context_part, self.project_features(right))
+
+    def weighted_sum(self, weights: np.ndarray, left: np.ndarray, context_part: np.ndarray | None = None) -> np.ndarray:
+        """``sum_j w_j z_j x_j^T left``, ``(d, r)``."""
+        context_part = self.project_contexts(left) if context_part is None else context_part
+        return np.asarray(self._features_transposed @ (weights[:, None] * context_part))
+
+    def data_matrix(self, weights: np.ndarray) -> np.ndarray:
+        """``sum_j w_j z_j x_j^T``, ``(d, d_x)``."""
+        weighted = self.contexts.multiply(weights[:, None]) if scipy.sparse.issparse(self.contexts) \
+            else weights[:, None] * self.contexts
+        summed = self._features_transposed @ (weighted.tocsc() if scipy.sparse.issparse(weighted) else weighted)
+        return summed.toarray() if scipy.sparse.issparse(summed) else np.asarray(summed)
+
+    def feature_energy(self) -> np.ndarray:
+        """``sum_j z_jk^2`` for every feature, ``(d,)``."""
+        if scipy.sparse.issparse(self.features):
+            return np.bincount(self.features.indices, weights=self.features.data**2, minlength=self.n_features)
+        return np.sum(self.features**2, axis=0)
+
+    def context_blocks(self, slope: np.ndarray, feature_part: np.ndarray) -> np.ndarray:
+        """``sum_j s_j (x_j x_j^T) kron (q_j q_j^T)``: ``(d_x, r, r)`` blocks for one-hot contexts,
+        else the dense ``(d_x r, d_x r)`` matrix."""
+        n, r = feature_part.shape
+        if self.groups is not None:
+            outer = (slope[:, None, None] * feature_part[:, :, None] * feature_part[:, None, :]).reshape(n, r * r)
+            return self.sum_contexts(outer).reshape(-1, r, r)
+        contexts = self.contexts.toarray() if scipy.sparse.issparse(self.contexts) else self.contexts
+        lifted = (contexts[:, :, None] * feature_part[:, None, :]).reshape(n, -1)
+        return lifted.T @ (slope[:, None] * lifted)
+
+    def feature_blocks(self, slope: np.ndarray, left: np.ndarray, context_part: np.ndarray) -> np.ndarray:
+        """Per-feature ``r x r`` diagonal blocks of the data part of ``H_BB``:
+        ``sum_j s_j z_jk^2 c_j c_j^T`` with ``c_j = A^T x_j``, ``(d, r, r)``."""
+        n, r = context_part.shape
+        if self.groups is not None:
+            # One-hot contexts: sum_g (sum_{j of g} s_j z_jk^2) a_g a_g^T, with the inner sums from
+            # one sparse product (cheaper than a pass with r^2 columns).
+            weighted = self.contexts.T.tocsr().multiply(slope[None, :]).tocsr() @ self.squared_features
+            energy = weighted.toarray() if scipy.sparse.issparse(weighted) else np.asarray(weighted)
+            return (energy.T @ (left[:, :, None] * left[:, None, :]).reshape(-1, r * r)).reshape(-1, r, r)
+        outer = (slope[:, None, None] * context_part[:, :, None] * context_part[:, None, :]).reshape(n, r * r)
+        return np.asarray(self.squared_features.T @ outer).reshape(-1, r, r)
+
+
+class _UserPairs(_Pairs):
+    """One-hot contexts (users, rows sorted by user) with sparse features.
+
+    Every pass is a product with the ``n x (d N)`` matrix ``Z_hat`` holding ``z_jk`` at column
+    ``k N + i_j``: ``x_j^T A dB^T z_j = (Z_hat vec(dB A^T))_j`` and
+    ``sum_j w_j z_j x_j^T = Z_hat^T w`` reshaped to ``(d, N)``, one number per non-zero of ``Z``
+    where the general passes move ``r``.
+    """
+
+    def __init__(self, contexts: Any, features: Any, groups: np.ndarray) -> None:
+        super().__init__(contexts, features, groups)
+        csr = self.features
+        n_users = self.n_contexts
+        counts = np.diff(csr.indptr)
+        columns = csr.indices.astype(np.int64) * n_users + np.repeat(groups, counts)
+        shape = (csr.shape[0], self.n_features * n_users)
+        self._lifted = scipy.sparse.csr_matrix((csr.data, columns, csr.indptr), shape=shape)
+        # Transposed views (no copies) made once: each would otherwise be a new matrix per pass.
+        self._lifted_transposed = self._lifted.T
+        self._lifted_squares_transposed = scipy.sparse.csr_matrix((csr.data**2, columns, csr.indptr), shape=shape).T
+        self._group_counts = np.bincount(groups, minlength=n_users)
+        starts = np.concatenate([[0], np.cumsum(self._group_counts)[:-1]])
+        self._present = np.flatnonzero(self._group_counts)
+        self._present_starts = starts[self._present]
+        # Every user with the same number of pairs (the usual design): per-user sums and lookups
+        # are batched products on (N, m, r) views instead of gathers and segment sums.
+        self._per_group = int(self._group_counts[0]) \
+            if n_users and self._group_counts[0] > 0 and np.all(self._group_counts == self._group_counts[0]) else None
+
+    def project_contexts(self, left: np.ndarray) -> np.ndarray:
+        return np.repeat(left, self._group_counts, axis=0)
+
+    def sum_contexts(self, rows: np.ndarray) -> np.ndarray:
+        sums = np.zeros((self.n_contexts,) + rows.shape[1:])
+        if self._present.size:
+            sums[self._present] = np.add.reduceat(rows, self._present_starts, axis=0)
+        return sums
+
+    def _by_group(self, rows: np.ndarray) -> np.ndarray:
+        return rows.reshape(self.n_contexts, self._per_group, *rows.shape[1:])
+
+    def context_row_dot(self, left, rows):
+        if self._per_group is None:
+            return super().context_row_dot(left, rows)
+        return (self._by_group(rows) @ left[:, :, None]).ravel()
+
+    def sum_contexts_weighted(self, weights, rows):
+        if self._per_group is None:
+            return super().sum_contexts_weighted(weights, rows)
+        return (self._by_group(weights)[:, None, :] @ self._by_group(rows))[:, 0, :]
+
+    def context_blocks(self, slope, feature_part):
+        if self._per_group is None:
+            return super().context_blocks(slope, feature_part)
+        grouped = self._by_group(feature_part)
+        return (grouped * self._by_group(slope)[:, :, None]).transpose(0, 2, 1) @ grouped
+
+    def _gathered(self, matrix: np.ndarray) -> np.ndarray:
+        """``(Z_hat vec(matrix))_j = z_j . matrix[:, i_j]`` for a ``(d, N)`` matrix."""
+        return self._lifted @ np.ravel(matrix)
+
+    def pair_products(self, left, right, context_part=None):
+        return self._gathered(right @ left.T)
+
+    def data_matrix(self, weights: np.ndarray) -> np.ndarray:
+        return (self._lifted_transposed @ weights).reshape(self.n_features, self.n_contexts)
+
+    def weighted_sum(self, weights, left, context_part=None):
+        return self.data_matrix(weights) @ left
+
+    def feature_blocks(self, slope, left, context_part):
+        r = left.shape[1]
+        energy = (self._lifted_squares_transposed @ slope).reshape(self.n_features, self.n_contexts)
+        return (energy @ (left[:, :, None] * left[:, None, :]).reshape(-1, r * r)).reshape(-1, r, r)
+
+
+# -- objective, gradient and Hessian -----------------------------------------------------------------
+
+class _Bilinear:
+    """``F``, its gradient and the pieces of its Newton system at a point ``(A, B)``.
+
+    Data enter only through the projections ``p_j = A^T x_j`` (contexts side) and
+    ``q_j = B^T z_j`` (features side): ``eta_j = offset_j + beta p_j . q_j``. For one-hot contexts
+    with sparse features the pairs are reordered by user (the objective is a sum over pairs).
+    """
+
+    def __init__(self, contexts, features, labels, offsets, beta, ridge, balance, rank):
+        groups = _one_hot_groups(contexts)
+        user_layout = groups is not None and scipy.sparse.issparse(features) \
+            and contexts.shape[1] * features.shape[1] <= _USER_LAYOUT_MAX_ENTRIES
+        if user_layout:
+            order = np.argsort(groups, kind="stable")
+            if np.any(order != np.arange(order.size)):
+                features, labels, offsets, groups = features.tocsr()[order], labels[order], offsets[order], groups[order]
+            self.pairs: _Pairs = _UserPairs(contexts, features, groups)
+        else:
+            self.pairs = _Pairs(contexts, features, groups)
+        self.labels, self.offsets = labels, offsets
+        self.beta, self.ridge, self.balance, self.rank = beta, ridge, balance, rank
+        self.n_contexts, self.n_features = contexts.shape[1], features.shape[1]
+        self.left_size = self.n_contexts * rank
+        self.blockwise = groups is not None and balance == 0
 
     # -- flat-vector interface (objective, gradient, Hessian-vector products) ------------------
 
@@ -148,9 +312,9 @@ class _Bilinear:
         return left, flat[self.left_size:].reshape(-1, self.rank)
 
     def state(self, left: np.ndarray, right: np.ndarray) -> _State:
-        context_part, feature_part = self.project_contexts(left), self.project_features(right)
-        return _State(left, right, context_part, feature_part,
-                      self.offsets + self.beta * _row_dot(context_part, feature_part))
+        feature_part = self.pairs.project_features(right)
+        return _State(left, right, self.pairs.project_contexts(left), feature_part,
+                      self.offsets + self.beta * self.pairs.context_row_dot(left, feature_part))
 
     def value(self, state: _State) -> float:
         eta, left, right = state.eta, state.left, state.right
@@ -161,22 +325,17 @@ class _Bilinear:
 
     def value_and_gradient(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
         state = self.state(*self.split(flat))
-        grad_left, grad_right = self.gradient(state)
-        return self.value(state), np.concatenate([np.ravel(grad_left), np.ravel(grad_right)])
-
-    def gradient(self, state: _State) -> tuple[np.ndarray, np.ndarray]:
-        """``(dF/dA, dF/dB)`` at ``state``."""
         curvature = _Curvature(self, state)
-        return curvature.gradient_left(), curvature.gradient_right_and_cross()[0]
+        grad_left, grad_right = curvature.gradient()
+        return self.value(state), np.concatenate([np.ravel(grad_left), np.ravel(grad_right)])
 
     def hessian_vector(self, flat: np.ndarray, direction: np.ndarray) -> np.ndarray:
         state = self.state(*self.split(flat))
         d_left, d_right = self.split(direction)
         curvature = _Curvature(self, state)
-        d_feature = self.project_features(d_right)
-        d_context = self.project_contexts(d_left)
-        h_left = curvature.left_from_right(d_right, d_feature) + curvature.left_left(d_left, d_context)
-        h_right = curvature.right(d_right, d_feature, d_left, d_context)
+        forward = self.pairs.pair_products(state.left, d_right, state.context_part)
+        h_left = curvature.left_from_right(d_right, forward) + curvature.left_left(d_left)
+        h_right = curvature.right(d_right, forward, d_left)
         return np.concatenate([np.ravel(h_left), np.ravel(h_right)])
 
 
@@ -190,84 +349,80 @@ class _State:
 
 
 class _Curvature:
-    """Blocks of the Hessian of ``F`` at one point: ``H_AA`` explicitly (and its inverse), products
-    with ``H_AB``, ``H_BA`` and ``H_BB`` through the data."""
+    """Gradient and Hessian blocks of ``F`` at one point: ``H_AA`` explicitly (and its inverse),
+    products with ``H_AB``, ``H_BA`` and ``H_BB`` through the data.
+
+    With residuals ``r_j = beta (sigmoid(eta_j) - y_j)``, slopes ``s_j = beta^2 sigmoid'(eta_j)``
+    and ``R = sum_j r_j z_j x_j^T``: ``dF/dA = R^T B + lambda A``, ``dF/dB = R A + lambda B`` and,
+    writing ``e_j = x_j^T A dB^T z_j`` and ``g_j = x_j^T dA B^T z_j``,
+    ``H_AB dB = sum_j s_j e_j x_j q_j^T + R^T dB``,
+    ``H_BB dB + H_BA dA = sum_j s_j (e_j + g_j) z_j p_j^T + R dA + lambda dB``
+    (balancing terms in closed form on top).
+    """
 
     def __init__(self, problem: _Bilinear, state: _State) -> None:
         self.problem, self.state = problem, state
         beta = problem.beta
         self.residual = beta * (expit(state.eta) - problem.labels)
         self.slope = beta**2 * expit(state.eta) * expit(-state.eta)
+        self.residual_matrix = problem.pairs.data_matrix(self.residual)  # R, (d, d_x)
         left, right = state.left, state.right
         self.imbalance = left.T @ left - right.T @ right
         self._left_inverse = None
-        self._blockwise = problem.groups is not None and problem.balance == 0
 
-    def gradient_left(self) -> np.ndarray:
-        """``dF/dA``."""
+    def gradient(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(dF/dA, dF/dB)``."""
         p, s = self.problem, self.state
-        return p.sum_contexts(self.residual[:, None] * s.feature_part) + p.ridge * s.left \
-            + p.balance * s.left @ self.imbalance
+        grad_left = self.residual_matrix.T @ s.right + p.ridge * s.left + p.balance * s.left @ self.imbalance
+        grad_right = self.residual_matrix @ s.left + p.ridge * s.right - p.balance * s.right @ self.imbalance
+        return grad_left, grad_right
 
-    def gradient_right_and_cross(self, d_left=None, d_context=None):
-        """``dF/dB`` and ``H_BA dA`` (zero without ``dA``) from one pass over the features."""
-        p, s = self.problem, self.state
-        r = p.rank
-        rows = self.residual[:, None] * s.context_part
-        if d_left is not None:
-            cross = (self.slope * _row_dot(d_context, s.feature_part))[:, None] * s.context_part \
-                + self.residual[:, None] * d_context
-            rows = np.hstack([rows, cross])
-        summed = p.sum_features(rows)
-        grad_right = summed[:, :r] + p.ridge * s.right - p.balance * s.right @ self.imbalance
-        if d_left is None:
-            return grad_right, np.zeros_like(grad_right)
-        return grad_right, summed[:, r:] - p.balance * s.right @ (d_left.T @ s.left + s.left.T @ d_left)
-
-    # Hessian blocks applied to directions (balancing terms in closed form).
-
-    def left_left(self, d_left, d_context):
+    def left_left(self, d_left):
         """``H_AA dA``."""
         p, s = self.problem, self.state
-        rows = (self.slope * _row_dot(d_context, s.feature_part))[:, None] * s.feature_part
-        return p.sum_contexts(rows) + p.ridge * d_left + p.balance * (
+        weights = self.slope * p.pairs.context_row_dot(d_left, s.feature_part)
+        return p.pairs.sum_contexts_weighted(weights, s.feature_part) + p.ridge * d_left + p.balance * (
             d_left @ self.imbalance + s.left @ (d_left.T @ s.left + s.left.T @ d_left))
 
-    def left_from_right(self, d_right, d_feature):
-        """``H_AB dB`` given ``d_feature = Z dB``."""
+    def left_from_right(self, d_right, forward):
+        """``H_AB dB`` given ``forward = e`` (the pairs' ``x_j^T A dB^T z_j``)."""
         p, s = self.problem, self.state
-        rows = (self.slope * _row_dot(s.context_part, d_feature))[:, None] * s.feature_part \
-            + self.residual[:, None] * d_feature
-        return p.sum_contexts(rows) - p.balance * s.left @ (d_right.T @ s.right + s.right.T @ d_right)
+        product = p.pairs.sum_contexts_weighted(self.slope * forward, s.feature_part) + self.residual_matrix.T @ d_right
+        if p.balance:
+            product -= p.balance * s.left @ (d_right.T @ s.right + s.right.T @ d_right)
+        return product
 
-    def right(self, d_right, d_feature, d_left, d_context):
-        """``H_BB dB + H_BA dA`` (one pass over the features)."""
+    def right(self, d_right, forward, d_left):
+        """``H_BB dB + H_BA dA`` (one pass back over the features)."""
         p, s = self.problem, self.state
-        d_eta = _row_dot(s.context_part, d_feature) + _row_dot(d_context, s.feature_part)
-        rows = (self.slope * d_eta)[:, None] * s.context_part + self.residual[:, None] * d_context
-        return p.sum_features(rows) + p.ridge * d_right + p.balance * (
-            -d_right @ self.imbalance + s.right @ (d_right.T @ s.right + s.right.T @ d_right)
-            - s.right @ (d_left.T @ s.left + s.left.T @ d_left))
+        d_eta = forward + p.pairs.context_row_dot(d_left, s.feature_part)
+        product = p.pairs.weighted_sum(self.slope * d_eta, s.left, s.context_part) + self.residual_matrix @ d_left \
+            + p.ridge * d_right
+        if p.balance:
+            product += p.balance * (-d_right @ self.imbalance + s.right @ (d_right.T @ s.right + s.right.T @ d_right)
+                                    - s.right @ (d_left.T @ s.left + s.left.T @ d_left))
+        return product
+
+    def cross(self, d_left):
+        """``H_BA dA``."""
+        return self.right(np.zeros_like(self.state.right), np.zeros_like(self.residual), d_left)
 
     # The contexts' block, eliminated from the Newton system.
 
     def _left_inverse_blocks(self) -> np.ndarray:
         p, s = self.problem, self.state
-        n, r, d_x = s.eta.shape[0], p.rank, p.n_contexts
-        q = s.feature_part
-        if p.groups is not None:
-            outer = (self.slope[:, None, None] * q[:, :, None] * q[:, None, :]).reshape(n, r * r)
-            blocks = p.sum_contexts(outer).reshape(d_x, r, r)
+        r, d_x = p.rank, p.n_contexts
+        blocks = p.pairs.context_blocks(self.slope, s.feature_part)
+        if p.blockwise:  # one-hot contexts without balancing: r x r blocks, positive definite
             blocks[:, np.arange(r), np.arange(r)] += p.ridge
-            if p.balance == 0:
-                return _inverse(blocks, p.ridge)
+            return np.linalg.inv(blocks)
+        if blocks.ndim == 3:
             dense = np.zeros((d_x * r, d_x * r))
             for group in range(d_x):
                 dense[group * r:(group + 1) * r, group * r:(group + 1) * r] = blocks[group]
         else:
-            lifted = (np.asarray(p.contexts)[:, :, None] * q[:, None, :]).reshape(n, d_x * r)
-            dense = lifted.T @ (self.slope[:, None] * lifted)
-            dense[np.diag_indices(d_x * r)] += p.ridge
+            dense = blocks
+        dense[np.diag_indices(d_x * r)] += p.ridge
         if p.balance:
             left = s.left
             dense += p.balance * (np.kron(np.eye(d_x), self.imbalance) + np.kron(left @ left.T, np.eye(r))
@@ -278,37 +433,35 @@ class _Curvature:
         """``H_AA^{-1} vectors`` for ``vectors`` of shape ``(d_x, r)``."""
         if self._left_inverse is None:
             self._left_inverse = self._left_inverse_blocks()
-        if self._blockwise:
-            return np.einsum("gij,gj->gi", self._left_inverse, vectors)
+        if self.problem.blockwise:
+            return (self._left_inverse @ vectors[:, :, None])[:, :, 0]
         return (self._left_inverse[0] @ np.ravel(vectors)).reshape(vectors.shape)
 
-    def schur(self, d_right: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``S dB`` for the Schur complement ``S = H_BB - H_BA H_AA^{-1} H_AB``, with ``Z dB`` and
-        the eliminated ``dA = -H_AA^{-1} H_AB dB`` (two passes over the features)."""
-        d_feature = self.problem.project_features(d_right)
-        d_left = -self.solve_left(self.left_from_right(d_right, d_feature))
-        product = self.right(d_right, d_feature, d_left, self.problem.project_contexts(d_left))
-        return product, d_feature, d_left
+    def schur(self, d_right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``S dB`` for the Schur complement ``S = H_BB - H_BA H_AA^{-1} H_AB``, and the eliminated
+        ``dA = -H_AA^{-1} H_AB dB`` (one pass forward and one back over the features)."""
+        s = self.state
+        forward = self.problem.pairs.pair_products(s.left, d_right, s.context_part)
+        d_left = -self.solve_left(self.left_from_right(d_right, forward))
+        return self.right(d_right, forward, d_left), d_left
 
-    def preconditioner(self):
+    def preconditioner(self, hidden: np.ndarray | None):
         """``dB -> P^{-1} dB`` with ``P`` the per-feature ``r x r`` diagonal blocks of ``H_BB``
-        (without the balancing term): ``sum_j s_j z_jk^2 p_j p_j^T + lambda I``."""
+        (without the balancing term): ``sum_j s_j z_jk^2 p_j p_j^T + lambda I``; followed by the
+        projection off the ``hidden`` directions."""
         p, s = self.problem, self.state
-        n, r = s.eta.shape[0], p.rank
-        if p.groups is not None:
-            # One-hot contexts: sum_g (sum_{j of g} s_j z_jk^2) a_g a_g^T, with the inner sums from
-            # one sparse product (cheaper than a pass with r^2 columns).
-            weighted = p.contexts.T.tocsr().multiply(self.slope[None, :]).tocsr() @ p.squared_features
-            energy = weighted.toarray() if scipy.sparse.issparse(weighted) else np.asarray(weighted)
-            left = s.left
-            blocks = (energy.T @ (left[:, :, None] * left[:, None, :]).reshape(-1, r * r)).reshape(-1, r, r)
-        else:
-            c = s.context_part
-            outer = (self.slope[:, None, None] * c[:, :, None] * c[:, None, :]).reshape(n, r * r)
-            blocks = np.asarray(p.squared_features.T @ outer).reshape(-1, r, r)
+        r = p.rank
+        blocks = p.pairs.feature_blocks(self.slope, s.left, s.context_part)
         blocks[:, np.arange(r), np.arange(r)] += p.ridge
-        inverse = _inverse(blocks, p.ridge)
-        return lambda vectors: np.einsum("kij,kj->ki", inverse, vectors)
+        inverse = np.linalg.inv(blocks)  # positive definite: a sum of outer products plus the ridge
+        if hidden is None:
+            return lambda vectors: (inverse @ vectors[:, :, None])[:, :, 0]
+        return lambda vectors: _project_off((inverse @ vectors[:, :, None])[:, :, 0], hidden)
+
+
+def _project_off(vectors: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """``(I - N N^T) vectors`` for orthonormal ``N``."""
+    return vectors - hidden @ (hidden.T @ vectors)
 
 
 def _inverse(blocks: np.ndarray, ridge: float) -> np.ndarray:
@@ -319,14 +472,13 @@ def _inverse(blocks: np.ndarray, ridge: float) -> np.ndarray:
     return (vectors / values[:, None, :]) @ vectors.transpose(0, 2, 1)
 
 
-def _schur_conjugate_gradients(curvature: _Curvature, rhs: np.ndarray, tolerance: float, max_steps: int):
-    """Preconditioned CG on ``S dB = rhs``; returns ``dB``, ``Z dB`` and the eliminated ``dA``.
+def _schur_conjugate_gradients(curvature: _Curvature, rhs: np.ndarray, precondition, tolerance: float,
+                               max_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Preconditioned CG on ``S dB = rhs``; returns ``dB`` and the eliminated ``dA``.
 
     Stops when the residual is below ``tolerance ||rhs||`` or at negative curvature (then the
     first direction is returned if no step was taken)."""
-    precondition = curvature.preconditioner()
     solution = np.zeros_like(rhs)
-    solution_feature = np.zeros_like(curvature.state.feature_part)
     solution_left = np.zeros_like(curvature.state.left)
     residual = rhs.copy()
     preconditioned = precondition(residual)
@@ -334,15 +486,14 @@ def _schur_conjugate_gradients(curvature: _Curvature, rhs: np.ndarray, tolerance
     inner = float(np.sum(residual * preconditioned))
     target = tolerance * float(np.linalg.norm(rhs))
     for step in range(max_steps):
-        product, d_feature, d_left = curvature.schur(direction)
+        product, d_left = curvature.schur(direction)
         curvature_along = float(np.sum(direction * product))
         if curvature_along <= 0:
             if step == 0:
-                return direction, d_feature, d_left
+                return direction, d_left
             break
         alpha = inner / curvature_along
         solution += alpha * direction
-        solution_feature += alpha * d_feature
         solution_left += alpha * d_left
         residual -= alpha * product
         if np.linalg.norm(residual) <= target:
@@ -351,7 +502,7 @@ def _schur_conjugate_gradients(curvature: _Curvature, rhs: np.ndarray, tolerance
         new_inner = float(np.sum(residual * preconditioned))
         direction = preconditioned + (new_inner / inner) * direction
         inner = new_inner
-    return solution, solution_feature, solution_left
+    return solution, solution_left
 
 
 def fit_factored(
@@ -360,11 +511,12 @@ def fit_factored(
     labels: np.ndarray,
     rank: int,
     *,
-    initial: tuple[np.ndarray, np.ndarray],
+    initial: tuple[np.ndarray, np.ndarray] | None = None,
     offsets: np.ndarray | None = None,
     beta: float = 1.0,
     ridge: float = 1.0,
     balance: float = 0.0,
+    hidden: np.ndarray | None = None,
     tol: float = 1e-8,
     max_iter: int = 500,
 ) -> FactoredFit:
@@ -378,11 +530,16 @@ def fit_factored(
         ``z_j``.
     labels : ndarray, shape (n,)
     rank : int
-    initial : (ndarray (d_x, r), ndarray (d, r))
-        Starting factors, e.g. from a spectral initialisation.
+    initial : (ndarray (d_x, r), ndarray (d, r)), optional
+        Starting factors; default the spectral start (:func:`spectral_start`).
     offsets : ndarray, shape (n,), optional
     beta, ridge, balance : float
         ``beta``, ``lambda > 0`` and ``mu >= 0``.
+    hidden : ndarray, shape (d, m), optional
+        Orthonormal directions ``N`` of feature space with ``z_j^T N = 0`` for every pair (e.g.
+        :func:`lr_mdp_env.identifiability.unidentified_directions`). Along them ``F`` is the ridge
+        alone, minimised at zero: the fit keeps ``N^T B = 0`` (projecting the start), which does
+        not change the minimiser and removes ``m r`` flat directions from the Newton system.
     tol : float, default 1e-8
         Stop when ``||grad F|| <= tol * ||grad F(A_0, B_0)||``.
     max_iter : int, default 500
@@ -391,23 +548,32 @@ def fit_factored(
     Returns
     -------
     FactoredFit
+
+    Raises
+    ------
+    ValueError
+        If ``hidden`` is not ``(d, m)`` or some ``z_j`` has a component along it.
     """
     n = labels.shape[0]
     offsets = np.zeros(n) if offsets is None else offsets
     problem = _Bilinear(contexts, features, labels, offsets, beta, ridge, balance, rank)
-    state = problem.state(np.array(initial[0], dtype=float), np.array(initial[1], dtype=float))
-    scale = max(_norm(*problem.gradient(state)), 1e-12)
+    if hidden is not None:
+        hidden = _checked_hidden(problem, hidden)
+    if initial is None:
+        initial = _spectral_start(problem.pairs, problem.labels, problem.offsets, rank, beta)
+    left, right = np.array(initial[0], dtype=float), np.array(initial[1], dtype=float)
+    if hidden is not None:
+        right = _project_off(right, hidden)
+    state = problem.state(left, right)
+    scale = max(_norm(*_Curvature(problem, state).gradient()), 1e-12)
     threshold = tol * scale * (1 + 1e-6)
     iterations, fresh, message = 0, True, "maximum number of iterations reached"
     # A cap on the CG steps of one Newton step: where the Hessian is nearly singular or indefinite an
     # accurate solve is wasted (the next step corrects it), and near the answer few are needed.
-    max_cg = min(rank * problem.n_features, 40)
+    max_cg = min(rank * problem.n_features, _MAX_CG)
     while True:
         curvature = _Curvature(problem, state)
-        grad_left = curvature.gradient_left()
-        eliminated = -curvature.solve_left(grad_left)
-        eliminated_context = problem.project_contexts(eliminated)
-        grad_right, cross = curvature.gradient_right_and_cross(eliminated, eliminated_context)
+        grad_left, grad_right = curvature.gradient()
         gradient_norm = _norm(grad_left, grad_right)
         if gradient_norm <= threshold:
             if fresh:
@@ -418,17 +584,17 @@ def fit_factored(
         if iterations >= max_iter:
             break
         iterations += 1
-        # Inexact Newton: solve loosely far from the answer, tightly near it, but never more
-        # tightly than needed to bring the gradient below the threshold in this step.
-        forcing = max(min(0.5, np.sqrt(gradient_norm / scale)), 0.3 * threshold / gradient_norm)
-        d_right, d_feature, d_left = _schur_conjugate_gradients(curvature, -(grad_right + cross), forcing, max_cg)
+        eliminated = -curvature.solve_left(grad_left)
+        precondition = curvature.preconditioner(hidden)
+        forcing = _forcing(gradient_norm, scale, threshold)
+        d_right, d_left = _schur_conjugate_gradients(
+            curvature, -(grad_right + curvature.cross(eliminated)), precondition, forcing, max_cg)
         d_left = d_left + eliminated
         slope = float(np.sum(grad_left * d_left) + np.sum(grad_right * d_right))
         if not slope < 0:
-            d_left, d_right = eliminated, -curvature.preconditioner()(grad_right)
-            d_feature = problem.project_features(d_right)
+            d_left, d_right = eliminated, -precondition(grad_right)
             slope = float(np.sum(grad_left * d_left) + np.sum(grad_right * d_right))
-        step = _line_search(problem, state, d_left, d_right, problem.project_contexts(d_left), d_feature, slope)
+        step = _line_search(problem, state, d_left, d_right, slope)
         if step is None:
             message = "the line search made no progress (limit of floating-point precision)"
             if not fresh:
@@ -455,6 +621,31 @@ def fit_factored(
     )
 
 
+def _forcing(gradient_norm: float, scale: float, threshold: float) -> float:
+    """Relative tolerance of the Newton system's CG solve (inexact Newton): loose far from the
+    answer, tight near it, but never tighter than needed to bring the gradient below the threshold
+    in this step."""
+    return max(min(0.5, np.sqrt(gradient_norm / scale)), 0.3 * threshold / gradient_norm)
+
+
+def _checked_hidden(problem: _Bilinear, hidden: Any) -> np.ndarray | None:
+    """``hidden`` as an array (``None`` when it has no columns), after checking that no pair sees it."""
+    hidden = np.asarray(hidden, dtype=float)
+    d = problem.n_features
+    if hidden.ndim != 2 or hidden.shape[0] != d:
+        raise ValueError(f"hidden must have shape ({d}, m), got {hidden.shape}")
+    if hidden.shape[1] == 0:
+        return None
+    seen = np.abs(problem.pairs.project_features(hidden)).max(axis=1, initial=0.0)
+    # Rounding leaves components of a few ulps of the features' size.
+    feature_size = float(np.sqrt(np.max(problem.pairs.feature_energy(), initial=0.0)))
+    if seen.size and seen.max() > 1e-8 * max(feature_size, 1.0):
+        worst = int(np.argmax(seen))
+        raise ValueError(f"hidden must be orthogonal to every feature difference z_j; a pair has a component "
+                         f"{seen[worst]:.3g} along it")
+    return hidden
+
+
 def _row_dot(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Row-wise dot products of two ``(n, m)`` arrays."""
     return np.einsum("ij,ij->i", first, second)
@@ -464,14 +655,16 @@ def _norm(*parts: np.ndarray) -> float:
     return float(np.sqrt(sum(np.sum(part**2) for part in parts)))
 
 
-def _line_search(problem: _Bilinear, state: _State, d_left, d_right, d_context, d_feature, slope):
+def _line_search(problem: _Bilinear, state: _State, d_left, d_right, slope):
     """Armijo backtracking along ``(dA, dB)`` from step 1; ``None`` if nothing decreases ``F``.
 
-    ``eta`` is quadratic in the step, so with ``Z dB`` known no trial needs a pass over the data."""
-    c, q = state.context_part, state.feature_part
+    ``eta`` is quadratic in the step, so with ``Z dB`` (one pass) no trial needs a pass over the
+    data."""
+    pairs, c, q = problem.pairs, state.context_part, state.feature_part
+    d_context, d_feature = pairs.project_contexts(d_left), pairs.project_features(d_right)
     constant = state.eta
-    linear = problem.beta * (_row_dot(d_context, q) + _row_dot(c, d_feature))
-    quadratic = problem.beta * _row_dot(d_context, d_feature)
+    linear = problem.beta * (pairs.context_row_dot(d_left, q) + pairs.context_row_dot(state.left, d_feature))
+    quadratic = problem.beta * pairs.context_row_dot(d_left, d_feature)
     current = problem.value(state)
     slack = 1e-13 * max(1.0, abs(current))
     step = 1.0
@@ -496,9 +689,9 @@ def _rebalanced(problem: _Bilinear, state: _State) -> _State:
     to_left = np.linalg.solve(r_left, small_left * root)
     to_right = np.linalg.solve(r_right, small_right_t.T * root)
     left, right = state.left @ to_left, state.right @ to_right
-    context_part, feature_part = problem.project_contexts(left), state.feature_part @ to_right
-    return _State(left, right, context_part, feature_part,
-                  problem.offsets + problem.beta * _row_dot(context_part, feature_part))
+    feature_part = state.feature_part @ to_right
+    return _State(left, right, problem.pairs.project_contexts(left), feature_part,
+                  problem.offsets + problem.beta * problem.pairs.context_row_dot(left, feature_part))
 
 
 def spectral_start(contexts: Any, features: Any, labels: np.ndarray, offsets: np.ndarray, rank: int,
@@ -509,22 +702,34 @@ def spectral_start(contexts: Any, features: Any, labels: np.ndarray, offsets: np
     (``sigmoid'(0) = 1/4``), truncated to rank ``r``, and the overall scale ``c`` of the truncation
     ``T`` is fitted by a one-dimensional logistic regression on ``x_j^T T z_j``; the start is the
     balanced factorisation of ``c T``.
+
+    Parameters
+    ----------
+    contexts, features, labels, offsets, rank, beta
+        As :func:`fit_factored`.
+
+    Returns
+    -------
+    (ndarray (d_x, r), ndarray (d, r))
     """
-    weights = labels - 0.5
-    weighted = contexts.multiply(weights[:, None]).tocsr() if scipy.sparse.issparse(contexts) \
-        else contexts * weights[:, None]
-    moments = weighted.T @ features
-    moments = moments.toarray() if scipy.sparse.issparse(moments) else np.asarray(moments)
-    energy = features.multiply(features).sum(axis=0) if scipy.sparse.issparse(features) else np.sum(features**2, axis=0)
-    pairs_per_context = labels.shape[0] / contexts.shape[1]
-    precondition = beta**2 * np.asarray(energy).ravel() / (4 * contexts.shape[1] * max(pairs_per_context, 1.0)) + 1.0
+    return _spectral_start(_Pairs(contexts, features, _one_hot_groups(contexts)), labels, offsets, rank, beta)
+
+
+def _spectral_start(pairs: _Pairs, labels: np.ndarray, offsets: np.ndarray, rank: int,
+                    beta: float) -> tuple[np.ndarray, np.ndarray]:
+    moments = pairs.data_matrix(labels - 0.5).T  # (d_x, d)
+    n_contexts = pairs.n_contexts
+    pairs_per_context = labels.shape[0] / n_contexts
+    precondition = beta**2 * pairs.feature_energy() / (4 * n_contexts * max(pairs_per_context, 1.0)) + 1.0
     left, singular, right_t = np.linalg.svd(moments / precondition, full_matrices=False)
-    truncated = (left[:, :rank] * singular[:rank]) @ right_t[:rank]
-    projected = np.asarray(contexts @ truncated)
-    direction = np.asarray(features.multiply(projected).sum(axis=1)).ravel() if scipy.sparse.issparse(features) \
-        else np.sum(features * projected, axis=1)
-    scale = fit_logistic(direction[:, None], labels, offsets=offsets, beta=beta, ridge=1e-6, tol=1e-8).theta[0, 0]
-    return balanced_factors(max(scale, 1e-3) * truncated, rank)
+    left, singular, right = left[:, :rank], singular[:rank], right_t[:rank].T
+    direction = pairs.pair_products(left * singular, right)  # x_j^T T z_j
+    # From the first Newton step at zero (sigmoid'(0) = 1/4): few steps remain.
+    guess = np.sum((labels - 0.5) * direction) / max(0.25 * beta * np.sum(direction**2), 1e-300)
+    scale = fit_logistic(direction[:, None], labels, offsets=offsets, beta=beta, ridge=1e-6, tol=1e-8,
+                         initial=[[guess]]).theta[0, 0]
+    root = np.sqrt(max(scale, 1e-3) * singular)
+    return left * root, right * root
 
 
 def balanced_factors(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:

@@ -128,7 +128,7 @@ class PreferenceDataset:
         ``(n, H, d)`` per-step features.
         """
         self.check_compatible(mdp)
-        counts = mdp.visit_counts(self.states1, self.actions1) - mdp.visit_counts(self.states0, self.actions0)
+        counts = mdp.visit_count_differences(self.states1, self.actions1, self.states0, self.actions0)
         return np.asarray(counts @ mdp.flat_features())
 
     def subset(self, indices: Any) -> PreferenceDataset:

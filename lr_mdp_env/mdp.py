@@ -182,6 +182,45 @@ class TabularMDP:
             (data, (rows, cells.ravel())), shape=(n_trajectories, n_columns)
         )
 
+    def visit_count_differences(self, states1: np.ndarray, actions1: np.ndarray, states0: np.ndarray,
+                                actions0: np.ndarray) -> scipy.sparse.csr_matrix:
+        """``visit_counts(states1, actions1) - visit_counts(states0, actions0)`` in canonical form
+        (sorted indices, no explicit zeros), built without a general sparse conversion.
+
+        Each row's ``2 H`` signed visits are sorted within the row and equal cells summed, which
+        costs a sort of ``n`` short rows instead of two conversions and a sparse subtraction.
+        """
+        n_trajectories, horizon = states1.shape
+        n_columns = self.n_states * self.n_actions * (1 if self.stationary_features else horizon)
+        if n_trajectories == 0:
+            return scipy.sparse.csr_matrix((0, n_columns))
+        n_columns = self.n_states * self.n_actions
+        cells = np.concatenate([states1 * self.n_actions + actions1, states0 * self.n_actions + actions0], axis=1)
+        if not self.stationary_features:
+            cells = cells + np.tile(np.arange(horizon) * n_columns, 2)
+            n_columns *= horizon
+        # Sort keys 2 cell + (1 for tau0), in the narrowest integer type that holds them: a value
+        # sort of short rows, no argsort.
+        key_type = np.int32 if 2 * n_columns < 2**31 else np.int64
+        keys = 2 * cells.astype(key_type)
+        keys[:, horizon:] += 1
+        keys.sort(axis=1)
+        keys = keys.ravel()
+        cells, signs = keys >> 1, 1.0 - 2.0 * (keys & 1)
+        # A run of equal cells starts where the cell changes or a new row (of 2 H entries) begins.
+        starts = np.empty(cells.size, dtype=bool)
+        starts[0] = True
+        np.not_equal(cells[1:], cells[:-1], out=starts[1:])
+        starts[:: 2 * horizon] = True
+        first = np.flatnonzero(starts)
+        values = np.add.reduceat(signs, first)
+        keep = values != 0
+        rows = first[keep] // (2 * horizon)
+        indptr = np.zeros(n_trajectories + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=n_trajectories), out=indptr[1:])
+        return scipy.sparse.csr_matrix((values[keep], cells[first[keep]].astype(np.int64), indptr),
+                                       shape=(n_trajectories, n_columns))
+
     def flat_features(self) -> np.ndarray:
         """Features as the ``(H S A, d)`` matrix, or ``(S A, d)`` when stationary."""
         if self.stationary_features:

@@ -382,3 +382,22 @@ def test_the_model_does_not_share_memory_with_the_callers_arrays():
     np.testing.assert_array_equal(mdp.transitions[0, 0, 0], [0.5, 0.5])
     np.testing.assert_array_equal(mdp.initial_distribution, [1.0, 0.0])
     np.testing.assert_array_equal(mdp.features, 1.0)
+
+
+@pytest.mark.parametrize("stationary_features", [True, False])
+def test_visit_count_differences_are_canonical_count_differences(stationary_features):
+    rng = np.random.default_rng(5)
+    mdp = random_mdp(4, 3, 6, seed=0)
+    if not stationary_features:
+        mdp = TabularMDP(mdp.transitions[0], mdp.initial_distribution, horizon=6, features="one_hot_time")
+    n = 200
+    states1, states0 = rng.integers(4, size=(2, n, 6))
+    actions1, actions0 = rng.integers(3, size=(2, n, 6))
+    states0[:7], actions0[:7] = states1[:7], actions1[:7]  # identical trajectories: empty rows
+    differences = mdp.visit_count_differences(states1, actions1, states0, actions0)
+    expected = (mdp.visit_counts(states1, actions1) - mdp.visit_counts(states0, actions0)).toarray()
+    np.testing.assert_array_equal(differences.toarray(), expected)
+    assert differences.has_canonical_format and np.all(differences.data != 0)
+    assert differences.indptr[7] == 0
+    empty = mdp.visit_count_differences(states1[:0], actions1[:0], states0[:0], actions0[:0])
+    assert empty.shape == (0, expected.shape[1])

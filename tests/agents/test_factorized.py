@@ -44,17 +44,24 @@ def flat_norm(pair):
     return float(np.sqrt(sum(np.sum(part**2) for part in pair)))
 
 
-def bilinear_problem(seed, n=300, context_dim=5, n_features=7, rank=2, one_hot=False):
-    """Bradley-Terry labels from a rank-``rank`` ``Theta_c``; one-hot contexts mimic P-ShareLoRA."""
+def bilinear_problem(seed, n=300, context_dim=5, n_features=7, rank=2, one_hot=False, sparse=False):
+    """Bradley-Terry labels from a rank-``rank`` ``Theta_c``; one-hot contexts mimic P-ShareLoRA,
+    and ``sparse`` features (small signed integers, a third non-zero) mimic visit-count
+    differences. One-hot users come in random order, with unequal numbers of pairs unless
+    ``one_hot="equal"``."""
     rng = np.random.default_rng(seed)
     if one_hot:
-        users = rng.integers(context_dim, size=n)
+        users = rng.permutation(np.arange(n) % context_dim) if one_hot == "equal" else rng.integers(context_dim, size=n)
         contexts = scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), users)), shape=(n, context_dim))
     else:
         contexts = rng.normal(size=(n, context_dim))
-    features = rng.normal(size=(n, n_features))
+    if sparse:
+        mask = rng.uniform(size=(n, n_features)) < 1 / 3
+        features = scipy.sparse.csr_matrix(mask * rng.integers(-2, 3, size=(n, n_features)).astype(float))
+    else:
+        features = rng.normal(size=(n, n_features))
     truth = rng.normal(size=(context_dim, rank)) @ rng.normal(size=(rank, n_features)) / np.sqrt(rank)
-    eta = np.einsum("ja,ab,jb->j", dense(contexts), truth, features)
+    eta = np.einsum("ja,ab,jb->j", dense(contexts), truth, dense(features))
     labels = (rng.uniform(size=n) < sigmoid(eta)).astype(float)
     offsets = 0.3 * rng.normal(size=n)
     return contexts, features, labels, offsets
@@ -62,10 +69,15 @@ def bilinear_problem(seed, n=300, context_dim=5, n_features=7, rank=2, one_hot=F
 
 # -- derivatives ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("one_hot", [False, True])
+# (one-hot contexts, sparse features): the one-hot contexts with sparse features take the user
+# layout (features lifted to n x (d N)), with per-user batched products when users are equal-sized.
+LAYOUTS = [(False, False), (True, False), (False, True), (True, True), ("equal", True)]
+
+
+@pytest.mark.parametrize("one_hot, sparse", LAYOUTS)
 @pytest.mark.parametrize("balance", [0.0, 0.7])
-def test_gradient_and_hessian_vector_product_match_finite_differences(one_hot, balance):
-    contexts, features, labels, offsets = bilinear_problem(1, n=60, one_hot=one_hot)
+def test_gradient_and_hessian_vector_product_match_finite_differences(one_hot, sparse, balance):
+    contexts, features, labels, offsets = bilinear_problem(1, n=60, one_hot=one_hot, sparse=sparse)
     rank, beta, ridge = 3, 1.3, 0.4
     problem = _Bilinear(contexts, features, labels, offsets, beta, ridge, balance, rank)
     rng = np.random.default_rng(2)
@@ -97,17 +109,20 @@ def test_gradient_and_hessian_vector_product_match_finite_differences(one_hot, b
 # -- the fitted point ----------------------------------------------------------------------------
 
 CASES = [
-    # (seed, one_hot contexts, ridge, balance)
-    (3, False, 0.1, 0.0),
-    (4, False, 1.0, 0.0),
-    (5, False, 3.0, 1.0),
-    (6, True, 0.3, 0.0),
-    (7, True, 1.0, 1.0),
+    # (seed, one_hot contexts, sparse features, ridge, balance)
+    (3, False, False, 0.1, 0.0),
+    (4, False, False, 1.0, 0.0),
+    (5, False, False, 3.0, 1.0),
+    (6, True, False, 0.3, 0.0),
+    (7, True, False, 1.0, 1.0),
+    (13, True, True, 0.3, 0.0),
+    (14, "equal", True, 1.0, 0.0),
+    (15, True, True, 1.0, 1.0),
 ]
 
 
-def fitted(seed, one_hot, ridge, balance, rank=2):
-    contexts, features, labels, offsets = bilinear_problem(seed, one_hot=one_hot,
+def fitted(seed, one_hot, sparse, ridge, balance, rank=2):
+    contexts, features, labels, offsets = bilinear_problem(seed, one_hot=one_hot, sparse=sparse,
                                                             context_dim=12 if one_hot else 5)
     start = spectral_start(contexts, features, labels, offsets, rank, 1.0)
     fit = fit_factored(contexts, features, labels, rank, initial=start, offsets=offsets, ridge=ridge,
@@ -115,9 +130,9 @@ def fitted(seed, one_hot, ridge, balance, rank=2):
     return fit, start, (contexts, features, labels, offsets, 1.0, ridge, balance)
 
 
-@pytest.mark.parametrize("seed, one_hot, ridge, balance", CASES)
-def test_fit_is_a_stationary_point(seed, one_hot, ridge, balance):
-    fit, start, args = fitted(seed, one_hot, ridge, balance)
+@pytest.mark.parametrize("seed, one_hot, sparse, ridge, balance", CASES)
+def test_fit_is_a_stationary_point(seed, one_hot, sparse, ridge, balance):
+    fit, start, args = fitted(seed, one_hot, sparse, ridge, balance)
     assert fit.converged
     grad = factored_gradient(fit.left, fit.right, *args)
     start_grad = factored_gradient(*start, *args)
@@ -134,12 +149,12 @@ def test_fit_is_a_stationary_point(seed, one_hot, ridge, balance):
     np.testing.assert_allclose(fit.matrix, fit.left @ fit.right.T)
 
 
-@pytest.mark.parametrize("seed, one_hot, ridge, balance", CASES)
-def test_stationary_points_are_balanced(seed, one_hot, ridge, balance):
+@pytest.mark.parametrize("seed, one_hot, sparse, ridge, balance", CASES)
+def test_stationary_points_are_balanced(seed, one_hot, sparse, ridge, balance):
     """``A^T dF/dA - (dF/dB)^T B = ridge D + balance (A^T A D + D B^T B)`` with ``D = A^T A - B^T B``
     (the loss terms cancel), and this map of ``D`` is positive definite: at a stationary point
     ``D = 0``. Its size is bounded by ``(||A|| + ||B||) ||grad F|| / ridge``."""
-    fit, _, args = fitted(seed, one_hot, ridge, balance)
+    fit, _, args = fitted(seed, one_hot, sparse, ridge, balance)
     left_gram, right_gram = fit.left.T @ fit.left, fit.right.T @ fit.right
     assert np.linalg.norm(left_gram - right_gram) <= 1e-5 * np.linalg.norm(left_gram)
 
@@ -161,6 +176,60 @@ def test_one_hot_contexts_give_rank_r_and_match_dense_contexts():
     np.testing.assert_allclose(dense_fit.matrix, sparse_fit.matrix, atol=1e-6 * np.abs(sparse_fit.matrix).max())
 
 
+@pytest.mark.parametrize("one_hot", [True, "equal"])
+def test_user_layout_gives_the_fit_of_the_general_layout(one_hot):
+    """Sparse features with one-hot contexts take the lifted user layout, dense ones the general
+    passes: the same objective from the same start must give the same answer."""
+    rank = 2
+    contexts, features, labels, offsets = bilinear_problem(16, n=500, context_dim=10, n_features=9, rank=rank,
+                                                            one_hot=one_hot, sparse=True)
+    start = spectral_start(contexts, features.toarray(), labels, offsets, rank, 1.0)
+    np.testing.assert_allclose(spectral_start(contexts, features, labels, offsets, rank, 1.0)[1], start[1],
+                               atol=1e-10 * np.abs(start[1]).max())
+    user_fit = fit_factored(contexts, features, labels, rank, initial=start, offsets=offsets, ridge=0.5, tol=1e-10)
+    general_fit = fit_factored(contexts, features.toarray(), labels, rank, initial=start, offsets=offsets,
+                               ridge=0.5, tol=1e-10)
+    assert user_fit.converged and general_fit.converged
+    assert user_fit.objective == pytest.approx(general_fit.objective, rel=1e-12)
+    np.testing.assert_allclose(user_fit.matrix, general_fit.matrix, atol=1e-7 * np.abs(general_fit.matrix).max())
+
+
+def zero_sum_problem(seed):
+    """Features whose rows sum to zero (like one-hot visit-count differences): the all-ones
+    direction is never seen."""
+    contexts, features, labels, offsets = bilinear_problem(seed, n=400, context_dim=8, n_features=6, one_hot=True,
+                                                            sparse=True)
+    dense_features = features.toarray()
+    dense_features[:, -1] = -dense_features[:, :-1].sum(axis=1)
+    hidden = np.ones((6, 1)) / np.sqrt(6)
+    return contexts, scipy.sparse.csr_matrix(dense_features), labels, offsets, hidden
+
+
+def test_hidden_directions_keep_the_minimiser_and_stay_at_zero():
+    """Along a direction no ``z_j`` sees, ``F`` is the ridge alone: declaring it changes nothing
+    but the path, and the answer has no component along it."""
+    contexts, features, labels, offsets, hidden = zero_sum_problem(17)
+    start = spectral_start(contexts, features, labels, offsets, 2, 1.0)
+    assert np.abs(hidden.T @ start[1]).max() > 1e-3  # the start does lean on it
+    plain = fit_factored(contexts, features, labels, 2, initial=start, offsets=offsets, ridge=0.7, tol=1e-10)
+    restricted = fit_factored(contexts, features, labels, 2, initial=start, offsets=offsets, ridge=0.7,
+                              hidden=hidden, tol=1e-10)
+    assert plain.converged and restricted.converged
+    assert np.abs(hidden.T @ restricted.right).max() <= 1e-12 * np.abs(restricted.right).max()
+    # At plain's stationary point the ridge alone acts along N: ridge ||N^T B|| <= ||grad F||.
+    assert np.abs(hidden.T @ plain.right).max() <= plain.gradient_norm / 0.7 + 1e-12
+    assert restricted.objective == pytest.approx(plain.objective, rel=1e-12)
+    np.testing.assert_allclose(restricted.matrix, plain.matrix, atol=1e-7 * np.abs(plain.matrix).max())
+
+
+def test_hidden_directions_seen_by_the_data_are_refused():
+    contexts, features, labels, offsets, _ = zero_sum_problem(18)
+    with pytest.raises(ValueError, match="hidden must be orthogonal to every feature difference"):
+        fit_factored(contexts, features, labels, 2, offsets=offsets, hidden=np.eye(6)[:, :1])
+    with pytest.raises(ValueError, match=r"hidden must have shape \(6, m\)"):
+        fit_factored(contexts, features, labels, 2, offsets=offsets, hidden=np.ones(6))
+
+
 def test_spectral_start_is_balanced_rank_r():
     contexts, features, labels, offsets = bilinear_problem(9, n=200, context_dim=6, n_features=8, rank=2)
     left, right = spectral_start(contexts, features, labels, offsets, 2, 1.0)
@@ -180,19 +249,20 @@ def test_convergence_warning_when_out_of_iterations():
 
 # -- the Newton system: eliminated contexts' block and its Schur complement ----------------------
 
-@pytest.mark.parametrize("one_hot", [False, True])
+@pytest.mark.parametrize("one_hot, sparse", LAYOUTS)
 @pytest.mark.parametrize("balance", [0.0, 0.7])
-def test_schur_complement_matches_the_dense_hessian(one_hot, balance):
+def test_schur_complement_matches_the_dense_hessian(one_hot, sparse, balance):
     """The solver eliminates ``dA`` with an explicit ``H_AA`` (block diagonal for one-hot contexts)
     and multiplies by ``S = H_BB - H_BA H_AA^{-1} H_AB``; both must agree with the dense Hessian
     assembled from the (finite-difference-checked) Hessian-vector products. At a balanced point
     ``H_AA`` is positive definite (its balancing part ``mu A (dA^T A + A^T dA)`` is), so the solver's
     inverse is the exact one. Both sides are exact linear algebra: only rounding separates them."""
-    from agents.factorized import _Curvature, balanced_factors
+    from agents.factorized import _Curvature, _UserPairs, balanced_factors
 
-    contexts, features, labels, offsets = bilinear_problem(11, n=80, one_hot=one_hot)
+    contexts, features, labels, offsets = bilinear_problem(11, n=80, one_hot=one_hot, sparse=sparse)
     rank, beta, ridge = 2, 1.2, 0.3
     problem = _Bilinear(contexts, features, labels, offsets, beta, ridge, balance, rank)
+    assert isinstance(problem.pairs, _UserPairs) == bool(one_hot and sparse)
     rng = np.random.default_rng(12)
     d_x, d = contexts.shape[1], features.shape[1]
     left, right = balanced_factors(rng.normal(size=(d_x, d)), rank)
@@ -207,9 +277,8 @@ def test_schur_complement_matches_the_dense_hessian(one_hot, balance):
                                rtol=1e-9, atol=1e-12)
     schur = h_bb - h_ab.T @ np.linalg.solve(h_aa, h_ab)
     direction = rng.normal(size=(d, rank))
-    product, d_feature, d_left = curvature.schur(direction)
+    product, d_left = curvature.schur(direction)
     np.testing.assert_allclose(product.ravel(), schur @ direction.ravel(), rtol=1e-9,
                                atol=1e-10 * np.abs(schur).max())
     np.testing.assert_allclose(d_left.ravel(), -np.linalg.solve(h_aa, h_ab @ direction.ravel()), rtol=1e-9,
                                atol=1e-12)
-    np.testing.assert_allclose(d_feature, dense(features) @ direction, atol=1e-12)
