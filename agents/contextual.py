@@ -29,7 +29,7 @@ from lr_mdp_env._validation import as_real_array, check_int
 from .confidence import Ellipsoid, theory_radius, wald_radius
 from .data import ComparisonData
 from .estimators import RewardEstimator
-from .factorized import fit_factored, spectral_start
+from .factorized import fit_factored
 from .logistic import fit_logistic
 
 
@@ -232,9 +232,8 @@ class LoCoPRS(_ContextualEstimator):
             return (*self.subspaces, None)
         # Every fit starts from the spectral start of its own data (no warm start along the ridge
         # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
-        start = spectral_start(data.contexts, data.differences, data.labels, data.offsets, self.rank, self.beta)
-        factored = fit_factored(data.contexts, data.differences, data.labels, self.rank, initial=start,
-                                offsets=data.offsets, beta=self.beta, ridge=ridge, balance=self.balance,
+        factored = fit_factored(data.contexts, data.differences, data.labels, self.rank, offsets=data.offsets,
+                                beta=self.beta, ridge=ridge, balance=self.balance, hidden=self._hidden,
                                 tol=100 * self.tol)
         self._record("joint", factored)
         q_left, r_left = np.linalg.qr(factored.left)

@@ -136,14 +136,16 @@ class RewardEstimator:
         """Fit with a given ridge: set ``theta_hat``, ``subspace`` and the per-user problems."""
         raise NotImplementedError
 
-    def _fit_coordinates(self, data: ComparisonData, bases: np.ndarray, ridge: float, pooled: bool = False) -> None:
-        """Ridge MLE of each user's coordinates in a shared basis ``(d, k)``; sets ``theta_hat``."""
+    def _fit_coordinates(self, data: ComparisonData, bases: np.ndarray, ridge: float, pooled: bool = False,
+                         initial: np.ndarray | None = None) -> None:
+        """Ridge MLE of each user's coordinates in a shared basis ``(d, k)`` (warm-started from
+        ``initial`` when given); sets ``theta_hat``."""
         coordinates = np.asarray(data.differences @ bases)
         groups = np.zeros(data.n_pairs, dtype=np.int64) if pooled else data.users
         n_problems = 1 if pooled else data.n_users
         fit = fit_logistic(
             coordinates, data.labels, groups=groups, n_problems=n_problems, offsets=data.offsets,
-            beta=self.beta, ridge=ridge, tol=self.tol, fisher=bases.shape[1] <= 64,
+            beta=self.beta, ridge=ridge, initial=initial, tol=self.tol, fisher=bases.shape[1] <= 64,
         )
         self._record("coordinates", fit)
         centers = np.repeat(fit.theta, data.n_users, axis=0) if pooled else fit.theta
@@ -305,4 +307,5 @@ class PShareLoRA(RewardEstimator):
         # that theta_hat lies in the identifiable span like every other estimator's.
         subspace = self._identifiable @ (self._identifiable.T @ subspace)
         self.subspace = np.linalg.qr(subspace)[0]
-        self._fit_coordinates(data, self.subspace, ridge)
+        # The joint fit's users, theta_i = U w_i, in the new basis: close to the refit's answer.
+        self._fit_coordinates(data, self.subspace, ridge, initial=factored.left @ (factored.right.T @ self.subspace))

@@ -726,7 +726,8 @@ def _spectral_start(pairs: _Pairs, labels: np.ndarray, offsets: np.ndarray, rank
     direction = pairs.pair_products(left * singular, right)  # x_j^T T z_j
     # From the first Newton step at zero (sigmoid'(0) = 1/4): few steps remain.
     guess = np.sum((labels - 0.5) * direction) / max(0.25 * beta * np.sum(direction**2), 1e-300)
-    scale = fit_logistic(direction[:, None], labels, offsets=offsets, beta=beta, ridge=1e-6, tol=1e-8,
+    # A rough scale is all a start needs.
+    scale = fit_logistic(direction[:, None], labels, offsets=offsets, beta=beta, ridge=1e-6, tol=1e-4,
                          initial=[[guess]]).theta[0, 0]
     root = np.sqrt(max(scale, 1e-3) * singular)
     return left * root, right * root
