@@ -234,7 +234,7 @@ class LoCoPRS(_ContextualEstimator):
         # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
         factored = fit_factored(data.contexts, data.differences, data.labels, self.rank, offsets=data.offsets,
                                 beta=self.beta, ridge=ridge, balance=self.balance, hidden=self._hidden,
-                                tol=100 * self.tol)
+                                tol=self._joint_tol)
         self._record("joint", factored)
         q_left, r_left = np.linalg.qr(factored.left)
         q_right, r_right = np.linalg.qr(factored.right)

@@ -27,7 +27,7 @@ from scipy.special import expit
 
 from lr_mdp_env import PreferenceDataset, TabularMDP
 from lr_mdp_env._validation import as_real_array, check_int, check_real
-from lr_mdp_env.identifiability import identifiable_basis, project_identifiable, unidentified_directions
+from lr_mdp_env.identifiability import identifiable_basis, unidentified_directions
 
 from .confidence import Ellipsoid, theory_radius, wald_radius
 from .data import ComparisonData, base_matrix, comparison_data
@@ -62,9 +62,10 @@ class RewardEstimator:
     seed : int, optional
         Seeds the ridge-selection split.
     tol : float, default 1e-8
-        Relative gradient tolerance of the logistic fits. The joint rank-``r`` fit uses ``100 tol``,
-        ``1e-6`` by default: its last digits cost the most conjugate-gradient steps, and an error
-        of that size in the factors is far below their statistical error.
+        Relative gradient tolerance of the logistic fits. The joint rank-``r`` fit uses
+        ``min(100 tol, 1e-4)``, ``1e-6`` by default: its last digits cost the most
+        conjugate-gradient steps, and an error of that size in the factors is far below their
+        statistical error.
 
     Attributes (after ``fit``)
     --------------------------
@@ -113,7 +114,7 @@ class RewardEstimator:
         """Estimate every user's reward from ``dataset`` (collected in ``mdp``); returns ``self``."""
         data = comparison_data(dataset, mdp, beta=self.beta, base=self.base)
         self._hidden = unidentified_directions(mdp)
-        self._identifiable = identifiable_basis(mdp)
+        self._identifiable = identifiable_basis(mdp, self._hidden)
         self._base = np.zeros((mdp.n_features, data.n_users)) if self.base is None else \
             np.array(base_matrix(self.base, mdp.n_features, data.n_users))
         self._prepare(data, mdp)
@@ -153,6 +154,11 @@ class RewardEstimator:
         self._coordinate_features, self._groups = coordinates, groups
         self._fisher = fit.fisher
         self.theta_hat = self._base.T + centers @ bases.T
+
+    @property
+    def _joint_tol(self) -> float:
+        """Tolerance of the joint rank-``r`` fits (see ``tol``)."""
+        return min(100 * self.tol, 1e-4)
 
     def _record(self, name: str, fit: LogisticFit | FactoredFit) -> None:
         relative = np.max(fit.relative_gradient_norm) if np.ndim(fit.relative_gradient_norm) else fit.relative_gradient_norm
@@ -295,7 +301,7 @@ class PShareLoRA(RewardEstimator):
         # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
         factored = fit_factored(
             data.user_indicator(), data.differences, data.labels, self.rank, offsets=data.offsets,
-            beta=self.beta, ridge=ridge, hidden=self._hidden, tol=100 * self.tol,
+            beta=self.beta, ridge=ridge, hidden=self._hidden, tol=self._joint_tol,
         )
         self._record("joint", factored)
         self.joint_fit = factored

@@ -48,7 +48,8 @@ from scipy.special import expit, log_expit
 
 from .logistic import ConvergenceWarning, fit_logistic
 
-# The one-hot layout holds d x N numbers per pass; above this it falls back to the general one.
+# The user layout moves one number per non-zero per pass but fills a dense d x N array; it is used
+# when that costs less than the r numbers per non-zero of the general passes, and fits in memory.
 _USER_LAYOUT_MAX_ENTRIES = 2**25
 _MAX_CG = 20
 
@@ -110,6 +111,9 @@ class _Pairs:
     def __init__(self, contexts: Any, features: Any, groups: np.ndarray | None) -> None:
         sparse = scipy.sparse.issparse(features)
         self.features = features.tocsr() if sparse else np.asarray(features, dtype=float)
+        if sparse and not self.features.has_canonical_format:  # squares of split entries would be wrong
+            self.features = self.features.copy()
+            self.features.sum_duplicates()
         # Both passes, Z B and Z^T X, run fastest as column-oriented (scatter) products: from a
         # column-major copy for the first, from the transposed view of the row-major one for the
         # second.
@@ -232,47 +236,48 @@ class _UserPairs(_Pairs):
             if n_users and self._group_counts[0] > 0 and np.all(self._group_counts == self._group_counts[0]) else None
 
     def project_contexts(self, left: np.ndarray) -> np.ndarray:
+        """``a_{i_j}`` for every pair: each user's row repeated over their (consecutive) pairs."""
         return np.repeat(left, self._group_counts, axis=0)
 
     def sum_contexts(self, rows: np.ndarray) -> np.ndarray:
+        """Per-user sums of ``rows`` (segment sums over the consecutive pairs of each user)."""
         sums = np.zeros((self.n_contexts,) + rows.shape[1:])
         if self._present.size:
             sums[self._present] = np.add.reduceat(rows, self._present_starts, axis=0)
         return sums
 
     def _by_group(self, rows: np.ndarray) -> np.ndarray:
+        """``(N, m, ...)`` view of per-pair ``rows`` when every user has ``m`` pairs."""
         return rows.reshape(self.n_contexts, self._per_group, *rows.shape[1:])
 
-    def context_row_dot(self, left, rows):
+    def context_row_dot(self, left: np.ndarray, rows: np.ndarray) -> np.ndarray:
         if self._per_group is None:
             return super().context_row_dot(left, rows)
         return (self._by_group(rows) @ left[:, :, None]).ravel()
 
-    def sum_contexts_weighted(self, weights, rows):
+    def sum_contexts_weighted(self, weights: np.ndarray, rows: np.ndarray) -> np.ndarray:
         if self._per_group is None:
             return super().sum_contexts_weighted(weights, rows)
         return (self._by_group(weights)[:, None, :] @ self._by_group(rows))[:, 0, :]
 
-    def context_blocks(self, slope, feature_part):
+    def context_blocks(self, slope: np.ndarray, feature_part: np.ndarray) -> np.ndarray:
         if self._per_group is None:
             return super().context_blocks(slope, feature_part)
         grouped = self._by_group(feature_part)
         return (grouped * self._by_group(slope)[:, :, None]).transpose(0, 2, 1) @ grouped
 
-    def _gathered(self, matrix: np.ndarray) -> np.ndarray:
-        """``(Z_hat vec(matrix))_j = z_j . matrix[:, i_j]`` for a ``(d, N)`` matrix."""
-        return self._lifted @ np.ravel(matrix)
-
-    def pair_products(self, left, right, context_part=None):
-        return self._gathered(right @ left.T)
+    def pair_products(self, left: np.ndarray, right: np.ndarray, context_part: np.ndarray | None = None) -> np.ndarray:
+        """``z_j . (right left^T)[:, i_j]``: one pass of ``Z_hat``."""
+        return self._lifted @ np.ravel(right @ left.T)
 
     def data_matrix(self, weights: np.ndarray) -> np.ndarray:
+        """``Z_hat^T w`` as the ``(d, N)`` matrix ``sum_j w_j z_j e_{i_j}^T``: one pass."""
         return (self._lifted_transposed @ weights).reshape(self.n_features, self.n_contexts)
 
-    def weighted_sum(self, weights, left, context_part=None):
+    def weighted_sum(self, weights: np.ndarray, left: np.ndarray, context_part: np.ndarray | None = None) -> np.ndarray:
         return self.data_matrix(weights) @ left
 
-    def feature_blocks(self, slope, left, context_part):
+    def feature_blocks(self, slope: np.ndarray, left: np.ndarray, context_part: np.ndarray) -> np.ndarray:
         r = left.shape[1]
         energy = (self._lifted_squares_transposed @ slope).reshape(self.n_features, self.n_contexts)
         return (energy @ (left[:, :, None] * left[:, None, :]).reshape(-1, r * r)).reshape(-1, r, r)
@@ -290,8 +295,9 @@ class _Bilinear:
 
     def __init__(self, contexts, features, labels, offsets, beta, ridge, balance, rank):
         groups = _one_hot_groups(contexts)
+        lifted_size = contexts.shape[1] * features.shape[1]
         user_layout = groups is not None and scipy.sparse.issparse(features) \
-            and contexts.shape[1] * features.shape[1] <= _USER_LAYOUT_MAX_ENTRIES
+            and lifted_size <= min(_USER_LAYOUT_MAX_ENTRIES, features.nnz * (rank - 1))
         if user_layout:
             order = np.argsort(groups, kind="stable")
             if np.any(order != np.arange(order.size)):
@@ -552,10 +558,15 @@ def fit_factored(
     Raises
     ------
     ValueError
-        If ``hidden`` is not ``(d, m)`` or some ``z_j`` has a component along it.
+        If ``rank`` is not in ``1..min(d_x, d)``, or ``hidden`` is not ``(d, m)`` with orthonormal
+        columns, or some ``z_j`` has a component along it.
     """
+    labels = np.asarray(labels, dtype=float)
     n = labels.shape[0]
-    offsets = np.zeros(n) if offsets is None else offsets
+    offsets = np.zeros(n) if offsets is None else np.asarray(offsets, dtype=float)
+    if not 1 <= rank <= min(contexts.shape[1], features.shape[1]):
+        raise ValueError(f"rank must be between 1 and min(d_x, d) = {min(contexts.shape[1], features.shape[1])}, "
+                         f"got {rank}")
     problem = _Bilinear(contexts, features, labels, offsets, beta, ridge, balance, rank)
     if hidden is not None:
         hidden = _checked_hidden(problem, hidden)
@@ -636,13 +647,20 @@ def _checked_hidden(problem: _Bilinear, hidden: Any) -> np.ndarray | None:
         raise ValueError(f"hidden must have shape ({d}, m), got {hidden.shape}")
     if hidden.shape[1] == 0:
         return None
-    seen = np.abs(problem.pairs.project_features(hidden)).max(axis=1, initial=0.0)
-    # Rounding leaves components of a few ulps of the features' size.
-    feature_size = float(np.sqrt(np.max(problem.pairs.feature_energy(), initial=0.0)))
-    if seen.size and seen.max() > 1e-8 * max(feature_size, 1.0):
-        worst = int(np.argmax(seen))
-        raise ValueError(f"hidden must be orthogonal to every feature difference z_j; a pair has a component "
-                         f"{seen[worst]:.3g} along it")
+    if not np.allclose(hidden.T @ hidden, np.eye(hidden.shape[1]), rtol=0, atol=1e-8):
+        raise ValueError("hidden must have orthonormal columns")
+    seen = np.linalg.norm(problem.pairs.project_features(hidden), axis=1)
+    rows = np.flatnonzero(seen)  # usually none: integer visit counts cancel exactly
+    if rows.size:
+        features = problem.pairs.features[rows]
+        sizes = np.sqrt(np.asarray(features.multiply(features).sum(axis=1)).ravel()) \
+            if scipy.sparse.issparse(features) else np.linalg.norm(features, axis=1)
+        # Rounding leaves components of a few ulps of each z_j's size.
+        ratios = seen[rows] / sizes
+        if ratios.max() > 1e-8:
+            worst = int(np.argmax(ratios))
+            raise ValueError(f"hidden must be orthogonal to every feature difference z_j; a pair has a component "
+                             f"{seen[rows[worst]]:.3g} along it (|z_j| = {sizes[worst]:.3g})")
     return hidden
 
 
@@ -731,10 +749,3 @@ def _spectral_start(pairs: _Pairs, labels: np.ndarray, offsets: np.ndarray, rank
                          initial=[[guess]]).theta[0, 0]
     root = np.sqrt(max(scale, 1e-3) * singular)
     return left * root, right * root
-
-
-def balanced_factors(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """Spectral start: ``A = P sqrt(S)``, ``B = Q sqrt(S)`` from the top-``r`` SVD ``P S Q^T``."""
-    left, singular, right_t = np.linalg.svd(matrix, full_matrices=False)
-    root = np.sqrt(singular[:rank])
-    return left[:, :rank] * root, right_t[:rank].T * root

@@ -63,10 +63,10 @@ def unidentified_directions(mdp: TabularMDP) -> np.ndarray:
     return right[rank:].T
 
 
-def identifiable_basis(mdp: TabularMDP) -> np.ndarray:
+def identifiable_basis(mdp: TabularMDP, hidden: np.ndarray | None = None) -> np.ndarray:
     """Orthonormal basis ``(d, d - m)`` of the identifiable directions (complement of
-    :func:`unidentified_directions`)."""
-    hidden = unidentified_directions(mdp)
+    :func:`unidentified_directions`, which the caller may pass as ``hidden`` when it has them)."""
+    hidden = unidentified_directions(mdp) if hidden is None else hidden
     if hidden.shape[1] == 0:
         return np.eye(mdp.n_features)
     complete, _ = np.linalg.qr(hidden, mode="complete")

@@ -189,16 +189,24 @@ class TabularMDP:
 
         Each row's ``2 H`` signed visits are sorted within the row and equal cells summed, which
         costs a sort of ``n`` short rows instead of two conversions and a sparse subtraction.
+
+        Parameters
+        ----------
+        states1, actions1, states0, actions0 : ndarray of int, shape (n, H)
+            The two trajectories of every pair.
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix, shape (n, H S A), or (n, S A) with stationary features
         """
         n_trajectories, horizon = states1.shape
-        n_columns = self.n_states * self.n_actions * (1 if self.stationary_features else horizon)
+        cells_per_step = self.n_states * self.n_actions
+        n_columns = cells_per_step * (1 if self.stationary_features else horizon)
         if n_trajectories == 0:
             return scipy.sparse.csr_matrix((0, n_columns))
-        n_columns = self.n_states * self.n_actions
         cells = np.concatenate([states1 * self.n_actions + actions1, states0 * self.n_actions + actions0], axis=1)
         if not self.stationary_features:
-            cells = cells + np.tile(np.arange(horizon) * n_columns, 2)
-            n_columns *= horizon
+            cells = cells + np.tile(np.arange(horizon) * cells_per_step, 2)
         # Sort keys 2 cell + (1 for tau0), in the narrowest integer type that holds them: a value
         # sort of short rows, no argsort.
         key_type = np.int32 if 2 * n_columns < 2**31 else np.int64

@@ -389,3 +389,19 @@ def test_invalid_configurations_name_the_argument():
         estimator.confidence_set(N_USERS)
     with pytest.raises(TypeError, match="user"):
         estimator.confidence_set(0.5)
+
+
+@pytest.mark.parametrize("estimator", ["p-sharelora", "loco"])
+def test_a_loose_tolerance_still_fits_the_joint_rank_r_model(estimator):
+    """The joint fit uses min(100 tol, 1e-4): a loose ``tol`` must not return the spectral start."""
+    if estimator == "p-sharelora":
+        mdp, _, dataset = make_world("one_hot", seed=8, n_pairs=60)
+        fitted = PShareLoRA(RANK, ridge=RIDGE, tol=1e-2).fit(dataset, mdp)
+    else:
+        from lr_mdp_env import contextual_rewards
+
+        mdp = random_mdp(4, 3, 3, seed=8)
+        rewards = contextual_rewards(mdp.n_features, 3, RANK, n_users=N_USERS, mdp=mdp, seed=9)
+        fitted = LoCoPRS(RANK, ridge=RIDGE, tol=1e-2).fit(collect_preferences(mdp, rewards, 60, seed=10), mdp)
+    assert fitted.diagnostics["joint"]["iterations"] > 0
+    assert fitted.diagnostics["joint"]["relative_gradient_norm"] <= 1e-4

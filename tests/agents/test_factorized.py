@@ -40,6 +40,13 @@ def dense(matrix):
     return matrix.toarray() if scipy.sparse.issparse(matrix) else np.asarray(matrix)
 
 
+def balanced_factors(matrix, rank):
+    """``A = P sqrt(S)``, ``B = Q sqrt(S)`` from the top-``rank`` SVD ``P S Q^T`` of ``matrix``."""
+    left, singular, right_t = np.linalg.svd(matrix, full_matrices=False)
+    root = np.sqrt(singular[:rank])
+    return left[:, :rank] * root, right_t[:rank].T * root
+
+
 def flat_norm(pair):
     return float(np.sqrt(sum(np.sum(part**2) for part in pair)))
 
@@ -48,10 +55,15 @@ def bilinear_problem(seed, n=300, context_dim=5, n_features=7, rank=2, one_hot=F
     """Bradley-Terry labels from a rank-``rank`` ``Theta_c``; one-hot contexts mimic P-ShareLoRA,
     and ``sparse`` features (small signed integers, a third non-zero) mimic visit-count
     differences. One-hot users come in random order, with unequal numbers of pairs unless
-    ``one_hot="equal"``."""
+    ``one_hot="equal"``; with ``one_hot="gap"`` the first user has none."""
     rng = np.random.default_rng(seed)
     if one_hot:
-        users = rng.permutation(np.arange(n) % context_dim) if one_hot == "equal" else rng.integers(context_dim, size=n)
+        if one_hot == "equal":
+            users = rng.permutation(np.arange(n) % context_dim)
+        elif one_hot == "gap":  # the first user answered nothing
+            users = rng.integers(1, context_dim, size=n)
+        else:
+            users = rng.integers(context_dim, size=n)
         contexts = scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), users)), shape=(n, context_dim))
     else:
         contexts = rng.normal(size=(n, context_dim))
@@ -71,7 +83,7 @@ def bilinear_problem(seed, n=300, context_dim=5, n_features=7, rank=2, one_hot=F
 
 # (one-hot contexts, sparse features): the one-hot contexts with sparse features take the user
 # layout (features lifted to n x (d N)), with per-user batched products when users are equal-sized.
-LAYOUTS = [(False, False), (True, False), (False, True), (True, True), ("equal", True)]
+LAYOUTS = [(False, False), (True, False), (False, True), (True, True), ("equal", True), ("gap", True)]
 
 
 @pytest.mark.parametrize("one_hot, sparse", LAYOUTS)
@@ -223,11 +235,39 @@ def test_hidden_directions_keep_the_minimiser_and_stay_at_zero():
 
 
 def test_hidden_directions_seen_by_the_data_are_refused():
-    contexts, features, labels, offsets, _ = zero_sum_problem(18)
+    contexts, features, labels, offsets, hidden = zero_sum_problem(18)
     with pytest.raises(ValueError, match="hidden must be orthogonal to every feature difference"):
         fit_factored(contexts, features, labels, 2, offsets=offsets, hidden=np.eye(6)[:, :1])
+    # The check is relative to each z_j: scaling the data does not let a seen direction through.
+    with pytest.raises(ValueError, match="hidden must be orthogonal to every feature difference"):
+        fit_factored(contexts, 1e-9 * features, labels, 2, offsets=offsets, beta=1e9, hidden=np.eye(6)[:, :1])
+    with pytest.raises(ValueError, match="hidden must have orthonormal columns"):
+        fit_factored(contexts, features, labels, 2, offsets=offsets, hidden=2 * hidden)
     with pytest.raises(ValueError, match=r"hidden must have shape \(6, m\)"):
         fit_factored(contexts, features, labels, 2, offsets=offsets, hidden=np.ones(6))
+
+
+def test_layout_follows_the_cost_of_a_pass():
+    """The lifted user layout moves one number per non-zero but fills a d x N array per pass: it is
+    taken when d N is below the r - 1 numbers per non-zero it saves, else the general passes."""
+    from agents.factorized import _Bilinear, _UserPairs
+
+    rank = 3
+    tall = bilinear_problem(19, n=2000, context_dim=10, n_features=8, one_hot=True, sparse=True)
+    wide = bilinear_problem(19, n=30, context_dim=40, n_features=8, one_hot=True, sparse=True)
+    for (contexts, features, labels, offsets), lifted in ((tall, True), (wide, False)):
+        assert (contexts.shape[1] * features.shape[1] <= features.nnz * (rank - 1)) == lifted
+        problem = _Bilinear(contexts, features, labels, offsets, 1.0, 1.0, 0.0, rank)
+        assert isinstance(problem.pairs, _UserPairs) == lifted
+
+
+def test_inputs_are_taken_as_arrays_and_rank_is_checked():
+    contexts, features, labels, offsets = bilinear_problem(20, n=200, one_hot=True, sparse=True)
+    from_lists = fit_factored(contexts, features, list(labels), 2, offsets=list(offsets), ridge=0.5)
+    from_arrays = fit_factored(contexts, features, labels, 2, offsets=offsets, ridge=0.5)
+    np.testing.assert_array_equal(from_lists.matrix, from_arrays.matrix)
+    with pytest.raises(ValueError, match=r"rank must be between 1 and min\(d_x, d\) = 5, got 6"):
+        fit_factored(contexts, features, labels, 6, offsets=offsets)
 
 
 def test_spectral_start_is_balanced_rank_r():
@@ -257,7 +297,7 @@ def test_schur_complement_matches_the_dense_hessian(one_hot, sparse, balance):
     assembled from the (finite-difference-checked) Hessian-vector products. At a balanced point
     ``H_AA`` is positive definite (its balancing part ``mu A (dA^T A + A^T dA)`` is), so the solver's
     inverse is the exact one. Both sides are exact linear algebra: only rounding separates them."""
-    from agents.factorized import _Curvature, _UserPairs, balanced_factors
+    from agents.factorized import _Curvature, _UserPairs
 
     contexts, features, labels, offsets = bilinear_problem(11, n=80, one_hot=one_hot, sparse=sparse)
     rank, beta, ridge = 2, 1.2, 0.3
