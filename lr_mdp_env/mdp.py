@@ -171,16 +171,21 @@ class TabularMDP:
         With stationary features the step axis is dropped: ``(n, S A)``.
         """
         n_trajectories, horizon = states.shape
-        cells = states * self.n_actions + actions
-        n_columns = self.n_states * self.n_actions
-        if not self.stationary_features:
-            cells = cells + np.arange(horizon) * n_columns
-            n_columns *= horizon
+        cells, n_columns = self._visited_cells(states, actions)
         rows = np.repeat(np.arange(n_trajectories), horizon)
         data = np.ones(rows.size)
         return scipy.sparse.csr_matrix(
             (data, (rows, cells.ravel())), shape=(n_trajectories, n_columns)
         )
+
+    def _visited_cells(self, states: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, int]:
+        """Column of every visit in the visit-count matrices (``(h, s, a)``, or ``(s, a)`` with
+        stationary features), and their number."""
+        cells_per_step = self.n_states * self.n_actions
+        cells = states * self.n_actions + actions
+        if self.stationary_features:
+            return cells, cells_per_step
+        return cells + np.arange(states.shape[1]) * cells_per_step, cells_per_step * states.shape[1]
 
     def visit_count_differences(self, states1: np.ndarray, actions1: np.ndarray, states0: np.ndarray,
                                 actions0: np.ndarray) -> scipy.sparse.csr_matrix:
@@ -200,13 +205,10 @@ class TabularMDP:
         scipy.sparse.csr_matrix, shape (n, H S A), or (n, S A) with stationary features
         """
         n_trajectories, horizon = states1.shape
-        cells_per_step = self.n_states * self.n_actions
-        n_columns = cells_per_step * (1 if self.stationary_features else horizon)
+        cells1, n_columns = self._visited_cells(states1, actions1)
         if n_trajectories == 0:
             return scipy.sparse.csr_matrix((0, n_columns))
-        cells = np.concatenate([states1 * self.n_actions + actions1, states0 * self.n_actions + actions0], axis=1)
-        if not self.stationary_features:
-            cells = cells + np.tile(np.arange(horizon) * cells_per_step, 2)
+        cells = np.concatenate([cells1, self._visited_cells(states0, actions0)[0]], axis=1)
         # Sort keys 2 cell + (1 for tau0), in the narrowest integer type that holds them: a value
         # sort of short rows, no argsort.
         key_type = np.int32 if 2 * n_columns < 2**31 else np.int64
