@@ -33,6 +33,15 @@ def _naive_inverse_cdf(row, uniform):
     return int(np.flatnonzero(row > 0)[-1])
 
 
+def _assert_draws_are_the_inverse_cdf(sampler, rows, row_index, uniforms):
+    """The sampler's draws for ``(row_index, uniforms)`` are exactly the naive inverse CDF's and
+    never a zero-probability outcome."""
+    drawn = sampler.sample(row_index, uniforms)
+    expected = np.array([_naive_inverse_cdf(rows[j], u) for j, u in zip(row_index, uniforms)])
+    np.testing.assert_array_equal(drawn, expected)
+    assert np.all(rows[row_index, drawn] > 0), "a zero-probability outcome was drawn"
+
+
 def _awkward_rows(rng, n_outcomes):
     rows = [np.eye(n_outcomes)[k] for k in range(n_outcomes)]  # a single 1 anywhere
     rows.append(np.full(n_outcomes, 1.0 / n_outcomes))
@@ -64,14 +73,7 @@ def test_categorical_sampler_is_exactly_the_inverse_cdf(n_outcomes):
         candidates = candidates[(candidates >= 0) & (candidates < 1)]
         row_index.append(np.full(candidates.size, j))
         uniforms.append(candidates)
-    row_index = np.concatenate(row_index)
-    uniforms = np.concatenate(uniforms)
-
-    drawn = sampler.sample(row_index, uniforms)
-
-    expected = np.array([_naive_inverse_cdf(rows[j], u) for j, u in zip(row_index, uniforms)])
-    np.testing.assert_array_equal(drawn, expected)
-    assert np.all(rows[row_index, drawn] > 0), "a zero-probability outcome was drawn"
+    _assert_draws_are_the_inverse_cdf(sampler, rows, np.concatenate(row_index), np.concatenate(uniforms))
 
 
 def test_categorical_sampler_on_rows_summing_just_below_one():
@@ -107,14 +109,7 @@ def test_buckets_holding_several_breakpoints_are_walked_exactly(n_outcomes):
         edges = edges[(edges >= 0) & (edges < 1)]
         row_index.append(np.full(edges.size, j))
         uniforms.append(edges)
-    row_index = np.concatenate(row_index)
-    uniforms = np.concatenate(uniforms)
-
-    drawn = sampler.sample(row_index, uniforms)
-
-    expected = np.array([_naive_inverse_cdf(rows[j], u) for j, u in zip(row_index, uniforms)])
-    np.testing.assert_array_equal(drawn, expected)
-    assert np.all(rows[row_index, drawn] > 0)
+    _assert_draws_are_the_inverse_cdf(sampler, rows, np.concatenate(row_index), np.concatenate(uniforms))
 
 
 def test_transition_sampler_is_built_once_per_mdp():
