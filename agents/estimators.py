@@ -308,9 +308,9 @@ class PShareLoRA(RewardEstimator):
         q, upper = np.linalg.qr(factored.right)  # U W^T = Q (R W^T): its SVD from an r x N one
         small_left, _, _ = np.linalg.svd(upper @ factored.left.T, full_matrices=False)
         subspace = q @ small_left[:, : self.rank]
-        # At the optimum U has no component along unidentified directions (they carry no data and
-        # the ridge shrinks them to zero); remove what the stopping tolerance leaves of them, so
-        # that theta_hat lies in the identifiable span like every other estimator's.
+        # The joint fit keeps U orthogonal to the unidentified directions (they carry no data and
+        # the ridge puts them at zero); remove what rounding leaves of them, so that theta_hat lies
+        # in the identifiable span like every other estimator's.
         subspace = self._identifiable @ (self._identifiable.T @ subspace)
         self.subspace = np.linalg.qr(subspace)[0]
         # The joint fit's users, theta_i = U w_i, in the new basis: close to the refit's answer.
