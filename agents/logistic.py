@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg.blas import dsyrk
-from scipy.special import expit, log_expit
+from scipy.special import expit
 
 from lr_mdp_env._validation import as_real_array, check_int, check_real
 
@@ -87,9 +87,7 @@ class _PaddedProblems:
         return self.offsets + beta * _apply(self.features, theta)
 
     def objective(self, beta: float, ridge: np.ndarray, theta: np.ndarray) -> np.ndarray:
-        eta = self.logits(beta, theta)
-        # softplus(eta) - y eta = -log_expit(eta) + (1 - y) eta, stable for any eta.
-        losses = (-log_expit(eta) + (1.0 - self.labels) * eta) * self.mask
+        losses = bernoulli_losses(self.logits(beta, theta), self.labels) * self.mask
         return losses.sum(axis=1) + 0.5 * ridge * np.sum(theta**2, axis=1)
 
 
@@ -239,6 +237,16 @@ def fit_logistic(
     )
 
 
+def bernoulli_losses(eta: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``softplus(eta_j) - y_j eta_j`` elementwise: the terms of ``f_b`` (module docstring).
+
+    Evaluated as ``log(1 + exp(-|eta|)) + (max(eta, 0) - y eta)``, which neither overflows nor loses
+    the small losses of confident correct predictions, for any ``eta`` (and several times faster
+    than ``scipy.special.log_expit``).
+    """
+    return np.log1p(np.exp(-np.abs(eta))) + (np.maximum(eta, 0.0) - labels * eta)
+
+
 def _apply(features: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """``X_b v_b`` for every problem: ``(B, n, k) x (B, k) -> (B, n)`` (batched BLAS)."""
     return (features @ vectors[:, :, None])[:, :, 0]
@@ -268,7 +276,7 @@ def _subset_objective(problems: _PaddedProblems, beta: float, ridge: np.ndarray,
                       theta_rows: np.ndarray) -> np.ndarray:
     """``f_b`` of the problems ``rows`` at ``theta_rows``."""
     eta = problems.offsets[rows] + beta * _apply(problems.features[rows], theta_rows)
-    losses = (-log_expit(eta) + (1.0 - problems.labels[rows]) * eta) * problems.mask[rows]
+    losses = bernoulli_losses(eta, problems.labels[rows]) * problems.mask[rows]
     return losses.sum(axis=1) + 0.5 * ridge[rows] * np.sum(theta_rows**2, axis=1)
 
 

@@ -181,6 +181,21 @@ def assert_finite_and_stationary(fit, features, labels, offsets, beta, ridge):
     assert np.linalg.norm(grad) <= 1e-6 * max(np.linalg.norm(grad_at_zero), 1.0)
 
 
+def test_bernoulli_losses_are_softplus_minus_label_times_logit():
+    """Against ``logaddexp(0, eta) - y eta`` where that is accurate (|eta| moderate), and against the
+    asymptotics where it cancels: a confident correct prediction at |eta| = 50 still loses
+    ``log(1 + e^-50) = e^-50 (1 - O(e^-50))``, a confident wrong one loses ``|eta|``."""
+    from agents.logistic import bernoulli_losses
+
+    eta = np.linspace(-30.0, 30.0, 2001)
+    for label in (0.0, 0.5, 1.0):
+        np.testing.assert_allclose(bernoulli_losses(eta, np.full_like(eta, label)),
+                                   np.logaddexp(0.0, eta) - label * eta, rtol=1e-13, atol=1e-13)
+    with np.errstate(over="raise", invalid="raise"):  # no overflow or NaN at extreme logits
+        confident = bernoulli_losses(np.array([50.0, -50.0, 800.0, -800.0]), np.array([1.0, 0.0, 0.0, 1.0]))
+    np.testing.assert_allclose(confident, [np.exp(-50.0), np.exp(-50.0), 800.0, 800.0], rtol=1e-15)
+
+
 def test_separable_data_stays_finite():
     rng = np.random.default_rng(0)
     features = rng.normal(size=(50, 3))
