@@ -323,10 +323,13 @@ def test_transition_counts_agree_with_the_trajectories(dataset):
     assert counts.sum() == 2 * len(dataset) * (dataset.horizon - 1)
 
 
-@pytest.mark.parametrize("features", ["one_hot", "one_hot_time", "dense_stage", "dense"])
+@pytest.mark.parametrize("features", ["one_hot", "one_hot_time", "aggregated", "dense_stage", "dense"])
 def test_feature_differences_are_naive_per_step_sums(features):
     rng = np.random.default_rng(0)
-    spec = {"dense_stage": rng.standard_normal((3, 3, 2, 4)), "dense": rng.standard_normal((3, 2, 4))}.get(features, features)
+    # "aggregated": one non-zero per cell (states 1 and 2 share a feature, weight 0.5), the sparse path.
+    aggregated = 0.5 * np.repeat(np.eye(2)[[0, 1, 1]][:, None, :], 2, axis=1)
+    spec = {"dense_stage": rng.standard_normal((3, 3, 2, 4)), "dense": rng.standard_normal((3, 2, 4)),
+            "aggregated": aggregated}.get(features, features)
     mdp = TabularMDP(random_mdp(3, 2, 3, seed=1).transitions[0], np.full(3, 1 / 3), horizon=3, features=spec)
     rewards = low_rank_rewards(mdp.n_features, 2, 1, seed=0)
     data = collect_preferences(mdp, rewards, 8, seed=3)
