@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse
-from scipy.special import expit, log_expit
+from scipy.special import expit
 
-from .logistic import ConvergenceWarning, fit_logistic
+from .logistic import ConvergenceWarning, bernoulli_losses, fit_logistic
 
 # The user layout moves one number per non-zero per pass but fills a dense d x N array; it is used
 # when that costs less than the r numbers per non-zero of the general passes, and fits in memory.
@@ -174,6 +174,16 @@ class _Pairs:
             else weights[:, None] * self.contexts
         summed = self._features_transposed @ (weighted.tocsc() if scipy.sparse.issparse(weighted) else weighted)
         return summed.toarray() if scipy.sparse.issparse(summed) else np.asarray(summed)
+
+    def feature_norms(self) -> np.ndarray:
+        """``||z_j||`` for every pair, ``(n,)``."""
+        if not scipy.sparse.issparse(self.features):
+            return np.linalg.norm(self.features, axis=1)
+        csr, squares = self.features, np.zeros(self.features.shape[0])
+        filled = np.diff(csr.indptr) > 0  # segment sums over the rows with entries
+        if np.any(filled):
+            squares[filled] = np.add.reduceat(csr.data**2, csr.indptr[:-1][filled])
+        return np.sqrt(squares)
 
     def feature_energy(self) -> np.ndarray:
         """``sum_j z_jk^2`` for every feature, ``(d,)``."""
@@ -323,11 +333,12 @@ class _Bilinear:
                       self.offsets + self.beta * self.pairs.context_row_dot(left, feature_part))
 
     def value(self, state: _State) -> float:
-        eta, left, right = state.eta, state.left, state.right
+        left, right = state.left, state.right
+        if state.data_term is None:
+            state.data_term = float(np.sum(bernoulli_losses(state.eta, self.labels)))
         imbalance = left.T @ left - right.T @ right
-        return float(np.sum(-log_expit(eta) + (1 - self.labels) * eta)
-                     + 0.5 * self.ridge * (np.sum(left**2) + np.sum(right**2))
-                     + 0.25 * self.balance * np.sum(imbalance**2))
+        return state.data_term + 0.5 * self.ridge * (np.sum(left**2) + np.sum(right**2)) \
+            + 0.25 * self.balance * np.sum(imbalance**2)
 
     def value_and_gradient(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
         state = self.state(*self.split(flat))
@@ -352,6 +363,7 @@ class _State:
     context_part: np.ndarray  # x_j^T A, (n, r)
     feature_part: np.ndarray  # z_j^T B, (n, r)
     eta: np.ndarray
+    data_term: float | None = None  # sum_j [softplus(eta_j) - y_j eta_j], once computed
 
 
 class _Curvature:
@@ -369,8 +381,9 @@ class _Curvature:
     def __init__(self, problem: _Bilinear, state: _State) -> None:
         self.problem, self.state = problem, state
         beta = problem.beta
-        self.residual = beta * (expit(state.eta) - problem.labels)
-        self.slope = beta**2 * expit(state.eta) * expit(-state.eta)
+        probability = expit(state.eta)
+        self.residual = beta * (probability - problem.labels)
+        self.slope = beta**2 * probability * (1.0 - probability)
         self.residual_matrix = problem.pairs.data_matrix(self.residual)  # R, (d, d_x)
         left, right = state.left, state.right
         self.imbalance = left.T @ left - right.T @ right
@@ -650,17 +663,13 @@ def _checked_hidden(problem: _Bilinear, hidden: Any) -> np.ndarray | None:
     if not np.allclose(hidden.T @ hidden, np.eye(hidden.shape[1]), rtol=0, atol=1e-8):
         raise ValueError("hidden must have orthonormal columns")
     seen = np.linalg.norm(problem.pairs.project_features(hidden), axis=1)
-    rows = np.flatnonzero(seen)  # usually none: integer visit counts cancel exactly
-    if rows.size:
-        features = problem.pairs.features[rows]
-        sizes = np.sqrt(np.asarray(features.multiply(features).sum(axis=1)).ravel()) \
-            if scipy.sparse.issparse(features) else np.linalg.norm(features, axis=1)
-        # Rounding leaves components of a few ulps of each z_j's size.
-        ratios = seen[rows] / sizes
-        if ratios.max() > 1e-8:
-            worst = int(np.argmax(ratios))
-            raise ValueError(f"hidden must be orthogonal to every feature difference z_j; a pair has a component "
-                             f"{seen[rows[worst]]:.3g} along it (|z_j| = {sizes[worst]:.3g})")
+    # Rounding leaves components of a few ulps of each z_j's size (a zero z_j sees exactly zero).
+    sizes = problem.pairs.feature_norms()
+    ratios = np.divide(seen, sizes, out=np.zeros_like(seen), where=sizes > 0)
+    if ratios.size and ratios.max() > 1e-8:
+        worst = int(np.argmax(ratios))
+        raise ValueError(f"hidden must be orthogonal to every feature difference z_j; a pair has a component "
+                         f"{seen[worst]:.3g} along it (|z_j| = {sizes[worst]:.3g})")
     return hidden
 
 
@@ -708,8 +717,10 @@ def _rebalanced(problem: _Bilinear, state: _State) -> _State:
     to_right = np.linalg.solve(r_right, small_right_t.T * root)
     left, right = state.left @ to_left, state.right @ to_right
     feature_part = state.feature_part @ to_right
+    # A B^T, hence the data term, is unchanged.
     return _State(left, right, problem.pairs.project_contexts(left), feature_part,
-                  problem.offsets + problem.beta * problem.pairs.context_row_dot(left, feature_part))
+                  problem.offsets + problem.beta * problem.pairs.context_row_dot(left, feature_part),
+                  state.data_term)
 
 
 def spectral_start(contexts: Any, features: Any, labels: np.ndarray, offsets: np.ndarray, rank: int,
@@ -746,6 +757,6 @@ def _spectral_start(pairs: _Pairs, labels: np.ndarray, offsets: np.ndarray, rank
     guess = np.sum((labels - 0.5) * direction) / max(0.25 * beta * np.sum(direction**2), 1e-300)
     # A rough scale is all a start needs.
     scale = fit_logistic(direction[:, None], labels, offsets=offsets, beta=beta, ridge=1e-6, tol=1e-4,
-                         initial=[[guess]]).theta[0, 0]
+                         initial=[[guess]], fisher=False).theta[0, 0]
     root = np.sqrt(max(scale, 1e-3) * singular)
     return left * root, right * root

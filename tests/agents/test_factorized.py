@@ -247,6 +247,21 @@ def test_hidden_directions_seen_by_the_data_are_refused():
         fit_factored(contexts, features, labels, 2, offsets=offsets, hidden=np.ones(6))
 
 
+@pytest.mark.parametrize("sparse", [True, False])
+def test_feature_norms_match_dense_norms(sparse):
+    """Row norms from segment sums of the non-zeros, with empty rows (all-zero z_j) in between."""
+    from agents.factorized import _Pairs
+
+    contexts, features, _, _ = bilinear_problem(21, n=40, sparse=sparse)
+    features = dense(features)
+    features[[0, 7, 8, 39]] = 0.0  # empty rows first, consecutive and last
+    if sparse:
+        features = scipy.sparse.csr_matrix(features)
+    norms = _Pairs(contexts, features, None).feature_norms()
+    np.testing.assert_allclose(norms, np.linalg.norm(dense(features), axis=1), rtol=1e-14, atol=0)
+    assert np.all(norms[[0, 7, 8, 39]] == 0)
+
+
 def test_layout_follows_the_cost_of_a_pass():
     """The lifted user layout moves one number per non-zero but fills a d x N array per pass: it is
     taken when d N is below the r - 1 numbers per non-zero it saves, else the general passes."""
