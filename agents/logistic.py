@@ -11,6 +11,10 @@ Newton steps, all problems advancing together: the data are laid out padded as
 ``(B, n_max, k)`` and each step is a batched matrix product and a batched solve. When problems
 have fewer samples than dimensions the Newton system is solved in the ``n``-dimensional sample
 space (Woodbury), so full-dimensional per-user fits cost ``O(n^2 k)`` instead of ``O(k^3)``.
+Large problems with more samples than dimensions (the RTV refit of LoCo-RLHF, ``k`` in the
+thousands) spend their time forming ``k x k`` Hessians: they keep the Cholesky factor of the
+last one, summed in single precision, and take chord steps with it while each step shrinks the
+gradient norm at least fourfold; the Fisher matrix they return is formed anew at the answer.
 """
 
 from __future__ import annotations
@@ -20,13 +24,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.linalg.blas import dsyrk
+from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg.blas import dsyrk, ssyrk
 from scipy.special import expit
 
 from lr_mdp_env._validation import as_real_array, check_int, check_real
 
-# From this many coordinates on, Gram matrices are formed problem by problem with BLAS syrk.
+# From this many coordinates on, Gram matrices are formed problem by problem with BLAS syrk, and
+# primal Newton steps reuse the factor of an earlier Hessian while the gradient norm falls by at
+# least this factor per step (a chord step converges linearly at rate ||I - H_old^{-1} H||, so a
+# factor of 4 means the stored Hessian is still within 25% of the current one).
 _SYMMETRIC_UPDATE_MIN_DIMENSION = 64
+_CHORD_CONTRACTION = 0.25
 
 
 class ConvergenceWarning(UserWarning):
@@ -73,8 +82,13 @@ class _PaddedProblems:
         position = np.arange(groups.size) - np.repeat(np.cumsum(counts) - counts, counts)
         rows, cols = groups[order], position
         k = features.shape[1]
-        self.features = np.zeros((n_problems, n_max, k))
-        self.features[rows, cols] = features[order]
+        if groups.size == n_problems * n_max and np.all(np.diff(groups) >= 0):
+            # Already laid out (rows sorted by problem, equal counts, e.g. a single problem): a view,
+            # not a copy of what may be a large design.
+            self.features = features.reshape(n_problems, n_max, k)
+        else:
+            self.features = np.zeros((n_problems, n_max, k))
+            self.features[rows, cols] = features[order]
         self.labels = np.zeros((n_problems, n_max))
         self.labels[rows, cols] = labels[order]
         self.offsets = np.zeros((n_problems, n_max))
@@ -195,6 +209,13 @@ def fit_logistic(
     threshold = tol * np.maximum(initial_gradient, 1.0)
     objective = problems.objective(beta, ridge, theta)
     iterations = 0
+    # Large primal problems keep the Cholesky factor of their last Hessian while the steps it gives
+    # shrink the gradient fast (see _CHORD_CONTRACTION): forming a k x k Hessian from n samples
+    # costs n k^2, a step with a stored factor n k + k^2.
+    reuse_hessians = gram is None and k >= _SYMMETRIC_UPDATE_MIN_DIMENSION
+    factors: dict[int, tuple[np.ndarray, bool]] = {}
+    single_features: dict[int, np.ndarray] = {}
+    previous_norm = np.full(n_problems, np.inf)
     while True:
         eta = problems.logits(beta, theta)
         grad = gradient(theta, eta)
@@ -204,8 +225,22 @@ def fit_logistic(
             break
         iterations += 1
         weights = expit(eta[active]) * expit(-eta[active]) * problems.mask[active] * beta**2
-        step = _newton_direction(problems.features[active], weights, ridge[active], grad[active],
-                                 None if gram is None else gram[active])
+        if reuse_hessians:
+            step = np.empty((active.size, k))
+            for position, problem in enumerate(active):
+                if problem not in factors or grad_norm[problem] > _CHORD_CONTRACTION * previous_norm[problem]:
+                    # A step only needs an approximate Hessian (chord steps use an old one): summed in
+                    # single precision, at half the cost; the Fisher matrix below is exact.
+                    if problem not in single_features:
+                        single_features[problem] = problems.features[problem].astype(np.float32)
+                    hessian = _weighted_gram(single_features[problem][None], weights[position][None])[0]
+                    hessian[np.diag_indices(k)] += ridge[problem]
+                    factors[problem] = cho_factor(hessian, lower=True, overwrite_a=True)
+                step[position] = cho_solve(factors[problem], grad[problem])
+            previous_norm[active] = grad_norm[active]
+        else:
+            step = _newton_direction(problems.features[active], weights, ridge[active], grad[active],
+                                     None if gram is None else gram[active])
         theta[active], objective[active] = _backtrack(
             problems, beta, ridge, theta[active], objective[active], active, step, grad[active]
         )
@@ -258,24 +293,33 @@ def _apply_transposed(features: np.ndarray, vectors: np.ndarray) -> np.ndarray:
 
 
 def _weighted_gram(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``X_b^T diag(w_b) X_b`` for every problem: ``(B, k, k)``; ``weights`` non-negative."""
+    """``X_b^T diag(w_b) X_b`` for every problem: ``(B, k, k)`` in double precision; ``weights``
+    non-negative. Single-precision ``features`` (large problems only) give a Gram matrix summed in
+    single precision, twice as fast."""
     n_problems, _, k = features.shape
     if k < _SYMMETRIC_UPDATE_MIN_DIMENSION:  # many small problems: one batched product
         return features.transpose(0, 2, 1) @ (features * weights[:, :, None])
     # Large problems: the symmetric rank-n update (BLAS syrk) on W^(1/2) X does half the work of a
     # general product; it fills the upper triangle, mirrored here.
     grams = np.empty((n_problems, k, k))
+    single = features.dtype == np.float32
     for problem in range(n_problems):
-        scaled = features[problem] * np.sqrt(weights[problem])[:, None]
-        upper = dsyrk(1.0, scaled.T, trans=0, lower=0)  # scaled.T is Fortran-ordered: no copy
-        grams[problem] = np.triu(upper) + np.triu(upper, 1).T
+        root = np.sqrt(weights[problem])[:, None]
+        scaled = features[problem] * (root.astype(np.float32) if single else root)
+        # scaled.T is Fortran-ordered: no copy
+        upper = (ssyrk if single else dsyrk)(1.0, scaled.T, trans=0, lower=0)
+        diagonal = np.diag(upper).copy()
+        np.add(upper, upper.T, out=grams[problem])  # the strict lower triangle of upper is zero
+        grams[problem][np.diag_indices(k)] = diagonal
     return grams
 
 
 def _subset_objective(problems: _PaddedProblems, beta: float, ridge: np.ndarray, rows: np.ndarray,
                       theta_rows: np.ndarray) -> np.ndarray:
-    """``f_b`` of the problems ``rows`` at ``theta_rows``."""
-    eta = problems.offsets[rows] + beta * _apply(problems.features[rows], theta_rows)
+    """``f_b`` of the problems ``rows`` (sorted) at ``theta_rows``."""
+    # All problems: no gathered copy of the design (hundreds of MB for one large problem).
+    features = problems.features if rows.size == problems.features.shape[0] else problems.features[rows]
+    eta = problems.offsets[rows] + beta * _apply(features, theta_rows)
     losses = bernoulli_losses(eta, problems.labels[rows]) * problems.mask[rows]
     return losses.sum(axis=1) + 0.5 * ridge[rows] * np.sum(theta_rows**2, axis=1)
 

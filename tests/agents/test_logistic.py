@@ -330,6 +330,42 @@ def test_invalid_input_names_the_argument(kwargs, error, name):
         fit_logistic(features, labels, **arguments)
 
 
+def test_large_primal_problems_reuse_hessians_and_match_the_generic_optimiser(monkeypatch):
+    """From ``_SYMMETRIC_UPDATE_MIN_DIMENSION`` coordinates with more samples than coordinates, steps
+    reuse the factor of an earlier Hessian (formed in single precision) while the gradient shrinks
+    fourfold per step: fewer Hessians than steps, and the same minimiser as a generic optimiser,
+    with an exact (double-precision) Fisher matrix at the answer."""
+    k = agents.logistic._SYMMETRIC_UPDATE_MIN_DIMENSION + 6
+    rng = np.random.default_rng(22)
+    features, labels, offsets, beta, ridge = random_problem(rng, 600, k)
+    features /= np.sqrt(k)
+    factorisations = []
+    real_factor = agents.logistic.cho_factor
+    monkeypatch.setattr(agents.logistic, "cho_factor",
+                        lambda *args, **kwargs: factorisations.append(1) or real_factor(*args, **kwargs))
+    fit = fit_logistic(features, labels, offsets=offsets, beta=beta, ridge=ridge)
+    reference, bound = reference_minimiser(features, labels, offsets, beta, ridge)
+    assert bound < 5e-7, "the reference optimiser itself is not accurate enough to judge"
+    assert fit.converged.all()
+    assert 1 <= len(factorisations) < fit.iterations
+    np.testing.assert_allclose(fit.theta[0], reference, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fit.fisher[0], hessian(fit.theta[0], features, labels, offsets, beta, ridge),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_a_sorted_design_is_viewed_not_copied():
+    """Rows already grouped by problem with equal counts (e.g. a single large problem) are used in
+    place: the padded layout is a view of the caller's array."""
+    features = np.random.default_rng(23).normal(size=(12, 3))
+    single = agents.logistic._PaddedProblems(features, np.zeros(12), np.zeros(12, dtype=np.int64), np.zeros(12), 1)
+    grouped = agents.logistic._PaddedProblems(features, np.zeros(12), np.repeat(np.arange(3), 4), np.zeros(12), 3)
+    shuffled = agents.logistic._PaddedProblems(features, np.zeros(12), np.tile(np.arange(3), 4), np.zeros(12), 3)
+    assert np.shares_memory(single.features, features) and np.shares_memory(grouped.features, features)
+    assert not np.shares_memory(shuffled.features, features)
+    np.testing.assert_array_equal(grouped.features[1], features[4:8])
+    np.testing.assert_array_equal(shuffled.features[1], features[1::3])
+
+
 def test_large_problems_use_the_symmetric_update_and_agree():
     """From ``_SYMMETRIC_UPDATE_MIN_DIMENSION`` coordinates on the Gram matrices come from BLAS syrk
     (upper triangle, mirrored): the Fisher matrices must equal ``X^T diag(w) X + ridge I`` computed
