@@ -57,12 +57,14 @@ class BilinearCoordinates:
 
     def features(self, contexts: np.ndarray, vectors: Any) -> np.ndarray:
         """``vec((L_k^T x_j)(R_k^T v_j)^T)`` for paired rows ``x_j``, ``v_j``: ``(n, k)``."""
-        parts = []
-        for left, right in self.blocks:
-            left_part = contexts @ left
-            right_part = np.asarray(vectors @ right)
-            parts.append((left_part[:, :, None] * right_part[:, None, :]).reshape(contexts.shape[0], -1))
-        return np.hstack(parts)
+        n = contexts.shape[0]
+        features = np.empty((n, self.dimension))
+        ends = np.cumsum(self.sizes)
+        for (left, right), start, end in zip(self.blocks, ends - self.sizes, ends):
+            # Written in place: with k in the thousands the design is hundreds of MB.
+            np.multiply((contexts @ left)[:, :, None], np.asarray(vectors @ right)[:, None, :],
+                        out=features[:, start:end].reshape(n, left.shape[1], right.shape[1]))
+        return features
 
     def matrix(self, kappa: np.ndarray) -> np.ndarray:
         """``Theta_c = sum_k L_k K_k R_k^T`` for the vectorised blocks ``kappa``."""
