@@ -69,12 +69,7 @@ class Ellipsoid:
             if cholesky.shape != matrix.shape:
                 raise ValueError(f"factor must have the shape of matrix {matrix.shape}, got {cholesky.shape}")
         else:
-            if not np.allclose(matrix, matrix.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(matrix).max(initial=0.0))):
-                raise ValueError("matrix must be symmetric")
-            try:
-                cholesky = np.linalg.cholesky(matrix)
-            except np.linalg.LinAlgError:
-                raise ValueError("matrix must be positive definite") from None
+            cholesky = self.checked_factor(matrix)
         radius = check_real("radius", self.radius, 0.0)
         set_ = object.__setattr__
         set_(self, "offset", frozen(offset))
@@ -83,6 +78,23 @@ class Ellipsoid:
         set_(self, "matrix", frozen(matrix))
         set_(self, "radius", radius)
         set_(self, "factor", frozen(cholesky))
+
+    @staticmethod
+    def checked_factor(matrix: np.ndarray) -> np.ndarray:
+        """The lower Cholesky factor of ``matrix``, after checking that it is symmetric positive
+        definite (the check every set without a given ``factor`` makes).
+
+        Raises
+        ------
+        ValueError
+            If ``matrix`` is not symmetric or not positive definite.
+        """
+        if not np.allclose(matrix, matrix.T, rtol=1e-10, atol=1e-12 * max(1.0, np.abs(matrix).max(initial=0.0))):
+            raise ValueError("matrix must be symmetric")
+        try:
+            return np.linalg.cholesky(matrix)
+        except np.linalg.LinAlgError:
+            raise ValueError("matrix must be positive definite") from None
 
     @property
     def dimension(self) -> int:

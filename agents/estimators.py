@@ -186,10 +186,12 @@ class RewardEstimator:
     def _build_set(self, user: int) -> Ellipsoid:
         problem = 0 if self._pooled else user
         if problem not in self._set_matrices:
-            self._set_matrices[problem] = self._matrix_and_radius(problem)
-        matrix, radius = self._set_matrices[problem]
+            matrix, radius = self._matrix_and_radius(problem)
+            # Factored once per problem: the users of a pooled fit share one matrix.
+            self._set_matrices[problem] = matrix, radius, Ellipsoid.checked_factor(matrix)
+        matrix, radius, factor = self._set_matrices[problem]
         return Ellipsoid(offset=self._base[:, user], basis=self._basis, center=self._centers[user],
-                         matrix=matrix, radius=radius)
+                         matrix=matrix, radius=radius, factor=factor)
 
     def _matrix_and_radius(self, problem: int) -> tuple[np.ndarray, float]:
         """``(M, radius)`` of one coordinate problem (shared by all users when pooled)."""
