@@ -167,6 +167,8 @@ class RewardEstimator:
             "iterations": int(fit.iterations),
             "converged": bool(np.all(fit.converged)),
         }
+        if isinstance(fit, FactoredFit):
+            self.diagnostics[name]["quasi_newton_steps"] = int(fit.quasi_newton_steps)
 
     # -- predictions -------------------------------------------------------------------------
 

@@ -33,7 +33,9 @@ its minimiser is zero. Between steps the factors are rebalanced (``A B^T`` kept,
 ridge and no imbalance) and removes the directions in which ``F`` is nearly flat. Where the Newton
 direction is not a descent direction (far from a minimum the Hessian of the factorisation is
 indefinite), conjugate gradients stop at the first direction of negative curvature and, failing
-that, the step falls back to the block-preconditioned gradient.
+that, the step falls back to the block-preconditioned gradient. For one-hot contexts without
+balancing (P-ShareLoRA) that region is crossed first by preconditioned L-BFGS, whose steps cost
+one pass each way, down to a gradient of ``1e-3`` of the start's; Newton's method finishes.
 """
 
 from __future__ import annotations
@@ -46,12 +48,17 @@ import numpy as np
 import scipy.sparse
 from scipy.special import expit
 
-from .logistic import ConvergenceWarning, bernoulli_losses, fit_logistic
+from .logistic import ConvergenceWarning, bernoulli_losses, bernoulli_losses_and_probabilities, fit_logistic
 
 # The user layout moves one number per non-zero per pass but fills a dense d x N array; it is used
 # when that costs less than the r numbers per non-zero of the general passes, and fits in memory.
 _USER_LAYOUT_MAX_ENTRIES = 2**25
 _MAX_CG = 20
+# The quasi-Newton warm-up of P-ShareLoRA's fit (see _quasi_newton_warm_up) runs until the gradient
+# norm is this fraction of the start's, then Newton's method finishes.
+_QUASI_NEWTON_LEVEL = 1e-3
+_QUASI_NEWTON_MAX_STEPS = 500
+_QUASI_NEWTON_MEMORY = 10
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class FactoredFit:
     iterations : int
         Newton steps.
     converged : bool
+    quasi_newton_steps : int
+        L-BFGS steps of the warm-up before the Newton steps (one-hot contexts only).
     """
 
     left: np.ndarray
@@ -79,6 +88,7 @@ class FactoredFit:
     relative_gradient_norm: float
     iterations: int
     converged: bool
+    quasi_newton_steps: int = 0
 
     @property
     def matrix(self) -> np.ndarray:
@@ -589,8 +599,13 @@ def fit_factored(
     if hidden is not None:
         right = _project_off(right, hidden)
     state = problem.state(left, right)
-    scale = max(_norm(*_Curvature(problem, state).gradient()), 1e-12)
+    start_curvature = _Curvature(problem, state)
+    scale = max(_norm(*start_curvature.gradient()), 1e-12)
     threshold = tol * scale * (1 + 1e-6)
+    quasi_newton_steps = 0
+    if problem.blockwise:
+        state, quasi_newton_steps = _quasi_newton_warm_up(problem, start_curvature, hidden,
+                                                          max(threshold, _QUASI_NEWTON_LEVEL * scale))
     iterations, fresh, message = 0, True, "maximum number of iterations reached"
     # A cap on the CG steps of one Newton step: where the Hessian is nearly singular or indefinite an
     # accurate solve is wasted (the next step corrects it), and near the answer few are needed.
@@ -642,7 +657,85 @@ def fit_factored(
         relative_gradient_norm=gradient_norm / scale,
         iterations=iterations,
         converged=bool(converged),
+        quasi_newton_steps=quasi_newton_steps,
     )
+
+
+def _quasi_newton_warm_up(problem: _Bilinear, curvature: _Curvature, hidden: np.ndarray | None,
+                          target: float) -> tuple[_State, int]:
+    """Preconditioned L-BFGS from ``curvature``'s point until ``||grad F|| <= target``; returns the
+    point reached and the number of steps.
+
+    Far from the answer a Newton step of the factorisation is indefinite, so its conjugate
+    gradients stop early and the step is short; each L-BFGS step costs one pass forward and one
+    back over the data (``eta`` from ``A B^T``, the gradient from ``R``) and reaches the region
+    where Newton's method converges fast in a fraction of the passes. The initial inverse Hessian
+    is the inverse of the block-diagonal part of the Hessian at the start (the ``r x r`` blocks of
+    ``H_AA`` per context and of ``H_BB`` per feature), scaled by ``s^T y / y^T P^{-1} y`` of the
+    latest pair; pairs with ``s^T y <= 0`` are skipped, which keeps every direction a descent
+    direction. Returns the last point (with fresh projections) when the target is met, a step
+    fails to decrease ``F``, or after ``_QUASI_NEWTON_MAX_STEPS`` steps.
+    """
+    p, start = problem, curvature.state
+    r = p.rank
+    context_blocks = p.pairs.context_blocks(curvature.slope, start.feature_part)
+    context_blocks[:, np.arange(r), np.arange(r)] += p.ridge
+    feature_blocks = p.pairs.feature_blocks(curvature.slope, start.left, start.context_part)
+    feature_blocks[:, np.arange(r), np.arange(r)] += p.ridge
+    context_inverse, feature_inverse = np.linalg.inv(context_blocks), np.linalg.inv(feature_blocks)
+
+    # Points and gradients as flat vectors (A then B), so that inner products are single dots.
+    def precondition(flat: np.ndarray) -> np.ndarray:
+        left, right = p.split(flat)
+        right = (feature_inverse @ right[:, :, None])[:, :, 0]
+        return np.concatenate([np.ravel((context_inverse @ left[:, :, None])[:, :, 0]),
+                               np.ravel(right if hidden is None else _project_off(right, hidden))])
+
+    def value_and_gradient(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        left, right = p.split(flat)
+        eta = p.offsets + p.beta * p.pairs.pair_products(left, right)
+        losses, probabilities = bernoulli_losses_and_probabilities(eta, p.labels)
+        residual_matrix = p.pairs.data_matrix(p.beta * (probabilities - p.labels))
+        grad_right = residual_matrix @ left + p.ridge * right
+        if hidden is not None:
+            grad_right = _project_off(grad_right, hidden)
+        value = float(np.sum(losses)) + 0.5 * p.ridge * float(flat @ flat)
+        return value, np.concatenate([np.ravel(residual_matrix.T @ right + p.ridge * left), np.ravel(grad_right)])
+
+    point = np.concatenate([np.ravel(start.left), np.ravel(start.right)])
+    value, gradient = value_and_gradient(point)
+    history: list[tuple[np.ndarray, np.ndarray, float]] = []
+    scaling, steps = 1.0, 0
+    while steps < _QUASI_NEWTON_MAX_STEPS and np.linalg.norm(gradient) > target:
+        # Two-loop recursion: direction = -H gradient with the stored pairs (s, y, 1 / s^T y).
+        direction, alphas = gradient.copy(), []
+        for step_taken, change, rho in reversed(history):
+            alpha = rho * float(step_taken @ direction)
+            direction -= alpha * change
+            alphas.append(alpha)
+        direction = scaling * precondition(direction)
+        for (step_taken, change, rho), alpha in zip(history, reversed(alphas)):
+            direction += (alpha - rho * float(change @ direction)) * step_taken
+        direction = -direction
+        slope = float(gradient @ direction)
+        length, accepted = 1.0, None
+        for _ in range(30):  # Armijo backtracking; the unit step is accepted almost always
+            trial_value, trial_gradient = value_and_gradient(point + length * direction)
+            if trial_value <= value + 1e-4 * length * slope:
+                accepted = trial_value, trial_gradient
+                break
+            length *= 0.5
+        if accepted is None:
+            break
+        step_taken, change = length * direction, accepted[1] - gradient
+        curvature_along = float(step_taken @ change)
+        if curvature_along > 1e-10 * np.linalg.norm(step_taken) * np.linalg.norm(change):
+            history.append((step_taken, change, 1.0 / curvature_along))
+            del history[:-_QUASI_NEWTON_MEMORY]
+            scaling = curvature_along / float(change @ precondition(change))
+        point, steps = point + step_taken, steps + 1
+        value, gradient = accepted
+    return p.state(*p.split(point)), steps
 
 
 def _forcing(gradient_norm: float, scale: float, threshold: float) -> float:

@@ -282,6 +282,14 @@ def bernoulli_losses(eta: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.log1p(np.exp(-np.abs(eta))) + (np.maximum(eta, 0.0) - labels * eta)
 
 
+def bernoulli_losses_and_probabilities(eta: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`bernoulli_losses` and ``sigmoid(eta)`` from one exponential ``exp(-|eta|)``."""
+    decay = np.exp(-np.abs(eta))
+    losses = np.log1p(decay) + (np.maximum(eta, 0.0) - labels * eta)
+    inverse = 1.0 / (1.0 + decay)
+    return losses, np.where(eta >= 0, inverse, decay * inverse)
+
+
 def _apply(features: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """``X_b v_b`` for every problem: ``(B, n, k) x (B, k) -> (B, n)`` (batched BLAS)."""
     return (features @ vectors[:, :, None])[:, :, 0]

@@ -403,5 +403,6 @@ def test_a_loose_tolerance_still_fits_the_joint_rank_r_model(estimator):
         mdp = random_mdp(4, 3, 3, seed=8)
         rewards = contextual_rewards(mdp.n_features, 3, RANK, n_users=N_USERS, mdp=mdp, seed=9)
         fitted = LoCoPRS(RANK, ridge=RIDGE, tol=1e-2).fit(collect_preferences(mdp, rewards, 60, seed=10), mdp)
-    assert fitted.diagnostics["joint"]["iterations"] > 0
-    assert fitted.diagnostics["joint"]["relative_gradient_norm"] <= 1e-4
+    joint = fitted.diagnostics["joint"]
+    assert joint["iterations"] + joint.get("quasi_newton_steps", 0) > 0
+    assert joint["relative_gradient_norm"] <= 1e-4
