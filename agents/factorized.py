@@ -59,6 +59,8 @@ _MAX_CG = 20
 _QUASI_NEWTON_LEVEL = 1e-3
 _QUASI_NEWTON_MAX_STEPS = 500
 _QUASI_NEWTON_MEMORY = 10
+# ... and rebuilds its block-diagonal preconditioner each time the gradient norm has fallen tenfold.
+_QUASI_NEWTON_REFRESH = 0.1
 
 
 @dataclass(frozen=True)
@@ -670,19 +672,23 @@ def _quasi_newton_warm_up(problem: _Bilinear, curvature: _Curvature, hidden: np.
     gradients stop early and the step is short; each L-BFGS step costs one pass forward and one
     back over the data (``eta`` from ``A B^T``, the gradient from ``R``) and reaches the region
     where Newton's method converges fast in a fraction of the passes. The initial inverse Hessian
-    is the inverse of the block-diagonal part of the Hessian at the start (the ``r x r`` blocks of
-    ``H_AA`` per context and of ``H_BB`` per feature), scaled by ``s^T y / y^T P^{-1} y`` of the
-    latest pair; pairs with ``s^T y <= 0`` are skipped, which keeps every direction a descent
-    direction. Returns the last point (with fresh projections) when the target is met, a step
+    is the inverse of the block-diagonal part of the Hessian (the ``r x r`` blocks of ``H_AA`` per
+    context and of ``H_BB`` per feature), at the start and again each time the gradient norm has
+    fallen tenfold, scaled by ``s^T y / y^T P^{-1} y`` of the latest pair; pairs with
+    ``s^T y <= 0`` are skipped, which keeps every direction a descent direction. Returns the last point (with fresh projections) when the target is met, a step
     fails to decrease ``F``, or after ``_QUASI_NEWTON_MAX_STEPS`` steps.
     """
     p, start = problem, curvature.state
     r = p.rank
-    context_blocks = p.pairs.context_blocks(curvature.slope, start.feature_part)
-    context_blocks[:, np.arange(r), np.arange(r)] += p.ridge
-    feature_blocks = p.pairs.feature_blocks(curvature.slope, start.left, start.context_part)
-    feature_blocks[:, np.arange(r), np.arange(r)] += p.ridge
-    context_inverse, feature_inverse = np.linalg.inv(context_blocks), np.linalg.inv(feature_blocks)
+
+    def inverse_blocks(state: _State, slope: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        context_blocks = p.pairs.context_blocks(slope, state.feature_part)
+        context_blocks[:, np.arange(r), np.arange(r)] += p.ridge
+        feature_blocks = p.pairs.feature_blocks(slope, state.left, state.context_part)
+        feature_blocks[:, np.arange(r), np.arange(r)] += p.ridge
+        return np.linalg.inv(context_blocks), np.linalg.inv(feature_blocks)
+
+    context_inverse, feature_inverse = inverse_blocks(start, curvature.slope)
 
     # Points and gradients as flat vectors (A then B), so that inner products are single dots.
     def precondition(flat: np.ndarray) -> np.ndarray:
@@ -706,6 +712,7 @@ def _quasi_newton_warm_up(problem: _Bilinear, curvature: _Curvature, hidden: np.
     value, gradient = value_and_gradient(point)
     history: list[tuple[np.ndarray, np.ndarray, float]] = []
     scaling, steps = 1.0, 0
+    refreshed_at = np.linalg.norm(gradient)
     while steps < _QUASI_NEWTON_MAX_STEPS and np.linalg.norm(gradient) > target:
         # Two-loop recursion: direction = -H gradient with the stored pairs (s, y, 1 / s^T y).
         direction, alphas = gradient.copy(), []
@@ -735,6 +742,13 @@ def _quasi_newton_warm_up(problem: _Bilinear, curvature: _Curvature, hidden: np.
             scaling = curvature_along / float(change @ precondition(change))
         point, steps = point + step_taken, steps + 1
         value, gradient = accepted
+        if np.linalg.norm(gradient) <= _QUASI_NEWTON_REFRESH * refreshed_at:
+            # The iterate has moved far enough for the blocks at the start to be stale: rebuild them
+            # here (the stored pairs stay; they describe the Hessian, not the preconditioner).
+            state = p.state(*p.split(point))
+            probability = expit(state.eta)
+            context_inverse, feature_inverse = inverse_blocks(state, p.beta**2 * probability * (1.0 - probability))
+            refreshed_at = np.linalg.norm(gradient)
     return p.state(*p.split(point)), steps
 
 
