@@ -76,7 +76,9 @@ class RewardEstimator:
     ridge_scores_ : dict
         Held-out mean log-likelihood of each candidate ridge (empty with a fixed ridge).
     diagnostics : dict
-        Gradient norms (relative) and iteration counts of every fit.
+        Per fit (``"joint"``, ``"coordinates"``): ``relative_gradient_norm``, ``iterations``
+        (Newton steps), ``converged``, and for the rank-``r`` joint fits ``quasi_newton_steps``
+        (the L-BFGS steps before the Newton steps).
     """
 
     def __init__(

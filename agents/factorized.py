@@ -345,18 +345,36 @@ class _Bilinear:
                       self.offsets + self.beta * self.pairs.context_row_dot(left, feature_part))
 
     def value(self, state: _State) -> float:
-        left, right = state.left, state.right
         if state.data_term is None:
             state.data_term = float(np.sum(bernoulli_losses(state.eta, self.labels)))
+        return state.data_term + self.penalty(state.left, state.right)
+
+    def penalty(self, left: np.ndarray, right: np.ndarray) -> float:
+        """The ridge and balancing terms of ``F``."""
         imbalance = left.T @ left - right.T @ right
-        return state.data_term + 0.5 * self.ridge * (np.sum(left**2) + np.sum(right**2)) \
-            + 0.25 * self.balance * np.sum(imbalance**2)
+        return 0.5 * self.ridge * (np.sum(left**2) + np.sum(right**2)) + 0.25 * self.balance * np.sum(imbalance**2)
+
+    def gradient(self, left: np.ndarray, right: np.ndarray, residual_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(dF/dA, dF/dB) = (R^T B + lambda A + mu A D, R A + lambda B - mu B D)`` with
+        ``D = A^T A - B^T B``, given ``R``."""
+        grad_left = residual_matrix.T @ right + self.ridge * left
+        grad_right = residual_matrix @ left + self.ridge * right
+        if self.balance:
+            weighted_imbalance = self.balance * (left.T @ left - right.T @ right)
+            grad_left += left @ weighted_imbalance
+            grad_right -= right @ weighted_imbalance
+        return grad_left, grad_right
 
     def value_and_gradient(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
-        state = self.state(*self.split(flat))
-        curvature = _Curvature(self, state)
-        grad_left, grad_right = curvature.gradient()
-        return self.value(state), np.concatenate([np.ravel(grad_left), np.ravel(grad_right)])
+        """``F`` and its gradient at ``flat = (A, B)`` from one pass each way over the data
+        (``eta`` from ``A B^T``, the gradient from ``R``)."""
+        left, right = self.split(flat)
+        eta = self.offsets + self.beta * self.pairs.pair_products(left, right)
+        losses, probabilities = bernoulli_losses_and_probabilities(eta, self.labels)
+        residual_matrix = self.pairs.data_matrix(self.beta * (probabilities - self.labels))
+        grad_left, grad_right = self.gradient(left, right, residual_matrix)
+        return float(np.sum(losses)) + self.penalty(left, right), np.concatenate([np.ravel(grad_left),
+                                                                                  np.ravel(grad_right)])
 
     def hessian_vector(self, flat: np.ndarray, direction: np.ndarray) -> np.ndarray:
         state = self.state(*self.split(flat))
@@ -403,10 +421,7 @@ class _Curvature:
 
     def gradient(self) -> tuple[np.ndarray, np.ndarray]:
         """``(dF/dA, dF/dB)``."""
-        p, s = self.problem, self.state
-        grad_left = self.residual_matrix.T @ s.right + p.ridge * s.left + p.balance * s.left @ self.imbalance
-        grad_right = self.residual_matrix @ s.left + p.ridge * s.right - p.balance * s.right @ self.imbalance
-        return grad_left, grad_right
+        return self.problem.gradient(self.state.left, self.state.right, self.residual_matrix)
 
     def left_left(self, d_left):
         """``H_AA dA``."""
@@ -698,15 +713,11 @@ def _quasi_newton_warm_up(problem: _Bilinear, curvature: _Curvature, hidden: np.
                                np.ravel(right if hidden is None else _project_off(right, hidden))])
 
     def value_and_gradient(flat: np.ndarray) -> tuple[float, np.ndarray]:
-        left, right = p.split(flat)
-        eta = p.offsets + p.beta * p.pairs.pair_products(left, right)
-        losses, probabilities = bernoulli_losses_and_probabilities(eta, p.labels)
-        residual_matrix = p.pairs.data_matrix(p.beta * (probabilities - p.labels))
-        grad_right = residual_matrix @ left + p.ridge * right
-        if hidden is not None:
-            grad_right = _project_off(grad_right, hidden)
-        value = float(np.sum(losses)) + 0.5 * p.ridge * float(flat @ flat)
-        return value, np.concatenate([np.ravel(residual_matrix.T @ right + p.ridge * left), np.ravel(grad_right)])
+        value, gradient = p.value_and_gradient(flat)
+        if hidden is not None:  # B stays orthogonal to the hidden directions
+            right_gradient = gradient[p.left_size:].reshape(-1, r)
+            right_gradient[...] = _project_off(right_gradient, hidden)
+        return value, gradient
 
     point = np.concatenate([np.ravel(start.left), np.ravel(start.right)])
     value, gradient = value_and_gradient(point)
