@@ -11,6 +11,10 @@ import scipy.sparse
 from ._validation import as_real_array, check_int, check_probability_rows, frozen
 
 
+# Visits per block of rows in TabularMDP.visit_count_differences (a few hundred kB of temporaries).
+_VISIT_BLOCK_ENTRIES = 2**16
+
+
 @dataclass(frozen=True, init=False, eq=False)
 class TabularMDP:
     """A finite-horizon tabular MDP with linear reward features.
@@ -193,7 +197,9 @@ class TabularMDP:
         (sorted indices, no explicit zeros), built without a general sparse conversion.
 
         Each row's ``2 H`` signed visits are sorted within the row and equal cells summed, which
-        costs a sort of ``n`` short rows instead of two conversions and a sparse subtraction.
+        costs a sort of ``n`` short rows instead of two conversions and a sparse subtraction. Rows
+        are processed in blocks of about ``_VISIT_BLOCK_ENTRIES`` visits, whose temporaries stay in
+        cache instead of being allocated (and paged in) at the size of the whole dataset.
 
         Parameters
         ----------
@@ -205,9 +211,29 @@ class TabularMDP:
         scipy.sparse.csr_matrix, shape (n, H S A), or (n, S A) with stationary features
         """
         n_trajectories, horizon = states1.shape
+        n_columns = self._visited_cells(states1[:0], actions1[:0])[1]
+        block = max(1, _VISIT_BLOCK_ENTRIES // (2 * max(horizon, 1)))
+        values, columns, counts = [], [], []
+        for begin in range(0, n_trajectories, block):
+            rows = slice(begin, begin + block)
+            block_values, block_columns, block_counts = self._count_difference_block(
+                states1[rows], actions1[rows], states0[rows], actions0[rows])
+            values.append(block_values)
+            columns.append(block_columns)
+            counts.append(block_counts)
+        indptr = np.zeros(n_trajectories + 1, dtype=np.int64)
+        if counts:
+            np.cumsum(np.concatenate(counts), out=indptr[1:])
+        return scipy.sparse.csr_matrix(
+            (np.concatenate(values) if values else np.zeros(0), np.concatenate(columns) if columns else
+             np.zeros(0, dtype=np.int64), indptr), shape=(n_trajectories, n_columns))
+
+    def _count_difference_block(self, states1: np.ndarray, actions1: np.ndarray, states0: np.ndarray,
+                                actions0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Non-zero values, their columns (sorted within rows) and the number per row of the count
+        differences of a block of rows (see :meth:`visit_count_differences`)."""
+        n_trajectories, horizon = states1.shape
         cells1, n_columns = self._visited_cells(states1, actions1)
-        if n_trajectories == 0:
-            return scipy.sparse.csr_matrix((0, n_columns))
         cells = np.concatenate([cells1, self._visited_cells(states0, actions0)[0]], axis=1)
         # Sort keys 2 cell + (1 for tau0), in the narrowest integer type that holds them: a value
         # sort of short rows, no argsort.
@@ -225,11 +251,8 @@ class TabularMDP:
         first = np.flatnonzero(starts)
         values = np.add.reduceat(signs, first)
         keep = values != 0
-        rows = first[keep] // (2 * horizon)
-        indptr = np.zeros(n_trajectories + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=n_trajectories), out=indptr[1:])
-        return scipy.sparse.csr_matrix((values[keep], cells[first[keep]].astype(np.int64), indptr),
-                                       shape=(n_trajectories, n_columns))
+        counts = np.bincount(first[keep] // (2 * horizon), minlength=n_trajectories)
+        return values[keep], cells[first[keep]], counts
 
     def flat_features(self) -> np.ndarray:
         """Features as the ``(H S A, d)`` matrix, or ``(S A, d)`` when stationary."""

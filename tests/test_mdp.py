@@ -8,6 +8,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
+import lr_mdp_env.mdp
 from lr_mdp_env import (
     TabularMDP,
     chain_mdp,
@@ -385,7 +386,9 @@ def test_the_model_does_not_share_memory_with_the_callers_arrays():
 
 
 @pytest.mark.parametrize("stationary_features", [True, False])
-def test_visit_count_differences_are_canonical_count_differences(stationary_features):
+@pytest.mark.parametrize("block_entries", [2**16, 84])  # one block; blocks of 7 rows (of 2 H = 12), the last partial
+def test_visit_count_differences_are_canonical_count_differences(stationary_features, block_entries, monkeypatch):
+    monkeypatch.setattr(lr_mdp_env.mdp, "_VISIT_BLOCK_ENTRIES", block_entries)
     rng = np.random.default_rng(5)
     mdp = random_mdp(4, 3, 6, seed=0)
     if not stationary_features:
