@@ -589,7 +589,8 @@ def fit_factored(
     tol : float, default 1e-8
         Stop when ``||grad F|| <= tol * ||grad F(A_0, B_0)||``.
     max_iter : int, default 500
-        Newton steps.
+        Newton steps. The L-BFGS warm-up of one-hot contexts (module docstring) takes at most
+        ``_QUASI_NEWTON_MAX_STEPS`` steps more; ``max_iter=0`` returns the start.
 
     Returns
     -------
@@ -620,7 +621,7 @@ def fit_factored(
     scale = max(_norm(*start_curvature.gradient()), 1e-12)
     threshold = tol * scale * (1 + 1e-6)
     quasi_newton_steps = 0
-    if problem.blockwise:
+    if problem.blockwise and max_iter > 0:
         state, quasi_newton_steps = _quasi_newton_warm_up(problem, start_curvature, hidden,
                                                           max(threshold, _QUASI_NEWTON_LEVEL * scale))
     iterations, fresh, message = 0, True, "maximum number of iterations reached"

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import cho_factor, cho_solve, lu_factor, lu_solve
 from scipy.linalg.blas import dsyrk, ssyrk
 from scipy.special import expit
 
@@ -59,6 +59,7 @@ class LogisticFit:
         ``gradient_norm / max(||grad f_b(0)||, 1e-300)``: the stationarity certificate.
     objective : ndarray, shape (B,)
     iterations : int
+        Steps taken: Newton steps, or for large problems Newton and chord steps (module docstring).
     converged : ndarray of bool, shape (B,)
     """
 
@@ -143,6 +144,7 @@ def fit_logistic(
     tol : float, default 1e-10
         Stop when ``||grad f_b|| <= tol * max(1, ||grad f_b(0)||)`` for every problem.
     max_iter : int, default 100
+        Steps (Newton or chord).
     fisher : bool, default True
         Whether to return the ``(B, k, k)`` Fisher matrices (skip for large ``B k^2``).
 
@@ -153,7 +155,7 @@ def fit_logistic(
     Warns
     -----
     ConvergenceWarning
-        If some problem has not reached ``tol`` after ``max_iter`` Newton steps.
+        If some problem has not reached ``tol`` after ``max_iter`` steps.
 
     References
     ----------
@@ -213,7 +215,7 @@ def fit_logistic(
     # shrink the gradient fast (see _CHORD_CONTRACTION): forming a k x k Hessian from n samples
     # costs n k^2, a step with a stored factor n k + k^2.
     reuse_hessians = gram is None and k >= _SYMMETRIC_UPDATE_MIN_DIMENSION
-    factors: dict[int, tuple[np.ndarray, bool]] = {}
+    factors: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
     single_features: dict[int, np.ndarray] = {}
     previous_norm = np.full(n_problems, np.inf)
     while True:
@@ -229,14 +231,11 @@ def fit_logistic(
             step = np.empty((active.size, k))
             for position, problem in enumerate(active):
                 if problem not in factors or grad_norm[problem] > _CHORD_CONTRACTION * previous_norm[problem]:
-                    # A step only needs an approximate Hessian (chord steps use an old one): summed in
-                    # single precision, at half the cost; the Fisher matrix below is exact.
                     if problem not in single_features:
                         single_features[problem] = problems.features[problem].astype(np.float32)
-                    hessian = _weighted_gram(single_features[problem][None], weights[position][None])[0]
-                    hessian[np.diag_indices(k)] += ridge[problem]
-                    factors[problem] = cho_factor(hessian, lower=True, overwrite_a=True)
-                step[position] = cho_solve(factors[problem], grad[problem])
+                    factors[problem] = _hessian_solver(single_features[problem], problems.features[problem],
+                                                       weights[position], ridge[problem])
+                step[position] = factors[problem](grad[problem])
             previous_norm[active] = grad_norm[active]
         else:
             step = _newton_direction(problems.features[active], weights, ridge[active], grad[active],
@@ -250,7 +249,7 @@ def fit_logistic(
         worst = int(np.argmax(grad_norm / threshold))
         warnings.warn(
             f"logistic fit: {int((~converged).sum())} of {n_problems} problems did not reach "
-            f"tol={tol} in max_iter={max_iter} Newton steps (worst: problem {worst}, gradient "
+            f"tol={tol} in max_iter={max_iter} steps (worst: problem {worst}, gradient "
             f"norm {grad_norm[worst]:.3g})",
             ConvergenceWarning,
             stacklevel=2,
@@ -288,6 +287,29 @@ def bernoulli_losses_and_probabilities(eta: np.ndarray, labels: np.ndarray) -> t
     losses = np.log1p(decay) + (np.maximum(eta, 0.0) - labels * eta)
     inverse = 1.0 / (1.0 + decay)
     return losses, np.where(eta >= 0, inverse, decay * inverse)
+
+
+def _hessian_solver(single_features: np.ndarray, features: np.ndarray, weights: np.ndarray,
+                    ridge: float) -> Callable[[np.ndarray], np.ndarray]:
+    """``g -> H^{-1} g`` for the Hessian ``X^T W X + lambda I`` of one large problem.
+
+    A step only needs an approximate Hessian (chord steps use an old one), so it is summed in
+    single precision, at half the cost, and factored by Cholesky. Where the ridge is below the
+    single-precision rounding of a rank-deficient ``X^T W X`` that sum can come out indefinite:
+    then it is summed in double precision, and solved by LU if it is still not numerically
+    positive definite.
+    """
+    k = features.shape[1]
+    for design in (single_features, features):
+        hessian = _weighted_gram(design[None], weights[None])[0]
+        hessian[np.diag_indices(k)] += ridge
+        try:
+            factor = cho_factor(hessian, lower=True, overwrite_a=False)
+        except np.linalg.LinAlgError:
+            continue
+        return lambda gradient: cho_solve(factor, gradient)
+    factor = lu_factor(hessian, overwrite_a=True)
+    return lambda gradient: lu_solve(factor, gradient)
 
 
 def _apply(features: np.ndarray, vectors: np.ndarray) -> np.ndarray:

@@ -321,6 +321,17 @@ def test_convergence_warning_when_out_of_iterations():
     assert fit.iterations <= 1
 
 
+def test_no_iterations_return_the_start_for_one_hot_contexts_too():
+    """``max_iter=0`` skips the L-BFGS warm-up of one-hot contexts as well as the Newton steps."""
+    contexts, features, labels, offsets = bilinear_problem(11, one_hot=True, sparse=True)
+    start = spectral_start(contexts, features, labels, offsets, 2, 1.0)
+    with pytest.warns(ConvergenceWarning):
+        fit = fit_factored(contexts, features, labels, 2, initial=start, offsets=offsets, ridge=0.1, max_iter=0)
+    assert fit.iterations == 0 and fit.quasi_newton_steps == 0 and not fit.converged
+    np.testing.assert_array_equal(fit.left, start[0])
+    np.testing.assert_array_equal(fit.right, start[1])
+
+
 # -- the Newton system: eliminated contexts' block and its Schur complement ----------------------
 
 @pytest.mark.parametrize("one_hot, sparse", LAYOUTS)

@@ -52,6 +52,10 @@ def reference_minimiser(features, labels, offsets, beta, ridge):
     return point, np.linalg.norm(gradient(point, *args)) / ridge
 
 
+def sigmoid_of(eta):
+    return 0.5 * (1.0 + np.tanh(0.5 * eta))
+
+
 def random_problem(rng, n, k, label_kind="mixed"):
     features = rng.normal(size=(n, k)) * rng.uniform(0.2, 3.0)
     if label_kind == "mixed":
@@ -351,6 +355,53 @@ def test_large_primal_problems_reuse_hessians_and_match_the_generic_optimiser(mo
     np.testing.assert_allclose(fit.theta[0], reference, rtol=0, atol=1e-6)
     np.testing.assert_allclose(fit.fisher[0], hessian(fit.theta[0], features, labels, offsets, beta, ridge),
                                rtol=1e-12, atol=1e-12)
+
+
+def test_rank_deficient_large_problems_with_a_tiny_ridge_fall_back_to_double_precision(monkeypatch):
+    """A design of rank 80 in k = 200 coordinates (4 distinct contexts times 20 features): with the
+    ridge below the single-precision rounding of ``X^T W X`` the single-precision Hessian comes out
+    indefinite, and the step is solved in double precision; the fit still reaches its certificate,
+    checked with the independent gradient."""
+    rng = np.random.default_rng(1)
+    n = 3000
+    contexts = rng.standard_normal((4, 10))[rng.integers(0, 4, n)]
+    differences = rng.integers(-3, 4, (n, 20)) * 0.5
+    features = (contexts[:, :, None] * differences[:, None, :]).reshape(n, -1)
+    labels = (rng.uniform(size=n) < sigmoid_of(features @ (0.05 * rng.standard_normal(200)))).astype(float)
+    failures = []
+    real_factor = agents.logistic.cho_factor
+
+    def counting_factor(matrix, **kwargs):
+        try:
+            return real_factor(matrix, **kwargs)
+        except np.linalg.LinAlgError:
+            failures.append(ridge)
+            raise
+
+    monkeypatch.setattr(agents.logistic, "cho_factor", counting_factor)
+    zeros = np.zeros(n)
+    for ridge in (1e-3, 1e-8):
+        fit = fit_logistic(features, labels, ridge=ridge)
+        assert fit.converged.all()
+        grad = gradient(fit.theta[0], features, labels, zeros, 1.0, ridge)
+        start = gradient(np.zeros(200), features, labels, zeros, 1.0, ridge)
+        assert np.linalg.norm(grad) <= 1e-10 * max(1.0, np.linalg.norm(start)) * (1 + 1e-6) + 1e-12
+    assert 1e-3 in failures and 1e-8 in failures  # the fallback was needed at both ridges
+
+
+def test_hessian_solver_falls_back_to_lu(monkeypatch):
+    """When no Cholesky factorisation succeeds the step is solved by LU: the same ``H^{-1} g``."""
+    rng = np.random.default_rng(2)
+    features, weights = rng.normal(size=(300, 70)), rng.uniform(0.1, 0.25, size=300)
+    hessian = features.T @ (weights[:, None] * features) + 0.3 * np.eye(70)
+    gradient_vector = rng.normal(size=70)
+
+    def refuse(*args, **kwargs):
+        raise np.linalg.LinAlgError("not positive definite")
+
+    monkeypatch.setattr(agents.logistic, "cho_factor", refuse)
+    solve = agents.logistic._hessian_solver(features.astype(np.float32), features, weights, 0.3)
+    np.testing.assert_allclose(solve(gradient_vector), np.linalg.solve(hessian, gradient_vector), rtol=1e-10)
 
 
 def test_a_sorted_design_is_viewed_not_copied():
