@@ -40,6 +40,7 @@ one pass each way, down to a gradient of ``1e-3`` of the start's; Newton's metho
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -414,10 +415,15 @@ class _Curvature:
         probability = expit(state.eta)
         self.residual = beta * (probability - problem.labels)
         self.slope = beta**2 * probability * (1.0 - probability)
-        self.residual_matrix = problem.pairs.data_matrix(self.residual)  # R, (d, d_x)
         left, right = state.left, state.right
         self.imbalance = left.T @ left - right.T @ right
         self._left_inverse = None
+
+    @functools.cached_property
+    def residual_matrix(self) -> np.ndarray:
+        """``R``, ``(d, d_x)``: one pass over the data, made when first needed (a preconditioner
+        alone does not need it)."""
+        return self.problem.pairs.data_matrix(self.residual)
 
     def gradient(self) -> tuple[np.ndarray, np.ndarray]:
         """``(dF/dA, dF/dB)``."""
@@ -691,27 +697,20 @@ def _quasi_newton_warm_up(problem: _Bilinear, curvature: _Curvature, hidden: np.
     is the inverse of the block-diagonal part of the Hessian (the ``r x r`` blocks of ``H_AA`` per
     context and of ``H_BB`` per feature), at the start and again each time the gradient norm has
     fallen tenfold, scaled by ``s^T y / y^T P^{-1} y`` of the latest pair; pairs with
-    ``s^T y <= 0`` are skipped, which keeps every direction a descent direction. Returns the last point (with fresh projections) when the target is met, a step
-    fails to decrease ``F``, or after ``_QUASI_NEWTON_MAX_STEPS`` steps.
+    ``s^T y <= 0`` are skipped, which keeps every direction a descent direction. Returns the last
+    point (with fresh projections) when the target is met, a step fails to decrease ``F``, or
+    after ``_QUASI_NEWTON_MAX_STEPS`` steps.
     """
     p, start = problem, curvature.state
     r = p.rank
-
-    def inverse_blocks(state: _State, slope: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        context_blocks = p.pairs.context_blocks(slope, state.feature_part)
-        context_blocks[:, np.arange(r), np.arange(r)] += p.ridge
-        feature_blocks = p.pairs.feature_blocks(slope, state.left, state.context_part)
-        feature_blocks[:, np.arange(r), np.arange(r)] += p.ridge
-        return np.linalg.inv(context_blocks), np.linalg.inv(feature_blocks)
-
-    context_inverse, feature_inverse = inverse_blocks(start, curvature.slope)
+    # The block-diagonal part of the Newton steps' system: H_AA's blocks (curvature.solve_left)
+    # and H_BB's per-feature blocks (curvature.preconditioner, which also projects off hidden).
+    solve_right = curvature.preconditioner(hidden)
 
     # Points and gradients as flat vectors (A then B), so that inner products are single dots.
     def precondition(flat: np.ndarray) -> np.ndarray:
         left, right = p.split(flat)
-        right = (feature_inverse @ right[:, :, None])[:, :, 0]
-        return np.concatenate([np.ravel((context_inverse @ left[:, :, None])[:, :, 0]),
-                               np.ravel(right if hidden is None else _project_off(right, hidden))])
+        return np.concatenate([np.ravel(curvature.solve_left(left)), np.ravel(solve_right(right))])
 
     def value_and_gradient(flat: np.ndarray) -> tuple[float, np.ndarray]:
         value, gradient = p.value_and_gradient(flat)
@@ -757,9 +756,8 @@ def _quasi_newton_warm_up(problem: _Bilinear, curvature: _Curvature, hidden: np.
         if np.linalg.norm(gradient) <= _QUASI_NEWTON_REFRESH * refreshed_at:
             # The iterate has moved far enough for the blocks at the start to be stale: rebuild them
             # here (the stored pairs stay; they describe the Hessian, not the preconditioner).
-            state = p.state(*p.split(point))
-            probability = expit(state.eta)
-            context_inverse, feature_inverse = inverse_blocks(state, p.beta**2 * probability * (1.0 - probability))
+            curvature = _Curvature(p, p.state(*p.split(point)))
+            solve_right = curvature.preconditioner(hidden)
             refreshed_at = np.linalg.norm(gradient)
     return p.state(*p.split(point)), steps
 
