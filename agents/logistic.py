@@ -278,15 +278,19 @@ def bernoulli_losses(eta: np.ndarray, labels: np.ndarray) -> np.ndarray:
     the small losses of confident correct predictions, for any ``eta`` (and several times faster
     than ``scipy.special.log_expit``).
     """
-    return np.log1p(np.exp(-np.abs(eta))) + (np.maximum(eta, 0.0) - labels * eta)
+    return _losses_from_decay(np.exp(-np.abs(eta)), eta, labels)
 
 
 def bernoulli_losses_and_probabilities(eta: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`bernoulli_losses` and ``sigmoid(eta)`` from one exponential ``exp(-|eta|)``."""
     decay = np.exp(-np.abs(eta))
-    losses = np.log1p(decay) + (np.maximum(eta, 0.0) - labels * eta)
     inverse = 1.0 / (1.0 + decay)
-    return losses, np.where(eta >= 0, inverse, decay * inverse)
+    return _losses_from_decay(decay, eta, labels), np.where(eta >= 0, inverse, decay * inverse)
+
+
+def _losses_from_decay(decay: np.ndarray, eta: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``softplus(eta) - y eta`` given ``decay = exp(-|eta|)``."""
+    return np.log1p(decay) + (np.maximum(eta, 0.0) - labels * eta)
 
 
 def _hessian_solver(single_features: np.ndarray, features: np.ndarray, weights: np.ndarray,
