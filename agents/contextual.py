@@ -131,7 +131,7 @@ class _ContextualEstimator(RewardEstimator):
         factored, ``M = L L^T``) once."""
         if not hasattr(self, "_set_cache"):
             matrix, radius = self._set_matrix_and_radius()
-            matrix = 0.5 * (matrix + matrix.T)
+            matrix = self._symmetric(matrix)
             try:
                 factor = np.linalg.cholesky(matrix)
             except np.linalg.LinAlgError:

@@ -128,7 +128,7 @@ class RewardEstimator:
         self._fit(data, self.ridge_)
         self._data = data
         self._sets: dict[int, Ellipsoid] = {}
-        self._set_matrices: dict[int, tuple[np.ndarray, float]] = {}
+        self._set_matrices: dict[int, tuple[np.ndarray, float, np.ndarray]] = {}  # (M, radius, factor)
         self._wald_radii: dict[int, float] = {}
         return self
 
