@@ -19,8 +19,9 @@ class ComparisonData:
     Attributes
     ----------
     differences : ndarray or scipy.sparse.csr_matrix, shape (n, d)
-        ``z_j = psi(tau1_j) - psi(tau0_j)``; sparse for indicator features (one-hot), whose
-        differences have at most ``2 H`` non-zeros.
+        ``z_j = psi(tau1_j) - psi(tau0_j)`` (:meth:`~lr_mdp_env.PreferenceDataset.feature_differences`);
+        sparse for features with at most one feature per cell (one-hot), whose differences have
+        at most ``2 H`` non-zeros.
     labels : ndarray, shape (n,)
     users : ndarray of int, shape (n,)
     n_users : int
@@ -94,19 +95,7 @@ def comparison_data(dataset: PreferenceDataset, mdp: TabularMDP, *, beta: float 
         raise TypeError(f"dataset must be a PreferenceDataset, got {type(dataset).__name__}")
     if not isinstance(mdp, TabularMDP):
         raise TypeError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
-    dataset.check_compatible(mdp)
-    counts = mdp.visit_count_differences(dataset.states1, dataset.actions1, dataset.states0, dataset.actions0)
-    features = mdp.flat_features()
-    is_indicator = np.all((features == 0) | (features == 1)) and np.all(features.sum(axis=1) == 1)
-    if is_indicator and features.shape[0] == features.shape[1] and np.array_equal(np.argmax(features, axis=1),
-                                                                                    np.arange(features.shape[0])):
-        differences = counts  # one feature per cell, in cell order: the counts are the differences
-    elif is_indicator:
-        differences = (counts @ scipy.sparse.csr_matrix(features)).tocsr()
-        differences.eliminate_zeros()
-        differences.sum_duplicates()  # canonical (sorted indices), like the counts
-    else:
-        differences = np.asarray(counts @ features)
+    differences = dataset.feature_differences(mdp, sparse=True)
     offsets = np.zeros(dataset.n_pairs)
     data = ComparisonData(
         differences=differences,

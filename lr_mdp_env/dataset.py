@@ -122,20 +122,40 @@ class PreferenceDataset:
                 f"dataset has (n_states, n_actions, horizon) = {dataset} but the MDP has {world}"
             )
 
-    def feature_differences(self, mdp: TabularMDP) -> np.ndarray:
+    def feature_differences(self, mdp: TabularMDP, *, sparse: bool = False) -> Any:
         """``z_j = psi(tau1_j) - psi(tau0_j)``, shape ``(n, d)``.
 
         Computed as sparse visit counts times the features, without materialising the
-        ``(n, H, d)`` per-step features.
+        ``(n, H, d)`` per-step features. When every cell has at most one feature (one-hot
+        features) the product only moves columns and is done sparse, in time proportional to the
+        visits instead of visits times ``d``.
+
+        Parameters
+        ----------
+        mdp : TabularMDP
+            The MDP the trajectories come from.
+        sparse : bool, default False
+            Return the differences of features with at most one feature per cell as a canonical
+            ``scipy.sparse.csr_matrix`` (sorted indices, no stored zeros; at most ``2 H``
+            non-zeros per row). Other features give a dense array either way.
+
+        Returns
+        -------
+        ndarray or scipy.sparse.csr_matrix, shape (n, d)
         """
         self.check_compatible(mdp)
         counts = mdp.visit_count_differences(self.states1, self.actions1, self.states0, self.actions0)
         features = mdp.flat_features()
-        if np.count_nonzero(features) <= features.shape[0]:
-            # At most one feature per cell (one-hot features): the product only moves columns, which
-            # a sparse product does in time proportional to the visits instead of visits times d.
-            return (counts @ scipy.sparse.csr_matrix(features)).toarray()
-        return np.asarray(counts @ features)
+        if np.any(np.count_nonzero(features, axis=1) > 1):
+            return np.asarray(counts @ features)
+        if features.shape[0] == features.shape[1] and np.all(np.diagonal(features) == 1):
+            # One feature per cell (and no other non-zero), in cell order: the counts are the differences.
+            differences = counts
+        else:
+            differences = (counts @ scipy.sparse.csr_matrix(features)).tocsr()
+            differences.eliminate_zeros()
+            differences.sum_duplicates()  # canonical (sorted indices), like the counts
+        return differences if sparse else differences.toarray()
 
     def subset(self, indices: Any) -> PreferenceDataset:
         """The pairs selected by an integer index array or a boolean mask, as a new dataset."""

@@ -9,6 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import scipy.sparse
 
 from lr_mdp_env import (
     PreferenceDataset,
@@ -340,6 +341,12 @@ def test_feature_differences_are_naive_per_step_sums(features):
             expected[j] += mdp.features[h, data.states1[j, h], data.actions1[j, h]]
             expected[j] -= mdp.features[h, data.states0[j, h], data.actions0[j, h]]
     np.testing.assert_allclose(z, expected, rtol=0, atol=1e-12)
+    # At most one feature per cell: also available as the canonical sparse matrix of the same values.
+    sparse_z = data.feature_differences(mdp, sparse=True)
+    assert scipy.sparse.issparse(sparse_z) == features.startswith(("one_hot", "aggregated"))
+    if scipy.sparse.issparse(sparse_z):
+        assert sparse_z.has_canonical_format and np.all(sparse_z.data != 0)
+        np.testing.assert_array_equal(sparse_z.toarray(), z)
 
 
 def test_incompatible_mdp_is_named(dataset):
