@@ -1,4 +1,4 @@
-"""Learners that fit personalized rewards from offline preferences (DESIGN.md section 2).
+"""Learners that fit personalized rewards from offline preferences (docs/algorithms.md).
 
 Estimators take a :class:`~lr_mdp_env.PreferenceDataset` and the :class:`~lr_mdp_env.TabularMDP`
 it came from, and expose each user's point estimate ``theta_hat`` and an ellipsoidal
@@ -8,7 +8,15 @@ confidence set. They work on the world's arrays, never on Gymnasium environments
 from . import planning
 from .agent import Agent, PessimisticAgent, behaviour_policy
 from .checker import AgentCheckError, CheckInstance, CheckReport, check_agent, draw_instances
-from .confidence import Ellipsoid, theory_radius, wald_radius
+from .confidence import (
+    ComplementSeminorm,
+    ConfidenceSet,
+    Ellipsoid,
+    LinearSeminorm,
+    Seminorm,
+    theory_radius,
+    wald_radius,
+)
 from .contextual import BilinearCoordinates, FullRankContextual, LoCoPRS, rtv_coordinates
 from .data import ComparisonData, comparison_data
 from .evaluation import evaluate
@@ -35,6 +43,8 @@ __all__ = [
     "registered",
     "BilinearCoordinates",
     "ComparisonData",
+    "ComplementSeminorm",
+    "ConfidenceSet",
     "ConvergenceWarning",
     "DEFAULT_RIDGE_GRID",
     "Ellipsoid",
@@ -42,11 +52,13 @@ __all__ = [
     "FullRankContextual",
     "IndependentMLE",
     "LoCoPRS",
+    "LinearSeminorm",
     "LogisticFit",
     "OracleSubspaceMLE",
     "PShareLoRA",
     "PooledMLE",
     "RewardEstimator",
+    "Seminorm",
     "comparison_data",
     "coverage",
     "estimation_report",

@@ -1,4 +1,4 @@
-"""The agent protocol and the built-in agent: an estimator followed by a planner (DESIGN.md 2.3).
+"""The agent protocol and the built-in agent: an estimator followed by a planner (docs/algorithms.md, Agents).
 
 An agent is anything with ``fit(dataset, mdp) -> agent`` and ``policy(user) -> (H, S, A)``;
 :func:`agents.evaluate` needs nothing more. Agents that also expose ``theta_hat``,

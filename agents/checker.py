@@ -1,4 +1,4 @@
-"""Check an agent against the protocol and the deterministic facts of DESIGN.md 3.
+"""Check an agent against the protocol and the deterministic facts of docs/theory.md.
 
 The agent counterpart of Gymnasium's ``gymnasium.utils.env_checker.check_env``: it fits the agent
 on small instances (drawn here from a seed, or given by the caller), and raises
@@ -312,7 +312,7 @@ def check_agent(
     contextual: bool | None = None,
     skip: Sequence[str] = (),
 ) -> CheckReport:
-    """Check that an agent follows the protocol of DESIGN.md 2.3 and the facts of DESIGN.md 3.
+    """Check that an agent follows the protocol of docs/algorithms.md, Agents and the facts of docs/theory.md.
 
     On each instance the agent is made, fitted and asked for every user's policy; the properties
     of :data:`PROPERTIES` are checked in this order:

@@ -1,4 +1,12 @@
-"""Ellipsoidal confidence sets for reward parameters and their two radii.
+"""Confidence sets of reward parameters: the set protocol, ellipsoids and their radii.
+
+Every set an agent plans against implements one small protocol, :class:`ConfidenceSet`: the
+support function ``lower(v) = min_{theta in C} theta . v`` (and ``upper``, ``width``), the
+minimiser of ``theta . v`` over the set, membership, and a member ``theta_hat``. The planners of
+:mod:`agents.planning` and the checks of :func:`agents.check_agent` use nothing else, so a
+user's own convex set plugs in by subclassing :class:`ConfidenceSet`. Sets whose support
+function is a centre minus a sum of scaled seminorms also describe that structure
+(:meth:`ConfidenceSet.seminorms`), which the exact planner exploits.
 
 The radii are formulas of the theory, implemented once in :mod:`lr_mdp_env.theory` and
 re-exported here: :func:`wald_radius` (asymptotic, chi-square quantile) and :func:`theory_radius`
@@ -7,20 +15,146 @@ re-exported here: :func:`wald_radius` (asymptotic, chi-square quantile) and :fun
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 
 from lr_mdp_env._validation import as_real_array, check_real, frozen
 from lr_mdp_env.theory import theory_radius, wald_radius
 
-__all__ = ["Ellipsoid", "theory_radius", "wald_radius"]
+__all__ = [
+    "ComplementSeminorm",
+    "ConfidenceSet",
+    "Ellipsoid",
+    "LinearSeminorm",
+    "Seminorm",
+    "theory_radius",
+    "wald_radius",
+]
+
+
+def _as_value(value: np.ndarray) -> np.ndarray | float:
+    """A float for one vector, the array for a batch."""
+    return float(value) if np.ndim(value) == 0 else value
+
+
+class Seminorm(ABC):
+    """``radius ||K v||`` for a linear map ``K`` from feature space to some coordinates.
+
+    A set ``C = {theta_hat + sum_j K_j^T z_j : ||z_j|| <= radius_j}`` has the support function
+    ``lower(v) = theta_hat . v - sum_j radius_j ||K_j v||`` and the minimiser
+    ``theta_hat - sum_j radius_j K_j^T K_j v / ||K_j v||``. The exact planner works in the
+    whitened coordinates ``K_j v`` of such sets.
+
+    Attributes
+    ----------
+    radius : float
+        ``radius_j >= 0``.
+    """
+
+    radius: float
+
+    @abstractmethod
+    def whiten(self, vectors: np.ndarray) -> np.ndarray:
+        """``K v`` for ``v`` of shape ``(..., d)``: shape ``(..., m)``."""
+
+    @abstractmethod
+    def adjoint(self, coordinates: np.ndarray) -> np.ndarray:
+        """``K^T z`` for ``z`` of shape ``(..., m)``: shape ``(..., d)``."""
+
+    def norm(self, vectors: np.ndarray) -> np.ndarray:
+        """``||K v||`` for ``v`` of shape ``(..., d)``: shape ``(...)``."""
+        return np.linalg.norm(self.whiten(vectors), axis=-1)
 
 
 @dataclass(frozen=True, eq=False)
-class Ellipsoid:
-    """The set ``C = {offset + basis @ w : ||w - center||_matrix <= radius}`` (DESIGN.md 2.1).
+class LinearSeminorm(Seminorm):
+    """``radius ||K v||`` with an explicit matrix ``K`` of shape ``(m, d)``."""
+
+    radius: float
+    matrix: np.ndarray
+
+    def whiten(self, vectors: np.ndarray) -> np.ndarray:
+        return np.asarray(vectors, dtype=float) @ self.matrix.T
+
+    def adjoint(self, coordinates: np.ndarray) -> np.ndarray:
+        return np.asarray(coordinates, dtype=float) @ self.matrix
+
+
+@dataclass(frozen=True, eq=False)
+class ComplementSeminorm(Seminorm):
+    """``radius ||(I - U U^T) v||``: a ball of that radius in the orthogonal complement of the
+    orthonormal columns ``U`` (``(d, r)``), e.g. the error of an estimated subspace.
+    ``K = K^T = I - U U^T``, applied without forming it."""
+
+    radius: float
+    basis: np.ndarray
+
+    def whiten(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=float)
+        return vectors - (vectors @ self.basis) @ self.basis.T
+
+    def adjoint(self, coordinates: np.ndarray) -> np.ndarray:
+        return self.whiten(coordinates)
+
+
+class ConfidenceSet(ABC):
+    """The set protocol: a closed convex set ``C`` of reward parameters ``theta`` in ``R^d``.
+
+    Subclasses implement :attr:`n_features`, :attr:`theta_hat`, :meth:`lower`,
+    :meth:`minimizer` and :meth:`contains`; :meth:`upper` and :meth:`width` follow from
+    :meth:`lower`. Every method taking vectors accepts one vector ``(d,)`` (and returns a float
+    or a ``(d,)`` array) or a batch ``(..., d)``.
+
+    The pessimistic objective of a policy is ``L(pi) = lower(d_pi - d_ref)``; when the truth is in
+    ``C``, exact pessimism loses at most ``width(d_pi* - d_ref)`` against the optimal policy (the
+    pessimism lemma; see ``docs/theory.md``).
+    """
+
+    @property
+    @abstractmethod
+    def n_features(self) -> int:
+        """``d``, the dimension of the parameters."""
+
+    @property
+    @abstractmethod
+    def theta_hat(self) -> np.ndarray:
+        """A member of the set, its centre: what greedy planning on the set would use, ``(d,)``."""
+
+    @abstractmethod
+    def lower(self, vectors: Any) -> np.ndarray | float:
+        """``min_{theta in C} theta . v`` (the support function of ``-v``, negated)."""
+
+    def upper(self, vectors: Any) -> np.ndarray | float:
+        """``max_{theta in C} theta . v = -lower(-v)``."""
+        value = -np.asarray(self.lower(-np.asarray(vectors, dtype=float)), dtype=float)
+        return _as_value(value)
+
+    def width(self, vectors: Any) -> np.ndarray | float:
+        """``upper(v) - lower(v)``: how much the set leaves ``theta . v`` undetermined."""
+        return _as_value(np.asarray(self.upper(vectors), dtype=float) - np.asarray(self.lower(vectors), dtype=float))
+
+    @abstractmethod
+    def minimizer(self, vectors: Any) -> np.ndarray:
+        """A member ``theta`` attaining ``lower(v)``: shape ``(d,)`` or ``(..., d)``."""
+
+    @abstractmethod
+    def contains(self, theta: Any, *, atol: float = 1e-9) -> bool:
+        """Whether ``theta`` lies in the set (up to a relative tolerance ``atol``)."""
+
+    def seminorms(self) -> tuple[Seminorm, ...] | None:
+        """The structure ``C = {theta_hat + sum_j K_j^T z_j : ||z_j|| <= radius_j}``, when the set
+        has it (ellipsoids, sums of ellipsoids and balls), else ``None``."""
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class Ellipsoid(ConfidenceSet):
+    """The set ``C = {offset + basis @ w : ||w - center||_matrix <= radius}`` (docs/algorithms.md, Estimators).
 
     ``||u||_M = sqrt(u^T M u)``. The map ``G = basis^T`` takes a feature-space vector ``v`` to the
     set's coordinates, since ``theta . v = offset . v + w . (G v)``; so over the set
@@ -102,6 +236,29 @@ class Ellipsoid:
         return self.basis.shape[1]
 
     @property
+    def n_features(self) -> int:
+        return self.basis.shape[0]
+
+    @cached_property
+    def whitening(self) -> np.ndarray:
+        """``K = L^{-1} B^T`` with ``M = L L^T``, shape ``(k, d)``: ``||G v||_{M^{-1}} = ||K v||``."""
+        if self.dimension == 0:
+            return np.zeros((0, self.n_features))
+        return scipy.linalg.solve_triangular(self.factor, self.basis.T, lower=True)
+
+    def seminorms(self) -> tuple[Seminorm, ...]:
+        """One term: ``C = {theta_hat + K^T z : ||z|| <= radius}``."""
+        return (LinearSeminorm(self.radius, self.whitening),)
+
+    def minimizer(self, vectors: Any) -> np.ndarray:
+        """``theta_hat - radius K^T K v / ||K v||`` (``theta_hat`` where ``K v = 0``)."""
+        vectors = np.asarray(vectors, dtype=float)
+        whitened = vectors @ self.whitening.T
+        norms = np.linalg.norm(whitened, axis=-1, keepdims=True)
+        direction = np.divide(whitened, norms, out=np.zeros_like(whitened), where=norms > 0)
+        return self.theta_hat - self.radius * (direction @ self.whitening)
+
+    @property
     def theta_hat(self) -> np.ndarray:
         """The centre in feature space, ``offset + basis @ center``."""
         return self.offset + self.basis @ self.center
@@ -155,7 +312,7 @@ class Ellipsoid:
         image = whitened_basis.T @ whitened_basis  # B M^{-1} B^T
         return float(np.sqrt(max(in_range @ np.linalg.pinv(image, hermitian=True) @ in_range, 0.0)))
 
-    def contains(self, theta: Any, *, project: bool = False, atol: float = 1e-9) -> bool:
+    def contains(self, theta: Any, *, atol: float = 1e-9, project: bool = False) -> bool:
         """Whether ``theta`` is in the set.
 
         With ``project=True``, whether its projection onto the affine span

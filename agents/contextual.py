@@ -1,6 +1,6 @@
 """Contextual reward estimators: LoCo-RLHF's pessimism in reduced subspace (PRS) and full rank.
 
-The reward of a user with context ``x`` is ``x^T Theta_c phi`` (DESIGN.md 1.2), so a comparison
+The reward of a user with context ``x`` is ``x^T Theta_c phi`` (docs/model.md, Users), so a comparison
 observes ``eta_j = beta x_j^T Theta_c z_j = beta <Theta_c, x_j z_j^T>``. Both estimators write
 ``Theta_c`` in blocks ``Theta_c = sum_k L_k K_k R_k^T`` for fixed orthonormal bases ``L_k``
 (context side) and ``R_k`` (feature side) and fit the vectorised blocks ``kappa`` by the ridge
@@ -180,7 +180,7 @@ class _ContextualEstimator(RewardEstimator):
 
 
 class FullRankContextual(_ContextualEstimator):
-    """Full-rank contextual MLE: ``Theta_c`` unrestricted, ``k = d_x d`` (DESIGN.md 2.1 baseline)."""
+    """Full-rank contextual MLE: ``Theta_c`` unrestricted, ``k = d_x d`` (docs/algorithms.md, baselines)."""
 
     def _coordinates(self, data: ComparisonData, ridge: float) -> tuple[BilinearCoordinates, None]:
         self.subspace = None
@@ -188,7 +188,7 @@ class FullRankContextual(_ContextualEstimator):
 
 
 class LoCoPRS(_ContextualEstimator):
-    """LoCo-RLHF: rank-``r`` fit, then the RTV coordinates around its subspaces (DESIGN.md 2.1).
+    """LoCo-RLHF: rank-``r`` fit, then the RTV coordinates around its subspaces (docs/algorithms.md, Estimators).
 
     1. Rank-``r`` MLE ``Theta_c = U V^T`` by Burer-Monteiro with the balancing penalty
        ``(mu / 4) ||U^T U - V^T V||_F^2`` (:func:`agents.factorized.fit_factored`).

@@ -15,7 +15,7 @@ estimator                     basis ``B_i``               pairs of user ``i``
 ============================  ==========================  ==========================
 
 The identifiable directions (:func:`lr_mdp_env.identifiability.identifiable_basis`) leave out
-what comparisons never see, e.g. the all-ones direction of one-hot features (DESIGN.md 2.2).
+what comparisons never see, e.g. the all-ones direction of one-hot features (docs/algorithms.md, Planning).
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ class RewardEstimator:
 
 
 class PooledMLE(RewardEstimator):
-    """One reward for everybody: homogeneous RLHF, the standard baseline (DESIGN.md 2.1)."""
+    """One reward for everybody: homogeneous RLHF, the standard baseline (docs/algorithms.md, Estimators)."""
 
     def _fit(self, data: ComparisonData, ridge: float) -> None:
         self.subspace = None
@@ -241,7 +241,7 @@ class PooledMLE(RewardEstimator):
 
 
 class IndependentMLE(RewardEstimator):
-    """One full-dimensional ridge MLE per user, no sharing (DESIGN.md 2.1)."""
+    """One full-dimensional ridge MLE per user, no sharing (docs/algorithms.md, Estimators)."""
 
     def _fit(self, data: ComparisonData, ridge: float) -> None:
         self.subspace = None
@@ -272,7 +272,7 @@ class OracleSubspaceMLE(RewardEstimator):
 
 
 class PShareLoRA(RewardEstimator):
-    """P-ShareLoRA: shared low-rank subspace, personal coordinates (DESIGN.md 2.1).
+    """P-ShareLoRA: shared low-rank subspace, personal coordinates (docs/algorithms.md, Estimators).
 
     1. Joint rank-``r`` MLE of ``Theta = Theta_0 + U W^T`` over ``U`` (``d x r``) and ``W``
        (``N x r``) on all users' data, from a spectral start
@@ -290,7 +290,8 @@ class PShareLoRA(RewardEstimator):
 
     References
     ----------
-    P-ShareLoRA, personalized RLHF with shared LoRA (``shared/seeds``); Hu et al., *LoRA:
+    Liu, Wang, Li, Shen and Yang, *A Shared Low-Rank Adaptation Approach to Personalized RLHF*,
+    arXiv:2503.19201, 2025. Hu et al., *LoRA:
     Low-Rank Adaptation of Large Language Models*, ICLR 2022.
     """
 

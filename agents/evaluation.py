@@ -1,4 +1,4 @@
-"""Exact evaluation of any agent under the true model (DESIGN.md 3)."""
+"""Exact evaluation of any agent under the true model (docs/theory.md)."""
 
 from __future__ import annotations
 

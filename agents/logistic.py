@@ -5,7 +5,7 @@ Problem ``b`` minimises
     f_b(theta) = sum_{j in b} [softplus(eta_j) - y_j eta_j] + (lambda_b / 2) ||theta||^2,
     eta_j = offset_j + beta x_j . theta,
 
-which for labels ``y in {0, 1}`` is ``-sum_j log sigmoid((2 y_j - 1) eta_j)`` (DESIGN.md 2.1) and
+which for labels ``y in {0, 1}`` is ``-sum_j log sigmoid((2 y_j - 1) eta_j)`` (docs/algorithms.md, Estimators) and
 for ``y = 0.5`` ("equal") the cross-entropy of a fair coin. Every problem is solved by damped
 Newton steps, all problems advancing together: the data are laid out padded as
 ``(B, n_max, k)`` and each step is a batched matrix product and a batched solve. When problems

@@ -1,6 +1,6 @@
 """How good is a reward estimate: subspace distance, reward error, preference accuracy, coverage.
 
-All quantities are computed on what comparisons can identify (DESIGN.md 2.2): components of
+All quantities are computed on what comparisons can identify (docs/algorithms.md, Planning): components of
 ``theta`` along :func:`lr_mdp_env.identifiability.unidentified_directions` are removed from both
 the truth and the estimate first.
 """
@@ -22,7 +22,7 @@ from .data import comparison_data
 def subspace_distance(mdp: TabularMDP, true_subspace: Any, estimate: Any) -> float:
     """``sin`` of the largest principal angle between the identifiable parts of ``span(estimate)``
     and of the true subspace, ``||(I - P P^T) Q||_2`` with ``P`` and ``Q`` bases of
-    ``(I - N N^T) U*`` and ``(I - N N^T) U_hat`` (DESIGN.md 3).
+    ``(I - N N^T) U*`` and ``(I - N N^T) U_hat`` (docs/theory.md).
 
     Both sides are projected: comparisons cannot tell ``U*`` from ``U*`` plus unidentified
     directions, so neither the truth's nor the estimate's components along them count (the

@@ -1,4 +1,4 @@
-"""Planning against a confidence set of rewards (DESIGN.md 2.2).
+"""Planning against a confidence set of rewards (docs/algorithms.md, Planning).
 
 Three planners, all built on the batched :func:`~lr_mdp_env.backward_induction`:
 
@@ -153,7 +153,7 @@ def rectangular_bonus(mdp: TabularMDP, sets: Any) -> np.ndarray:
     ``phi_id`` is the identifiable part of the features: their projection onto the orthogonal
     complement of :func:`~lr_mdp_env.identifiability.unidentified_directions`. Comparisons never
     see the removed directions, so a set's width along them is only the ridge's
-    (``radius / sqrt(lambda)``) and would swamp the bonus (DESIGN.md 2.2, Identifiability);
+    (``radius / sqrt(lambda)``) and would swamp the bonus (docs/algorithms.md, Identifiability);
     removing them changes every policy's value by the same amount per step, so no ranking.
 
     Parameters

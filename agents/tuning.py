@@ -1,4 +1,4 @@
-"""The one rule every estimator uses to choose its ridge (DESIGN.md 2.1, fair comparison)."""
+"""The one rule every estimator uses to choose its ridge (docs/algorithms.md, Ridge selection)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """lr-mdp-env: tabular MDPs with low-rank personalized rewards and simulated preference feedback.
 
-The world of DESIGN.md section 1: :class:`TabularMDP` and its families, users' low-rank reward
+The world of docs/model.md: :class:`TabularMDP` and its families, users' low-rank reward
 structures, the Bradley-Terry teacher, offline preference datasets, exact dynamic programming and
 the Gymnasium environments (registered on import under the ``lr_mdp_env`` namespace).
 """

@@ -20,7 +20,7 @@ def user_parameters(rewards: Any, n_features: int) -> np.ndarray:
     """Users' reward parameters as an ``(N, d)`` array (user axis first).
 
     Accepts :class:`LowRankRewards`, :class:`ContextualRewards` (its users' contexts), or a raw
-    ``Theta`` of shape ``(d, N)`` as in DESIGN.md 1.2.
+    ``Theta`` of shape ``(d, N)`` as in docs/model.md, Users.
     """
     if isinstance(rewards, (LowRankRewards, ContextualRewards)):
         theta = rewards.theta

@@ -22,7 +22,7 @@ _TRAJECTORY_ARRAYS = ("states0", "actions0", "states1", "actions1")
 
 @dataclass(frozen=True, eq=False)
 class PreferenceDataset:
-    """Pairs of trajectories with one user's label each (DESIGN.md 1.4).
+    """Pairs of trajectories with one user's label each (docs/model.md, Preference data).
 
     Pair ``j`` was answered by user ``users[j]``: ``labels[j] = 1`` means the trajectory
     ``(states1[j], actions1[j])`` was preferred to ``(states0[j], actions0[j])``, ``0`` the

@@ -89,7 +89,7 @@ def chain_mdp(
     absorbing under its advancing action. With probability ``slip`` the outcome of the other
     kind happens instead. A uniform policy reaches the end in ``S - 1`` steps with probability
     ``((1 - slip) / A)^(S - 1)`` at most, so uniformly collected data rarely cover it: the
-    setting where pessimism matters (DESIGN.md 1.5).
+    setting where pessimism matters (docs/model.md, Environments).
 
     Parameters
     ----------

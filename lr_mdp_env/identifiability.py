@@ -1,4 +1,4 @@
-"""Which reward directions trajectory comparisons can see (DESIGN.md 2.2, Identifiability).
+"""Which reward directions trajectory comparisons can see (docs/algorithms.md, Identifiability).
 
 A comparison observes ``theta . z`` with ``z = psi(tau1) - psi(tau0) = sum_h (phi[h, s_h, a_h] -
 phi[h, s'_h, a'_h])``: differences of features *within one step*. Directions orthogonal to every

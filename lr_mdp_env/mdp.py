@@ -20,7 +20,7 @@ class TabularMDP:
     """A finite-horizon tabular MDP with linear reward features.
 
     Transitions ``P[h, s, a, s']``, initial distribution ``rho[s]``, horizon ``H`` and features
-    ``phi[h, s, a, :]`` in ``R^d`` (DESIGN.md 1.1). Stationary transitions ``(S, A, S)`` and
+    ``phi[h, s, a, :]`` in ``R^d`` (docs/model.md, MDP). Stationary transitions ``(S, A, S)`` and
     stationary features ``(S, A, d)`` are broadcast along a leading ``H`` axis without copying,
     so ``mdp.transitions[h]`` and ``mdp.features[h]`` work for every ``h`` either way.
 

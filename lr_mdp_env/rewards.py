@@ -18,7 +18,7 @@ from .mdp import TabularMDP
 
 @dataclass(frozen=True, eq=False)
 class LowRankRewards:
-    """Aggregated reward matrix ``Theta* = Theta_0 + U* diag(sigma*) W*^T + E_tail`` (DESIGN.md 1.2).
+    """Aggregated reward matrix ``Theta* = Theta_0 + U* diag(sigma*) W*^T + E_tail`` (docs/model.md, Users).
 
     User ``i`` has reward ``r_i[h, s, a] = phi[h, s, a] . theta_i`` with ``theta_i`` the
     ``i``-th column of :attr:`theta`.
@@ -86,7 +86,7 @@ class LowRankRewards:
 
 @dataclass(frozen=True, eq=False)
 class ContextualRewards:
-    """Contextual bilinear rewards ``r(x, h, s, a) = x^T Theta_c* phi[h, s, a]`` (DESIGN.md 1.2).
+    """Contextual bilinear rewards ``r(x, h, s, a) = x^T Theta_c* phi[h, s, a]`` (docs/model.md, Users).
 
     ``Theta_c* = U_x diag(sigma*) V*^T`` has rank ``r``. A finite population of users has
     contexts :attr:`contexts` (rows of ``X``), drawn from the collection distribution
@@ -175,7 +175,7 @@ def _singular_values(rank: int, condition_number: float) -> np.ndarray:
 
 
 def _normalisation(theta: np.ndarray, mdp: TabularMDP | None, scale: float) -> float:
-    """Factor ``c`` such that ``c * theta`` has the typical size ``scale`` (DESIGN.md 1.2).
+    """Factor ``c`` such that ``c * theta`` has the typical size ``scale`` (docs/model.md, Users).
 
     Without an MDP, the root-mean-square of the users' ``||theta_i||``. With one, the
     root-mean-square over users of the standard deviation of ``R_i(tau1) - R_i(tau0)`` for two
@@ -266,7 +266,8 @@ def low_rank_rewards(
 
     References
     ----------
-    P-ShareLoRA: personalized RLHF with a shared low-rank reward subspace (``shared/seeds``).
+    Liu, Wang, Li, Shen and Yang, *A Shared Low-Rank Adaptation Approach to Personalized RLHF*,
+    arXiv:2503.19201, 2025 (P-ShareLoRA).
     """
     n_features = check_int("n_features", n_features, minimum=1)
     n_users = check_int("n_users", n_users, minimum=1)

@@ -23,7 +23,7 @@ def principal_angle_distance(subspace: Any, estimate: Any) -> float:
     """``sin`` of the largest principal angle from ``span(subspace)`` to ``span(estimate)``.
 
     ``||(I - Q Q^T) Q_hat||_2`` with ``Q`` and ``Q_hat`` orthonormal bases of the two column
-    spaces (DESIGN.md 3). It is 0 when ``span(estimate)`` lies in ``span(subspace)`` and 1 when
+    spaces (docs/theory.md). It is 0 when ``span(estimate)`` lies in ``span(subspace)`` and 1 when
     some direction of the estimate is orthogonal to it; for spaces of equal dimension it is
     symmetric and equals ``||Q Q^T - Q_hat Q_hat^T||_2``. The columns need not be orthonormal.
 

@@ -33,7 +33,7 @@ class Answers(NamedTuple):
 
 @dataclass(frozen=True)
 class Teacher:
-    """A simulated user who compares two trajectories (DESIGN.md 1.3).
+    """A simulated user who compares two trajectories (docs/model.md, Preferences).
 
     For step rewards ``r0[h], r1[h]`` of the two trajectories the teacher computes the myopic
     returns ``R_k = sum_h gamma^(H - 1 - h) r_k[h]`` (``gamma = myopia``; 1 is fully rational),

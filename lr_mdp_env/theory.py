@@ -1,4 +1,4 @@
-"""The bounds of DESIGN.md section 3 as functions: confidence radii, the pessimism lemma, the
+"""The bounds of docs/theory.md as functions: confidence radii, the pessimism lemma, the
 misspecification of reduced sets, Wedin's subspace bound and the predicted rates.
 
 Everything here is closed-form or one dynamic program; nothing is fitted. The functions take
@@ -16,7 +16,7 @@ array([0.34641016, 0.17320508, 0.08660254])
 >>> round(theory.rate_constant(theory.independent_mle_rate(n, 12), measured), 12)
 2.0
 
-Symbols are those of DESIGN.md: ``d`` features, ``N`` users, ``r`` rank, ``d_x`` context
+Symbols are those of ``docs/model.md``: ``d`` features, ``N`` users, ``r`` rank, ``d_x`` context
 dimension, ``n`` comparisons, ``delta`` the confidence level, ``lambda`` the ridge, ``M`` the
 confidence set's matrix, ``G`` the map to its coordinates, ``d_pi`` expected features.
 
@@ -158,8 +158,8 @@ def theory_radius(gram: np.ndarray, ridge: float, delta: float, feature_bound: f
     Abbasi-Yadkori, Pal and Szepesvari gives ``||sum_j noise_j beta z_j||_{M^{-1}} <= 0.5 sqrt(...)``
     with probability ``1 - delta``; the GLM argument of Li, Lu and Zhou turns it into a bound on
     ``||w_hat - w*||_M`` by dividing by ``gamma`` and adds the ridge's bias ``sqrt(lambda) B``.
-    Since ``log det(M) / det(lambda I) <= k log(1 + n L^2 / (k lambda))``, this is DESIGN.md
-    2.1's ``C sqrt((k + log(1/delta)) / gamma^2 + lambda B^2)`` up to a logarithmic factor, with
+    Since ``log det(M) / det(lambda I) <= k log(1 + n L^2 / (k lambda))``, this is the familiar
+    ``C sqrt((k + log(1/delta)) / gamma^2 + lambda B^2)`` up to a logarithmic factor, with
     the constants spelled out.
 
     Parameters
@@ -380,7 +380,7 @@ def wedin_bound(perturbation_norm: Any, smallest_singular_value: Any) -> np.ndar
     Notes
     -----
     For P-ShareLoRA, ``A`` is the low-rank part ``U* diag(sigma*) W*^T``, ``A_hat`` the fitted
-    ``U W^T`` and the distance is the ``subspace_distance`` of DESIGN.md 3: a small ``sigma_r``
+    ``U W^T`` and the distance is the ``subspace_distance`` of docs/theory.md: a small ``sigma_r``
     (large condition number ``nu``, low preference diversity) makes the subspace hard to find.
     The bound holds for any ``E``, including adversarial ones; it is within a factor 2 of tight
     (a rotation of the ``r``-th singular direction attains ``||E|| / sigma_r`` to first order).
@@ -528,7 +528,7 @@ def p_sharelora_dimension(n_features: int, rank: int, n_users: int) -> float:
     References
     ----------
     Liu et al., *A Shared Low-Rank Adaptation Approach to Personalized RLHF*, 2025 (sample
-    complexity of P-ShareLoRA; the summary of DESIGN.md's ``seeds/``).
+    complexity of P-ShareLoRA), arXiv:2503.19201.
     """
     n_features = check_int("n_features", n_features, minimum=1)
     rank = check_int("rank", rank, minimum=1, maximum=n_features)
@@ -606,7 +606,7 @@ def loco_dimension(context_dim: int, n_features: int, rank: int) -> int:
     """Coordinates of LoCo-RLHF's reduced set: ``k = (d_x + d) r - r^2``.
 
     The RTV blocks ``r x r``, ``r x (d - r)`` and ``(d_x - r) x r`` of a rank-``r``
-    ``d_x x d`` matrix (DESIGN.md 2.1), i.e. the dimension of the rank-``r`` matrix manifold.
+    ``d_x x d`` matrix (docs/algorithms.md, Estimators), i.e. the dimension of the rank-``r`` matrix manifold.
 
     Parameters
     ----------

@@ -1,5 +1,5 @@
 """The experiment layer: sweep configurations, parallel and Dask execution, results, plots and
-the ``lr-mdp`` command line (DESIGN.md section 4).
+the ``lr-mdp`` command line (the README's Experiments section).
 
 It sits on top of :mod:`lr_mdp_env` (the world) and :mod:`agents` (the learners); neither imports
 it. A sweep is a grid of settings x agents x replicates; every cell is seeded from

@@ -1,4 +1,4 @@
-"""Gymnasium environments (DESIGN.md 1.5): one user's episodes, preference feedback, batched copies.
+"""Gymnasium environments (docs/model.md, Environments): one user's episodes, preference feedback, batched copies.
 
 - :class:`TabularPreferenceEnv`: a :class:`~lr_mdp_env.TabularMDP` and its users' rewards as a
   ``gymnasium.Env``, for one user at a time; parameters (:class:`PreferenceEnvParams`) and

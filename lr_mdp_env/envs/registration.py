@@ -4,7 +4,7 @@ Each family has a builder (``*_world``) that turns JSON-serialisable arguments (
 seeds; never arrays) into a :class:`World` — a :class:`TabularMDP` and its users' reward
 structure — and two factories that Gymnasium calls: one for :class:`TabularPreferenceEnv`
 (``entry_point``) and one for :class:`TabularPreferenceVectorEnv` (``vector_entry_point``).
-:func:`register_envs` registers the five ids of DESIGN.md 1.5 under the ``lr_mdp_env`` namespace;
+:func:`register_envs` registers the five ids of docs/model.md, Environments under the ``lr_mdp_env`` namespace;
 ``import lr_mdp_env`` calls it.
 
 All rewards are scaled with ``mdp=`` (:func:`lr_mdp_env.low_rank_rewards`), so the typical return

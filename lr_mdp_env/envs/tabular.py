@@ -36,7 +36,7 @@ def reward_table_of(mdp: TabularMDP, rewards: Any) -> np.ndarray:
     mdp : TabularMDP
     rewards : LowRankRewards, ContextualRewards or array_like
         A reward structure (its users), ``Theta`` of shape ``(d, N)`` (or ``(d,)`` for one user)
-        as in DESIGN.md 1.2, or reward tables ``(N, H, S, A)`` (or ``(H, S, A)``) given directly.
+        as in docs/model.md, Users, or reward tables ``(N, H, S, A)`` (or ``(H, S, A)``) given directly.
 
     Returns
     -------
@@ -211,7 +211,7 @@ class TabularPreferenceEnv(gym.Env):
 
     ## Description
     An episode is a trajectory ``s_0, a_0, ..., s_{H-1}, a_{H-1}`` of a :class:`TabularMDP`
-    (DESIGN.md 1.1). The reward of step ``h`` is the current user's reward
+    (docs/model.md, MDP). The reward of step ``h`` is the current user's reward
     ``r_i[h, s_h, a_h] = phi[h, s_h, a_h] . theta_i``; users share a low-rank reward structure
     (:func:`lr_mdp_env.low_rank_rewards`, :func:`lr_mdp_env.contextual_rewards`). With
     ``reward_visible=False`` the reward is hidden and the only feedback is trajectory

@@ -1,4 +1,4 @@
-"""Trajectory-preference feedback on top of :class:`TabularPreferenceEnv` (DESIGN.md 1.5)."""
+"""Trajectory-preference feedback on top of :class:`TabularPreferenceEnv` (docs/model.md, Environments)."""
 
 from __future__ import annotations
 

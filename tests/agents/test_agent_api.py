@@ -95,7 +95,7 @@ def test_evaluate_rejects_bad_arguments(world):
 @pytest.mark.parametrize("name,options", [("independent", {}), ("p-sharelora", {"rank": 2}),
                                           ("oracle-subspace", None)])
 def test_pessimism_lemma_and_lower_bound_hold_when_the_truth_is_in_the_set(world, name, options):
-    """DESIGN.md 3: with theta* in C, 0 <= J(pi*) - J(pi_hat) <= 2 radius ||G(d* - d_ref)|| (+ the
+    """docs/theory.md: with theta* in C, 0 <= J(pi*) - J(pi_hat) <= 2 radius ||G(d* - d_ref)|| (+ the
     misspecification term of reduced sets) and J(pi_hat) - J(ref) >= L(pi_hat). Deterministic facts:
     checked on every user whose set contains the truth, exactly (tolerance = solver gap 1e-8)."""
     mdp, rewards, dataset = world

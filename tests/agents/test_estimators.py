@@ -74,7 +74,7 @@ def sigmoid(eta):
 
 def coordinate_gradient(w, basis, offset, z, labels, beta, ridge):
     """Gradient in ``w`` of ``sum_j softplus(eta_j) - y_j eta_j + ridge/2 ||w||^2`` with
-    ``eta_j = beta (offset + basis w) . z_j`` (DESIGN.md 2.1, the per-user refit)."""
+    ``eta_j = beta (offset + basis w) . z_j`` (docs/algorithms.md, per-user refit)."""
     eta = beta * z @ (offset + basis @ w)
     return beta * basis.T @ (z.T @ (sigmoid(eta) - labels)) + ridge * w
 
@@ -198,7 +198,7 @@ def test_oracle_subspace_fits_in_the_true_subspace():
 
 def joint_gradient(users_factor, subspace_factor, z, labels, users, offsets, beta, ridge):
     """Gradient of ``sum_j softplus(eta_j) - y_j eta_j + ridge/2 (||W||^2 + ||U||^2)`` with
-    ``eta_j = offset_j + beta W[i_j] . U^T z_j`` (DESIGN.md 2.1, step 1)."""
+    ``eta_j = offset_j + beta W[i_j] . U^T z_j`` (docs/algorithms.md, P-ShareLoRA step 1)."""
     projected = z @ subspace_factor
     eta = offsets + beta * np.sum(users_factor[users] * projected, axis=1)
     residual = beta * (sigmoid(eta) - labels)

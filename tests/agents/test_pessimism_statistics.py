@@ -1,4 +1,4 @@
-"""Slow statistical checks of pessimism (DESIGN.md 3), run with ``pytest -m slow``.
+"""Slow statistical checks of pessimism (docs/theory.md), run with ``pytest -m slow``.
 
 Each check replicates a user many times inside one dataset (``N`` users with the same true
 parameter answer independent comparisons), so one fit gives ``N`` independent replicates of the
@@ -49,7 +49,7 @@ def print_slopes(name, sizes, bound_slope, bound_rows, loss_slope, loss_rows):
 
 
 def _bandit():
-    """One state, three actions, ``H = 1``: ``theta* = (1, 0.5, 0)`` (DESIGN.md 3, ZJJ Thm 3.9)."""
+    """One state, three actions, ``H = 1``: ``theta* = (1, 0.5, 0)`` (docs/theory.md, ZJJ Thm 3.9)."""
     mdp = lr_mdp_env.TabularMDP(np.ones((1, 3, 1)), np.ones(1), horizon=1)
     theta = np.tile(np.array([1.0, 0.5, 0.0])[:, None], (1, REPLICATES))
     return mdp, theta

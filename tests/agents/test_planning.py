@@ -1,9 +1,9 @@
-"""Planners against a confidence set (DESIGN.md 2.2) and the L1-robust Bellman step.
+"""Planners against a confidence set (docs/algorithms.md, Planning) and the L1-robust Bellman step.
 
 Oracles never call the code under test: a conic solver (cvxpy) on the occupancy-measure
 formulation of the exact robust problem, scipy's linear programming for the L1 inner problem and
 for every row of a robust backward induction, closed forms for the bonus, and the deterministic
-facts of DESIGN.md 3 (pessimism lemma, lower bound, rectangular <= exact).
+facts of docs/theory.md (pessimism lemma, lower bound, rectangular <= exact).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Statistical properties of the reward estimators, over many fixed seeds (DESIGN.md 3).
+"""Statistical properties of the reward estimators, over many fixed seeds (docs/theory.md).
 
 Every tolerance is derived in a comment before the assertion. Coverage frequencies are checked
 with the simultaneous Bernstein half-width of ``tests/conftest.py`` (each assertion fails with

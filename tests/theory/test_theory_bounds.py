@@ -1,4 +1,4 @@
-"""The deterministic facts of DESIGN.md 3 about pessimism, on drawn worlds.
+"""The deterministic facts of docs/theory.md about pessimism, on drawn worlds.
 
 Each property is one line of the theory:
 
