@@ -28,7 +28,7 @@ from lr_mdp_env._validation import as_real_array, check_int, check_real
 from lr_mdp_env.dynamic_programming import backward_induction, expected_features, occupancy
 from lr_mdp_env.identifiability import project_identifiable, unidentified_directions
 
-from .confidence import Ellipsoid
+from .confidence import ConfidenceSet, Ellipsoid
 
 __all__ = [
     "RectangularSolution",
@@ -51,22 +51,22 @@ def _check_mdp(mdp: Any) -> TabularMDP:
     return mdp
 
 
-def _as_sets(mdp: TabularMDP, sets: Any, name: str) -> tuple[list[Ellipsoid], bool]:
-    """One Ellipsoid or a sequence of them, each of the MDP's feature dimension."""
-    batched = not isinstance(sets, Ellipsoid)
+def _as_sets(mdp: TabularMDP, sets: Any, name: str) -> tuple[list[ConfidenceSet], bool]:
+    """One confidence set or a sequence of them, each of the MDP's feature dimension."""
+    batched = not isinstance(sets, ConfidenceSet)
     try:
         items = list(sets) if batched else [sets]
     except TypeError:
-        raise TypeError(f"{name} must be an agents.Ellipsoid or a sequence of them, got {type(sets).__name__}") from None
+        raise TypeError(f"{name} must be an agents.ConfidenceSet or a sequence of them, got {type(sets).__name__}") from None
     if batched and not items:
         raise ValueError(f"{name} must not be empty")
     for index, item in enumerate(items):
         label = f"{name}[{index}]" if batched else name
-        if not isinstance(item, Ellipsoid):
-            raise TypeError(f"{label} must be an agents.Ellipsoid, got {type(item).__name__}")
-        if item.offset.shape[0] != mdp.n_features:
+        if not isinstance(item, ConfidenceSet):
+            raise TypeError(f"{label} must be an agents.ConfidenceSet, got {type(item).__name__}")
+        if item.n_features != mdp.n_features:
             raise ValueError(
-                f"{label} lives in dimension {item.offset.shape[0]} but the MDP has {mdp.n_features} features"
+                f"{label} lives in dimension {item.n_features} but the MDP has {mdp.n_features} features"
             )
     return items, batched
 
