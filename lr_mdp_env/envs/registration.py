@@ -28,8 +28,6 @@ from .world import World
 NAMESPACE = "lr_mdp_env"
 
 
-
-
 def _env_factory(builder: Callable[..., World], name: str) -> Callable[..., TabularPreferenceEnv]:
     def factory(
         *, user: int = 0, reward_visible: bool = True, observation: str = "discrete",
@@ -46,13 +44,17 @@ def _env_factory(builder: Callable[..., World], name: str) -> Callable[..., Tabu
         f"``TabularPreferenceEnv`` of :func:`{builder.__name__}` (its keyword arguments), for user "
         "``user`` with ``reward_visible``, ``observation`` and ``render_mode``."
     )
+    # gym.make reads the render modes from the entry point's metadata: it applies
+    # HumanRendering for "human" and RenderCollection for "<mode>_list" from them.
+    factory.metadata = TabularPreferenceEnv.metadata  # type: ignore[attr-defined]
     return factory
 
 
 def _vector_factory(builder: Callable[..., World], name: str) -> Callable[..., TabularPreferenceVectorEnv]:
     def factory(
         num_envs: int = 1, *, users: Any = None, user: int | None = None, reward_visible: bool = True,
-        observation: str = "discrete", autoreset_mode: str = "NextStep", **model_kwargs: Any,
+        observation: str = "discrete", autoreset_mode: str = "NextStep",
+        max_episode_steps: int | None = None, render_mode: str | None = None, **model_kwargs: Any,
     ) -> TabularPreferenceVectorEnv:
         mdp, rewards = builder(**model_kwargs)
         num_envs = check_int("num_envs", num_envs, minimum=1)
@@ -60,12 +62,15 @@ def _vector_factory(builder: Callable[..., World], name: str) -> Callable[..., T
         return TabularPreferenceVectorEnv(
             mdp, rewards, num_envs, users=chosen, reward_visible=reward_visible,
             observation=observation, autoreset_mode=autoreset_mode,
+            max_episode_steps=max_episode_steps, render_mode=render_mode,
         )
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = (
         f"``TabularPreferenceVectorEnv`` of :func:`{builder.__name__}` (its keyword arguments): "
-        "sub-environment ``k`` follows ``users[k]``, or ``user`` everywhere, or user ``k % N``."
+        "sub-environment ``k`` follows ``users[k]``, or ``user`` everywhere, or user ``k % N``; "
+        "``max_episode_steps`` (``gym.make_vec`` passes the spec's) and ``render_mode`` as for "
+        "``TabularPreferenceVectorEnv``."
     )
     return factory
 
@@ -106,8 +111,22 @@ def default_kwargs(builder: Callable[..., World]) -> dict[str, Any]:
     return kwargs
 
 
+def default_horizon(builder: Callable[..., World]) -> int:
+    """``H`` of the builder's default model: its ``horizon`` default (the bandit has ``H = 1``)."""
+    parameter = inspect.signature(builder).parameters.get("horizon")
+    return 1 if parameter is None else int(parameter.default)
+
+
 def register_envs() -> None:
-    """Register the five environment ids (idempotent: a second call changes nothing)."""
+    """Register the five environment ids (idempotent: a second call changes nothing).
+
+    Each spec's ``max_episode_steps`` is the default model's horizon ``H``, the length of every
+    episode, so that ``gym.make`` adds ``TimeLimit(H)`` (which also marks the last step
+    ``truncated``) and wrappers that need the episode length (``TimeAwareObservation``) find it.
+    A ``horizon`` other than the default needs ``max_episode_steps=horizon`` (or ``-1``, no
+    limit) in ``gym.make`` and ``gym.make_vec``, as for any Gymnasium id whose kwargs change the
+    episode length: the spec's limit would otherwise cut longer episodes short.
+    """
     module = __name__
     for name, (builder, factory) in FAMILIES.items():
         env_id = f"{NAMESPACE}/{name}-v0"
@@ -119,8 +138,9 @@ def register_envs() -> None:
             id=env_id,
             entry_point=entry_point,
             vector_entry_point=f"{module}:{factory}_vector",
+            max_episode_steps=default_horizon(builder),
             kwargs=default_kwargs(builder),
         )
 
 
-__all__ = ["ENV_IDS", "FAMILIES", "NAMESPACE", "World", "default_kwargs", "register_envs"]
+__all__ = ["ENV_IDS", "FAMILIES", "NAMESPACE", "World", "default_horizon", "default_kwargs", "register_envs"]

@@ -197,6 +197,22 @@ def observation_space(mdp: TabularMDP, observation: str) -> spaces.Space:
     return spaces.MultiDiscrete([mdp.horizon + 1, mdp.n_states], dtype=np.int64)
 
 
+def check_render_mode(render_mode: Any, render_modes: list[str]) -> str | None:
+    """Validate a ``render_mode`` against the modes an environment renders natively."""
+    if render_mode is not None and render_mode not in render_modes:
+        raise ValueError(f"render_mode must be None or one of {render_modes}, got {render_mode!r}")
+    return render_mode
+
+
+#: What ``render_mode="ansi"`` shows before the first reset.
+NOT_STARTED = "not started (call reset())"
+
+
+def describe_state(user: int, time: int, horizon: int, state: int) -> str:
+    """The one-line text rendering (``render_mode="ansi"``) of an environment's state."""
+    return f"user {user}, step {time}/{horizon}, state {state}"
+
+
 def check_user(user: Any, n_users: int, name: str = "user") -> int:
     """Validate a user index against ``n_users``."""
     if isinstance(user, bool) or not isinstance(user, (int, np.integer)):
@@ -281,9 +297,7 @@ class TabularPreferenceEnv(gym.Env):
         params = PreferenceEnvParams.resolve(mdp, rewards, reward_visible)
         self.params = params
         self.observation_mode = check_observation_mode(observation)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
         mdp = params.mdp
         self.action_space = spaces.Discrete(mdp.n_actions)
         self.observation_space = observation_space(mdp, self.observation_mode)
@@ -364,9 +378,9 @@ class TabularPreferenceEnv(gym.Env):
             gym.logger.warn("render() was called without a render_mode; pass render_mode='ansi'")
             return None
         if self._state is None:
-            return "not started (call reset())"
+            return NOT_STARTED
         state = self._state
-        return f"user {state.user}, step {state.time}/{self._horizon}, state {state.state}"
+        return describe_state(state.user, state.time, self._horizon, state.state)
 
     # -- helpers ------------------------------------------------------------------------------
 
