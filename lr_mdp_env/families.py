@@ -135,6 +135,17 @@ def chain_mdp(
     return (mdp, advancing) if return_advancing else mdp
 
 
+def advancing_actions(mdp: TabularMDP) -> np.ndarray:
+    """The action that moves forward in each state of a :func:`chain_mdp` (slip < 1/2).
+
+    Recovered from the transitions, for a chain MDP made elsewhere; ``chain_mdp(...,
+    return_advancing=True)`` returns the same actions as it draws them.
+    """
+    states = np.arange(mdp.n_states)
+    forward = np.minimum(states + 1, mdp.n_states - 1)
+    return np.argmax(mdp.transitions[0, states, :, forward], axis=1)
+
+
 def graph_mdp(
     graph: nx.Graph,
     horizon: int,

@@ -744,7 +744,7 @@ def test_chain_mdp_returns_the_advancing_actions_it_draws():
         others = np.ones((6, 4), dtype=bool)
         others[states, advancing] = False
         assert np.all(mdp.transitions[0, states[:, None], np.nonzero(others)[1].reshape(6, 3), forward[:, None]] == slip)
-        np.testing.assert_array_equal(chain.advancing_actions(mdp), advancing)
+        np.testing.assert_array_equal(lr_mdp_env.families.advancing_actions(mdp), advancing)
     with pytest.raises(TypeError, match="return_advancing must be a bool"):
         lr_mdp_env.chain_mdp(3, 3, return_advancing="yes")
 

@@ -8,21 +8,9 @@ import numpy as np
 
 from .._validation import check_int, check_real, frozen
 from ..dynamic_programming import backward_induction
-from ..families import chain_mdp
-from ..mdp import TabularMDP
+from ..families import advancing_actions, chain_mdp
 from ..rewards import low_rank_rewards
 from .world import World, check_one_hot, model_seeds, theta_of_tables
-
-
-def advancing_actions(mdp: TabularMDP) -> np.ndarray:
-    """The action that moves forward in each state of a :func:`lr_mdp_env.chain_mdp` (slip < 1/2).
-
-    Recovered from the transitions, for a chain MDP made elsewhere; ``chain_mdp(...,
-    return_advancing=True)`` returns the same actions as it draws them.
-    """
-    states = np.arange(mdp.n_states)
-    forward = np.minimum(states + 1, mdp.n_states - 1)
-    return np.argmax(mdp.transitions[0, states, :, forward], axis=1)
 
 
 def _end_seeking(policy: np.ndarray, advancing: np.ndarray, horizon: int) -> bool:
@@ -128,4 +116,4 @@ def chain_world(
     return World(mdp, rewards)
 
 
-__all__ = ["advancing_actions", "chain_world"]
+__all__ = ["chain_world"]

@@ -16,7 +16,10 @@ from typing import Any, Callable
 import gymnasium as gym
 
 from .._validation import check_int
-from .chain import advancing_actions, chain_world  # advancing_actions: still importable from here
+from ..families import advancing_actions  # noqa: F401  (still importable from here)
+from ..layouts import Layout, chain_layout, graph_layout, grid_layout
+from ..mdp import TabularMDP
+from .chain import chain_world
 from .contextual_bandit import contextual_bandit_world
 from .graph import graph_world
 from .gridworld import gridworld_world
@@ -28,15 +31,34 @@ from .world import World
 NAMESPACE = "lr_mdp_env"
 
 
-def _env_factory(builder: Callable[..., World], name: str) -> Callable[..., TabularPreferenceEnv]:
+#: How frames place the states of each family's world, from the MDP and the builder's arguments
+#: (``None``: the states x actions table).
+LAYOUTS: dict[str, Callable[[TabularMDP, dict[str, Any]], Layout | None]] = {
+    "RandomLowRank": lambda mdp, arguments: None,
+    "GridWorld": lambda mdp, arguments: grid_layout(mdp, arguments["width"], arguments["height"], arguments["walls"]),
+    "Graph": lambda mdp, arguments: graph_layout(mdp),
+    "Chain": lambda mdp, arguments: chain_layout(mdp),
+    "ContextualBandit": lambda mdp, arguments: None,
+}
+
+
+def build_world(builder: Callable[..., World], family: str, model_kwargs: dict[str, Any]) -> tuple[World, Layout | None]:
+    """The world of ``builder(**model_kwargs)`` and the layout of its frames."""
+    world = builder(**model_kwargs)
+    arguments = inspect.signature(builder).bind(**model_kwargs)
+    arguments.apply_defaults()
+    return world, LAYOUTS[family](world.mdp, arguments.arguments)
+
+
+def _env_factory(builder: Callable[..., World], family: str, name: str) -> Callable[..., TabularPreferenceEnv]:
     def factory(
         *, user: int = 0, reward_visible: bool = True, observation: str = "discrete",
         render_mode: str | None = None, **model_kwargs: Any,
     ) -> TabularPreferenceEnv:
-        mdp, rewards = builder(**model_kwargs)
+        (mdp, rewards), layout = build_world(builder, family, model_kwargs)
         return TabularPreferenceEnv(
             mdp, rewards, user=user, reward_visible=reward_visible, observation=observation,
-            render_mode=render_mode,
+            render_mode=render_mode, layout=layout,
         )
 
     factory.__name__ = factory.__qualname__ = name
@@ -50,19 +72,19 @@ def _env_factory(builder: Callable[..., World], name: str) -> Callable[..., Tabu
     return factory
 
 
-def _vector_factory(builder: Callable[..., World], name: str) -> Callable[..., TabularPreferenceVectorEnv]:
+def _vector_factory(builder: Callable[..., World], family: str, name: str) -> Callable[..., TabularPreferenceVectorEnv]:
     def factory(
         num_envs: int = 1, *, users: Any = None, user: int | None = None, reward_visible: bool = True,
         observation: str = "discrete", autoreset_mode: str = "NextStep",
         max_episode_steps: int | None = None, render_mode: str | None = None, **model_kwargs: Any,
     ) -> TabularPreferenceVectorEnv:
-        mdp, rewards = builder(**model_kwargs)
+        (mdp, rewards), layout = build_world(builder, family, model_kwargs)
         num_envs = check_int("num_envs", num_envs, minimum=1)
         chosen = vector_users(num_envs, rewards.n_users, user=user, users=users)
         return TabularPreferenceVectorEnv(
             mdp, rewards, num_envs, users=chosen, reward_visible=reward_visible,
             observation=observation, autoreset_mode=autoreset_mode,
-            max_episode_steps=max_episode_steps, render_mode=render_mode,
+            max_episode_steps=max_episode_steps, render_mode=render_mode, layout=layout,
         )
 
     factory.__name__ = factory.__qualname__ = name
@@ -75,16 +97,16 @@ def _vector_factory(builder: Callable[..., World], name: str) -> Callable[..., T
     return factory
 
 
-make_random_low_rank = _env_factory(random_low_rank_world, "make_random_low_rank")
-make_gridworld = _env_factory(gridworld_world, "make_gridworld")
-make_graph = _env_factory(graph_world, "make_graph")
-make_chain = _env_factory(chain_world, "make_chain")
-make_contextual_bandit = _env_factory(contextual_bandit_world, "make_contextual_bandit")
-make_random_low_rank_vector = _vector_factory(random_low_rank_world, "make_random_low_rank_vector")
-make_gridworld_vector = _vector_factory(gridworld_world, "make_gridworld_vector")
-make_graph_vector = _vector_factory(graph_world, "make_graph_vector")
-make_chain_vector = _vector_factory(chain_world, "make_chain_vector")
-make_contextual_bandit_vector = _vector_factory(contextual_bandit_world, "make_contextual_bandit_vector")
+make_random_low_rank = _env_factory(random_low_rank_world, "RandomLowRank", "make_random_low_rank")
+make_gridworld = _env_factory(gridworld_world, "GridWorld", "make_gridworld")
+make_graph = _env_factory(graph_world, "Graph", "make_graph")
+make_chain = _env_factory(chain_world, "Chain", "make_chain")
+make_contextual_bandit = _env_factory(contextual_bandit_world, "ContextualBandit", "make_contextual_bandit")
+make_random_low_rank_vector = _vector_factory(random_low_rank_world, "RandomLowRank", "make_random_low_rank_vector")
+make_gridworld_vector = _vector_factory(gridworld_world, "GridWorld", "make_gridworld_vector")
+make_graph_vector = _vector_factory(graph_world, "Graph", "make_graph_vector")
+make_chain_vector = _vector_factory(chain_world, "Chain", "make_chain_vector")
+make_contextual_bandit_vector = _vector_factory(contextual_bandit_world, "ContextualBandit", "make_contextual_bandit_vector")
 
 #: Registered name -> (builder, factory name).
 FAMILIES: dict[str, tuple[Callable[..., World], str]] = {
@@ -143,4 +165,4 @@ def register_envs() -> None:
         )
 
 
-__all__ = ["ENV_IDS", "FAMILIES", "NAMESPACE", "World", "default_horizon", "default_kwargs", "register_envs"]
+__all__ = ["ENV_IDS", "FAMILIES", "LAYOUTS", "NAMESPACE", "World", "build_world", "default_horizon", "default_kwargs", "register_envs"]

@@ -20,9 +20,11 @@ from gymnasium.error import ResetNeeded
 
 from .._validation import as_real_array, frozen
 from ..dynamic_programming import check_reward
+from ..layouts import Layout, check_layout
 from ..mdp import TabularMDP
 from ..rewards import ContextualRewards, LowRankRewards
 from ..sampling import closed_cdf
+from .rendering import render_frame
 
 #: Observation encodings accepted by the environments.
 OBSERVATION_MODES = ("discrete", "multi_discrete")
@@ -254,9 +256,10 @@ class TabularPreferenceEnv(gym.Env):
     ``reward_visible=False``.
 
     ## Episode End
-    ``terminated=True`` after the ``H``-th step; ``truncated`` is always ``False``. Stepping
-    after the end, or before the first :meth:`reset`, raises
-    :class:`gymnasium.error.ResetNeeded`.
+    ``terminated=True`` after the ``H``-th step. The environment never truncates; the
+    registered ids' specs have ``max_episode_steps = H``, so ``gym.make`` adds
+    ``TimeLimit(H)``, which marks the same last step ``truncated``. Stepping after the end, or
+    before the first :meth:`reset`, raises :class:`gymnasium.error.ResetNeeded`.
 
     ## Information
     ``reset`` and ``step`` return ``{"user": i, "time": h, "state": s}`` for the new state.
@@ -272,7 +275,15 @@ class TabularPreferenceEnv(gym.Env):
     or directly ``TabularPreferenceEnv(mdp, rewards, user=0, reward_visible=True,
     observation="discrete")`` with ``rewards`` a :class:`~lr_mdp_env.LowRankRewards`,
     :class:`~lr_mdp_env.ContextualRewards`, ``Theta`` ``(d, N)`` or reward tables ``(N, H, S, A)``.
-    ``render_mode="ansi"`` renders a one-line text description.
+
+    ## Rendering
+    ``render_mode="rgb_array"`` draws the current user's world at the current step
+    (:func:`lr_mdp_env.envs.rendering.render_frame`): placed by ``layout``
+    (:mod:`lr_mdp_env.layouts`; the registered grid, graph and chain ids pass theirs, the default
+    is the states x actions table), coloured by the user's reward, with the agent's state and the
+    step. ``render_mode="ansi"`` renders a one-line text description. ``gym.make(...,
+    render_mode="human")`` shows the frames in a window through Gymnasium's ``HumanRendering``
+    (which needs pygame and a display); ``"rgb_array_list"`` and ``"ansi_list"`` collect them.
 
     ## Version History
     - v0: Initial release.
@@ -282,7 +293,7 @@ class TabularPreferenceEnv(gym.Env):
     tabular environment can be.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -293,11 +304,13 @@ class TabularPreferenceEnv(gym.Env):
         reward_visible: bool | None = None,
         observation: str = "discrete",
         render_mode: str | None = None,
+        layout: Layout | None = None,
     ) -> None:
         params = PreferenceEnvParams.resolve(mdp, rewards, reward_visible)
         self.params = params
         self.observation_mode = check_observation_mode(observation)
         self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
+        self.layout = check_layout(layout, params.mdp)
         mdp = params.mdp
         self.action_space = spaces.Discrete(mdp.n_actions)
         self.observation_space = observation_space(mdp, self.observation_mode)
@@ -310,10 +323,11 @@ class TabularPreferenceEnv(gym.Env):
         self._reward_visible = params.reward_visible
         self._initial_cdf = params.initial_cdf.tolist()
         self._state: PreferenceEnvState | None = None
+        self._played: tuple[int, int] | None = None
         self._reset_caches()
 
     def _reset_caches(self) -> None:
-        # Python lists make the per-step lookups a few hundred nanoseconds; cumulative rows are
+        # Python lists make the per-step lookups cheaper than indexing numpy scalars; cumulative rows are
         # converted on first use, so a large stage-dependent MDP costs only the rows visited.
         self._cdf_rows: list[list[float] | None] = [None] * self.params.transition_cdf.shape[0]
         self._reward_user = -1
@@ -339,6 +353,7 @@ class TabularPreferenceEnv(gym.Env):
         self._select_user(user)
         start = bisect_right(self._initial_cdf, self.np_random.random())
         self._state = PreferenceEnvState(user, 0, start)
+        self._played = None
         return self._observation(0, start), {"user": user, "time": 0, "state": start}
 
     def step(self, action: SupportsInt) -> tuple[Any, float, bool, bool, dict]:
@@ -369,18 +384,28 @@ class TabularPreferenceEnv(gym.Env):
         time += 1
         state.time = time
         state.state = following
+        self._played = (current, action)
         info = {"user": state.user, "time": time, "state": following}
         return self._observation(time, following), reward, time == self._horizon, False, info
 
-    def render(self) -> str | None:
-        """A one-line description of the current state (``render_mode="ansi"``)."""
+    def render(self) -> str | np.ndarray | None:
+        """The current state as a frame (``"rgb_array"``) or a line of text (``"ansi"``).
+
+        Before the first :meth:`reset` the frame shows the initial step of the default user
+        in the most likely initial state.
+        """
         if self.render_mode is None:
-            gym.logger.warn("render() was called without a render_mode; pass render_mode='ansi'")
+            gym.logger.warn("render() was called without a render_mode; pass render_mode='rgb_array' or 'ansi'")
             return None
-        if self._state is None:
-            return NOT_STARTED
         state = self._state
-        return describe_state(state.user, state.time, self._horizon, state.state)
+        if self.render_mode == "ansi":
+            return NOT_STARTED if state is None else describe_state(state.user, state.time, self._horizon, state.state)
+        if state is None:
+            state = PreferenceEnvState(self._default_user, 0, int(np.argmax(self.params.mdp.initial_distribution)))
+        return render_frame(
+            self.layout, self.params.reward_table[state.user], time=state.time, state=state.state,
+            played=self._played,
+        )
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .._validation import check_int
+from ..layouts import Layout, check_layout
 from ..mdp import TabularMDP
 from ..sampling import CategoricalSampler, transition_sampler
 from .tabular import (
@@ -25,6 +26,7 @@ from .tabular import (
     describe_state,
     observation_space,
 )
+from .rendering import render_frame
 
 
 def _autoreset_mode(value: Any) -> AutoresetMode:
@@ -80,8 +82,12 @@ class TabularPreferenceVectorEnv(VectorEnv):
         wrapper that ``gym.make`` adds to each copy of ``SyncVectorEnv`` does; default none.
         ``gym.make_vec`` passes the spec's value, ``H``: the last step of every episode is then
         both terminated and truncated, exactly as with ``gym.make``.
-    render_mode : {None, "ansi"}, default None
-        :meth:`render` returns one rendering per sub-environment, as ``SyncVectorEnv`` does.
+    render_mode : {None, "ansi", "rgb_array"}, default None
+        :meth:`render` returns one rendering per sub-environment, as ``SyncVectorEnv`` does
+        (frames as :class:`TabularPreferenceEnv` draws them).
+    layout : GridLayout, GraphLayout or TableLayout, optional
+        How frames place the states (:mod:`lr_mdp_env.layouts`); default the states x actions
+        table.
 
     Notes
     -----
@@ -109,6 +115,7 @@ class TabularPreferenceVectorEnv(VectorEnv):
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         max_episode_steps: int | None = None,
         render_mode: str | None = None,
+        layout: Layout | None = None,
     ) -> None:
         params = PreferenceEnvParams.resolve(mdp, rewards, reward_visible)
         self.params = params
@@ -117,6 +124,7 @@ class TabularPreferenceVectorEnv(VectorEnv):
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
         self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
+        self.layout = check_layout(layout, params.mdp)
         self.max_episode_steps = (
             None if max_episode_steps is None else check_int("max_episode_steps", max_episode_steps, minimum=1)
         )
@@ -137,6 +145,8 @@ class TabularPreferenceVectorEnv(VectorEnv):
         self._initial = CategoricalSampler(mdp.initial_distribution[None])
         self.times = np.zeros(self.num_envs, dtype=np.int64)
         self.states = np.zeros(self.num_envs, dtype=np.int64)
+        # Last (state, action) of each copy, for frames; -1 where a copy has not stepped since its reset.
+        self._played = np.full((self.num_envs, 2), -1, dtype=np.int64)
         self._started = False
         self._ended = np.zeros(self.num_envs, dtype=bool)
 
@@ -208,28 +218,41 @@ class TabularPreferenceVectorEnv(VectorEnv):
         return self._observations(), rewards, terminated, truncated, info
 
     def render(self) -> tuple[Any, ...] | None:
-        """One rendering per sub-environment (``render_mode="ansi"``: a line of text each)."""
+        """One rendering per sub-environment: a frame each (``"rgb_array"``) or a line of text."""
         if self.render_mode is None:
-            gym.logger.warn("render() was called without a render_mode; pass render_mode='ansi'")
+            gym.logger.warn("render() was called without a render_mode; pass render_mode='rgb_array' or 'ansi'")
             return None
-        if not self._started:
-            return tuple(NOT_STARTED for _ in range(self.num_envs))
-        return tuple(
-            describe_state(int(user), int(time), self._horizon, int(state))
-            for user, time, state in zip(self.users, self.times, self.states)
-        )
+        if self.render_mode == "ansi":
+            if not self._started:
+                return tuple(NOT_STARTED for _ in range(self.num_envs))
+            return tuple(
+                describe_state(int(user), int(time), self._horizon, int(state))
+                for user, time, state in zip(self.users, self.times, self.states)
+            )
+        start = int(np.argmax(self.params.mdp.initial_distribution))
+        frames = []
+        # Drawing is per frame; the loop runs once per copy, only when rendering.
+        for k in range(self.num_envs):
+            played = None if self._played[k, 0] < 0 else (int(self._played[k, 0]), int(self._played[k, 1]))
+            frames.append(render_frame(
+                self.layout, self.params.reward_table[self.users[k]], time=int(self.times[k]),
+                state=int(self.states[k]) if self._started else start, played=played,
+            ))
+        return tuple(frames)
 
     # -- array mechanics ----------------------------------------------------------------------
 
     def _restart(self, mask: np.ndarray, uniforms: np.ndarray) -> None:
         count = int(mask.sum())
         self.times[mask] = 0
+        self._played[mask] = -1
         self.states[mask] = self._initial.sample(np.zeros(count, dtype=np.int64), uniforms[mask])
         self._ended = self._ended & ~mask
 
     def _advance(self, mask: np.ndarray, actions: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
         """Step the sub-environments of ``mask``; return their rewards."""
         times, states, chosen = self.times[mask], self.states[mask], actions[mask]
+        self._played[mask] = np.stack([states, chosen], axis=1)
         cells = states * self._n_actions + chosen
         if self.params.reward_visible:
             rewards = self._flat_rewards[self.users[mask], times * (self._n_states * self._n_actions) + cells]
