@@ -132,6 +132,20 @@ def _state_values(ax: Axes, layout: Layout, by_state: np.ndarray, by_cell: np.nd
     return _draw_table(ax, layout, by_cell, cmap, norm, label)
 
 
+def _user_reward(mdp: TabularMDP, reward: Any) -> np.ndarray:
+    reward = check_reward(mdp, reward)
+    if reward.ndim != 3:
+        raise ValueError(f"reward must be one user's table of shape (H, S, A), got shape {reward.shape}")
+    return reward
+
+
+def _reward_map(ax: Axes, layout: Layout, reward: np.ndarray, step: int) -> None:
+    """The reward of step ``step`` on the layout, with its colour bar (symmetric about 0)."""
+    table = reward[step]
+    shown = _state_values(ax, layout, table.mean(axis=1), table, REWARD_COLORMAP, _reward_norm(reward), "state s")
+    ax.figure.colorbar(shown, ax=ax, label=f"reward r[h={step}]")
+
+
 # -- the public figures ----------------------------------------------------------------------------
 
 
@@ -160,15 +174,11 @@ def plot_reward(
     -------
     matplotlib.figure.Figure
     """
-    reward = check_reward(mdp, reward)
-    if reward.ndim != 3:
-        raise ValueError(f"reward must be one user's table of shape (H, S, A), got shape {reward.shape}")
+    reward = _user_reward(mdp, reward)
     layout = check_layout(layout, mdp)
     step = _check_step(step, mdp)
     ax = _axes(ax, _size(layout))
-    table = reward[step]
-    shown = _state_values(ax, layout, table.mean(axis=1), table, REWARD_COLORMAP, _reward_norm(reward), "state s")
-    ax.figure.colorbar(shown, ax=ax, label=f"reward r[h={step}]")
+    _reward_map(ax, layout, reward, step)
     ax.set_title(title if title is not None else f"reward at step {step}")
     return ax.figure
 
@@ -218,11 +228,7 @@ def plot_policy(
         ax.figure.colorbar(shown, ax=ax, label=f"pi[h={step}](a | s)")
     else:
         if reward is not None:
-            reward = check_reward(mdp, reward, "reward")
-            if reward.ndim != 3:
-                raise ValueError(f"reward must be one user's table of shape (H, S, A), got shape {reward.shape}")
-            shown = _state_values(ax, layout, reward[step].mean(axis=1), reward[step], REWARD_COLORMAP, _reward_norm(reward), "state s")
-            ax.figure.colorbar(shown, ax=ax, label=f"reward r[h={step}]")
+            _reward_map(ax, layout, _user_reward(mdp, reward), step)
         else:
             _state_values(ax, layout, np.zeros(mdp.n_states), None, "Greys", Normalize(0.0, 1.0), "state s")
         positions = layout.positions
