@@ -18,7 +18,7 @@ from moviepy.video.io.VideoFileClip import VideoFileClip
 
 import lr_mdp_env
 from lr_mdp_env import layouts
-from lr_mdp_env.envs import ENV_IDS, TabularPreferenceEnv, TabularPreferenceVectorEnv
+from lr_mdp_env.envs import ENV_IDS, TabularPreferenceEnv, TabularPreferenceVectorEnv, registration
 from lr_mdp_env.envs.rendering import GRID_CELL, STRIP, node_pixels, reward_colors, table_cell
 
 
@@ -233,3 +233,20 @@ def test_record_video_of_an_episode(env_id, tmp_path):
     for k, frame in enumerate(decoded):
         distances = [np.abs(frame - other).mean() for other in rendered]
         assert distances[k] == min(distances)
+
+
+def test_layouts_are_made_when_a_picture_first_needs_them(monkeypatch):
+    made = []
+    place = registration.graph_layout
+    monkeypatch.setattr(registration, "graph_layout", lambda mdp: made.append(mdp) or place(mdp))
+    env = gym.make("lr_mdp_env/Graph-v0", render_mode="rgb_array")
+    vector = gym.make_vec("lr_mdp_env/Graph-v0", num_envs=2, vectorization_mode="vector_entry_point")
+    env.reset(seed=0)
+    env.step(1)
+    vector.reset(seed=0)
+    assert made == []  # stepping never places the nodes (an optimisation over the graph)
+    env.render()
+    assert isinstance(env.unwrapped.layout, layouts.GraphLayout) and len(made) == 1
+    assert isinstance(vector.layout, layouts.GraphLayout) and len(made) == 2
+    env.render()
+    assert len(made) == 2  # made once per environment

@@ -11,6 +11,7 @@ Environments under the ``lr_mdp_env`` namespace; ``import lr_mdp_env`` calls it.
 from __future__ import annotations
 
 import inspect
+from functools import partial
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -31,23 +32,39 @@ from .world import World
 NAMESPACE = "lr_mdp_env"
 
 
-#: How frames place the states of each family's world, from the MDP and the builder's arguments
-#: (``None``: the states x actions table).
+def _table(mdp: TabularMDP, arguments: dict[str, Any]) -> None:
+    return None
+
+
+def _grid(mdp: TabularMDP, arguments: dict[str, Any]) -> Layout:
+    return grid_layout(mdp, arguments["width"], arguments["height"], arguments["walls"])
+
+
+def _graph(mdp: TabularMDP, arguments: dict[str, Any]) -> Layout:
+    return graph_layout(mdp)
+
+
+def _chain(mdp: TabularMDP, arguments: dict[str, Any]) -> Layout:
+    return chain_layout(mdp)
+
+
+#: How pictures place the states of each family's world, from the MDP and the builder's
+#: arguments (``None``: the states x actions table).
 LAYOUTS: dict[str, Callable[[TabularMDP, dict[str, Any]], Layout | None]] = {
-    "RandomLowRank": lambda mdp, arguments: None,
-    "GridWorld": lambda mdp, arguments: grid_layout(mdp, arguments["width"], arguments["height"], arguments["walls"]),
-    "Graph": lambda mdp, arguments: graph_layout(mdp),
-    "Chain": lambda mdp, arguments: chain_layout(mdp),
-    "ContextualBandit": lambda mdp, arguments: None,
+    "RandomLowRank": _table, "GridWorld": _grid, "Graph": _graph, "Chain": _chain, "ContextualBandit": _table,
 }
 
 
-def build_world(builder: Callable[..., World], family: str, model_kwargs: dict[str, Any]) -> tuple[World, Layout | None]:
-    """The world of ``builder(**model_kwargs)`` and the layout of its frames."""
+def build_world(builder: Callable[..., World], family: str, model_kwargs: dict[str, Any]) -> tuple[World, Callable[[], Layout | None]]:
+    """The world of ``builder(**model_kwargs)`` and how to lay it out.
+
+    The layout comes as a (picklable) function the environments call when a picture first needs
+    it: placing a graph's nodes is an optimisation that plain stepping should not pay for.
+    """
     world = builder(**model_kwargs)
     arguments = inspect.signature(builder).bind(**model_kwargs)
     arguments.apply_defaults()
-    return world, LAYOUTS[family](world.mdp, arguments.arguments)
+    return world, partial(LAYOUTS[family], world.mdp, dict(arguments.arguments))
 
 
 def _env_factory(builder: Callable[..., World], family: str, name: str) -> Callable[..., TabularPreferenceEnv]:

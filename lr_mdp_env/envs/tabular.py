@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 from bisect import bisect_right
 from dataclasses import dataclass, field, replace
-from typing import Any, SupportsInt
+from typing import Any, Callable, SupportsInt
 
 import gymnasium as gym
 import numpy as np
@@ -279,9 +279,10 @@ class TabularPreferenceEnv(gym.Env):
     ## Rendering
     ``render_mode="rgb_array"`` draws the current user's world at the current step
     (:func:`lr_mdp_env.envs.rendering.render_frame`): placed by ``layout``
-    (:mod:`lr_mdp_env.layouts`; the registered grid, graph and chain ids pass theirs, the default
-    is the states x actions table), coloured by the user's reward, with the agent's state and the
-    step. ``render_mode="ansi"`` renders a one-line text description. ``gym.make(...,
+    (:mod:`lr_mdp_env.layouts`, or a function returning one, called when first needed; the
+    registered grid, graph and chain ids pass theirs, the default is the states x actions
+    table), coloured by the user's reward, with the agent's state and the step. The same layout
+    is ``env.layout``, for the figures of :mod:`lr_mdp_env.plotting`. ``render_mode="ansi"`` renders a one-line text description. ``gym.make(...,
     render_mode="human")`` shows the frames in a window through Gymnasium's ``HumanRendering``
     (which needs pygame and a display); ``"rgb_array_list"`` and ``"ansi_list"`` collect them.
 
@@ -304,13 +305,13 @@ class TabularPreferenceEnv(gym.Env):
         reward_visible: bool | None = None,
         observation: str = "discrete",
         render_mode: str | None = None,
-        layout: Layout | None = None,
+        layout: Layout | Callable[[], Layout | None] | None = None,
     ) -> None:
         params = PreferenceEnvParams.resolve(mdp, rewards, reward_visible)
         self.params = params
         self.observation_mode = check_observation_mode(observation)
         self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
-        self.layout = check_layout(layout, params.mdp)
+        self._layout = LazyLayout(layout, params.mdp)
         mdp = params.mdp
         self.action_space = spaces.Discrete(mdp.n_actions)
         self.observation_space = observation_space(mdp, self.observation_mode)
@@ -446,6 +447,11 @@ class TabularPreferenceEnv(gym.Env):
     def n_users(self) -> int:
         return self.params.n_users
 
+    @property
+    def layout(self) -> Layout:
+        """Where pictures place the states (:mod:`lr_mdp_env.layouts`), made on first use."""
+        return self._layout.get()
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         del state["_cdf_rows"], state["_user_rewards"]
@@ -456,6 +462,25 @@ class TabularPreferenceEnv(gym.Env):
         self._reset_caches()
         if self._state is not None:
             self._select_user(self._state.user)
+
+
+class LazyLayout:
+    """A layout given as such, or as a function that makes it, checked against ``mdp`` when first used."""
+
+    def __init__(self, layout: Any, mdp: TabularMDP) -> None:
+        self._mdp = mdp
+        self._made: Layout | None = None
+        self._make: Callable[[], Layout | None] | None = None
+        if callable(layout):
+            self._make = layout
+        else:
+            self._made = check_layout(layout, mdp)
+
+    def get(self) -> Layout:
+        if self._made is None:
+            self._made = check_layout(self._make(), self._mdp)
+            self._make = None
+        return self._made
 
 
 def check_users(params: PreferenceEnvParams, users: Any, count: int, name: str = "users") -> np.ndarray:

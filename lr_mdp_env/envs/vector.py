@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -12,11 +12,12 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .._validation import check_int
-from ..layouts import Layout, check_layout
+from ..layouts import Layout
 from ..mdp import TabularMDP
 from ..sampling import CategoricalSampler, transition_sampler
 from .tabular import (
     NOT_STARTED,
+    LazyLayout,
     PreferenceEnvParams,
     TabularPreferenceEnv,
     check_observation_mode,
@@ -85,9 +86,9 @@ class TabularPreferenceVectorEnv(VectorEnv):
     render_mode : {None, "ansi", "rgb_array"}, default None
         :meth:`render` returns one rendering per sub-environment, as ``SyncVectorEnv`` does
         (frames as :class:`TabularPreferenceEnv` draws them).
-    layout : GridLayout, GraphLayout or TableLayout, optional
-        How frames place the states (:mod:`lr_mdp_env.layouts`); default the states x actions
-        table.
+    layout : GridLayout, GraphLayout, TableLayout or callable, optional
+        How frames place the states (:mod:`lr_mdp_env.layouts`), or a function returning it,
+        called when first needed; default the states x actions table.
 
     Notes
     -----
@@ -115,7 +116,7 @@ class TabularPreferenceVectorEnv(VectorEnv):
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         max_episode_steps: int | None = None,
         render_mode: str | None = None,
-        layout: Layout | None = None,
+        layout: Layout | Callable[[], Layout | None] | None = None,
     ) -> None:
         params = PreferenceEnvParams.resolve(mdp, rewards, reward_visible)
         self.params = params
@@ -124,7 +125,7 @@ class TabularPreferenceVectorEnv(VectorEnv):
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
         self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
-        self.layout = check_layout(layout, params.mdp)
+        self._layout = LazyLayout(layout, params.mdp)
         self.max_episode_steps = (
             None if max_episode_steps is None else check_int("max_episode_steps", max_episode_steps, minimum=1)
         )
@@ -306,6 +307,11 @@ class TabularPreferenceVectorEnv(VectorEnv):
     @property
     def mdp(self) -> TabularMDP:
         return self.params.mdp
+
+    @property
+    def layout(self) -> Layout:
+        """Where frames place the states (:mod:`lr_mdp_env.layouts`), made on first use."""
+        return self._layout.get()
 
     @property
     def n_users(self) -> int:
