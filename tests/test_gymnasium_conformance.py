@@ -126,6 +126,27 @@ def test_spec_max_episode_steps_is_the_horizon(env_id):
     assert not _has_wrapper(gym.make(env_id, max_episode_steps=-1), TimeLimit)
 
 
+def test_another_horizon_needs_its_own_time_limit():
+    default = gym.spec("lr_mdp_env/Chain-v0").max_episode_steps
+
+    def flags(env):
+        env.reset(seed=SEED)
+        found = []
+        while not (found and (found[-1][0] or found[-1][1])):
+            found.append(env.step(0)[2:4])
+        return found
+
+    # As documented: the spec's limit is the default H, so a longer horizon needs max_episode_steps.
+    longer = default + 2
+    assert flags(gym.make("lr_mdp_env/Chain-v0", horizon=longer, max_episode_steps=longer))[-1] == (True, True)
+    assert len(flags(gym.make("lr_mdp_env/Chain-v0", horizon=longer, max_episode_steps=longer))) == longer
+    assert len(flags(gym.make("lr_mdp_env/Chain-v0", horizon=longer, max_episode_steps=-1))) == longer
+    cut = flags(gym.make("lr_mdp_env/Chain-v0", horizon=longer))
+    assert len(cut) == default and cut[-1] == (False, True)
+    vector = gym.make_vec("lr_mdp_env/Chain-v0", num_envs=2, horizon=longer, max_episode_steps=longer)
+    assert vector.max_episode_steps == longer
+
+
 @pytest.mark.parametrize("env_id", ENV_IDS)
 @pytest.mark.parametrize("observation", ["discrete", "multi_discrete"])
 def test_time_aware_observation_counts_the_steps(env_id, observation):
