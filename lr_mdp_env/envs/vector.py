@@ -146,8 +146,10 @@ class TabularPreferenceVectorEnv(VectorEnv):
         self._initial = CategoricalSampler(mdp.initial_distribution[None])
         self.times = np.zeros(self.num_envs, dtype=np.int64)
         self.states = np.zeros(self.num_envs, dtype=np.int64)
-        # Last (state, action) of each copy, for frames; -1 where a copy has not stepped since its reset.
+        # Last (state, action) of each copy, for frames (kept only when drawing them); -1 where a
+        # copy has not stepped since its reset.
         self._played = np.full((self.num_envs, 2), -1, dtype=np.int64)
+        self._records_played = self.render_mode == "rgb_array"
         self._started = False
         self._ended = np.zeros(self.num_envs, dtype=bool)
 
@@ -253,7 +255,9 @@ class TabularPreferenceVectorEnv(VectorEnv):
     def _advance(self, mask: np.ndarray, actions: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
         """Step the sub-environments of ``mask``; return their rewards."""
         times, states, chosen = self.times[mask], self.states[mask], actions[mask]
-        self._played[mask] = np.stack([states, chosen], axis=1)
+        if self._records_played:
+            self._played[mask, 0] = states
+            self._played[mask, 1] = chosen
         cells = states * self._n_actions + chosen
         if self.params.reward_visible:
             rewards = self._flat_rewards[self.users[mask], times * (self._n_states * self._n_actions) + cells]
