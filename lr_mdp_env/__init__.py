@@ -3,6 +3,9 @@
 The world of docs/model.md: :class:`TabularMDP` and its families, users' low-rank reward
 structures, the Bradley-Terry teacher, offline preference datasets, exact dynamic programming and
 the Gymnasium environments (registered on import under the ``lr_mdp_env`` namespace).
+Pictures: :mod:`lr_mdp_env.plotting` (figures of rewards, policies, occupancy measures and users
+in the shared subspace) placed by :mod:`lr_mdp_env.layouts`, which the environments' frames use
+too.
 """
 
 from .collection import collect_preferences, epsilon_optimal_policies, user_parameters

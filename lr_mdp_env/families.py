@@ -11,7 +11,7 @@ from ._validation import as_generator, check_int, check_real
 from .mdp import TabularMDP, dense_features
 
 
-def _features(kind: Any, n_features: int | None, n_states: int, n_actions: int, horizon: int, rng) -> Any:
+def _features(kind: Any, n_features: int | None, n_states: int, n_actions: int, rng: np.random.Generator) -> Any:
     """Resolve a feature specification: ``"one_hot"``, ``"one_hot_time"``, ``"dense"`` or an array."""
     if isinstance(kind, str) and kind == "dense":
         if n_features is None:
@@ -67,7 +67,7 @@ def random_mdp(
         draws[empty, rng.integers(n_states, size=int(empty.sum()))] = 1.0
         totals = draws.sum(axis=-1, keepdims=True)
     transitions = draws / totals
-    feature_spec = _features(features, n_features, n_states, n_actions, horizon, rng)
+    feature_spec = _features(features, n_features, n_states, n_actions, rng)
     initial = np.full(n_states, 1.0 / n_states)
     return TabularMDP(transitions, initial, horizon=horizon, features=feature_spec)
 
@@ -81,7 +81,8 @@ def chain_mdp(
     features: Any = "one_hot",
     n_features: int | None = None,
     seed: Any = None,
-) -> TabularMDP:
+    return_advancing: bool = False,
+) -> TabularMDP | tuple[TabularMDP, np.ndarray]:
     """A combination-lock chain whose far end a uniform policy rarely reaches.
 
     States ``0..S-1``, start in state 0. In each state one action (drawn once from ``seed``)
@@ -100,11 +101,18 @@ def chain_mdp(
     slip : float in [0, 1], default 0.0
     features, n_features, seed
         As in :func:`random_mdp`.
+    return_advancing : bool, default False
+        Also return the advancing actions drawn.
 
     Returns
     -------
     TabularMDP
+        The chain; with ``return_advancing=True`` the pair ``(mdp, advancing)``, where
+        ``advancing[s]`` (shape ``(S,)``, integers) is the action that moves forward from state
+        ``s`` (and keeps the last state).
     """
+    if not isinstance(return_advancing, (bool, np.bool_)):
+        raise TypeError(f"return_advancing must be a bool, got {return_advancing!r}")
     n_states = check_int("n_states", n_states, minimum=2)
     n_actions = check_int("n_actions", n_actions, minimum=2)
     horizon = check_int("horizon", horizon, minimum=1)
@@ -122,8 +130,20 @@ def chain_mdp(
     transitions = (1 - slip) * intended + slip * other
     initial = np.zeros(n_states)
     initial[0] = 1.0
-    feature_spec = _features(features, n_features, n_states, n_actions, horizon, rng)
-    return TabularMDP(transitions, initial, horizon=horizon, features=feature_spec)
+    feature_spec = _features(features, n_features, n_states, n_actions, rng)
+    mdp = TabularMDP(transitions, initial, horizon=horizon, features=feature_spec)
+    return (mdp, advancing) if return_advancing else mdp
+
+
+def advancing_actions(mdp: TabularMDP) -> np.ndarray:
+    """The action that moves forward in each state of a :func:`chain_mdp` (slip < 1/2).
+
+    Recovered from the transitions, for a chain MDP made elsewhere; ``chain_mdp(...,
+    return_advancing=True)`` returns the same actions as it draws them.
+    """
+    states = np.arange(mdp.n_states)
+    forward = np.minimum(states + 1, mdp.n_states - 1)
+    return np.argmax(mdp.transitions[0, states, :, forward], axis=1)
 
 
 def graph_mdp(
@@ -204,7 +224,7 @@ def graph_mdp(
             raise ValueError(f"start={start!r} is not a node of the graph")
         initial = np.zeros(n_states)
         initial[index[start]] = 1.0
-    feature_spec = _features(features, n_features, n_states, n_actions, horizon, as_generator(seed))
+    feature_spec = _features(features, n_features, n_states, n_actions, as_generator(seed))
     return TabularMDP(transitions, initial, horizon=horizon, features=feature_spec)
 
 

@@ -40,7 +40,7 @@ from lr_mdp_env.envs import (
     gridworld_world,
     random_low_rank_world,
 )
-from lr_mdp_env.envs import registration
+from lr_mdp_env.envs import chain, registration
 
 # Probability that one statistical assertion fails although the code is correct.
 FAILURE_PROBABILITY = 1e-6
@@ -660,7 +660,9 @@ def test_vector_disabled_autoreset_needs_masked_reset(small_world):
     with pytest.raises(ResetNeeded, match="reset_mask"):
         vector.step(np.array([0, 0]))
     _, info = vector.reset(options={"reset_mask": np.array([True, False])})
-    assert info["time"].tolist() == [0, small_world.mdp.horizon]
+    # Only the reset copy reports (SyncVectorEnv's layout); the other one still waits at h = H.
+    assert info["_time"].tolist() == [True, False] and info["time"][0] == 0
+    assert vector.times.tolist() == [0, small_world.mdp.horizon]
 
 
 def test_vector_env_is_reproducible_and_pickles(small_world):
@@ -726,6 +728,42 @@ def test_graph_goals_follow_edge_directions():
     by_state = _state_rewards(mdp, rewards)
     assert _has_goal_set(by_state, distances, 1, 1.0)
     assert not _has_goal_set(by_state, distances.T, 1, 1.0)  # distances against the edges do not fit
+
+
+def test_chain_mdp_returns_the_advancing_actions_it_draws():
+    for slip in (0.0, 0.3):
+        mdp, advancing = lr_mdp_env.chain_mdp(6, 7, n_actions=4, slip=slip, seed=8, return_advancing=True)
+        # Same model as without the flag: the flag only adds the actions to the return value.
+        np.testing.assert_array_equal(mdp.transitions, lr_mdp_env.chain_mdp(6, 7, n_actions=4, slip=slip, seed=8).transitions)
+        assert advancing.shape == (6,) and advancing.dtype.kind == "i"
+        states = np.arange(6)
+        forward = np.minimum(states + 1, 5)
+        # Oracle: the advancing action reaches the next state with probability 1 - slip and
+        # every other action reaches it only by slipping (or stays at the end by slipping).
+        np.testing.assert_allclose(mdp.transitions[0, states, advancing, forward], 1 - slip)
+        others = np.ones((6, 4), dtype=bool)
+        others[states, advancing] = False
+        assert np.all(mdp.transitions[0, states[:, None], np.nonzero(others)[1].reshape(6, 3), forward[:, None]] == slip)
+        np.testing.assert_array_equal(lr_mdp_env.families.advancing_actions(mdp), advancing)
+    with pytest.raises(TypeError, match="return_advancing must be a bool"):
+        lr_mdp_env.chain_mdp(3, 3, return_advancing="yes")
+
+
+def test_chain_world_draws_the_users_once(monkeypatch):
+    calls = []
+    drawing = chain.low_rank_rewards
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("seed"))
+        return drawing(*args, **kwargs)
+
+    monkeypatch.setattr(chain, "low_rank_rewards", counted)
+    mdp, rewards = chain_world(5, 8, n_users=4, rank=2, distractor=0.5, model_seed=3)
+    assert len(calls) == 1
+    # The users are the personal draw plus the shared base, and the base is one column for all.
+    personal = rewards.theta - rewards.base
+    np.testing.assert_allclose(personal, rewards.low_rank_part + rewards.tail, atol=0)
+    np.testing.assert_array_equal(rewards.base, np.repeat(rewards.base[:, :1], 4, axis=1))
 
 
 def test_chain_users_all_go_to_the_good_end():

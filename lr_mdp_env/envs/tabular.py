@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 from bisect import bisect_right
 from dataclasses import dataclass, field, replace
-from typing import Any, SupportsInt
+from typing import Any, Callable, SupportsInt
 
 import gymnasium as gym
 import numpy as np
@@ -20,9 +20,11 @@ from gymnasium.error import ResetNeeded
 
 from .._validation import as_real_array, frozen
 from ..dynamic_programming import check_reward
+from ..layouts import Layout, check_layout
 from ..mdp import TabularMDP
 from ..rewards import ContextualRewards, LowRankRewards
 from ..sampling import closed_cdf
+from .rendering import render_frame
 
 #: Observation encodings accepted by the environments.
 OBSERVATION_MODES = ("discrete", "multi_discrete")
@@ -197,6 +199,22 @@ def observation_space(mdp: TabularMDP, observation: str) -> spaces.Space:
     return spaces.MultiDiscrete([mdp.horizon + 1, mdp.n_states], dtype=np.int64)
 
 
+def check_render_mode(render_mode: Any, render_modes: list[str]) -> str | None:
+    """Validate a ``render_mode`` against the modes an environment renders natively."""
+    if render_mode is not None and render_mode not in render_modes:
+        raise ValueError(f"render_mode must be None or one of {render_modes}, got {render_mode!r}")
+    return render_mode
+
+
+#: What ``render_mode="ansi"`` shows before the first reset.
+NOT_STARTED = "not started (call reset())"
+
+
+def describe_state(user: int, time: int, horizon: int, state: int) -> str:
+    """The one-line text rendering (``render_mode="ansi"``) of an environment's state."""
+    return f"user {user}, step {time}/{horizon}, state {state}"
+
+
 def check_user(user: Any, n_users: int, name: str = "user") -> int:
     """Validate a user index against ``n_users``."""
     if isinstance(user, bool) or not isinstance(user, (int, np.integer)):
@@ -238,9 +256,10 @@ class TabularPreferenceEnv(gym.Env):
     ``reward_visible=False``.
 
     ## Episode End
-    ``terminated=True`` after the ``H``-th step; ``truncated`` is always ``False``. Stepping
-    after the end, or before the first :meth:`reset`, raises
-    :class:`gymnasium.error.ResetNeeded`.
+    ``terminated=True`` after the ``H``-th step. The environment never truncates; the
+    registered ids' specs have ``max_episode_steps = H``, so ``gym.make`` adds
+    ``TimeLimit(H)``, which marks the same last step ``truncated``. Stepping after the end, or
+    before the first :meth:`reset`, raises :class:`gymnasium.error.ResetNeeded`.
 
     ## Information
     ``reset`` and ``step`` return ``{"user": i, "time": h, "state": s}`` for the new state.
@@ -256,7 +275,16 @@ class TabularPreferenceEnv(gym.Env):
     or directly ``TabularPreferenceEnv(mdp, rewards, user=0, reward_visible=True,
     observation="discrete")`` with ``rewards`` a :class:`~lr_mdp_env.LowRankRewards`,
     :class:`~lr_mdp_env.ContextualRewards`, ``Theta`` ``(d, N)`` or reward tables ``(N, H, S, A)``.
-    ``render_mode="ansi"`` renders a one-line text description.
+
+    ## Rendering
+    ``render_mode="rgb_array"`` draws the current user's world at the current step
+    (:func:`lr_mdp_env.envs.rendering.render_frame`): placed by ``layout``
+    (:mod:`lr_mdp_env.layouts`, or a function returning one, called when first needed; the
+    registered grid, graph and chain ids pass theirs, the default is the states x actions
+    table), coloured by the user's reward, with the agent's state and the step. The same layout
+    is ``env.layout``, for the figures of :mod:`lr_mdp_env.plotting`. ``render_mode="ansi"`` renders a one-line text description. ``gym.make(...,
+    render_mode="human")`` shows the frames in a window through Gymnasium's ``HumanRendering``
+    (which needs pygame and a display); ``"rgb_array_list"`` and ``"ansi_list"`` collect them.
 
     ## Version History
     - v0: Initial release.
@@ -266,7 +294,7 @@ class TabularPreferenceEnv(gym.Env):
     tabular environment can be.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -277,13 +305,13 @@ class TabularPreferenceEnv(gym.Env):
         reward_visible: bool | None = None,
         observation: str = "discrete",
         render_mode: str | None = None,
+        layout: Layout | Callable[[], Layout | None] | None = None,
     ) -> None:
         params = PreferenceEnvParams.resolve(mdp, rewards, reward_visible)
         self.params = params
         self.observation_mode = check_observation_mode(observation)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
+        self._layout = LazyLayout(layout, params.mdp)
         mdp = params.mdp
         self.action_space = spaces.Discrete(mdp.n_actions)
         self.observation_space = observation_space(mdp, self.observation_mode)
@@ -296,10 +324,11 @@ class TabularPreferenceEnv(gym.Env):
         self._reward_visible = params.reward_visible
         self._initial_cdf = params.initial_cdf.tolist()
         self._state: PreferenceEnvState | None = None
+        self._played: tuple[int, int] | None = None
         self._reset_caches()
 
     def _reset_caches(self) -> None:
-        # Python lists make the per-step lookups a few hundred nanoseconds; cumulative rows are
+        # Python lists make the per-step lookups cheaper than indexing numpy scalars; cumulative rows are
         # converted on first use, so a large stage-dependent MDP costs only the rows visited.
         self._cdf_rows: list[list[float] | None] = [None] * self.params.transition_cdf.shape[0]
         self._reward_user = -1
@@ -325,6 +354,7 @@ class TabularPreferenceEnv(gym.Env):
         self._select_user(user)
         start = bisect_right(self._initial_cdf, self.np_random.random())
         self._state = PreferenceEnvState(user, 0, start)
+        self._played = None
         return self._observation(0, start), {"user": user, "time": 0, "state": start}
 
     def step(self, action: SupportsInt) -> tuple[Any, float, bool, bool, dict]:
@@ -355,18 +385,28 @@ class TabularPreferenceEnv(gym.Env):
         time += 1
         state.time = time
         state.state = following
+        self._played = (current, action)
         info = {"user": state.user, "time": time, "state": following}
         return self._observation(time, following), reward, time == self._horizon, False, info
 
-    def render(self) -> str | None:
-        """A one-line description of the current state (``render_mode="ansi"``)."""
+    def render(self) -> str | np.ndarray | None:
+        """The current state as a frame (``"rgb_array"``) or a line of text (``"ansi"``).
+
+        Before the first :meth:`reset` the frame shows the initial step of the default user
+        in the most likely initial state.
+        """
         if self.render_mode is None:
-            gym.logger.warn("render() was called without a render_mode; pass render_mode='ansi'")
+            gym.logger.warn("render() was called without a render_mode; pass render_mode='rgb_array' or 'ansi'")
             return None
-        if self._state is None:
-            return "not started (call reset())"
         state = self._state
-        return f"user {state.user}, step {state.time}/{self._horizon}, state {state.state}"
+        if self.render_mode == "ansi":
+            return NOT_STARTED if state is None else describe_state(state.user, state.time, self._horizon, state.state)
+        if state is None:
+            state = PreferenceEnvState(self._default_user, 0, int(np.argmax(self.params.mdp.initial_distribution)))
+        return render_frame(
+            self.layout, self.params.reward_table[state.user], time=state.time, state=state.state,
+            played=self._played,
+        )
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -407,6 +447,11 @@ class TabularPreferenceEnv(gym.Env):
     def n_users(self) -> int:
         return self.params.n_users
 
+    @property
+    def layout(self) -> Layout:
+        """Where pictures place the states (:mod:`lr_mdp_env.layouts`), made on first use."""
+        return self._layout.get()
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         del state["_cdf_rows"], state["_user_rewards"]
@@ -417,6 +462,25 @@ class TabularPreferenceEnv(gym.Env):
         self._reset_caches()
         if self._state is not None:
             self._select_user(self._state.user)
+
+
+class LazyLayout:
+    """A layout given as such, or as a function that makes it, checked against ``mdp`` when first used."""
+
+    def __init__(self, layout: Any, mdp: TabularMDP) -> None:
+        self._mdp = mdp
+        self._made: Layout | None = None
+        self._make: Callable[[], Layout | None] | None = None
+        if callable(layout):
+            self._make = layout
+        else:
+            self._made = check_layout(layout, mdp)
+
+    def get(self) -> Layout:
+        if self._made is None:
+            self._made = check_layout(self._make(), self._mdp)
+            self._make = None
+        return self._made
 
 
 def check_users(params: PreferenceEnvParams, users: Any, count: int, name: str = "users") -> np.ndarray:

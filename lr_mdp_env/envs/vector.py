@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
@@ -11,15 +12,22 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .._validation import check_int
+from ..layouts import Layout
 from ..mdp import TabularMDP
 from ..sampling import CategoricalSampler, transition_sampler
 from .tabular import (
+    NOT_STARTED,
+    LazyLayout,
     PreferenceEnvParams,
+    TabularPreferenceEnv,
     check_observation_mode,
+    check_render_mode,
     check_user,
     check_users,
+    describe_state,
     observation_space,
 )
+from .rendering import render_frame
 
 
 def _autoreset_mode(value: Any) -> AutoresetMode:
@@ -53,6 +61,11 @@ class TabularPreferenceVectorEnv(VectorEnv):
     - ``DISABLED``: no automatic reset; reset ended sub-environments with
       ``reset(options={"reset_mask": mask})``.
 
+    Everything a step or reset returns is what :class:`gymnasium.vector.SyncVectorEnv` returns
+    for copies of ``gym.make`` of the same model: the same arrays, ``info`` keys, masks and
+    types (``info["final_obs"]`` holds each copy's own observation, a Python ``int`` for
+    discrete observations), and the same errors for malformed actions or reset masks.
+
     Parameters
     ----------
     mdp : TabularMDP or PreferenceEnvParams
@@ -65,16 +78,31 @@ class TabularPreferenceVectorEnv(VectorEnv):
         Default ``True`` (or the value in ``PreferenceEnvParams``).
     observation : {"discrete", "multi_discrete"}, default "discrete"
     autoreset_mode : AutoresetMode or str, default AutoresetMode.NEXT_STEP
+    max_episode_steps : int, optional
+        Truncate an episode after this many steps (``truncated=True``), as the ``TimeLimit``
+        wrapper that ``gym.make`` adds to each copy of ``SyncVectorEnv`` does; default none.
+        ``gym.make_vec`` passes the spec's value, ``H``: the last step of every episode is then
+        both terminated and truncated, exactly as with ``gym.make``.
+    render_mode : {None, "ansi", "rgb_array"}, default None
+        :meth:`render` returns one rendering per sub-environment, as ``SyncVectorEnv`` does
+        (frames as :class:`TabularPreferenceEnv` draws them).
+    layout : GridLayout, GraphLayout, TableLayout or callable, optional
+        How frames place the states (:mod:`lr_mdp_env.layouts`), or a function returning it,
+        called when first needed; default the states x actions table.
 
     Notes
     -----
     ``reset(options=...)`` accepts ``"users"`` (new users for all sub-environments, kept for later
-    episodes) and ``"reset_mask"`` (a boolean array: reset only those sub-environments).
-    ``info`` holds the arrays ``"user"``, ``"time"`` and ``"state"`` with their all-true masks
-    ``"_user"``, ``"_time"``, ``"_state"``.
+    episodes) and ``"reset_mask"`` (a boolean numpy array with at least one ``True``: reset only
+    those sub-environments). ``info`` holds the arrays ``"user"``, ``"time"`` and ``"state"``
+    with their masks ``"_user"``, ``"_time"``, ``"_state"``: true for the sub-environments that
+    reported (all of them after a step, those reset after a partial reset, whose other entries
+    are 0).
     """
 
-    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {"render_modes": list(TabularPreferenceEnv.metadata["render_modes"]),
+                "render_fps": TabularPreferenceEnv.metadata["render_fps"],
+                "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(
         self,
@@ -86,6 +114,9 @@ class TabularPreferenceVectorEnv(VectorEnv):
         reward_visible: bool | None = None,
         observation: str = "discrete",
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        max_episode_steps: int | None = None,
+        render_mode: str | None = None,
+        layout: Layout | Callable[[], Layout | None] | None = None,
     ) -> None:
         params = PreferenceEnvParams.resolve(mdp, rewards, reward_visible)
         self.params = params
@@ -93,7 +124,11 @@ class TabularPreferenceVectorEnv(VectorEnv):
         self.observation_mode = check_observation_mode(observation)
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
         self.metadata = {**type(self).metadata, "autoreset_mode": self.autoreset_mode}
-        self.render_mode = None
+        self.render_mode = check_render_mode(render_mode, self.metadata["render_modes"])
+        self._layout = LazyLayout(layout, params.mdp)
+        self.max_episode_steps = (
+            None if max_episode_steps is None else check_int("max_episode_steps", max_episode_steps, minimum=1)
+        )
         mdp = params.mdp
         self.single_action_space = spaces.Discrete(mdp.n_actions)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -111,6 +146,10 @@ class TabularPreferenceVectorEnv(VectorEnv):
         self._initial = CategoricalSampler(mdp.initial_distribution[None])
         self.times = np.zeros(self.num_envs, dtype=np.int64)
         self.states = np.zeros(self.num_envs, dtype=np.int64)
+        # Last (state, action) of each copy, for frames (kept only when drawing them); -1 where a
+        # copy has not stepped since its reset.
+        self._played = np.full((self.num_envs, 2), -1, dtype=np.int64)
+        self._records_played = self.render_mode == "rgb_array"
         self._started = False
         self._ended = np.zeros(self.num_envs, dtype=bool)
 
@@ -127,18 +166,13 @@ class TabularPreferenceVectorEnv(VectorEnv):
             self.users = check_users(self.params, options["users"], self.num_envs, "options['users']")
         mask = np.ones(self.num_envs, dtype=bool)
         if "reset_mask" in options:
-            mask = np.asarray(options["reset_mask"])
-            if mask.dtype != np.bool_ or mask.shape != (self.num_envs,):
-                raise ValueError(
-                    f"options['reset_mask'] must be a boolean array of shape ({self.num_envs},), "
-                    f"got dtype {mask.dtype} and shape {mask.shape}"
-                )
+            mask = self._check_reset_mask(options["reset_mask"])
             if not self._started and not mask.all():
                 raise ResetNeeded("the first reset must reset every sub-environment (no reset_mask)")
         uniforms = self.np_random.random(self.num_envs)
         self._restart(mask, uniforms)
         self._started = True
-        return self._observations(), self._info()
+        return self._observations(), self._info(mask)
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         """Step every sub-environment; see the class docstring for autoreset."""
@@ -162,37 +196,68 @@ class TabularPreferenceVectorEnv(VectorEnv):
             moving = np.ones(self.num_envs, dtype=bool)
             rewards = self._advance(moving, actions, uniforms[0])
         terminated = moving & (self.times == self._horizon)
-        self._ended = terminated
-        info = self._info()
-        if mode is AutoresetMode.SAME_STEP and terminated.any():
-            final_obs = np.full(self.num_envs, None, dtype=object)
-            # Gymnasium's layout: an object array holding each finished copy's own observation.
-            # numpy cannot scatter array rows into object slots in one assignment, hence the
-            # loop, which only packages the few finished copies (the stepping is vectorised).
-            for index, row in zip(np.flatnonzero(terminated), self._observations()[terminated]):
-                final_obs[index] = row
-            final_info = {key: value.copy() for key, value in info.items()}
-            for key in ("_user", "_time", "_state"):
-                final_info[key] = terminated.copy()
-            self._restart(terminated, uniforms[1])
-            self._ended = np.zeros(self.num_envs, dtype=bool)
-            info = self._info()
-            info.update(final_obs=final_obs, _final_obs=terminated.copy(),
-                        final_info=final_info, _final_info=terminated.copy())
         truncated = np.zeros(self.num_envs, dtype=bool)
+        if self.max_episode_steps is not None:
+            # Steps since the reset: the step counter, since every episode starts at h = 0.
+            truncated = moving & (self.times >= self.max_episode_steps)
+        ended = terminated | truncated
+        self._ended = ended
+        every = np.ones(self.num_envs, dtype=bool)
+        info = self._info(every)
+        if mode is AutoresetMode.SAME_STEP and ended.any():
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            # Gymnasium's layout: an object array holding each finished copy's own observation,
+            # of the single environment's type. The loop only packages the few finished copies
+            # (the stepping is vectorised).
+            observations = self._observations()
+            for index in np.flatnonzero(ended):
+                final_obs[index] = self._single_observation(observations[index])
+            final_info = self._info(ended)
+            self._restart(ended, uniforms[1])
+            self._ended = np.zeros(self.num_envs, dtype=bool)
+            info = self._info(every)
+            info.update(final_obs=final_obs, _final_obs=ended.copy(),
+                        final_info=final_info, _final_info=ended.copy())
         return self._observations(), rewards, terminated, truncated, info
+
+    def render(self) -> tuple[Any, ...] | None:
+        """One rendering per sub-environment: a frame each (``"rgb_array"``) or a line of text."""
+        if self.render_mode is None:
+            gym.logger.warn("render() was called without a render_mode; pass render_mode='rgb_array' or 'ansi'")
+            return None
+        if self.render_mode == "ansi":
+            if not self._started:
+                return tuple(NOT_STARTED for _ in range(self.num_envs))
+            return tuple(
+                describe_state(int(user), int(time), self._horizon, int(state))
+                for user, time, state in zip(self.users, self.times, self.states)
+            )
+        start = int(np.argmax(self.params.mdp.initial_distribution))
+        frames = []
+        # Drawing is per frame; the loop runs once per copy, only when rendering.
+        for k in range(self.num_envs):
+            played = None if self._played[k, 0] < 0 else (int(self._played[k, 0]), int(self._played[k, 1]))
+            frames.append(render_frame(
+                self.layout, self.params.reward_table[self.users[k]], time=int(self.times[k]),
+                state=int(self.states[k]) if self._started else start, played=played,
+            ))
+        return tuple(frames)
 
     # -- array mechanics ----------------------------------------------------------------------
 
     def _restart(self, mask: np.ndarray, uniforms: np.ndarray) -> None:
         count = int(mask.sum())
         self.times[mask] = 0
+        self._played[mask] = -1
         self.states[mask] = self._initial.sample(np.zeros(count, dtype=np.int64), uniforms[mask])
         self._ended = self._ended & ~mask
 
     def _advance(self, mask: np.ndarray, actions: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
         """Step the sub-environments of ``mask``; return their rewards."""
         times, states, chosen = self.times[mask], self.states[mask], actions[mask]
+        if self._records_played:
+            self._played[mask, 0] = states
+            self._played[mask, 1] = chosen
         cells = states * self._n_actions + chosen
         if self.params.reward_visible:
             rewards = self._flat_rewards[self.users[mask], times * (self._n_states * self._n_actions) + cells]
@@ -202,10 +267,24 @@ class TabularPreferenceVectorEnv(VectorEnv):
         self.times[mask] = times + 1
         return rewards
 
+    def _check_reset_mask(self, mask: Any) -> np.ndarray:
+        # The checks and exception types of SyncVectorEnv, so code written for one runs on the other.
+        if not isinstance(mask, np.ndarray):
+            raise TypeError(f"options['reset_mask'] must be a numpy array, got {type(mask).__name__}")
+        if mask.shape != (self.num_envs,):
+            raise ValueError(f"options['reset_mask'] must have shape ({self.num_envs},), got {mask.shape}")
+        if mask.dtype != np.bool_:
+            raise TypeError(f"options['reset_mask'] must have dtype bool, got {mask.dtype}")
+        if not mask.any():
+            raise ValueError("options['reset_mask'] must reset at least one sub-environment, got all False")
+        return mask.copy()
+
     def _check_actions(self, actions: Any) -> np.ndarray:
         array = np.asarray(actions)
-        if array.dtype.kind not in "iu":
-            raise TypeError(f"actions must be integers, got dtype {array.dtype}")
+        if array.dtype.kind not in "iu" or array.ndim != 1:
+            raise TypeError(
+                f"actions must be a 1-d array of integers, one per sub-environment, got {actions!r}"
+            )
         if array.shape != (self.num_envs,):
             raise ValueError(f"actions must have shape ({self.num_envs},), got {array.shape}")
         if array.size and (array.min() < 0 or array.max() >= self._n_actions):
@@ -217,14 +296,26 @@ class TabularPreferenceVectorEnv(VectorEnv):
             return self.times * self._n_states + self.states
         return np.stack([self.times, self.states], axis=1)
 
-    def _info(self) -> dict[str, np.ndarray]:
-        every = np.ones(self.num_envs, dtype=bool)
-        return {"user": self.users.copy(), "time": self.times.copy(), "state": self.states.copy(),
-                "_user": every, "_time": every.copy(), "_state": every.copy()}
+    def _single_observation(self, row: np.ndarray) -> Any:
+        """One sub-environment's observation as the single environment returns it."""
+        return int(row) if self.observation_mode == "discrete" else row.copy()
+
+    def _info(self, reported: np.ndarray) -> dict[str, np.ndarray]:
+        """Info arrays of the sub-environments that ``reported``; 0 elsewhere (as SyncVectorEnv)."""
+        info: dict[str, np.ndarray] = {}
+        for key, values in (("user", self.users), ("time", self.times), ("state", self.states)):
+            info[key] = np.where(reported, values, 0)
+            info[f"_{key}"] = reported.copy()
+        return info
 
     @property
     def mdp(self) -> TabularMDP:
         return self.params.mdp
+
+    @property
+    def layout(self) -> Layout:
+        """Where frames place the states (:mod:`lr_mdp_env.layouts`), made on first use."""
+        return self._layout.get()
 
     @property
     def n_users(self) -> int:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, SupportsInt
+from dataclasses import asdict
+from typing import Any, Mapping, SupportsInt
 
 import gymnasium as gym
 import numpy as np
@@ -14,7 +15,7 @@ from .tabular import TabularPreferenceEnv
 REFERENCE_EPISODE = -1
 
 
-class PreferenceFeedback(gym.Wrapper):
+class PreferenceFeedback(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Adds a simulated teacher's preference between consecutive episodes to the final ``info``.
 
     The wrapper records each episode's states and actions. When an episode terminates it is
@@ -41,11 +42,19 @@ class PreferenceFeedback(gym.Wrapper):
     ----------
     env : gymnasium.Env
         A :class:`TabularPreferenceEnv`, possibly wrapped (``env.unwrapped`` must be one).
-    teacher : Teacher, optional
-        Default ``Teacher()``: Bradley-Terry with ``beta = 1``, no noise.
+    teacher : Teacher or mapping, optional
+        Default ``Teacher()``: Bradley-Terry with ``beta = 1``, no noise. A mapping is the
+        keyword arguments of a :class:`Teacher` (``{"beta": 2.0, "mistake": 0.1}``).
     reference : (states, actions), optional
         Integer arrays of shape ``(H,)`` (or ``(1, H)``): every episode is compared with this
         trajectory instead of with the previous episode.
+
+    Notes
+    -----
+    The wrapper records its arguments (``gymnasium.utils.RecordConstructorArgs``) as JSON values:
+    the teacher's parameters and the reference as lists. ``env.spec`` of a wrapped ``gym.make``
+    environment therefore lists it, ``gym.make(env.spec)`` rebuilds the same stack, and
+    ``env.spec.to_json()`` round-trips.
 
     Attributes
     ----------
@@ -53,8 +62,8 @@ class PreferenceFeedback(gym.Wrapper):
         The last complete episode, as two ``(H,)`` arrays.
     """
 
-    def __init__(self, env: gym.Env, teacher: Teacher | None = None, reference: Any = None) -> None:
-        super().__init__(env)
+    def __init__(self, env: gym.Env, teacher: Teacher | Mapping[str, Any] | None = None, reference: Any = None) -> None:
+        gym.Wrapper.__init__(self, env)
         base = env.unwrapped
         if not isinstance(base, TabularPreferenceEnv):
             raise TypeError(
@@ -62,8 +71,10 @@ class PreferenceFeedback(gym.Wrapper):
             )
         if teacher is None:
             teacher = Teacher()
+        elif isinstance(teacher, Mapping):
+            teacher = Teacher(**teacher)
         elif not isinstance(teacher, Teacher):
-            raise TypeError(f"teacher must be a lr_mdp_env.Teacher, got {type(teacher).__name__}")
+            raise TypeError(f"teacher must be a lr_mdp_env.Teacher or its arguments, got {type(teacher).__name__}")
         self.teacher = teacher
         self._base = base
         mdp = base.params.mdp
@@ -76,6 +87,11 @@ class PreferenceFeedback(gym.Wrapper):
             if states.shape[0] != 1:
                 raise ValueError(f"reference must hold one trajectory, got {states.shape[0]}")
             self.reference = (states[0].copy(), actions[0].copy())
+        gym.utils.RecordConstructorArgs.__init__(
+            self,
+            teacher=asdict(teacher),
+            reference=None if self.reference is None else [part.tolist() for part in self.reference],
+        )
         self._horizon = mdp.horizon
         self._start_sequence()
 
