@@ -6,7 +6,7 @@ the Gymnasium environments (registered on import under the ``lr_mdp_env`` namesp
 """
 
 from .collection import collect_preferences, epsilon_optimal_policies, user_parameters
-from .dataset import PreferenceDataset
+from .dataset import FeaturePreferenceDataset, PreferenceDataset
 from .dynamic_programming import (
     backward_induction,
     evaluate_policy,
@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ContextualRewards",
+    "FeaturePreferenceDataset",
     "LowRankRewards",
     "PreferenceDataset",
     "TabularMDP",
