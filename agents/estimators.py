@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
-from lr_mdp_env import PreferenceDataset, TabularMDP
+from lr_mdp_env import FeaturePreferenceDataset, PreferenceDataset, TabularMDP
 from lr_mdp_env._validation import as_real_array, check_int, check_real
 from lr_mdp_env.identifiability import identifiable_basis, unidentified_directions
 
@@ -112,13 +112,30 @@ class RewardEstimator:
 
     # -- fitting ---------------------------------------------------------------------------
 
-    def fit(self, dataset: PreferenceDataset, mdp: TabularMDP) -> RewardEstimator:
-        """Estimate every user's reward from ``dataset`` (collected in ``mdp``); returns ``self``."""
+    def fit(self, dataset: PreferenceDataset | FeaturePreferenceDataset, mdp: TabularMDP | None = None
+            ) -> RewardEstimator:
+        """Estimate every user's reward; returns ``self``.
+
+        Parameters
+        ----------
+        dataset : PreferenceDataset or FeaturePreferenceDataset
+            Trajectory pairs collected in ``mdp``, or comparisons given directly as feature
+            differences ``z`` (e.g. embeddings of real responses).
+        mdp : TabularMDP, optional
+            Required for trajectory pairs. Its features give ``z``, and comparisons never see the
+            directions :func:`~lr_mdp_env.identifiability.unidentified_directions` finds (e.g.
+            the all-ones direction of one-hot features), which the fit leaves out. Without an
+            MDP every direction of ``R^d`` is fitted, and the ridge alone settles the ones the
+            data do not reach.
+        """
         data = comparison_data(dataset, mdp, beta=self.beta, base=self.base)
-        self._hidden = unidentified_directions(mdp)
-        self._identifiable = identifiable_basis(mdp, self._hidden)
-        self._base = np.zeros((mdp.n_features, data.n_users)) if self.base is None else \
-            np.array(base_matrix(self.base, mdp.n_features, data.n_users))
+        d = data.n_features
+        if mdp is None:
+            self._hidden, self._identifiable = np.zeros((d, 0)), np.eye(d)
+        else:
+            self._hidden = unidentified_directions(mdp)
+            self._identifiable = identifiable_basis(mdp, self._hidden)
+        self._base = np.zeros((d, data.n_users)) if self.base is None else np.array(base_matrix(self.base, d, data.n_users))
         self._prepare(data, mdp)
         self.diagnostics: dict[str, dict] = {}
         if self.ridge is None:
