@@ -20,6 +20,7 @@ from .confidence import (
 from .contextual import BilinearCoordinates, FullRankContextual, LoCoPRS, rtv_coordinates
 from .data import ComparisonData, comparison_data
 from .evaluation import evaluate
+from .exceptions import NotFittedError
 from .estimators import IndependentMLE, OracleSubspaceMLE, PooledMLE, PShareLoRA, RewardEstimator
 from .factorized import FactoredFit, fit_factored, spectral_start
 from .logistic import ConvergenceWarning, LogisticFit, fit_logistic
@@ -54,6 +55,7 @@ __all__ = [
     "LoCoPRS",
     "LinearSeminorm",
     "LogisticFit",
+    "NotFittedError",
     "OracleSubspaceMLE",
     "PShareLoRA",
     "PooledMLE",

@@ -31,6 +31,7 @@ from lr_mdp_env.identifiability import identifiable_basis, unidentified_directio
 
 from .confidence import Ellipsoid, theory_radius, wald_radius
 from .data import ComparisonData, base_matrix, comparison_data
+from .exceptions import not_fitted
 from .factorized import FactoredFit, fit_factored
 from .logistic import LogisticFit, fit_logistic
 from .tuning import DEFAULT_RIDGE_GRID, select_ridge
@@ -109,6 +110,12 @@ class RewardEstimator:
         self.base = base
         self.seed = seed
         self.tol = check_real("tol", tol, 0.0, strict_minimum=True)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: before fit, what fit sets is "not fitted yet".
+        if not name.startswith("__") and "theta_hat" not in self.__dict__:
+            raise not_fitted(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- fitting ---------------------------------------------------------------------------
 
