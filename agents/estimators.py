@@ -34,7 +34,7 @@ from .data import ComparisonData, base_matrix, comparison_data
 from .exceptions import not_fitted
 from .factorized import FactoredFit, fit_factored
 from .logistic import LogisticFit, fit_logistic
-from .tuning import DEFAULT_RIDGE_GRID, select_ridge
+from .tuning import DEFAULT_RIDGE_GRID, convergence_warnings_labelled, select_ridge
 
 RADII = ("wald", "theory")
 
@@ -77,9 +77,12 @@ class RewardEstimator:
     ridge_scores_ : dict
         Held-out mean log-likelihood of each candidate ridge (empty with a fixed ridge).
     diagnostics : dict
-        Per fit (``"joint"``, ``"coordinates"``): ``relative_gradient_norm``, ``iterations``
-        (Newton steps), ``converged``, and for the rank-``r`` joint fits ``quasi_newton_steps``
-        (the L-BFGS steps before the Newton steps).
+        Per fit with the ridge used (``"joint"``, ``"coordinates"``): ``relative_gradient_norm``,
+        ``iterations`` (Newton steps), ``converged``, and for the rank-``r`` joint fits
+        ``quasi_newton_steps`` (the L-BFGS steps before the Newton steps). With a selected ridge,
+        ``"ridge_selection"`` holds the same for every candidate ``lambda`` (and its
+        ``held_out_log_likelihood``); :class:`~agents.ConvergenceWarning` s name the candidate
+        or the final fit they come from.
     """
 
     def __init__(
@@ -149,7 +152,9 @@ class RewardEstimator:
             self.ridge_, self.ridge_scores_ = select_ridge(self, data, self.ridge_grid, seed=self.seed)
         else:
             self.ridge_, self.ridge_scores_ = self.ridge, {}
-        self._fit(data, self.ridge_)
+        chosen = "fixed" if self.ridge is not None else "selected"
+        with convergence_warnings_labelled(f"fit with the {chosen} ridge lambda={self.ridge_:g}"):
+            self._fit(data, self.ridge_)
         self._data = data
         self._sets: dict[int, Ellipsoid] = {}
         self._set_matrices: dict[int, tuple[np.ndarray, float, np.ndarray]] = {}  # (M, radius, factor)
