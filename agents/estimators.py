@@ -26,7 +26,7 @@ import numpy as np
 from scipy.special import expit
 
 from lr_mdp_env import FeaturePreferenceDataset, PreferenceDataset, TabularMDP
-from lr_mdp_env._validation import as_real_array, check_int, check_real
+from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real
 from lr_mdp_env.identifiability import identifiable_basis, unidentified_directions
 
 from .confidence import Ellipsoid, theory_radius, wald_radius
@@ -110,7 +110,8 @@ class RewardEstimator:
         if delta >= 1:
             raise ValueError(f"delta must be below 1, got {delta}")
         self.norm_bound = None if norm_bound is None else check_real("norm_bound", norm_bound, 0.0, strict_minimum=True)
-        self.base = base
+        self.base = None if base is None else as_real_array("base", base, (1, 2))
+        as_generator(seed)  # refuses what cannot seed the ridge-selection split, here rather than in fit
         self.seed = seed
         self.tol = check_real("tol", tol, 0.0, strict_minimum=True)
 
