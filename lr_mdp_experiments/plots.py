@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .cell import METRIC_COLUMNS
+from .cell import METRIC_COLUMNS, RECORD_COLUMNS
 
 #: Metrics whose rates matter: plotted on log-log axes by default.
 RATE_METRICS = ("suboptimality", "suboptimality_max", "reward_error", "subspace_distance", "bound")
@@ -86,8 +86,7 @@ def panel_columns(table: pd.DataFrame, x: str) -> list[str]:
         return []
     settings = table.drop_duplicates("setting")
     excluded = {x, "setting", "cell_id", "replicate", "agent", "agent_name", "agent_index", "status", "error",
-                "warnings",
-                *METRIC_COLUMNS}
+                "warnings", *METRIC_COLUMNS, *RECORD_COLUMNS}
     columns = []
     for column in settings.columns:
         if column in excluded:
