@@ -14,7 +14,7 @@ from .config import ConfigError, SweepConfig, load_config, parse_config
 from .cell import METRIC_COLUMNS
 from .plots import RATE_METRICS, panel_columns, plot_results, summarise
 from .store import load_results
-from .sweep import run_sweep
+from .sweep import SweepInterrupted, run_sweep
 
 #: Shipped configurations of ``lr-mdp reproduce``: the horizontal axis and the metrics plotted.
 REPRODUCTIONS = {
@@ -184,6 +184,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ImportError) as error:
         print(f"lr-mdp: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # e.g. an output directory without write permission, a full disk
+        where = f" {error.filename}" if error.filename else ""
+        print(f"lr-mdp: error: cannot write{where}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    except SweepInterrupted as interrupted:
+        print(f"\nlr-mdp: interrupted: {interrupted.saved} of {interrupted.total} cells are saved in "
+              f"{interrupted.directory}; run the same command again to resume (saved cells are skipped)",
+              file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nlr-mdp: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
