@@ -13,7 +13,7 @@ import pandas as pd
 from .config import ConfigError, SweepConfig, load_config, parse_config
 from .cell import METRIC_COLUMNS
 from .plots import RATE_METRICS, panel_columns, plot_results, summarise
-from .store import load_results
+from .store import load_results, sweep_name
 from .sweep import SweepInterrupted, run_sweep
 
 #: Shipped configurations of ``lr-mdp reproduce``: the horizontal axis and the metrics plotted.
@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(sweep)
 
     plot = commands.add_parser("plot", help="PNG figures of a sweep's results",
-                               description="One line per agent with 95%% confidence bands over replicates; "
-                               "log-log axes with fitted slopes for rate metrics.")
+                               description="One line per agent with 95% confidence bands over replicates; "
+                               "log-log axes with fitted slopes (and their 95% bootstrap intervals over "
+                               "replicates) for rate metrics. Figures are titled with the sweep's name.")
     plot.add_argument("results", type=Path, metavar="RESULTS",
                       help="a sweep output directory, results.parquet or results.csv")
     plot.add_argument("--metric", action="append", default=None,
@@ -175,8 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(config, args, args.out or Path("results") / args.name, metrics, x)
         table = load_results(args.results)
         out = args.out or (args.results if args.results.is_dir() else args.results.parent)
+        title = sweep_name(args.results)
         for metric in args.metric or ["suboptimality"]:
-            print(plot_results(table, out / f"{metric}.png", metric=metric, x=args.x, loglog=args.loglog))
+            print(plot_results(table, out / f"{metric}.png", metric=metric, x=args.x, loglog=args.loglog,
+                               title=title))
         return 0
     except ConfigError as error:
         print(f"lr-mdp: config error: {error}", file=sys.stderr)

@@ -188,6 +188,18 @@ def load_results(path: str | Path) -> pd.DataFrame:
     raise ValueError(f"results must be a sweep directory, a .parquet or a .csv file, got {str(path)!r}")
 
 
+def sweep_name(path: str | Path) -> str | None:
+    """The name of the sweep whose results are at ``path`` (an output directory or its table),
+    from its ``sweep.json``; ``None`` for a table found elsewhere."""
+    path = Path(path)
+    manifest = (path if path.is_dir() else path.parent) / "sweep.json"
+    try:
+        name = json.loads(manifest.read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
 def _json_value(value: Any) -> Any:
     """NaN as ``None`` (JSON has no NaN); numpy scalars as Python ones."""
     if hasattr(value, "item"):
