@@ -121,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="a small end-to-end study: collect, fit, plan, evaluate, plot",
-                               description="Collect preferences in a random low-rank world, fit pooled, "
-                               "independent and P-ShareLoRA agents with and without exact pessimism, "
-                               "evaluate them exactly, print a table and write figures.")
+                               description="Collect preferences from 20 users of a random low-rank world "
+                               "(10 states, 3 actions, H = 5, d = 12, rank 2) at 25 to 200 comparisons per "
+                               "user; fit pooled, independent and P-ShareLoRA agents (the last two also with "
+                               "exact pessimism); evaluate them exactly; print the tables and write figures. "
+                               "60 cells, 3 replicates.")
     demo.add_argument("--out", type=Path, default=Path("lr-mdp-demo"), help="output directory (default: lr-mdp-demo)")
     _add_engine_options(demo)
 

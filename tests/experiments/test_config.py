@@ -139,3 +139,23 @@ def test_plugins_are_found_next_to_the_config(tmp_path, tiny_config_text, monkey
                     + '\n[[agents]]\nname = "neighbour"\n')
     config = experiments.load_config(path)
     assert config.plugin_path == str(tmp_path.resolve()) and config.agents[-1].name == "neighbour"
+
+
+def test_the_demo_is_the_small_study_its_help_and_the_readme_describe(capsys):
+    """``lr-mdp demo`` is 60 cells of 20 users; its help and the README say so (and what it runs)."""
+    from pathlib import Path
+
+    from lr_mdp_experiments.cli import build_parser
+
+    config = shipped_config("demo")
+    world = dict(config.settings[0].world)
+    assert len(config.cells()) == 60 and config.replicates == 3 and len(config.agents) == 5
+    assert (world["n_users"], world["n_features"], world["rank"]) == (20, 12, 2)
+    assert [setting.values()["n_pairs_per_user"] for setting in config.settings] == [25, 50, 100, 200]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    for text in (help_text, readme):
+        assert "20 users" in text and "60 cells" in text and "3 replicates" in text
+    assert "about a minute" not in readme
