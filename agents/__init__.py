@@ -1,8 +1,9 @@
 """Learners that fit personalized rewards from offline preferences (docs/algorithms.md).
 
 Estimators take a :class:`~lr_mdp_env.PreferenceDataset` and the :class:`~lr_mdp_env.TabularMDP`
-it came from, and expose each user's point estimate ``theta_hat`` and an ellipsoidal
-confidence set. They work on the world's arrays, never on Gymnasium environments.
+it came from (or a :class:`~lr_mdp_env.FeaturePreferenceDataset` of feature differences alone),
+and expose each user's point estimate ``theta_hat`` and a confidence set. They work on the
+world's arrays, never on Gymnasium environments.
 """
 
 from . import planning
