@@ -33,8 +33,33 @@ _TRAJECTORY_ARRAYS = ("states0", "actions0", "states1", "actions1")
 _SIZES = ("n_users", "n_states", "n_actions", "horizon")
 
 
+class _Pairs:
+    """What both kinds of dataset share: counts and splits of their pairs (each has ``users``,
+    ``n_users`` and ``subset``)."""
+
+    users: np.ndarray
+    n_users: int
+
+    @property
+    def n_pairs(self) -> int:
+        return self.users.shape[0]
+
+    def __len__(self) -> int:
+        return self.n_pairs
+
+    def pairs_per_user(self) -> np.ndarray:
+        """Number of pairs of each user, shape ``(n_users,)``."""
+        return np.bincount(self.users, minlength=self.n_users)
+
+    def split(self, fraction: float, *, seed: Any = None) -> tuple[Any, Any]:
+        """Random split into ``(train, held_out)`` with ``fraction`` of each user's pairs held out."""
+        fraction = check_real("fraction", fraction, 0.0, 1.0)
+        held = held_out_mask(self.users, self.n_users, fraction, seed=seed)
+        return self.subset(~held), self.subset(held)
+
+
 @dataclass(frozen=True, eq=False)
-class PreferenceDataset:
+class PreferenceDataset(_Pairs):
     """Pairs of trajectories with one user's label each (docs/model.md, Preference data).
 
     Pair ``j`` was answered by user ``users[j]``: ``labels[j] = 1`` means the trajectory
@@ -199,17 +224,6 @@ class PreferenceDataset:
 
     # -- views ------------------------------------------------------------------------------
 
-    @property
-    def n_pairs(self) -> int:
-        return self.users.shape[0]
-
-    def __len__(self) -> int:
-        return self.n_pairs
-
-    def pairs_per_user(self) -> np.ndarray:
-        """Number of pairs of each user, shape ``(n_users,)``."""
-        return np.bincount(self.users, minlength=self.n_users)
-
     def check_compatible(self, mdp: TabularMDP) -> None:
         """Raise ``ValueError`` unless the dataset's sizes match ``mdp``."""
         dataset = (self.n_states, self.n_actions, self.horizon)
@@ -261,12 +275,6 @@ class PreferenceDataset:
         """The pairs selected by an integer index array or a boolean mask, as a new dataset."""
         return replace(self, **_pick(self, ("users", *_TRAJECTORY_ARRAYS, "labels", "probabilities", "contexts"),
                                      indices))
-
-    def split(self, fraction: float, *, seed: Any = None) -> tuple[PreferenceDataset, PreferenceDataset]:
-        """Random split into ``(train, held_out)`` with ``fraction`` of each user's pairs held out."""
-        fraction = check_real("fraction", fraction, 0.0, 1.0)
-        held = held_out_mask(self.users, self.n_users, fraction, seed=seed)
-        return self.subset(~held), self.subset(held)
 
     def transition_counts(self) -> np.ndarray:
         """Observed transitions ``counts[h, s, a, s']`` from both trajectories of every pair.
@@ -332,7 +340,7 @@ class PreferenceDataset:
 
 
 @dataclass(frozen=True, eq=False)
-class FeaturePreferenceDataset:
+class FeaturePreferenceDataset(_Pairs):
     """Comparisons given directly as feature differences, with no MDP behind them.
 
     Pair ``j`` compares two items (responses, trajectories, ...) whose features differ by
@@ -381,19 +389,8 @@ class FeaturePreferenceDataset:
         object.__setattr__(self, "differences", frozen(differences))
 
     @property
-    def n_pairs(self) -> int:
-        return self.users.shape[0]
-
-    @property
     def n_features(self) -> int:
         return self.differences.shape[1]
-
-    def __len__(self) -> int:
-        return self.n_pairs
-
-    def pairs_per_user(self) -> np.ndarray:
-        """Number of pairs of each user, shape ``(n_users,)``."""
-        return np.bincount(self.users, minlength=self.n_users)
 
     def feature_differences(self, mdp: Any = None, *, sparse: bool = False) -> np.ndarray:
         """``z``, shape ``(n, d)`` (the same call as :meth:`PreferenceDataset.feature_differences`).
@@ -409,12 +406,6 @@ class FeaturePreferenceDataset:
     def subset(self, indices: Any) -> FeaturePreferenceDataset:
         """The pairs selected by an integer index array or a boolean mask, as a new dataset."""
         return replace(self, **_pick(self, ("differences", "users", "labels", "probabilities", "contexts"), indices))
-
-    def split(self, fraction: float, *, seed: Any = None) -> tuple[FeaturePreferenceDataset, FeaturePreferenceDataset]:
-        """Random split into ``(train, held_out)`` with ``fraction`` of each user's pairs held out."""
-        fraction = check_real("fraction", fraction, 0.0, 1.0)
-        held = held_out_mask(self.users, self.n_users, fraction, seed=seed)
-        return self.subset(~held), self.subset(held)
 
     def to_pandas(self):
         """One row per pair: ``user``, ``label``, ``probability`` (when known), ``z_0 .. z_{d-1}``
