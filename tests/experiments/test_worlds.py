@@ -41,7 +41,7 @@ class PlainEnv(gym.Env):
         self.mdp, self.rewards = two_actions_world(model_seed=model_seed, **world)
 
 
-for env_id, entry_point in (("mine/TwoActions-v0", TwoActionsEnv), ("mine/Plain-v0", PlainEnv)):
+for env_id, entry_point in (("plugin_test/TwoActions-v0", TwoActionsEnv), ("plugin_test/Plain-v0", PlainEnv)):
     if env_id not in gym.registry:
         gym.register(env_id, entry_point=entry_point)
 '''
@@ -84,7 +84,7 @@ def _table(source: str) -> pd.DataFrame:
 
 
 def test_a_sweep_runs_on_an_environment_a_plugin_registers(world_plugin):
-    table = _table('env = "mine/TwoActions-v0"')
+    table = _table('env = "plugin_test/TwoActions-v0"')
     assert len(table) == 2 * 2 and np.isfinite(table["suboptimality"]).all()
     # The entry point takes model_seed: each replicate has its own world (shared across n).
     optimal = table.groupby("replicate")["optimal_value"]
@@ -98,7 +98,7 @@ def test_an_id_a_builder_and_a_plain_environment_give_the_same_worlds_and_result
     """The three ways to the same world: through gym.make on a TabularPreferenceEnv, through a
     plain gymnasium.Env exposing mdp and rewards, and through the builder itself."""
     reference = _table('builder = "world_plugin:two_actions_world"')
-    for source in ('env = "mine/TwoActions-v0"', 'env = "mine/Plain-v0"', 'env = "world_plugin:mine/Plain-v0"'):
+    for source in ('env = "plugin_test/TwoActions-v0"', 'env = "plugin_test/Plain-v0"', 'env = "world_plugin:plugin_test/Plain-v0"'):
         pd.testing.assert_frame_equal(_table(source), reference, obj=source)
 
 
@@ -106,16 +106,16 @@ def test_the_world_a_source_builds_is_the_builders(world_plugin):
     import world_plugin as plugin
 
     expected_mdp, expected_rewards = plugin.two_actions_world(n_states=5, model_seed=7)
-    for source in (WorldSource(env="mine/TwoActions-v0"), WorldSource(builder="world_plugin:two_actions_world")):
+    for source in (WorldSource(env="plugin_test/TwoActions-v0"), WorldSource(builder="world_plugin:two_actions_world")):
         mdp, rewards = source.build({"n_states": 5}, model_seed=7)
         np.testing.assert_array_equal(mdp.transitions, expected_mdp.transitions)
         np.testing.assert_array_equal(rewards.theta, expected_rewards.theta)
         # [world] may fix the model for every replicate.
         fixed, _ = source.build({"n_states": 5, "model_seed": 7}, model_seed=99)
         np.testing.assert_array_equal(fixed.transitions, expected_mdp.transitions)
-    fields, open_ = WorldSource(env="mine/TwoActions-v0").fields()
+    fields, open_ = WorldSource(env="plugin_test/TwoActions-v0").fields()
     assert set(fields) == {"n_states", "horizon", "n_users", "rank", "model_seed"} and not open_
-    assert WorldSource(env="mine/Plain-v0").fields() == ({"model_seed": 0}, True)  # **world: open
+    assert WorldSource(env="plugin_test/Plain-v0").fields() == ({"model_seed": 0}, True)  # **world: open
 
 
 @pytest.mark.parametrize("change, message", [
@@ -127,7 +127,7 @@ def test_the_world_a_source_builds_is_the_builders(world_plugin):
 ])
 def test_a_user_environments_arguments_are_checked_like_the_built_ins(world_plugin, change, message):
     old, new = change
-    text = CONFIG.format(source='env = "mine/TwoActions-v0"')
+    text = CONFIG.format(source='env = "plugin_test/TwoActions-v0"')
     with pytest.raises(experiments.ConfigError, match=message):
         experiments.parse_config(text.replace(old, new, 1))
 
