@@ -1,8 +1,9 @@
 """Learners that fit personalized rewards from offline preferences (docs/algorithms.md).
 
 Estimators take a :class:`~lr_mdp_env.PreferenceDataset` and the :class:`~lr_mdp_env.TabularMDP`
-it came from, and expose each user's point estimate ``theta_hat`` and an ellipsoidal
-confidence set. They work on the world's arrays, never on Gymnasium environments.
+it came from (or a :class:`~lr_mdp_env.FeaturePreferenceDataset` of feature differences alone),
+and expose each user's point estimate ``theta_hat`` and a confidence set. They work on the
+world's arrays, never on Gymnasium environments.
 """
 
 from . import planning
@@ -20,6 +21,7 @@ from .confidence import (
 from .contextual import BilinearCoordinates, FullRankContextual, LoCoPRS, rtv_coordinates
 from .data import ComparisonData, comparison_data
 from .evaluation import evaluate
+from .exceptions import NotFittedError
 from .estimators import IndependentMLE, OracleSubspaceMLE, PooledMLE, PShareLoRA, RewardEstimator
 from .factorized import FactoredFit, fit_factored, spectral_start
 from .logistic import ConvergenceWarning, LogisticFit, fit_logistic
@@ -54,6 +56,7 @@ __all__ = [
     "LoCoPRS",
     "LinearSeminorm",
     "LogisticFit",
+    "NotFittedError",
     "OracleSubspaceMLE",
     "PShareLoRA",
     "PooledMLE",

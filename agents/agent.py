@@ -22,6 +22,7 @@ from lr_mdp_env.dynamic_programming import (
 
 from . import planning
 from .confidence import Ellipsoid
+from .exceptions import not_fitted
 
 PESSIMISM = ("exact", "rectangular", "none")
 TRANSITIONS = ("known", "estimated")
@@ -115,6 +116,12 @@ class PessimisticAgent:
         return (f"PessimisticAgent({type(self.estimator).__name__}, pessimism={self.pessimism!r}, "
                 f"transitions={self.transitions!r})")
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails (or a property's estimator is unfitted).
+        if not name.startswith("__") and "mdp_" not in self.__dict__:
+            raise not_fitted(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # -- fitting ---------------------------------------------------------------------------
 
     def fit(self, dataset: PreferenceDataset, mdp: TabularMDP) -> PessimisticAgent:
@@ -165,6 +172,8 @@ class PessimisticAgent:
 
     def confidence_set(self, user: int | None = None, *, context: Any = None) -> Ellipsoid:
         """The estimator's set for ``user`` (or, for contextual estimators, ``context=x``)."""
+        if "mdp_" not in self.__dict__:
+            raise not_fitted(self, "confidence_set")
         if context is not None:
             return self.estimator.confidence_set(context=context)
         return self.estimator.confidence_set(user)
@@ -173,6 +182,8 @@ class PessimisticAgent:
 
     def policy(self, user: int | None = None, *, context: Any = None) -> np.ndarray:
         """The planned ``(H, S, A)`` policy of ``user`` (or of a context, for contextual agents)."""
+        if "mdp_" not in self.__dict__:
+            raise not_fitted(self, "policy")
         if (user is None) == (context is None):
             raise ValueError("give exactly one of user and context")
         if context is not None:

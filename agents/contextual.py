@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lr_mdp_env import PreferenceDataset, TabularMDP
+from lr_mdp_env import TabularMDP
 from lr_mdp_env._validation import as_real_array, check_int
 
 from .confidence import Ellipsoid, theory_radius, wald_radius
@@ -172,7 +172,7 @@ class _ContextualEstimator(RewardEstimator):
         deviation = self.coordinates_.coordinates(theta_c) - self.kappa_hat
         return bool(deviation @ matrix @ deviation <= radius**2 * (1 + 1e-12))
 
-    def fit(self, dataset: PreferenceDataset, mdp: TabularMDP) -> _ContextualEstimator:
+    def fit(self, dataset: Any, mdp: TabularMDP | None = None) -> _ContextualEstimator:
         if hasattr(self, "_set_cache"):
             del self._set_cache
         super().fit(dataset, mdp)

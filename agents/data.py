@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from lr_mdp_env import PreferenceDataset, TabularMDP
+from lr_mdp_env import FeaturePreferenceDataset, PreferenceDataset, TabularMDP
 from lr_mdp_env._validation import as_real_array
 
 
 @dataclass(frozen=True, eq=False)
 class ComparisonData:
-    """The columns of a :class:`~lr_mdp_env.PreferenceDataset` needed for estimation.
+    """The columns of a dataset needed for estimation (:func:`comparison_data` builds it).
 
     Attributes
     ----------
@@ -78,36 +78,49 @@ class ComparisonData:
         return scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), self.users)), shape=(n, self.n_users))
 
 
-def comparison_data(dataset: PreferenceDataset, mdp: TabularMDP, *, beta: float = 1.0, base: Any = None) -> ComparisonData:
-    """Build :class:`ComparisonData` from a dataset and the MDP that generated it.
+def comparison_data(dataset: PreferenceDataset | FeaturePreferenceDataset, mdp: TabularMDP | None = None, *,
+                    beta: float = 1.0, base: Any = None) -> ComparisonData:
+    """Build :class:`ComparisonData` from a dataset (and, for trajectories, the MDP that generated it).
 
     Parameters
     ----------
-    dataset : PreferenceDataset
-    mdp : TabularMDP
-        Must match the dataset's sizes.
+    dataset : PreferenceDataset or FeaturePreferenceDataset
+        Trajectory pairs, whose differences ``z`` come from the MDP's features, or comparisons
+        given directly as feature differences.
+    mdp : TabularMDP, optional
+        Required for a :class:`~lr_mdp_env.PreferenceDataset` (must match its sizes); optional
+        for a :class:`~lr_mdp_env.FeaturePreferenceDataset` (then its ``d`` must match).
     beta : float, default 1.0
         Rationality assumed by the estimator (scales the base reward's logit).
     base : array_like of shape (d,) or (d, N), optional
         Known base reward ``Theta_0``.
+
+    Raises
+    ------
+    TypeError
+        For another kind of dataset, or trajectory data without an MDP.
     """
-    if not isinstance(dataset, PreferenceDataset):
-        raise TypeError(f"dataset must be a PreferenceDataset, got {type(dataset).__name__}")
-    if not isinstance(mdp, TabularMDP):
-        raise TypeError(f"mdp must be a TabularMDP, got {type(mdp).__name__}")
-    differences = dataset.feature_differences(mdp, sparse=True)
-    offsets = np.zeros(dataset.n_pairs)
+    if isinstance(dataset, FeaturePreferenceDataset):
+        differences = dataset.feature_differences(mdp)
+    elif isinstance(dataset, PreferenceDataset):
+        if mdp is None:
+            raise TypeError("mdp is required for a PreferenceDataset: the features of its trajectories come from "
+                            "the MDP (comparisons given as feature differences go in a FeaturePreferenceDataset)")
+        differences = dataset.feature_differences(mdp, sparse=True)
+    else:
+        raise TypeError(f"dataset must be a PreferenceDataset or a FeaturePreferenceDataset, got "
+                        f"{type(dataset).__name__}")
     data = ComparisonData(
         differences=differences,
         labels=np.asarray(dataset.labels, dtype=float),
         users=np.asarray(dataset.users),
         n_users=dataset.n_users,
         contexts=None if dataset.contexts is None else np.asarray(dataset.contexts),
-        offsets=offsets,
+        offsets=np.zeros(dataset.n_pairs),
     )
     if base is None:
         return data
-    base = base_matrix(base, mdp.n_features, dataset.n_users)
+    base = base_matrix(base, data.n_features, dataset.n_users)
     return replace(data, offsets=beta * data.row_dot(base.T[data.users]))
 
 

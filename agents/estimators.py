@@ -25,15 +25,16 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
-from lr_mdp_env import PreferenceDataset, TabularMDP
-from lr_mdp_env._validation import as_real_array, check_int, check_real
+from lr_mdp_env import FeaturePreferenceDataset, PreferenceDataset, TabularMDP
+from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real
 from lr_mdp_env.identifiability import identifiable_basis, unidentified_directions
 
 from .confidence import Ellipsoid, theory_radius, wald_radius
 from .data import ComparisonData, base_matrix, comparison_data
+from .exceptions import not_fitted
 from .factorized import FactoredFit, fit_factored
 from .logistic import LogisticFit, fit_logistic
-from .tuning import DEFAULT_RIDGE_GRID, select_ridge
+from .tuning import DEFAULT_RIDGE_GRID, convergence_warnings_labelled, select_ridge
 
 RADII = ("wald", "theory")
 
@@ -76,9 +77,12 @@ class RewardEstimator:
     ridge_scores_ : dict
         Held-out mean log-likelihood of each candidate ridge (empty with a fixed ridge).
     diagnostics : dict
-        Per fit (``"joint"``, ``"coordinates"``): ``relative_gradient_norm``, ``iterations``
-        (Newton steps), ``converged``, and for the rank-``r`` joint fits ``quasi_newton_steps``
-        (the L-BFGS steps before the Newton steps).
+        Per fit with the ridge used (``"joint"``, ``"coordinates"``): ``relative_gradient_norm``,
+        ``iterations`` (Newton steps), ``converged``, and for the rank-``r`` joint fits
+        ``quasi_newton_steps`` (the L-BFGS steps before the Newton steps). With a selected ridge,
+        ``"ridge_selection"`` holds the same for every candidate ``lambda`` (and its
+        ``held_out_log_likelihood``); :class:`~agents.ConvergenceWarning` s name the candidate
+        or the final fit they come from.
     """
 
     def __init__(
@@ -106,26 +110,52 @@ class RewardEstimator:
         if delta >= 1:
             raise ValueError(f"delta must be below 1, got {delta}")
         self.norm_bound = None if norm_bound is None else check_real("norm_bound", norm_bound, 0.0, strict_minimum=True)
-        self.base = base
+        self.base = None if base is None else as_real_array("base", base, (1, 2))
+        as_generator(seed)  # refuses what cannot seed the ridge-selection split, here rather than in fit
         self.seed = seed
         self.tol = check_real("tol", tol, 0.0, strict_minimum=True)
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: before fit, what fit sets is "not fitted yet".
+        if not name.startswith("__") and "theta_hat" not in self.__dict__:
+            raise not_fitted(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # -- fitting ---------------------------------------------------------------------------
 
-    def fit(self, dataset: PreferenceDataset, mdp: TabularMDP) -> RewardEstimator:
-        """Estimate every user's reward from ``dataset`` (collected in ``mdp``); returns ``self``."""
+    def fit(self, dataset: PreferenceDataset | FeaturePreferenceDataset, mdp: TabularMDP | None = None
+            ) -> RewardEstimator:
+        """Estimate every user's reward; returns ``self``.
+
+        Parameters
+        ----------
+        dataset : PreferenceDataset or FeaturePreferenceDataset
+            Trajectory pairs collected in ``mdp``, or comparisons given directly as feature
+            differences ``z`` (e.g. embeddings of real responses).
+        mdp : TabularMDP, optional
+            Required for trajectory pairs. Its features give ``z``, and comparisons never see the
+            directions :func:`~lr_mdp_env.identifiability.unidentified_directions` finds (e.g.
+            the all-ones direction of one-hot features), which the fit leaves out. Without an
+            MDP every direction of ``R^d`` is fitted, and the ridge alone settles the ones the
+            data do not reach.
+        """
         data = comparison_data(dataset, mdp, beta=self.beta, base=self.base)
-        self._hidden = unidentified_directions(mdp)
-        self._identifiable = identifiable_basis(mdp, self._hidden)
-        self._base = np.zeros((mdp.n_features, data.n_users)) if self.base is None else \
-            np.array(base_matrix(self.base, mdp.n_features, data.n_users))
+        d = data.n_features
+        if mdp is None:
+            self._hidden, self._identifiable = np.zeros((d, 0)), np.eye(d)
+        else:
+            self._hidden = unidentified_directions(mdp)
+            self._identifiable = identifiable_basis(mdp, self._hidden)
+        self._base = np.zeros((d, data.n_users)) if self.base is None else np.array(base_matrix(self.base, d, data.n_users))
         self._prepare(data, mdp)
         self.diagnostics: dict[str, dict] = {}
         if self.ridge is None:
             self.ridge_, self.ridge_scores_ = select_ridge(self, data, self.ridge_grid, seed=self.seed)
         else:
             self.ridge_, self.ridge_scores_ = self.ridge, {}
-        self._fit(data, self.ridge_)
+        chosen = "fixed" if self.ridge is not None else "selected"
+        with convergence_warnings_labelled(f"fit with the {chosen} ridge lambda={self.ridge_:g}"):
+            self._fit(data, self.ridge_)
         self._data = data
         self._sets: dict[int, Ellipsoid] = {}
         self._set_matrices: dict[int, tuple[np.ndarray, float, np.ndarray]] = {}  # (M, radius, factor)

@@ -48,21 +48,37 @@ def reward_errors(mdp: TabularMDP, theta_hat: Any, theta_true: Any) -> np.ndarra
     return np.linalg.norm(project_identifiable(mdp, difference), axis=1)
 
 
-def preference_accuracy(estimator: Any, dataset: PreferenceDataset, mdp: TabularMDP) -> dict[str, float]:
+def preference_accuracy(estimator: Any, dataset: Any, mdp: TabularMDP | None = None) -> dict[str, float]:
     """Held-out accuracy of the estimator's predicted preferences, beside the truth's.
 
     Pairs labelled "equal" (0.5) are left out. ``accuracy`` counts pairs where the estimate's
-    preferred trajectory is the labelled one; ``truth_accuracy`` does the same for the true
-    reward (``Pr(y = 1) > 1/2``), and ``bayes_accuracy`` is its expectation
-    ``mean_j max(p_j, 1 - p_j)``, the best any predictor can do on these pairs.
+    preferred trajectory is the labelled one. When the dataset knows each pair's true
+    ``Pr(y = 1) = p_j`` (simulated data), ``truth_accuracy`` does the same for the true reward
+    (``p_j > 1/2``) and ``bayes_accuracy`` is its expectation ``mean_j max(p_j, 1 - p_j)``, the
+    best any predictor can do on these pairs; human data has no ``p_j``, and these two are left out.
+
+    Parameters
+    ----------
+    estimator : fitted estimator
+    dataset : PreferenceDataset or FeaturePreferenceDataset
+    mdp : TabularMDP, optional
+        Needed for trajectory data (its features give ``z``); not for feature differences.
+
+    Returns
+    -------
+    dict
+        ``accuracy``, and ``truth_accuracy`` and ``bayes_accuracy`` when probabilities are known.
     """
     data = comparison_data(dataset, mdp, beta=estimator.beta, base=getattr(estimator, "base", None))
     decided = data.labels != 0.5
     predicted = estimator.pair_logits(data) > 0
     labels = data.labels == 1.0
+    accuracy = {"accuracy": float(np.mean(predicted[decided] == labels[decided]))}
+    if dataset.probabilities is None:
+        return accuracy
     probabilities = np.asarray(dataset.probabilities)
     return {
-        "accuracy": float(np.mean(predicted[decided] == labels[decided])),
+        **accuracy,
         "truth_accuracy": float(np.mean((probabilities[decided] > 0.5) == labels[decided])),
         "bayes_accuracy": float(np.mean(np.maximum(probabilities, 1 - probabilities)[decided])),
     }

@@ -1,11 +1,13 @@
 """Agents by name: ``agents.make(name, **kwargs)`` and ``agents.register(name, factory)``.
 
 Built-in agents are registered exactly as a user's own agent is, with a factory that turns
-keyword arguments into an unfitted agent.
+keyword arguments into an unfitted agent. A factory's signature is its list of options: a
+misspelt or missing option is reported with the valid ones before the factory runs.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from typing import Any, Callable
 
@@ -14,7 +16,9 @@ from .contextual import FullRankContextual, LoCoPRS
 from .estimators import IndependentMLE, OracleSubspaceMLE, PooledMLE, PShareLoRA
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
+#: Options of the planner (:class:`PessimisticAgent`); the rest go to the estimator.
 _AGENT_OPTIONS = ("pessimism", "reference", "transitions", "tol")
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 def register(name: str, factory: Callable[..., Any], *, overwrite: bool = False) -> None:
@@ -26,6 +30,8 @@ def register(name: str, factory: Callable[..., Any], *, overwrite: bool = False)
         Non-empty; taken names need ``overwrite=True``.
     factory : callable
         A class or function returning an object with ``fit(dataset, mdp)`` and ``policy(user)``.
+        Its keyword parameters are the agent's options: :func:`make` refuses others (unless it
+        takes ``**kwargs``) and asks for those without a default.
     overwrite : bool, default False
     """
     if not isinstance(name, str) or not name:
@@ -40,28 +46,71 @@ def register(name: str, factory: Callable[..., Any], *, overwrite: bool = False)
 def make(name: str, **kwargs: Any) -> Any:
     """A new, unfitted agent registered under ``name``.
 
-    Built-in names: ``pooled``, ``independent``, ``p-sharelora`` (``rank=``),
-    ``loco-prs`` (``rank=``), ``oracle-subspace`` (``subspace=``), ``full-rank``. They take the
-    planner's ``pessimism="exact" | "rectangular" | "none"``, ``reference``, ``transitions`` and
-    ``tol``, and the estimator's ``ridge``, ``beta``, ``radius``, ``delta``, ``norm_bound``,
-    ``base`` and ``seed``.
+    Built-in names (each a :class:`PessimisticAgent` around an estimator) and their required
+    arguments: ``pooled``, ``independent``, ``p-sharelora`` (``rank=``), ``loco-prs``
+    (``rank=``; also ``balance=1.0``, ``subspaces=None``), ``oracle-subspace`` (``subspace=``,
+    the true ``U*``), ``full-rank``. Every built-in name takes, with these defaults:
+
+    - the planner's ``pessimism="exact"`` (or ``"rectangular"``, ``"none"``: greedy),
+      ``reference="behavior"`` (the data's behaviour policy; or ``"uniform"``, or a policy
+      array), ``transitions="known"`` (or ``"estimated"``) and ``tol=1e-08`` (relative gap of
+      the exact planner);
+    - the estimator's ``ridge=None`` (chosen from ``ridge_grid`` by held-out log-likelihood),
+      ``ridge_grid=(100.0, 10.0, 1.0, 0.1, 0.01)``, ``beta=1.0``, ``radius="wald"`` (or
+      ``"theory"``), ``delta=0.1``, ``norm_bound=None`` (a data-driven guess), ``base=None``
+      (no known base reward) and ``seed=0`` (of the ridge-selection split).
+
+    ``agents.options(name)`` lists the options of any registered name with their defaults.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (with the nearest registered one) or a value the agent rejects.
+    TypeError
+        For an option the agent does not have (with the nearest valid one and the full list),
+        a missing required one, or a value of the wrong type.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown agent {name!r}; registered agents: {sorted(_REGISTRY)}")
+    factory = _factory(name)
+    accepted = options(name)
+    if accepted is not None:
+        for key in kwargs:
+            if key not in accepted:
+                raise TypeError(f"agent {name!r} has no option {key!r}{_suggestion(key, accepted)}; "
+                                f"its options are {_listing(accepted)}")
+    missing = [key for key, default in _parameters(factory).items()
+               if default is inspect.Parameter.empty and key not in kwargs]
+    if missing:
+        raise TypeError(f"agent {name!r} needs {', '.join(f'{key}=' for key in missing)}; "
+                        f"its options are {_listing(accepted or _parameters(factory))}")
     try:
-        return _REGISTRY[name](**kwargs)
+        return factory(**kwargs)
     except TypeError as error:
-        parameters = inspect.signature(_REGISTRY[name]).parameters
-        raise TypeError(f"agent {name!r}: {error} (it takes {list(parameters)})") from None
+        raise TypeError(f"agent {name!r}: {error}") from None
+    except ValueError as error:
+        raise ValueError(f"agent {name!r}: {error}") from None
+
+
+def options(name: str) -> dict[str, Any] | None:
+    """The options ``agents.make(name, ...)`` accepts, with their defaults.
+
+    Required options map to ``inspect.Parameter.empty``. ``None`` when the factory takes
+    ``**kwargs`` (any keyword may be valid) or has no signature.
+    """
+    factory = _factory(name)
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return None
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return None
+    return _parameters(factory)
 
 
 def takes(agent: str | Callable[..., Any], argument: str) -> bool:
     """Whether a factory, or the factory registered under the name ``agent``, accepts the
     keyword ``argument`` (explicitly or through ``**kwargs``); the built-in agents take ``seed``."""
     if isinstance(agent, str):
-        if agent not in _REGISTRY:
-            raise ValueError(f"unknown agent {agent!r}; registered agents: {sorted(_REGISTRY)}")
-        agent = _REGISTRY[agent]
+        agent = _factory(agent)
     try:
         parameters = inspect.signature(agent).parameters
     except (TypeError, ValueError):  # builtins without a signature
@@ -74,11 +123,57 @@ def registered() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _built_in(estimator_class: type) -> Callable[..., PessimisticAgent]:
-    def factory(*args: Any, **kwargs: Any) -> PessimisticAgent:
-        options = {key: kwargs.pop(key) for key in _AGENT_OPTIONS if key in kwargs}
-        return PessimisticAgent(estimator_class(*args, **kwargs), **options)
+def _factory(name: str) -> Callable[..., Any]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown agent {name!r}{_suggestion(name, _REGISTRY)}; registered agents: {registered()}")
+    return _REGISTRY[name]
 
+
+def _parameters(factory: Callable[..., Any]) -> dict[str, Any]:
+    """Named keyword parameters of ``factory`` and their defaults (empty when unavailable)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {parameter.name: parameter.default for parameter in parameters if parameter.kind in _NAMED}
+
+
+def _suggestion(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _listing(parameters: dict[str, Any]) -> str:
+    return ", ".join(key if default is inspect.Parameter.empty else f"{key}={default!r}"
+                     for key, default in parameters.items())
+
+
+def _estimator_parameters(estimator_class: type) -> list[inspect.Parameter]:
+    """The estimator's own parameters, then those its ``**kwargs`` pass to its base classes."""
+    found: dict[str, inspect.Parameter] = {}
+    for klass in estimator_class.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]  # without self
+        for parameter in parameters:
+            if parameter.kind in _NAMED:
+                found.setdefault(parameter.name, parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+        if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+            break
+    return list(found.values())
+
+
+def _built_in(estimator_class: type) -> Callable[..., PessimisticAgent]:
+    def factory(**kwargs: Any) -> PessimisticAgent:
+        agent_options = {key: kwargs.pop(key) for key in _AGENT_OPTIONS if key in kwargs}
+        return PessimisticAgent(estimator_class(**kwargs), **agent_options)
+
+    planner = inspect.signature(PessimisticAgent).parameters
+    estimator = [parameter for parameter in _estimator_parameters(estimator_class)
+                 if parameter.name not in _AGENT_OPTIONS]  # "tol" is the planner's
+    # Required options first: a signature lists parameters without defaults before the others.
+    ordered = sorted(estimator, key=lambda parameter: parameter.default is not inspect.Parameter.empty)
+    factory.__signature__ = inspect.Signature([*ordered, *(planner[key] for key in _AGENT_OPTIONS)])
     factory.__name__ = f"make_{estimator_class.__name__}"
     factory.__doc__ = f"A :class:`PessimisticAgent` around :class:`{estimator_class.__name__}`."
     return factory

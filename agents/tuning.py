@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from scipy.special import log_expit
@@ -10,6 +12,7 @@ from scipy.special import log_expit
 from lr_mdp_env.dataset import held_out_mask
 
 from .data import ComparisonData
+from .logistic import ConvergenceWarning
 
 DEFAULT_RIDGE_GRID = (100.0, 10.0, 1.0, 0.1, 0.01)
 HELD_OUT_FRACTION = 0.2
@@ -35,10 +38,16 @@ def select_ridge(estimator: Any, data: ComparisonData, grid: Sequence[float], *,
     candidate, from the largest ridge to the smallest so that iterative fits can warm-start, and
     scored by the mean log-likelihood of the held-out 20%. Ties go to the larger ridge.
 
+    A :class:`~agents.ConvergenceWarning` of a candidate's fit names the candidate
+    (``ridge selection, candidate lambda=0.01: ...``), and ``estimator.diagnostics`` is left as
+    ``{"ridge_selection": {lambda: {"held_out_log_likelihood": ..., <fit>: {"converged": ...,
+    ...}}}}`` with every candidate's fits, so a choice made on a fit that stopped short shows.
+
     Parameters
     ----------
     estimator : object
-        Has ``_fit(data, ridge)`` and ``pair_logits(data)`` (all estimators in :mod:`agents`).
+        Has ``_fit(data, ridge)``, ``pair_logits(data)`` and a ``diagnostics`` dict that
+        ``_fit`` fills (all estimators in :mod:`agents`).
     data : ComparisonData
     grid : sequence of float
     seed : int, optional
@@ -52,8 +61,27 @@ def select_ridge(estimator: Any, data: ComparisonData, grid: Sequence[float], *,
     train, held_out = held_out_split(data, seed=seed)
     train_data, held_out_data = data.subset(train), data.subset(held_out)
     scores: dict[float, float] = {}
+    candidates: dict[float, dict] = {}
     for ridge in sorted(grid, reverse=True):
-        estimator._fit(train_data, ridge)
+        estimator.diagnostics = {}
+        with convergence_warnings_labelled(f"ridge selection, candidate lambda={ridge:g}"):
+            estimator._fit(train_data, ridge)
         scores[ridge] = float(np.mean(log_likelihood(estimator.pair_logits(held_out_data), held_out_data.labels)))
+        candidates[ridge] = {"held_out_log_likelihood": scores[ridge], **estimator.diagnostics}
+    estimator.diagnostics = {"ridge_selection": candidates}
     best = max(scores, key=lambda ridge: (scores[ridge], ridge))
     return best, scores
+
+
+@contextmanager
+def convergence_warnings_labelled(label: str) -> Iterator[None]:
+    """Re-issue the :class:`~agents.ConvergenceWarning` s raised inside as ``"{label}: {message}"``
+    (other warnings pass through unchanged), so a warning says which fit it belongs to."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        message = warning.message
+        if isinstance(message, ConvergenceWarning):
+            message = ConvergenceWarning(f"{label}: {message}")
+        warnings.warn_explicit(message, warning.category, warning.filename, warning.lineno, source=warning.source)

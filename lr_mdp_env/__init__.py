@@ -9,7 +9,7 @@ too.
 """
 
 from .collection import collect_preferences, epsilon_optimal_policies, user_parameters
-from .dataset import PreferenceDataset
+from .dataset import FeaturePreferenceDataset, PreferenceDataset
 from .dynamic_programming import (
     backward_induction,
     evaluate_policy,
@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ContextualRewards",
+    "FeaturePreferenceDataset",
     "LowRankRewards",
     "PreferenceDataset",
     "TabularMDP",

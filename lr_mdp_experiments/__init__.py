@@ -10,7 +10,8 @@ or the number of workers.
 from .cell import TIMING_COLUMNS, run_cell
 from .config import AgentSpec, Cell, ConfigError, Setting, SweepConfig, load_config, parse_config
 from .store import ResultStore, load_results
-from .sweep import ENGINES, SweepSummary, run_serially, run_sweep
+from .sweep import ENGINES, SweepInterrupted, SweepSummary, run_serially, run_sweep
+from .worlds import WorldSource
 
 __all__ = [
     "ENGINES",
@@ -21,7 +22,9 @@ __all__ = [
     "ResultStore",
     "Setting",
     "SweepConfig",
+    "SweepInterrupted",
     "SweepSummary",
+    "WorldSource",
     "load_config",
     "load_results",
     "parse_config",

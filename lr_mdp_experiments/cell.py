@@ -20,13 +20,15 @@ import numpy as np
 import agents
 from agents.metrics import reward_errors, subspace_distance
 from lr_mdp_env import Teacher, collect_preferences
-from lr_mdp_env.collection import epsilon_optimal_policies
 from lr_mdp_env.rewards import ContextualRewards
 
-from .config import Cell, SweepConfig, cell_variables, import_plugin
+from .config import Cell, SweepConfig, cell_variables, collection_behavior, import_plugin
 
 #: Columns that depend on the machine, not on the seed: left out when tables are compared.
 TIMING_COLUMNS = ("seconds",)
+#: What a cell records about its world and agent besides the metrics: the world's true rank and
+#: the agent's arguments after substitution (JSON).
+RECORD_COLUMNS = ("true_rank", "arguments")
 #: The summaries :func:`evaluate_cell` measures: what plots and ``--metric`` may name.
 METRIC_COLUMNS = ("n_pairs", "suboptimality", "suboptimality_max", "value", "optimal_value", "coverage", "bound",
                   "lower_bound", "reward_error", "subspace_distance", "seconds")
@@ -48,7 +50,8 @@ def run_cell(config: SweepConfig, cell: Cell) -> dict[str, Any]:
     dict
         ``cell_id``, ``setting``, ``agent``, ``agent_name``, ``agent_index``, ``replicate``, the
         setting's values, ``status`` (``"ok"`` or ``"error"``), ``error``, ``warnings`` (the
-        distinct warnings raised while the cell ran) and the metrics of :func:`evaluate_cell`.
+        distinct warnings raised while the cell ran), the metrics of :func:`evaluate_cell` and
+        its records (``true_rank``, ``arguments``).
     """
     row = _header(config, cell)
     with warnings.catch_warnings(record=True) as caught:
@@ -92,7 +95,8 @@ def evaluate_cell(config: SweepConfig, cell: Cell) -> dict[str, float]:
         ``bound`` (the pessimism lemma's, mean), ``lower_bound``; ``subspace_distance`` (of the
         agent's subspace, or of the top-``r`` left singular subspace of ``Theta_hat - Theta_0``
         for agents without one; ``NaN`` for contextual worlds); ``seconds`` (fit, planning and
-        exact evaluation).
+        exact evaluation); and the records ``true_rank`` (the world's) and ``arguments`` (the
+        agent's, as JSON, after ``"$..."`` substitution and with the seed the cell gave it).
     """
     for module in config.plugins:
         import_plugin(module, config.plugin_path)
@@ -100,11 +104,9 @@ def evaluate_cell(config: SweepConfig, cell: Cell) -> dict[str, float]:
     world = config.build_world(setting, model_seed=cell_seed(config, _WORLD, replicate) % 2**31)
     mdp, rewards = world
     data = dict(setting.data)
-    behavior = "uniform"
-    if data["behavior"] == "epsilon-optimal":
-        behavior = epsilon_optimal_policies(mdp, rewards, data["epsilon"])
     dataset = collect_preferences(
-        mdp, rewards, data["n_pairs_per_user"], behavior=behavior, teacher=Teacher(**dict(setting.teacher)),
+        mdp, rewards, data["n_pairs_per_user"], behavior=collection_behavior(data, world),
+        teacher=Teacher(**dict(setting.teacher)),
         seed=np.random.SeedSequence(config.seed, spawn_key=(_DATA, replicate, setting.index)),
     )
     spec = config.agents[cell.agent_index]
@@ -133,7 +135,8 @@ def evaluate_cell(config: SweepConfig, cell: Cell) -> dict[str, float]:
         "subspace_distance": _subspace_distance(agent, mdp, rewards),
         "seconds": seconds,
     }
-    return {key: float(value) if key != "n_pairs" else int(value) for key, value in summary.items()}
+    return {**{key: float(value) if key != "n_pairs" else int(value) for key, value in summary.items()},
+            "true_rank": int(rewards.rank), "arguments": _arguments_text(arguments)}
 
 
 class ContextualView:
@@ -193,6 +196,21 @@ def _subspace_distance(agent: Any, mdp: Any, rewards: Any) -> float:
     distance = float(subspace_distance(mdp, true_subspace, estimate))
     # Rounding leaves ~1e-16 where the subspaces coincide (the oracle): report the exact zero.
     return 0.0 if distance < 1e-12 else distance
+
+
+def _arguments_text(arguments: dict[str, Any]) -> str:
+    """The agent's arguments as JSON, with ``"$..."`` substituted (arrays by their shape): the
+    record of what, e.g., ``rank = "$true_rank"`` meant in this cell."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return f"array{value.shape}"
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        return value
+
+    return json.dumps({key: plain(value) for key, value in sorted(arguments.items())}, default=repr)
 
 
 def _mean_or_nan(values: Any) -> float:

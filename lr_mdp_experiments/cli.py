@@ -13,8 +13,8 @@ import pandas as pd
 from .config import ConfigError, SweepConfig, load_config, parse_config
 from .cell import METRIC_COLUMNS
 from .plots import RATE_METRICS, panel_columns, plot_results, summarise
-from .store import load_results
-from .sweep import run_sweep
+from .store import load_results, sweep_name
+from .sweep import SweepInterrupted, run_sweep
 
 #: Shipped configurations of ``lr-mdp reproduce``: the horizontal axis and the metrics plotted.
 REPRODUCTIONS = {
@@ -121,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="a small end-to-end study: collect, fit, plan, evaluate, plot",
-                               description="Collect preferences in a random low-rank world, fit pooled, "
-                               "independent and P-ShareLoRA agents with and without exact pessimism, "
-                               "evaluate them exactly, print a table and write figures.")
+                               description="Collect preferences from 20 users of a random low-rank world "
+                               "(10 states, 3 actions, H = 5, d = 12, rank 2) at 25 to 200 comparisons per "
+                               "user; fit pooled, independent and P-ShareLoRA agents (the last two also with "
+                               "exact pessimism); evaluate them exactly; print the tables and write figures. "
+                               "60 cells, 3 replicates.")
     demo.add_argument("--out", type=Path, default=Path("lr-mdp-demo"), help="output directory (default: lr-mdp-demo)")
     _add_engine_options(demo)
 
@@ -138,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(sweep)
 
     plot = commands.add_parser("plot", help="PNG figures of a sweep's results",
-                               description="One line per agent with 95%% confidence bands over replicates; "
-                               "log-log axes with fitted slopes for rate metrics.")
+                               description="One line per agent with 95% confidence bands over replicates; "
+                               "log-log axes with fitted slopes (and their 95% bootstrap intervals over "
+                               "replicates) for rate metrics. Figures are titled with the sweep's name.")
     plot.add_argument("results", type=Path, metavar="RESULTS",
                       help="a sweep output directory, results.parquet or results.csv")
     plot.add_argument("--metric", action="append", default=None,
@@ -175,8 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(config, args, args.out or Path("results") / args.name, metrics, x)
         table = load_results(args.results)
         out = args.out or (args.results if args.results.is_dir() else args.results.parent)
+        title = sweep_name(args.results)
         for metric in args.metric or ["suboptimality"]:
-            print(plot_results(table, out / f"{metric}.png", metric=metric, x=args.x, loglog=args.loglog))
+            print(plot_results(table, out / f"{metric}.png", metric=metric, x=args.x, loglog=args.loglog,
+                               title=title))
         return 0
     except ConfigError as error:
         print(f"lr-mdp: config error: {error}", file=sys.stderr)
@@ -184,6 +189,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ImportError) as error:
         print(f"lr-mdp: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # e.g. an output directory without write permission, a full disk
+        where = f" {error.filename}" if error.filename else ""
+        print(f"lr-mdp: error: cannot write{where}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    except SweepInterrupted as interrupted:
+        print(f"\nlr-mdp: interrupted: {interrupted.saved} of {interrupted.total} cells are saved in "
+              f"{interrupted.directory}; run the same command again to resume (saved cells are skipped)",
+              file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nlr-mdp: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,6 +29,8 @@ import pandas as pd
 from .config import SweepConfig
 
 CELLS = "cells"
+#: The results table, as Parquet (with pyarrow) or CSV.
+TABLE_NAMES = ("results.parquet", "results.csv")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 SORT_COLUMNS = ["setting", "agent_index", "replicate"]
@@ -110,7 +112,7 @@ class ResultStore:
 
     @property
     def table_path(self) -> Path:
-        return self.directory / ("results.parquet" if has_pyarrow() else "results.csv")
+        return self.directory / TABLE_NAMES[0 if has_pyarrow() else 1]
 
     def write_manifest(self, engine: str, workers: int) -> None:
         manifest = {"name": self.config.name, "fingerprint": self.config.fingerprint,
@@ -134,7 +136,11 @@ class ResultStore:
         self._rows[row["cell_id"]] = json.loads(text)
 
     def write_table(self) -> Path:
-        """Rebuild the table from the journal; returns its path."""
+        """Rebuild the table from the journal; returns its path.
+
+        The table of the other format (a ``results.csv`` written before pyarrow was installed,
+        or the reverse) is removed, so the directory never holds a stale table beside the new one.
+        """
         table = rows_to_table(self.rows())
         path = self.table_path
         if path.suffix == ".parquet":
@@ -145,6 +151,9 @@ class ResultStore:
             atomic_write(path, buffer.getvalue())
         else:
             atomic_write(path, table.to_csv(index=False, na_rep="NaN").encode())
+        for stale in TABLE_NAMES:
+            if stale != path.name:
+                (self.directory / stale).unlink(missing_ok=True)
         return path
 
 
@@ -177,6 +186,18 @@ def load_results(path: str | Path) -> pd.DataFrame:
         # Only "NaN" is missing: an empty error message stays an empty string.
         return pd.read_csv(path, keep_default_na=False, na_values=["NaN"])
     raise ValueError(f"results must be a sweep directory, a .parquet or a .csv file, got {str(path)!r}")
+
+
+def sweep_name(path: str | Path) -> str | None:
+    """The name of the sweep whose results are at ``path`` (an output directory or its table),
+    from its ``sweep.json``; ``None`` for a table found elsewhere."""
+    path = Path(path)
+    manifest = (path if path.is_dir() else path.parent) / "sweep.json"
+    try:
+        name = json.loads(manifest.read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _json_value(value: Any) -> Any:

@@ -7,6 +7,7 @@ of workers change only the order in which rows arrive; the store sorts them.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -25,6 +26,21 @@ from .store import ResultStore, rows_to_table
 ENGINES = ("serial", "processes", "dask")
 #: Seconds between two rebuilds of the results table while cells finish.
 TABLE_INTERVAL = 2.0
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """A sweep stopped by Ctrl-C (``SIGINT``); the finished cells are saved and a re-run resumes.
+
+    Attributes
+    ----------
+    saved, total : int
+        Cells completed in the output directory, and cells in the grid.
+    directory : pathlib.Path
+    """
+
+    def __init__(self, saved: int, total: int, directory: Path) -> None:
+        super().__init__(f"{saved} of {total} cells are saved in {directory}")
+        self.saved, self.total, self.directory = saved, total, directory
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,12 @@ def run_sweep(
     Returns
     -------
     SweepSummary
+
+    Raises
+    ------
+    SweepInterrupted
+        On Ctrl-C: running cells are abandoned (worker processes stopped), finished ones stay
+        saved and the table is rebuilt from them; running the same sweep again resumes.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -90,13 +112,20 @@ def run_sweep(
     start = time.perf_counter()
     failed, last_table = 0, time.perf_counter()
     results = {"serial": _serial, "processes": _processes, "dask": _dask}[engine](config, pending, workers, scheduler)
-    for cell, row in results:
-        store.record(row)
-        failed += row["status"] != "ok"
-        bar.update(failed)
-        if time.perf_counter() - last_table > TABLE_INTERVAL:
+    try:
+        for cell, row in results:
+            store.record(row)
+            failed += row["status"] != "ok"
+            bar.update(failed)
+            if time.perf_counter() - last_table > TABLE_INTERVAL:
+                store.write_table()
+                last_table = time.perf_counter()
+    except KeyboardInterrupt:
+        results.close()  # stops the engine's workers
+        if store.rows():
             store.write_table()
-            last_table = time.perf_counter()
+        bar.close()
+        raise SweepInterrupted(len(store.completed()), total, store.directory) from None
     table = store.write_table() if store.rows() else None
     bar.close()
     return SweepSummary(total, total - len(pending), len(pending), failed, time.perf_counter() - start, table)
@@ -120,10 +149,25 @@ def _serial(config: SweepConfig, cells: list[Cell], workers: int, scheduler: str
 
 
 def _single_threaded_worker() -> None:
-    """Workers use one BLAS thread each: ``workers`` processes then use ``workers`` cores."""
+    """Workers use one BLAS thread each (``workers`` processes then use ``workers`` cores) and
+    leave Ctrl-C to the main process, which stops them: a terminal sends ``SIGINT`` to the whole
+    process group, and each worker would otherwise print its own ``KeyboardInterrupt``."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Abandon the running cells: cancel the queue and end the worker processes now (a clean
+    shutdown would wait for every running cell)."""
+    # The executor has no public way to end its workers before Python 3.14's terminate_workers().
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
 
 
 def _processes(config: SweepConfig, cells: list[Cell], workers: int, scheduler: str | None) -> Iterator[tuple[Cell, dict]]:
@@ -132,23 +176,34 @@ def _processes(config: SweepConfig, cells: list[Cell], workers: int, scheduler: 
         # A worker that dies (killed by the OS, os._exit in a plugin) breaks the pool: the cells
         # then running are recorded as errors, and a new pool takes the rest of the queue.
         with ProcessPoolExecutor(max_workers=min(workers, len(pending)), initializer=_single_threaded_worker) as pool:
-            running: dict[Any, Cell] = {}
-            broken = False
-            while True:
-                # A bounded window of submissions keeps memory flat on large grids.
-                while not broken and pending and len(running) < 2 * workers:
-                    try:
-                        future = pool.submit(run_cell, config, pending[0])
-                    except BrokenProcessPool:
-                        broken = True
-                    else:
-                        running[future] = pending.popleft()
-                if not running:
-                    break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    cell = running.pop(future)
-                    yield cell, _result_or_error(future, config, cell)
+            try:
+                yield from _pool_results(pool, config, pending, workers)
+            except BaseException:  # Ctrl-C, or the consumer closing this generator
+                _stop(pool)
+                raise
+
+
+def _pool_results(pool: ProcessPoolExecutor, config: SweepConfig, pending: deque,
+                  workers: int) -> Iterator[tuple[Cell, dict]]:
+    """Submit ``pending`` cells to ``pool`` within a bounded window and yield them as they finish,
+    until the queue is empty or the pool breaks (a dead worker)."""
+    running: dict[Any, Cell] = {}
+    broken = False
+    while True:
+        # A bounded window of submissions keeps memory flat on large grids.
+        while not broken and pending and len(running) < 2 * workers:
+            try:
+                future = pool.submit(run_cell, config, pending[0])
+            except BrokenProcessPool:
+                broken = True
+            else:
+                running[future] = pending.popleft()
+        if not running:
+            return
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            cell = running.pop(future)
+            yield cell, _result_or_error(future, config, cell)
 
 
 def _dask(config: SweepConfig, cells: list[Cell], workers: int, scheduler: str | None) -> Iterator[tuple[Cell, dict]]:
@@ -160,7 +215,13 @@ def _dask(config: SweepConfig, cells: list[Cell], workers: int, scheduler: str |
         return
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        # Worker processes inherit an ignored SIGINT (and Python keeps it ignored), so Ctrl-C
+        # reaches only this process, which closes the cluster; a Ctrl-C while it starts is lost.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     client = Client(scheduler if scheduler is not None else cluster)
     try:
         client.run(_single_threaded_worker)

@@ -6,12 +6,15 @@ import io
 import json
 import pickle
 import zipfile
+from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse
 
 from lr_mdp_env import (
+    FeaturePreferenceDataset,
     PreferenceDataset,
     TabularMDP,
     collect_preferences,
@@ -44,6 +47,9 @@ def contextual_dataset(world):
 def _assert_same(left, right):
     for name in ("users", "states0", "actions0", "states1", "actions1", "labels", "probabilities"):
         a, b = getattr(left, name), getattr(right, name)
+        if a is None:
+            assert b is None, name
+            continue
         assert a.dtype == b.dtype, name
         np.testing.assert_array_equal(a, b, err_msg=name)
     assert (left.n_users, left.n_states, left.n_actions, left.horizon) == (
@@ -164,6 +170,45 @@ def test_invalid_header_is_rejected(saved):
         PreferenceDataset.load(saved)
 
 
+def _flipped_copies(payload, stride=1):
+    """Copies of ``payload`` with one byte inverted, at every ``stride``-th position."""
+    for position in range(0, len(payload), stride):
+        damaged = bytearray(payload)
+        damaged[position] ^= 0xFF
+        yield position, bytes(damaged)
+
+
+@pytest.mark.parametrize("kind, stride", [(PreferenceDataset, 1), (FeaturePreferenceDataset, 5)])
+def test_every_corrupted_byte_is_a_value_error_naming_the_file_or_loads_unchanged_data(kind, stride, tmp_path):
+    """Invert each byte of a saved file in turn: the damage is either harmless (zip timestamps,
+    padding) and the very same data loads, or ``load`` raises the documented ``ValueError`` that
+    names the file, never a zlib, tokenizer or zipfile error. (Both kinds share the reader: every
+    byte of the trajectory dataset, every fifth of the feature one.)"""
+    mdp = random_mdp(3, 2, 2, seed=0)
+    original = collect_preferences(mdp, low_rank_rewards(mdp.n_features, 2, 1, mdp=mdp, seed=1), 3, seed=2)
+    if kind is FeaturePreferenceDataset:
+        original = FeaturePreferenceDataset(original.feature_differences(mdp), original.users, original.labels,
+                                            probabilities=original.probabilities)
+    payload = original.save(tmp_path / "original.npz").read_bytes()
+    path = tmp_path / "damaged.npz"
+    outcomes = {"unchanged": 0, "refused": 0}
+    for position, damaged in _flipped_copies(payload, stride):
+        path.write_bytes(damaged)
+        try:
+            loaded = kind.load(path)
+        except ValueError as error:
+            assert repr(str(path)) in str(error), (position, str(error))
+            outcomes["refused"] += 1
+            continue
+        names = ["users", "labels", "probabilities"]
+        names += ["differences"] if kind is FeaturePreferenceDataset else ["states0", "actions0", "states1", "actions1"]
+        for name in names:
+            np.testing.assert_array_equal(getattr(loaded, name), getattr(original, name), err_msg=f"byte {position}")
+        outcomes["unchanged"] += 1
+    # Most bytes are compressed data, headers or checksums: their damage must be detected.
+    assert outcomes["refused"] > len(payload) // (2 * stride), outcomes
+
+
 @pytest.mark.parametrize("entry", ["labels.npy", "extra.npy"])
 def test_loading_never_unpickles(saved, monkeypatch, entry):
     calls = []
@@ -259,19 +304,107 @@ def test_valid_arguments_build_a_frozen_dataset():
 
 def test_to_pandas_columns(dataset, contextual_dataset):
     frame = dataset.to_pandas()
-    assert list(frame.columns) == ["user", "label", "probability", "states0", "actions0", "states1", "actions1"]
+    steps = range(dataset.horizon)
+    trajectory_columns = [f"{name}_{h}" for name in ("states0", "actions0", "states1", "actions1") for h in steps]
+    assert list(frame.columns) == ["user", "label", "probability", *trajectory_columns]
     assert len(frame) == len(dataset)
     np.testing.assert_array_equal(frame["user"].to_numpy(), dataset.users)
     np.testing.assert_array_equal(frame["label"].to_numpy(), dataset.labels)
     np.testing.assert_array_equal(frame["probability"].to_numpy(), dataset.probabilities)
-    for j in (0, len(dataset) - 1):
-        assert frame["states1"].iloc[j] == tuple(dataset.states1[j])
-        assert frame["actions0"].iloc[j] == tuple(dataset.actions0[j])
+    np.testing.assert_array_equal(frame[[f"states1_{h}" for h in steps]].to_numpy(), dataset.states1)
+    np.testing.assert_array_equal(frame[[f"actions0_{h}" for h in steps]].to_numpy(), dataset.actions0)
+    assert all(frame[column].dtype.kind in "if" for column in frame.columns)  # plain values, no tuples
     assert frame.attrs["metadata"] == dataset.metadata
+    assert frame.attrs["sizes"] == {"n_users": 4, "n_states": 3, "n_actions": 2, "horizon": 4}
     contextual = contextual_dataset.to_pandas()
     context_columns = [f"context_{k}" for k in range(contextual_dataset.contexts.shape[1])]
     assert list(contextual.columns)[-len(context_columns):] == context_columns
     np.testing.assert_array_equal(contextual[context_columns].to_numpy(), contextual_dataset.contexts)
+
+
+@pytest.mark.parametrize("which", ["dataset", "contextual_dataset", "human"])
+def test_csv_round_trip(which, request, world, tmp_path):
+    mdp, _ = world
+    original = request.getfixturevalue("dataset" if which == "human" else which)
+    if which == "human":  # real data: no probabilities
+        original = replace(original, probabilities=None)
+    path = tmp_path / "pairs.csv"
+    original.to_pandas().to_csv(path, index=False)
+    frame = pd.read_csv(path)
+    # A CSV keeps no sizes: they come from the MDP (and the users from the data, here all present).
+    loaded = PreferenceDataset.from_pandas(frame, mdp=mdp, n_users=original.n_users, metadata=original.metadata)
+    _assert_same(original, loaded)
+    # In memory the frame carries its sizes and metadata: nothing to add.
+    _assert_same(original, PreferenceDataset.from_pandas(original.to_pandas()))
+
+
+def test_from_arrays_infers_sizes_and_validates_like_the_constructor(world):
+    mdp, _ = world
+    arguments = {name: value for name, value in _valid_arguments().items()
+                 if name not in ("n_users", "n_states", "n_actions", "horizon", "probabilities")}
+    lists = {name: value.tolist() for name, value in arguments.items()}
+    inferred = PreferenceDataset.from_arrays(**lists)
+    assert (inferred.n_users, inferred.n_states, inferred.n_actions, inferred.horizon) == (3, 2, 2, 2)
+    assert inferred.probabilities is None
+    sized = PreferenceDataset.from_arrays(**arguments, n_users=5, n_states=4, n_actions=3)
+    assert (sized.n_users, sized.n_states, sized.n_actions) == (5, 4, 3)
+    with pytest.raises(ValueError, match=r"the trajectories have 2 steps but the MDP has horizon 4"):
+        PreferenceDataset.from_arrays(**arguments, mdp=mdp)
+    bad = dict(arguments, labels=[0.0, 0.3, 1.0])
+    with pytest.raises(ValueError, match=r"labels must be 0, 0\.5 or 1, but labels\[1\] = 0\.3"):
+        PreferenceDataset.from_arrays(**bad)
+    with pytest.raises(ValueError, match=r"states0\[0, 1\] = 1 is outside 0\.\.0"):
+        PreferenceDataset.from_arrays(**arguments, n_states=1)
+    with pytest.raises(TypeError, match=r"users must be an integer array, got dtype float64"):
+        PreferenceDataset.from_arrays(**dict(arguments, users=[0.5, 1.0, 2.0]))
+
+
+def _frame_of_valid_arguments():
+    return PreferenceDataset(**_valid_arguments()).to_pandas()
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda f: f.assign(labels=1.0), ValueError,
+         r"unknown column\(s\) \['labels'\]; the columns are user, label, probability, states0_0\.\."),
+        (lambda f: f.drop(columns="user"), ValueError, r"the table has no 'user' column"),
+        (lambda f: f.drop(columns="actions1_1"), ValueError,
+         r"trajectory columns .* for the same steps h = 0\.\.H-1, got \{'states0': 2, 'actions0': 2, "
+         r"'states1': 2, 'actions1': 1\}"),
+        (lambda f: f.drop(columns="states0_0"), ValueError, r"columns states0_0 \.\. states0_1 must all be present"),
+        (lambda f: f.assign(states1_0=[0.0, 1.5, 1.0]), ValueError,
+         r"column 'states1_0' must hold integers, but row 1 is 1\.5"),
+        (lambda f: f.assign(user=["a", "b", "c"]), TypeError, r"column\(s\) user must hold integers, got dtype object"),
+        (lambda f: f.assign(probability=[0.2, np.nan, 0.9]), ValueError,
+         r"column 'probability' is missing in row\(s\) \[1\]: give it for every pair or for none"),
+        (lambda f: f.assign(label=[0.0, 2.0, 1.0]), ValueError, r"labels must be 0, 0\.5 or 1, but labels\[1\] = 2\.0"),
+    ],
+)
+def test_from_pandas_names_what_is_wrong(change, error, match):
+    with pytest.raises(error, match=match):
+        PreferenceDataset.from_pandas(change(_frame_of_valid_arguments()))
+
+
+def test_from_pandas_accepts_integral_floats_and_an_empty_probability_column():
+    frame = _frame_of_valid_arguments()
+    frame["states0_1"] = frame["states0_1"].astype(float)
+    frame["probability"] = np.nan
+    loaded = PreferenceDataset.from_pandas(frame)
+    assert loaded.probabilities is None and loaded.states0.dtype == np.int64
+    np.testing.assert_array_equal(loaded.states0, _valid_arguments()["states0"])
+
+
+def test_probabilities_are_optional(dataset, tmp_path):
+    human = replace(dataset, probabilities=None)
+    assert human.probabilities is None
+    assert human.subset(human.users == 1).probabilities is None
+    train, held = human.split(0.5, seed=0)
+    assert train.probabilities is None and held.probabilities is None
+    loaded = PreferenceDataset.load(human.save(tmp_path / "human.npz"))
+    assert loaded.probabilities is None
+    np.testing.assert_array_equal(loaded.labels, dataset.labels)
+    assert "probability" not in human.to_pandas().columns
 
 
 def _rows(dataset):
@@ -352,3 +485,79 @@ def test_feature_differences_are_naive_per_step_sums(features):
 def test_incompatible_mdp_is_named(dataset):
     with pytest.raises(ValueError, match=r"dataset has \(n_states, n_actions, horizon\) = \(3, 2, 4\) but the MDP has \(3, 2, 5\)"):
         dataset.feature_differences(random_mdp(3, 2, 5, seed=0))
+
+
+# -- comparisons given as feature differences ----------------------------------------------------
+
+
+def _feature_dataset(**changes):
+    rng = np.random.default_rng(0)
+    arguments = dict(differences=rng.standard_normal((6, 3)), users=np.array([0, 1, 2, 0, 1, 2]),
+                     labels=np.array([1.0, 0.0, 0.5, 1.0, 1.0, 0.0]))
+    arguments.update(changes)
+    return FeaturePreferenceDataset(**arguments)
+
+
+def test_feature_dataset_infers_users_and_freezes_its_arrays():
+    data = _feature_dataset()
+    assert (data.n_pairs, data.n_features, data.n_users) == (6, 3, 3)
+    assert data.probabilities is None and data.contexts is None
+    np.testing.assert_array_equal(data.pairs_per_user(), [2, 2, 2])
+    assert data.feature_differences() is data.differences
+    with pytest.raises(ValueError):
+        data.differences[0, 0] = 1.0
+    sparse = _feature_dataset(differences=scipy.sparse.csr_matrix(data.differences))
+    np.testing.assert_array_equal(sparse.differences, data.differences)
+    assert _feature_dataset(n_users=5).pairs_per_user().tolist() == [2, 2, 2, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(differences=np.zeros((5, 3))), ValueError, r"differences must have 6 rows \(one per pair\), got shape \(5, 3\)"),
+        (dict(differences=np.zeros((6, 0))), ValueError, r"differences must have at least one feature column"),
+        (dict(differences=np.full((6, 2), np.nan)), ValueError, r"differences must be finite, but differences\[0, 0\] = nan"),
+        (dict(differences=np.zeros(6)), ValueError, r"differences must have 2 axes"),
+        (dict(users=np.array([0, 1, 2, 0, 1, 7]), n_users=3), ValueError, r"users\[5\] = 7 is outside 0\.\.2"),
+        (dict(users=np.zeros(6)), TypeError, r"users must be an integer array, got dtype float64"),
+        (dict(labels=np.full(6, 0.7)), ValueError, r"labels must be 0, 0\.5 or 1, but labels\[0\] = 0\.7"),
+        (dict(probabilities=np.full(6, 1.2)), ValueError, r"probabilities must lie in \[0, 1\]"),
+        (dict(contexts=np.zeros((2, 2))), ValueError, r"contexts must have 6 rows"),
+    ],
+)
+def test_invalid_feature_datasets_are_named(change, error, match):
+    with pytest.raises(error, match=match):
+        _feature_dataset(**change)
+
+
+def test_feature_dataset_round_trips_through_csv_and_npz(tmp_path):
+    data = _feature_dataset(probabilities=np.linspace(0.1, 0.9, 6), contexts=np.arange(12.0).reshape(6, 2),
+                            metadata={"source": "embeddings"})
+    path = tmp_path / "z.csv"
+    data.to_pandas().to_csv(path, index=False)
+    frame = pd.read_csv(path)
+    assert list(frame.columns) == ["user", "label", "probability", "z_0", "z_1", "z_2", "context_0", "context_1"]
+    for loaded in (FeaturePreferenceDataset.from_pandas(frame, metadata={"source": "embeddings"}),
+                   FeaturePreferenceDataset.from_pandas(data.to_pandas()),
+                   FeaturePreferenceDataset.load(data.save(tmp_path / "z"))):
+        for name in ("differences", "users", "labels", "probabilities", "contexts"):
+            np.testing.assert_array_equal(getattr(loaded, name), getattr(data, name), err_msg=name)
+        assert loaded.n_users == 3 and loaded.metadata == {"source": "embeddings"}
+    with pytest.raises(ValueError, match=r"no feature-difference columns z_0"):
+        FeaturePreferenceDataset.from_pandas(frame.drop(columns=["z_0", "z_1", "z_2"]))
+    with pytest.raises(ValueError, match=r"is not a feature preference dataset: missing array\(s\) \['differences'\]"):
+        FeaturePreferenceDataset.load(replace(_dataset_for_wrong_kind(), metadata={}).save(tmp_path / "pairs"))
+
+
+def _dataset_for_wrong_kind():
+    return PreferenceDataset(**_valid_arguments())
+
+
+def test_feature_dataset_subsets_and_splits_by_user():
+    data = _feature_dataset(probabilities=np.full(6, 0.5))
+    picked = data.subset(np.array([5, 0]))
+    np.testing.assert_array_equal(picked.differences, data.differences[[5, 0]])
+    np.testing.assert_array_equal(picked.probabilities, [0.5, 0.5])
+    train, held = data.split(0.5, seed=0)
+    np.testing.assert_array_equal(held.pairs_per_user(), [1, 1, 1])
+    assert train.n_pairs + held.n_pairs == 6 and train.n_users == 3

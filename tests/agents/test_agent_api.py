@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -39,12 +41,63 @@ def test_built_in_names_are_registered():
 def test_make_rejects_unknown_names_and_arguments():
     with pytest.raises(ValueError, match=r"unknown agent 'nope'; registered agents: \["):
         agents.make("nope")
-    with pytest.raises(TypeError, match=r"agent 'pooled': .*unexpected keyword argument 'rank'"):
+    with pytest.raises(ValueError, match=r"unknown agent 'p-sharelor' \(did you mean 'p-sharelora'\?\)"):
+        agents.make("p-sharelor")
+    with pytest.raises(TypeError, match=r"agent 'pooled' has no option 'rank'; its options are ridge=None, "):
         agents.make("pooled", rank=2)
-    with pytest.raises(ValueError, match=r"pessimism must be one of"):
+    with pytest.raises(ValueError, match=r"agent 'pooled': pessimism must be one of"):
         agents.make("pooled", pessimism="optimistic")
     with pytest.raises(ValueError, match=r"transitions must be one of"):
         agents.make("pooled", transitions="learned")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(rank=2, pesimism="exact"), TypeError,
+         r"agent 'p-sharelora' has no option 'pesimism' \(did you mean 'pessimism'\?\); its options are rank, "
+         r"ridge=None, .*pessimism='exact', reference='behavior', transitions='known', tol=1e-08$"),
+        (dict(pessimism="exact"), TypeError, r"agent 'p-sharelora' needs rank=; its options are rank, ridge=None"),
+        (dict(rank=2, delta="0.1"), TypeError, r"agent 'p-sharelora': delta must be a real number, got '0\.1' \(str\)$"),
+        (dict(rank="2"), TypeError, r"agent 'p-sharelora': rank must be an integer, got '2' \(str\)$"),
+        (dict(rank=2, seed="a"), TypeError, r"agent 'p-sharelora': seed must be a non-negative int"),
+        (dict(rank=2, base="x"), TypeError, r"agent 'p-sharelora': base must be an array of real numbers"),
+    ],
+)
+def test_misspelt_missing_and_mistyped_options_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        agents.make("p-sharelora", **kwargs)
+
+
+def test_a_custom_factorys_signature_is_its_list_of_options():
+    def factory(rank, *, smoothing=0.5):
+        return TruthAgent(np.zeros((2, 1)))
+
+    agents.register("custom-options-for-tests", factory, overwrite=True)
+    assert agents.registry.options("custom-options-for-tests") == {"rank": inspect.Parameter.empty, "smoothing": 0.5}
+    with pytest.raises(TypeError, match=r"has no option 'smothing' \(did you mean 'smoothing'\?\); its options are "
+                                        r"rank, smoothing=0\.5"):
+        agents.make("custom-options-for-tests", rank=1, smothing=1.0)
+    with pytest.raises(TypeError, match=r"agent 'custom-options-for-tests' needs rank="):
+        agents.make("custom-options-for-tests")
+    assert isinstance(agents.make("custom-options-for-tests", rank=1), TruthAgent)
+    agents.register("any-options-for-tests", lambda **kwargs: TruthAgent(np.zeros((2, 1))), overwrite=True)
+    assert agents.registry.options("any-options-for-tests") is None  # **kwargs: anything may be valid
+    agents.make("any-options-for-tests", whatever=1)
+
+
+@pytest.mark.parametrize("name", ["pooled", "independent", "p-sharelora", "loco-prs", "oracle-subspace", "full-rank"])
+def test_help_of_make_states_every_default_of_the_built_ins(name):
+    """Every option of a built-in agent with a default appears in ``help(agents.make)`` as
+    ``option=default``, so the documentation cannot drift from the code."""
+    documentation = " ".join(agents.make.__doc__.split())
+    for option, default in agents.registry.options(name).items():
+        if default is inspect.Parameter.empty:
+            assert f"``{option}=``" in documentation, option
+        else:
+            text = f'"{default}"' if isinstance(default, str) else repr(default)
+            assert f"``{option}={text}``" in documentation, (option, text)
+    assert agents.registry.options(name)["pessimism"] == "exact" and agents.registry.takes(name, "seed")
 
 
 def test_register_validates_and_refuses_silent_overwrites():

@@ -406,3 +406,31 @@ def test_a_loose_tolerance_still_fits_the_joint_rank_r_model(estimator):
     joint = fitted.diagnostics["joint"]
     assert joint["iterations"] + joint.get("quasi_newton_steps", 0) > 0
     assert joint["relative_gradient_norm"] <= 1e-4
+
+
+def test_ridge_selection_names_each_candidates_convergence_warning_and_records_every_candidate(monkeypatch):
+    """Candidates below lambda = 1 get one Newton step (a genuine, unconverged solve); their
+    ConvergenceWarnings must name them, and the diagnostics must show which candidates stopped
+    short, not only the final fit."""
+    real = agents.estimators.fit_logistic
+
+    def one_step_for_small_ridges(*args, ridge, **kwargs):
+        return real(*args, ridge=ridge, max_iter=1 if ridge < 1 else 100, **kwargs)
+
+    monkeypatch.setattr(agents.estimators, "fit_logistic", one_step_for_small_ridges)
+    mdp, _, dataset = make_world("dense", seed=4, n_pairs=60)
+    with pytest.warns(agents.ConvergenceWarning) as caught:
+        estimator = IndependentMLE(seed=0).fit(dataset, mdp)
+    messages = [str(warning.message) for warning in caught if warning.category is agents.ConvergenceWarning]
+    labelled = {message.split(":")[0] for message in messages}
+    expected = {"ridge selection, candidate lambda=0.1", "ridge selection, candidate lambda=0.01"}
+    if estimator.ridge_ < 1:
+        expected.add(f"fit with the selected ridge lambda={estimator.ridge_:g}")
+    assert labelled == expected
+    candidates = estimator.diagnostics["ridge_selection"]
+    assert sorted(candidates) == sorted(agents.DEFAULT_RIDGE_GRID)
+    for ridge, record in candidates.items():
+        assert record["coordinates"]["converged"] is (ridge >= 1), ridge
+        assert record["coordinates"]["iterations"] <= (1 if ridge < 1 else 100)
+        assert record["held_out_log_likelihood"] == estimator.ridge_scores_[ridge]
+    assert estimator.diagnostics["coordinates"]["converged"] is (estimator.ridge_ >= 1)

@@ -9,7 +9,14 @@ from scipy import stats
 
 import lr_mdp_experiments as experiments
 from lr_mdp_experiments.cli import build_parser, main, results_table
-from lr_mdp_experiments.plots import log_log_slope, panel_columns, plot_results, summarise
+from lr_mdp_experiments.plots import (
+    bootstrap_slope_interval,
+    log_log_slope,
+    panel_columns,
+    plot_results,
+    results_figure,
+    summarise,
+)
 
 
 def _synthetic_results(slopes: dict[str, float], replicates: int = 3) -> pd.DataFrame:
@@ -68,8 +75,9 @@ def test_plot_writes_a_png_with_the_fitted_slopes_in_the_legend(tmp_path, monkey
     monkeypatch.setattr(matplotlib.axes.Axes, "plot", recording_plot)
     path = plot_results(_synthetic_results({"a": -0.5, "b": -1.0}), tmp_path / "figure.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # Replicate factors are the same at every x, so the mean is exactly c' x^slope: slopes are exact.
-    assert labels.count("a  slope -0.50 ± 0.00") == 2 and labels.count("b  slope -1.00 ± 0.00") == 2
+    # Replicate factors are the same at every x, so every resample's mean is exactly c' x^slope:
+    # the slopes and their bootstrap intervals are exact.
+    assert labels.count("a  slope -0.50 [-0.50, -0.50]") == 2 and labels.count("b  slope -1.00 [-1.00, -1.00]") == 2
 
 
 def test_plot_refuses_unknown_metrics(tmp_path):
@@ -181,3 +189,88 @@ def test_a_sweep_with_failed_cells_exits_with_status_1(tmp_path, tiny_config_tex
     config.write_text(tiny_config_text(plugins=True, extra='[[agents]]\nname = "fragile"\n'))
     assert main(["sweep", str(config), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 1
     assert "2 cell(s) failed:" in capsys.readouterr().out
+
+
+def test_the_slope_interval_is_the_bootstrap_over_replicates_of_the_slow_tests():
+    """The same computation as the slow statistical tests' (replicates resampled jointly across
+    sizes, 2000 draws, percentiles 2.5 and 97.5), rebuilt here from its definition."""
+    rng = np.random.default_rng(1)
+    x = np.array([25.0, 50.0, 100.0, 200.0])
+    rows = 2.0 * x[:, None] ** -0.5 * np.exp(rng.normal(0.0, 0.3, (4, 6)))
+    picks = np.random.default_rng(0).integers(6, size=(2000, 6))
+    slopes = np.polyfit(np.log(x), np.log(rows[:, picks].mean(axis=2)), 1)[0]
+    expected = np.percentile(slopes, [2.5, 97.5])
+    low, high = bootstrap_slope_interval(x, rows)
+    assert (low, high) == pytest.approx(tuple(expected), abs=1e-12)
+    assert low < log_log_slope(x, rows.mean(axis=1))[0] < high
+    # One replicate, or a missing one everywhere: no interval.
+    assert np.isnan(bootstrap_slope_interval(x, rows[:, :1])[0])
+
+
+def test_replicates_are_resampled_jointly_across_sizes():
+    """Two worlds with slopes -0.4 and -0.6 and constants 1 and 10: every mixture of the two has a
+    log-log slope between -0.6 and -0.4; resampling each size on its own would mix a size's
+    large constant with another's small one and leave that range."""
+    x = np.array([10.0, 100.0, 1000.0])
+    rows = np.column_stack([x**-0.4, 10 * x**-0.6, x**-0.4, 10 * x**-0.6])
+    low, high = bootstrap_slope_interval(x, rows)
+    assert -0.6 <= low < high <= -0.4
+    with_gap = rows.copy()
+    with_gap[1, 0] = np.nan  # a failed cell: that replicate is left out at that size only
+    assert np.isfinite(bootstrap_slope_interval(x, with_gap)).all()
+
+
+def test_bands_are_clipped_to_the_metrics_range():
+    rows = []
+    for setting, x in enumerate((25, 50, 100)):
+        for replicate, covered in enumerate((1.0, 1.0, 0.0, 1.0)):  # mean 0.75, t-band wider than 0.25
+            rows.append({"cell_id": f"{setting}-{replicate}", "setting": setting, "agent": "a", "agent_index": 0,
+                         "replicate": replicate, "n_pairs_per_user": x, "status": "ok", "error": "",
+                         "coverage": covered, "subspace_distance": 1.0 - covered})
+    table = pd.DataFrame(rows)
+    assert summarise(table, "coverage", "n_pairs_per_user")["half_width"].iloc[0] > 0.25
+    for metric in ("coverage", "subspace_distance"):
+        figure = results_figure(table, metric=metric, loglog=False)
+        band = figure.axes[0].collections[0].get_paths()[0].vertices[:, 1]
+        assert band.min() >= 0.0 and band.max() <= 1.0 and band.max() - band.min() > 0.5
+
+
+def test_coinciding_curves_stay_visible():
+    """Two agents with identical numbers (same estimate, different planner): different markers
+    and line styles, and x positions dodged apart, on log and linear axes."""
+    table = _synthetic_results({"a": -0.5})
+    twin = table.assign(agent="twin", agent_index=1, cell_id=table["cell_id"] + "-twin")
+    both = pd.concat([table, twin], ignore_index=True)
+    for loglog in (True, False):
+        lines = [line for line in results_figure(both, loglog=loglog).axes[0].get_lines() if line.get_label()[0] != "_"]
+        first, second = lines
+        np.testing.assert_array_equal(first.get_ydata(), second.get_ydata())
+        assert first.get_marker() != second.get_marker()
+        assert np.all(np.asarray(first.get_xdata()) < np.asarray(second.get_xdata()))
+        ratio = np.asarray(second.get_xdata()) / np.asarray(first.get_xdata())
+        assert np.all(ratio < 1.1)  # close to the true x: a dodge, not a move
+
+
+def test_plot_command_titles_its_figures_with_the_sweeps_name(tmp_path, tiny_config_text, monkeypatch, capsys):
+    import lr_mdp_experiments.cli as cli
+
+    config = experiments.parse_config(tiny_config_text())
+    experiments.run_sweep(config, tmp_path, engine="serial")
+    titles = []
+    real = cli.plot_results
+
+    def recording(*args, **kwargs):
+        titles.append(kwargs.get("title"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "plot_results", recording)
+    assert main(["plot", str(tmp_path)]) == 0
+    assert main(["plot", str(tmp_path / "results.parquet"), "--out", str(tmp_path / "figures")]) == 0
+    assert titles == ["tiny", "tiny"]
+
+
+def test_plot_help_prints_percent_signs_once(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["plot", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "95% confidence bands" in text and "%%" not in text

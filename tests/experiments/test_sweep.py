@@ -13,7 +13,7 @@ import pytest
 
 import lr_mdp_experiments as experiments
 from lr_mdp_experiments import store as store_module
-from lr_mdp_experiments.cell import METRIC_COLUMNS, cell_seed
+from lr_mdp_experiments.cell import METRIC_COLUMNS, RECORD_COLUMNS, cell_seed
 from lr_mdp_experiments.sweep import ProgressBar
 
 
@@ -118,6 +118,18 @@ def test_results_fall_back_to_csv_without_pyarrow(tmp_path, tiny_config_text, mo
     from_csv = experiments.load_results(summary.table)
     pd.testing.assert_frame_equal(_deterministic(from_csv), _deterministic(experiments.load_results(tmp_path)),
                                   check_dtype=False)
+
+
+def test_a_stale_csv_table_is_removed_when_the_parquet_one_is_written(tmp_path, tiny_config_text, monkeypatch):
+    pytest.importorskip("pyarrow")
+    config = experiments.parse_config(tiny_config_text())
+    monkeypatch.setattr(store_module, "has_pyarrow", lambda: False)
+    experiments.run_sweep(config, tmp_path, engine="serial")
+    assert (tmp_path / "results.csv").exists()
+    monkeypatch.undo()
+    again = experiments.run_sweep(config, tmp_path, engine="serial")  # nothing to run: only the table
+    assert again.ran == 0 and again.table.name == "results.parquet"
+    assert sorted(path.name for path in tmp_path.glob("results.*")) == ["results.parquet"]
 
 
 def test_an_output_directory_of_another_config_is_refused(tmp_path, tiny_config_text):
@@ -229,4 +241,7 @@ def test_a_cell_measures_exactly_the_documented_metrics(tiny_config_text):
     row = experiments.run_cell(config, config.cells()[0])
     measured = set(row) - set(config.settings[0].values()) - {
         "cell_id", "setting", "agent", "agent_name", "agent_index", "replicate", "status", "error", "warnings"}
-    assert measured == set(METRIC_COLUMNS)
+    assert measured == set(METRIC_COLUMNS) | set(RECORD_COLUMNS)
+    # The records: the world's rank and the agent's arguments with "$rank" substituted.
+    p_sharelora = experiments.run_cell(config, config.cells()[2])
+    assert p_sharelora["true_rank"] == 2 and json.loads(p_sharelora["arguments"])["rank"] == 2
