@@ -595,7 +595,9 @@ def test_vector_returns_follow_evaluate_policy():
     finished_returns, finished_users = [], []
     for _ in range(n_steps):
         _, reward, terminated, truncated, info = vector.step(agent.integers(3, size=num_envs))
-        assert not truncated.any()
+        # The entry point's time limit is this model's H = 4, not the registered default H = 5:
+        # it marks exactly the steps that end an episode.
+        np.testing.assert_array_equal(truncated, terminated)
         running += reward
         finished_returns.append(running[terminated])
         finished_users.append(info["user"][terminated])

@@ -112,39 +112,66 @@ def test_make_warns_about_an_unknown_render_mode_before_the_env_rejects_it():
         gym.make("lr_mdp_env/GridWorld-v0", render_mode="no mode")
 
 
+def _episode_flags(env: gym.Env) -> list[tuple[bool, bool]]:
+    """``(terminated, truncated)`` of every step of one episode (action 0 throughout)."""
+    env.reset(seed=SEED)
+    found: list[tuple[bool, bool]] = []
+    while not (found and any(found[-1])):
+        found.append(tuple(env.step(0)[2:4]))
+    return found
+
+
+def _flags(length: int, terminated: bool) -> list[tuple[bool, bool]]:
+    """An episode of ``length`` steps whose last one is truncated (and terminated if it is step H)."""
+    return [(False, False)] * (length - 1) + [(terminated, True)]
+
+
 @pytest.mark.parametrize("env_id", ENV_IDS)
-def test_spec_max_episode_steps_is_the_horizon(env_id):
-    spec = gym.spec(env_id)
+def test_made_spec_reports_the_model_horizon(env_id):
+    # The registry holds no limit (it would cut other horizons); the made env declares its own H.
+    assert gym.spec(env_id).max_episode_steps is None
     env = gym.make(env_id)
     horizon = env.unwrapped.mdp.horizon
-    assert spec.max_episode_steps == horizon and env.spec.max_episode_steps == horizon
+    assert env.spec.max_episode_steps == horizon
     assert _has_wrapper(env, TimeLimit)
-    env.reset(seed=SEED)
-    flags = [env.step(0)[2:4] for _ in range(horizon)]
-    # The model ends every episode at step H; TimeLimit(H) marks the same step truncated.
-    assert flags == [(False, False)] * (horizon - 1) + [(True, True)]
-    assert not _has_wrapper(gym.make(env_id, max_episode_steps=-1), TimeLimit)
+    # The model ends every episode at step H; the entry point's TimeLimit(H) marks the same step truncated.
+    assert _episode_flags(env) == _flags(horizon, terminated=True)
+    # max_episode_steps=-1 drops only the limit gym.make would add: the entry point's stays.
+    unlimited = gym.make(env_id, max_episode_steps=-1)
+    assert unlimited.spec.max_episode_steps == horizon and _episode_flags(unlimited) == _flags(horizon, terminated=True)
 
 
-def test_another_horizon_needs_its_own_time_limit():
-    default = gym.spec("lr_mdp_env/Chain-v0").max_episode_steps
+#: The ids whose builder takes ``horizon`` (the bandit has H = 1).
+HORIZON_IDS = [env_id for env_id in ENV_IDS if "horizon" in gym.spec(env_id).kwargs]
 
-    def flags(env):
-        env.reset(seed=SEED)
-        found = []
-        while not (found and (found[-1][0] or found[-1][1])):
-            found.append(env.step(0)[2:4])
-        return found
 
-    # As documented: the spec's limit is the default H, so a longer horizon needs max_episode_steps.
-    longer = default + 2
-    assert flags(gym.make("lr_mdp_env/Chain-v0", horizon=longer, max_episode_steps=longer))[-1] == (True, True)
-    assert len(flags(gym.make("lr_mdp_env/Chain-v0", horizon=longer, max_episode_steps=longer))) == longer
-    assert len(flags(gym.make("lr_mdp_env/Chain-v0", horizon=longer, max_episode_steps=-1))) == longer
-    cut = flags(gym.make("lr_mdp_env/Chain-v0", horizon=longer))
-    assert len(cut) == default and cut[-1] == (False, True)
-    vector = gym.make_vec("lr_mdp_env/Chain-v0", num_envs=2, horizon=longer, max_episode_steps=longer)
-    assert vector.max_episode_steps == longer
+@pytest.mark.parametrize("env_id", HORIZON_IDS)
+@pytest.mark.parametrize("change", [-2, 3], ids=["shorter", "longer"])
+@pytest.mark.parametrize("max_episode_steps", [None, -1, "H - 1", "H", "H + 2"])
+def test_every_horizon_lasts_its_own_length(env_id, change, max_episode_steps):
+    horizon = gym.spec(env_id).kwargs["horizon"] + change
+    # The limit given to gym.make: none, none at all (-1), or one relative to this horizon.
+    limit = {None: None, -1: -1, "H - 1": horizon - 1, "H": horizon, "H + 2": horizon + 2}[max_episode_steps]
+    given = {} if limit is None else {"max_episode_steps": limit}
+    env = gym.make(env_id, horizon=horizon, **given)
+    assert env.unwrapped.mdp.horizon == horizon
+    # An episode lasts H steps unless the user asked for a shorter limit, which cuts it there.
+    cut = limit is not None and 0 < limit < horizon
+    flags = _episode_flags(env)
+    assert flags == (_flags(limit, terminated=False) if cut else _flags(horizon, terminated=True))
+    # The spec reports the limit in force: this model's H, or the one the user gave.
+    assert env.spec.max_episode_steps == (horizon if limit in (None, -1) else limit)
+    # The spec rebuilds an environment whose episodes end at the same step with the same flags.
+    assert _episode_flags(gym.make(env.spec)) == flags
+    assert _episode_flags(gym.make(EnvSpec.from_json(env.spec.to_json()))) == flags
+    # make_vec follows the same limit, with its vector entry point and with SyncVectorEnv.
+    for mode in ("vector_entry_point", "sync"):
+        envs = gym.make_vec(env_id, num_envs=2, vectorization_mode=mode, horizon=horizon, **given)
+        envs.reset(seed=SEED)
+        for step, expected in enumerate(flags):
+            _, _, terminated, truncated, _ = envs.step(np.zeros(2, dtype=np.int64))
+            assert terminated.tolist() == [expected[0]] * 2 and truncated.tolist() == [expected[1]] * 2, (mode, step)
+        envs.close()
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
@@ -160,6 +187,20 @@ def test_time_aware_observation_counts_the_steps(env_id, observation):
         assert observation_["time"] == step and observation_ in env.observation_space
         # The time Gymnasium counts is the one the model puts in the observation.
         assert int(env.unwrapped.decode(observation_["obs"])[0]) == step
+
+
+@pytest.mark.parametrize("env_id", HORIZON_IDS)
+@pytest.mark.parametrize("change", [-2, 3], ids=["shorter", "longer"])
+def test_time_aware_observation_normalises_by_the_made_horizon(env_id, change):
+    horizon = gym.spec(env_id).kwargs["horizon"] + change
+    env = TimeAwareObservation(gym.make(env_id, horizon=horizon), flatten=False, normalize_time=True)
+    assert env.max_timesteps == horizon
+    observation, _ = env.reset(seed=SEED)
+    times = [observation["time"]]
+    for _ in range(horizon):
+        times.append(env.step(0)[0]["time"])
+    # The time reaches 1 exactly at the model's last observation, h = H.
+    np.testing.assert_allclose(np.concatenate(times), np.arange(horizon + 1) / horizon, rtol=1e-6)
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
@@ -212,7 +253,7 @@ def _labels(env, n_episodes: int, seed: int) -> list:
 
 
 def test_preference_feedback_records_its_arguments_and_is_rebuilt_from_the_spec():
-    horizon = gym.spec("lr_mdp_env/Chain-v0").max_episode_steps
+    horizon = gym.spec("lr_mdp_env/Chain-v0").kwargs["horizon"]
     reference = (np.zeros(horizon, dtype=np.int64), np.ones(horizon, dtype=np.int64))
     teacher = Teacher(beta=2.0, mistake=0.1, equal=0.01)
     for kwargs in ({"teacher": teacher}, {"teacher": teacher, "reference": reference}, {}):
@@ -283,15 +324,24 @@ def test_make_vec_with_spec(env_id, kwargs):
     recreated.close()
 
 
-def test_vector_entry_point_gets_the_spec_time_limit():
-    envs = gym.make_vec("lr_mdp_env/Chain-v0", num_envs=2, vectorization_mode="vector_entry_point")
-    assert envs.max_episode_steps == gym.spec("lr_mdp_env/Chain-v0").max_episode_steps
-    shorter = gym.make_vec("lr_mdp_env/Chain-v0", num_envs=2, vectorization_mode="vector_entry_point", max_episode_steps=3)
-    assert shorter.max_episode_steps == 3
+def test_vector_entry_point_truncates_at_the_horizon_or_earlier():
+    horizon = gym.spec("lr_mdp_env/Chain-v0").kwargs["horizon"]
+
+    def vector(**kwargs):
+        return gym.make_vec("lr_mdp_env/Chain-v0", num_envs=2, vectorization_mode="vector_entry_point", **kwargs)
+
+    assert vector().max_episode_steps == horizon
+    assert vector(horizon=horizon + 4).max_episode_steps == horizon + 4
+    assert vector(max_episode_steps=3).max_episode_steps == 3
+    # As for the copies of gym.make: a limit beyond H never fires, -1 means no limit but H.
+    assert vector(max_episode_steps=horizon + 5).max_episode_steps == horizon
+    assert vector(max_episode_steps=-1).max_episode_steps == horizon
     with pytest.raises(ValueError, match="max_episode_steps must be at least 1"):
-        gym.make_vec("lr_mdp_env/Chain-v0", vectorization_mode="vector_entry_point", max_episode_steps=0)
+        vector(max_episode_steps=0)
+    with pytest.raises(TypeError, match="max_episode_steps must be an integer"):
+        vector(max_episode_steps=2.5)
     with pytest.raises(ValueError, match="render_mode must be None or one of"):
-        gym.make_vec("lr_mdp_env/Chain-v0", vectorization_mode="vector_entry_point", render_mode="no mode")
+        vector(render_mode="no mode")
 
 
 # -- the vector environment against SyncVectorEnv ------------------------------------------------

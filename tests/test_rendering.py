@@ -225,7 +225,7 @@ def test_record_video_of_an_episode(env_id, tmp_path):
         decoded = [frame.astype(float) for frame in clip.iter_frames()]
     finally:
         clip.close()
-    horizon = gym.spec(env_id).max_episode_steps
+    horizon = env.spec.max_episode_steps
     assert len(decoded) == horizon + 1 == len(rendered)
     assert decoded[0].shape == rendered[0].shape
     # The codec is lossy, so each decoded frame is identified with its rendered frame: it is

@@ -15,6 +15,8 @@ from functools import partial
 from typing import Any, Callable
 
 import gymnasium as gym
+import numpy as np
+from gymnasium.wrappers import TimeLimit
 
 from .._validation import check_int
 from ..families import advancing_actions  # noqa: F401  (still importable from here)
@@ -67,26 +69,45 @@ def build_world(builder: Callable[..., World], family: str, model_kwargs: dict[s
     return world, partial(LAYOUTS[family], world.mdp, dict(arguments.arguments))
 
 
-def _env_factory(builder: Callable[..., World], family: str, name: str) -> Callable[..., TabularPreferenceEnv]:
+def _env_factory(builder: Callable[..., World], family: str, name: str) -> Callable[..., TimeLimit]:
     def factory(
         *, user: int = 0, reward_visible: bool = True, observation: str = "discrete",
         render_mode: str | None = None, **model_kwargs: Any,
-    ) -> TabularPreferenceEnv:
+    ) -> TimeLimit:
         (mdp, rewards), layout = build_world(builder, family, model_kwargs)
-        return TabularPreferenceEnv(
+        env = TabularPreferenceEnv(
             mdp, rewards, user=user, reward_visible=reward_visible, observation=observation,
             render_mode=render_mode, layout=layout,
         )
+        # H depends on the kwargs, so the limit is set here rather than in the registry.
+        return TimeLimit(env, mdp.horizon)
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = (
         f"``TabularPreferenceEnv`` of :func:`{builder.__name__}` (its keyword arguments), for user "
-        "``user`` with ``reward_visible``, ``observation`` and ``render_mode``."
+        "``user`` with ``reward_visible``, ``observation`` and ``render_mode``, in ``TimeLimit(H)`` "
+        "of its own horizon ``H`` (see :func:`register_envs`)."
     )
     # gym.make reads the render modes from the entry point's metadata: it applies
     # HumanRendering for "human" and RenderCollection for "<mode>_list" from them.
     factory.metadata = TabularPreferenceEnv.metadata  # type: ignore[attr-defined]
     return factory
+
+
+def _truncation_step(max_episode_steps: Any, horizon: int) -> int:
+    """The step at which copies of ``gym.make(id, max_episode_steps=...)`` are truncated.
+
+    The entry point's ``TimeLimit(H)`` ends every episode at ``H``; ``gym.make`` adds
+    ``TimeLimit(max_episode_steps)``, which only cuts earlier, unless it is ``None`` or ``-1``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        If ``max_episode_steps`` is not ``None``, ``-1`` or a positive integer.
+    """
+    if max_episode_steps is None or (isinstance(max_episode_steps, (int, np.integer)) and max_episode_steps == -1):
+        return horizon
+    return min(check_int("max_episode_steps", max_episode_steps, minimum=1), horizon)
 
 
 def _vector_factory(builder: Callable[..., World], family: str, name: str) -> Callable[..., TabularPreferenceVectorEnv]:
@@ -101,15 +122,16 @@ def _vector_factory(builder: Callable[..., World], family: str, name: str) -> Ca
         return TabularPreferenceVectorEnv(
             mdp, rewards, num_envs, users=chosen, reward_visible=reward_visible,
             observation=observation, autoreset_mode=autoreset_mode,
-            max_episode_steps=max_episode_steps, render_mode=render_mode, layout=layout,
+            max_episode_steps=_truncation_step(max_episode_steps, mdp.horizon), render_mode=render_mode,
+            layout=layout,
         )
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = (
         f"``TabularPreferenceVectorEnv`` of :func:`{builder.__name__}` (its keyword arguments): "
         "sub-environment ``k`` follows ``users[k]``, or ``user`` everywhere, or user ``k % N``; "
-        "``max_episode_steps`` (``gym.make_vec`` passes the spec's) and ``render_mode`` as for "
-        "``TabularPreferenceVectorEnv``."
+        "episodes are truncated at ``H``, or at ``max_episode_steps`` if earlier, as the copies "
+        "of ``gym.make`` are; ``render_mode`` as for ``TabularPreferenceVectorEnv``."
     )
     return factory
 
@@ -150,21 +172,17 @@ def default_kwargs(builder: Callable[..., World]) -> dict[str, Any]:
     return kwargs
 
 
-def default_horizon(builder: Callable[..., World]) -> int:
-    """``H`` of the builder's default model: its ``horizon`` default (the bandit has ``H = 1``)."""
-    parameter = inspect.signature(builder).parameters.get("horizon")
-    return 1 if parameter is None else int(parameter.default)
-
-
 def register_envs() -> None:
     """Register the five environment ids (idempotent: a second call changes nothing).
 
-    Each spec's ``max_episode_steps`` is the default model's horizon ``H``, the length of every
-    episode, so that ``gym.make`` adds ``TimeLimit(H)`` (which also marks the last step
-    ``truncated``) and wrappers that need the episode length (``TimeAwareObservation``) find it.
-    A ``horizon`` other than the default needs ``max_episode_steps=horizon`` (or ``-1``, no
-    limit) in ``gym.make`` and ``gym.make_vec``, as for any Gymnasium id whose kwargs change the
-    episode length: the spec's limit would otherwise cut longer episodes short.
+    The registered specs have no ``max_episode_steps``: the episode length ``H`` depends on the
+    kwargs (``horizon``), and a registered limit would make ``gym.make`` add a ``TimeLimit``
+    that cuts every longer horizon at the default one. The entry points add ``TimeLimit(H)`` of
+    the model they build instead, so every episode lasts exactly its own ``H`` steps (the last
+    one ``terminated`` and ``truncated``), ``gym.make(id, **kwargs).spec.max_episode_steps`` is
+    that ``H`` (``TimeAwareObservation`` reads it), and ``gym.make(env.spec)``, which adds
+    another ``TimeLimit(H)`` since the spec declares ``H``, returns the same steps.
+    ``max_episode_steps=k`` in ``gym.make`` or ``gym.make_vec`` cuts episodes at step ``k < H``.
     """
     module = __name__
     for name, (builder, factory) in FAMILIES.items():
@@ -177,9 +195,8 @@ def register_envs() -> None:
             id=env_id,
             entry_point=entry_point,
             vector_entry_point=f"{module}:{factory}_vector",
-            max_episode_steps=default_horizon(builder),
             kwargs=default_kwargs(builder),
         )
 
 
-__all__ = ["ENV_IDS", "FAMILIES", "LAYOUTS", "NAMESPACE", "World", "build_world", "default_horizon", "default_kwargs", "register_envs"]
+__all__ = ["ENV_IDS", "FAMILIES", "LAYOUTS", "NAMESPACE", "World", "build_world", "default_kwargs", "register_envs"]

@@ -256,10 +256,11 @@ class TabularPreferenceEnv(gym.Env):
     ``reward_visible=False``.
 
     ## Episode End
-    ``terminated=True`` after the ``H``-th step. The environment never truncates; the
-    registered ids' specs have ``max_episode_steps = H``, so ``gym.make`` adds
-    ``TimeLimit(H)``, which marks the same last step ``truncated``. Stepping after the end, or
-    before the first :meth:`reset`, raises :class:`gymnasium.error.ResetNeeded`.
+    ``terminated=True`` after the ``H``-th step. The environment itself never truncates; the
+    registered ids' entry points wrap it in ``TimeLimit(H)`` of its own horizon (whatever
+    ``horizon`` is given), which marks the same last step ``truncated`` and makes
+    ``gym.make(...).spec.max_episode_steps`` that ``H``. Stepping after the end, or before the
+    first :meth:`reset`, raises :class:`gymnasium.error.ResetNeeded`.
 
     ## Information
     ``reset`` and ``step`` return ``{"user": i, "time": h, "state": s}`` for the new state.

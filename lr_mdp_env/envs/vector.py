@@ -79,10 +79,11 @@ class TabularPreferenceVectorEnv(VectorEnv):
     observation : {"discrete", "multi_discrete"}, default "discrete"
     autoreset_mode : AutoresetMode or str, default AutoresetMode.NEXT_STEP
     max_episode_steps : int, optional
-        Truncate an episode after this many steps (``truncated=True``), as the ``TimeLimit``
-        wrapper that ``gym.make`` adds to each copy of ``SyncVectorEnv`` does; default none.
-        ``gym.make_vec`` passes the spec's value, ``H``: the last step of every episode is then
-        both terminated and truncated, exactly as with ``gym.make``.
+        Truncate an episode after this many steps (``truncated=True``), as a ``TimeLimit``
+        wrapper around each copy of ``SyncVectorEnv`` does; default none. The registered vector
+        entry points pass ``H``, or ``gym.make_vec``'s ``max_episode_steps`` if it is earlier:
+        the copies of ``gym.make`` are truncated there (the last step of a full episode is both
+        terminated and truncated).
     render_mode : {None, "ansi", "rgb_array"}, default None
         :meth:`render` returns one rendering per sub-environment, as ``SyncVectorEnv`` does
         (frames as :class:`TabularPreferenceEnv` draws them).
