@@ -19,6 +19,7 @@ gradient norm at least fourfold; the Fisher matrix they return is formed anew at
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -73,7 +74,11 @@ class LogisticFit:
 
 
 class _PaddedProblems:
-    """Samples of ``B`` problems, sorted by problem and zero-padded to ``(B, n_max, ...)``."""
+    """Samples of ``B`` problems, sorted by problem and zero-padded to ``(B, n_max, ...)``.
+
+    The layout (labels, offsets, mask) is built once; :meth:`with_features` puts other features
+    of the same samples into it, for callers that solve the same problems with changing features.
+    """
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                  offsets: np.ndarray, n_problems: int) -> None:
@@ -81,22 +86,34 @@ class _PaddedProblems:
         counts = np.bincount(groups, minlength=n_problems)
         n_max = max(int(counts.max(initial=0)), 1)
         position = np.arange(groups.size) - np.repeat(np.cumsum(counts) - counts, counts)
-        rows, cols = groups[order], position
-        k = features.shape[1]
-        if groups.size == n_problems * n_max and np.all(np.diff(groups) >= 0):
-            # Already laid out (rows sorted by problem, equal counts, e.g. a single problem): a view,
-            # not a copy of what may be a large design.
-            self.features = features.reshape(n_problems, n_max, k)
-        else:
-            self.features = np.zeros((n_problems, n_max, k))
-            self.features[rows, cols] = features[order]
-        self.labels = np.zeros((n_problems, n_max))
-        self.labels[rows, cols] = labels[order]
-        self.offsets = np.zeros((n_problems, n_max))
-        self.offsets[rows, cols] = offsets[order]
-        self.mask = np.zeros((n_problems, n_max))
-        self.mask[rows, cols] = 1.0
+        self._order, self._rows, self._cols = order, groups[order], position
+        # Rows sorted by problem with equal counts (e.g. a single problem) are viewed, not copied.
+        self._laid_out = groups.size == n_problems * n_max and bool(np.all(np.diff(groups) >= 0))
+        self._shape = (n_problems, n_max)
+        self.features = self._padded_features(features)
+        self.labels = self._padded(labels)
+        self.offsets = self._padded(offsets)
+        self.mask = self._padded(np.ones(groups.size))
         self.counts = counts
+
+    def _padded(self, values: np.ndarray) -> np.ndarray:
+        padded = np.zeros(self._shape)
+        padded[self._rows, self._cols] = values[self._order]
+        return padded
+
+    def _padded_features(self, features: np.ndarray) -> np.ndarray:
+        k = features.shape[1]
+        if self._laid_out:  # a view, not a copy of what may be a large design
+            return features.reshape(*self._shape, k)
+        padded = np.zeros(self._shape + (k,))
+        padded[self._rows, self._cols] = features[self._order]
+        return padded
+
+    def with_features(self, features: np.ndarray) -> _PaddedProblems:
+        """The same samples (labels, offsets, problems) with other features ``(n, k')``."""
+        problems = copy.copy(self)
+        problems.features = self._padded_features(features)
+        return problems
 
     def logits(self, beta: float, theta: np.ndarray) -> np.ndarray:
         return self.offsets + beta * _apply(self.features, theta)
@@ -104,6 +121,11 @@ class _PaddedProblems:
     def objective(self, beta: float, ridge: np.ndarray, theta: np.ndarray) -> np.ndarray:
         losses = bernoulli_losses(self.logits(beta, theta), self.labels) * self.mask
         return losses.sum(axis=1) + 0.5 * ridge * np.sum(theta**2, axis=1)
+
+    def gradient(self, beta: float, ridge: np.ndarray, theta: np.ndarray, eta: np.ndarray) -> np.ndarray:
+        """``grad f_b(theta_b)`` for every problem, given the logits ``eta`` at ``theta``."""
+        residual = (expit(eta) - self.labels) * self.mask
+        return beta * _apply_transposed(self.features, residual) + ridge[:, None] * theta
 
 
 def fit_logistic(
@@ -199,50 +221,10 @@ def fit_logistic(
         raise ValueError(f"initial must have shape ({n_problems}, {k}), got {theta.shape}")
 
     problems = _PaddedProblems(features, labels, groups, offsets, n_problems)
-    dual = problems.features.shape[1] < k
-    gram = problems.features @ problems.features.transpose(0, 2, 1) if dual else None
-
-    def gradient(theta: np.ndarray, eta: np.ndarray) -> np.ndarray:
-        residual = (expit(eta) - problems.labels) * problems.mask
-        return beta * _apply_transposed(problems.features, residual) + ridge[:, None] * theta
-
     zero = np.zeros_like(theta)
-    initial_gradient = np.linalg.norm(gradient(zero, problems.logits(beta, zero)), axis=1)
+    initial_gradient = np.linalg.norm(problems.gradient(beta, ridge, zero, problems.logits(beta, zero)), axis=1)
     threshold = tol * np.maximum(initial_gradient, 1.0)
-    objective = problems.objective(beta, ridge, theta)
-    iterations = 0
-    # Large primal problems keep the Cholesky factor of their last Hessian while the steps it gives
-    # shrink the gradient fast (see _CHORD_CONTRACTION): forming a k x k Hessian from n samples
-    # costs n k^2, a step with a stored factor n k + k^2.
-    reuse_hessians = gram is None and k >= _SYMMETRIC_UPDATE_MIN_DIMENSION
-    factors: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
-    single_features: dict[int, np.ndarray] = {}
-    previous_norm = np.full(n_problems, np.inf)
-    while True:
-        eta = problems.logits(beta, theta)
-        grad = gradient(theta, eta)
-        grad_norm = np.linalg.norm(grad, axis=1)
-        active = np.flatnonzero(grad_norm > threshold)
-        if active.size == 0 or iterations >= max_iter:
-            break
-        iterations += 1
-        weights = expit(eta[active]) * expit(-eta[active]) * problems.mask[active] * beta**2
-        if reuse_hessians:
-            step = np.empty((active.size, k))
-            for position, problem in enumerate(active):
-                if problem not in factors or grad_norm[problem] > _CHORD_CONTRACTION * previous_norm[problem]:
-                    if problem not in single_features:
-                        single_features[problem] = problems.features[problem].astype(np.float32)
-                    factors[problem] = _hessian_solver(single_features[problem], problems.features[problem],
-                                                       weights[position], ridge[problem])
-                step[position] = factors[problem](grad[problem])
-            previous_norm[active] = grad_norm[active]
-        else:
-            step = _newton_direction(problems.features[active], weights, ridge[active], grad[active],
-                                     None if gram is None else gram[active])
-        theta[active], objective[active] = _backtrack(
-            problems, beta, ridge, theta[active], objective[active], active, step, grad[active]
-        )
+    theta, grad_norm, iterations = _newton(problems, beta, ridge, theta, threshold, max_iter)
 
     converged = grad_norm <= threshold
     if not np.all(converged):
@@ -269,6 +251,50 @@ def fit_logistic(
         iterations=iterations,
         converged=converged,
     )
+
+
+def _newton(problems: _PaddedProblems, beta: float, ridge: np.ndarray, theta: np.ndarray, threshold: np.ndarray,
+            max_iter: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Damped Newton steps on every problem whose gradient norm is above its ``threshold``, until
+    none is or after ``max_iter`` steps; returns ``(theta, gradient norms, steps)`` (``theta`` is
+    updated in place)."""
+    k = theta.shape[1]
+    dual = problems.features.shape[1] < k
+    gram = problems.features @ problems.features.transpose(0, 2, 1) if dual else None
+    objective = problems.objective(beta, ridge, theta)
+    iterations = 0
+    # Large primal problems keep the Cholesky factor of their last Hessian while the steps it gives
+    # shrink the gradient fast (see _CHORD_CONTRACTION): forming a k x k Hessian from n samples
+    # costs n k^2, a step with a stored factor n k + k^2.
+    reuse_hessians = gram is None and k >= _SYMMETRIC_UPDATE_MIN_DIMENSION
+    factors: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
+    single_features: dict[int, np.ndarray] = {}
+    previous_norm = np.full(theta.shape[0], np.inf)
+    while True:
+        eta = problems.logits(beta, theta)
+        grad = problems.gradient(beta, ridge, theta, eta)
+        grad_norm = np.linalg.norm(grad, axis=1)
+        active = np.flatnonzero(grad_norm > threshold)
+        if active.size == 0 or iterations >= max_iter:
+            return theta, grad_norm, iterations
+        iterations += 1
+        weights = expit(eta[active]) * expit(-eta[active]) * problems.mask[active] * beta**2
+        if reuse_hessians:
+            step = np.empty((active.size, k))
+            for position, problem in enumerate(active):
+                if problem not in factors or grad_norm[problem] > _CHORD_CONTRACTION * previous_norm[problem]:
+                    if problem not in single_features:
+                        single_features[problem] = problems.features[problem].astype(np.float32)
+                    factors[problem] = _hessian_solver(single_features[problem], problems.features[problem],
+                                                       weights[position], ridge[problem])
+                step[position] = factors[problem](grad[problem])
+            previous_norm[active] = grad_norm[active]
+        else:
+            step = _newton_direction(problems.features[active], weights, ridge[active], grad[active],
+                                     None if gram is None else gram[active])
+        theta[active], objective[active] = _backtrack(
+            problems, beta, ridge, theta[active], objective[active], active, step, grad[active]
+        )
 
 
 def bernoulli_losses(eta: np.ndarray, labels: np.ndarray) -> np.ndarray:
