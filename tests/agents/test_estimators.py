@@ -277,13 +277,47 @@ def test_ridge_rule_picks_the_best_held_out_likelihood(name):
     for ridge in grid:
         refit = ESTIMATORS[name](rewards, ridge=ridge).fit(dataset.subset(train), mdp)
         scores[ridge] = held_out_log_likelihood(refit.theta_hat, z[held], dataset.labels[held], dataset.users[held])
-    assert set(estimator.ridge_scores_) == set(grid)
-    for ridge in grid:
+    # The scan goes from the largest ridge down and stops at the first score below the best so far.
+    scanned = []
+    for ridge in sorted(grid, reverse=True):
+        scanned.append(ridge)
+        if len(scanned) > 1 and scores[ridge] < max(scores[previous] for previous in scanned[:-1]):
+            break
+    assert list(estimator.ridge_scores_) == scanned
+    for ridge in scanned:
         assert estimator.ridge_scores_[ridge] == pytest.approx(scores[ridge], abs=1e-6)
-    assert estimator.ridge_ == max(grid, key=lambda ridge: (scores[ridge], ridge))
+    assert estimator.ridge_ == max(scanned, key=lambda ridge: (scores[ridge], ridge))
     # The final fit uses the chosen ridge on all the data.
     fixed = ESTIMATORS[name](rewards, ridge=estimator.ridge_).fit(dataset, mdp)
     np.testing.assert_allclose(estimator.theta_hat, fixed.theta_hat, atol=1e-7)
+
+
+def test_ridge_scan_stops_at_the_first_downturn_unless_asked_not_to():
+    """A scripted estimator whose held-out scores rise, fall, then rise again: the scan stops at the
+    fall (the later, better candidate is not fitted); with ``stop_at_downturn=False`` every
+    candidate is fitted and the best one wins."""
+    from agents.tuning import select_ridge
+
+    mdp, rewards, dataset = make_world("one_hot", seed=8, n_pairs=30)
+    data = comparison_data(dataset, mdp)
+    logits = {100.0: 0.0, 10.0: 0.5, 1.0: -0.5, 0.1: 1.0}  # scores follow the (signed) logit size
+
+    class Scripted:
+        fitted: list = []
+
+        def _fit(self, data, ridge):
+            self.fitted.append(ridge)
+            self.ridge = ridge
+
+        def pair_logits(self, held_out):
+            return logits[self.ridge] * (2 * held_out.labels - 1)
+
+    scripted = Scripted()
+    best, scores = select_ridge(scripted, data, tuple(logits), seed=0)
+    assert scripted.fitted == [100.0, 10.0, 1.0] and list(scores) == [100.0, 10.0, 1.0] and best == 10.0
+    scripted.fitted = []
+    best, scores = select_ridge(scripted, data, tuple(logits), seed=0, stop_at_downturn=False)
+    assert scripted.fitted == [100.0, 10.0, 1.0, 0.1] and best == 0.1
 
 
 def test_fixed_ridge_skips_selection(monkeypatch):
