@@ -440,3 +440,36 @@ def test_a_loose_tolerance_still_fits_the_joint_rank_r_model(estimator):
     joint = fitted.diagnostics["joint"]
     assert joint["iterations"] + joint.get("quasi_newton_steps", 0) > 0
     assert joint["relative_gradient_norm"] <= 1e-4
+
+
+# -- full-dimensional fits from sparse features ----------------------------------------------------
+
+@pytest.mark.parametrize("features", ["one_hot", "one_hot_time"])
+@pytest.mark.parametrize("estimator_class", [IndependentMLE, PooledMLE])
+@pytest.mark.parametrize("radius", ["wald", "theory"])
+def test_full_dimensional_fits_in_feature_space_equal_the_coordinate_fits(monkeypatch, features, estimator_class,
+                                                                          radius):
+    """With more than 64 identifiable directions, independent and pooled MLE fit theta = B w from
+    the sparse z_j instead of the dense coordinates B^T z_j. The loss only sees B B^T theta and the
+    ridge keeps the rest at zero, so the estimates, their certificates and the confidence sets
+    (built from coordinates formed on demand) must equal those of the coordinate fit, up to the
+    solver's tolerance (1e-8 relative gradient, ridge 0.5: a distance of at most 1e-8 |g_0| / 0.5)."""
+    import agents.estimators
+
+    mdp = random_mdp(25, 3, 3, features=features, seed=4)  # d = 75 or 225
+    rewards = low_rank_rewards(mdp.n_features, N_USERS, RANK, mdp=mdp, scale=2.0, seed=5)
+    dataset = collect_preferences(mdp, rewards, 40, seed=6)
+    sparse = estimator_class(ridge=0.5, radius=radius).fit(dataset, mdp)
+    assert isinstance(sparse._coordinate_features, agents.estimators._Coordinates)
+    monkeypatch.setattr(agents.estimators, "_DENSE_COORDINATES_MAX", 10**6)
+    dense = estimator_class(ridge=0.5, radius=radius).fit(dataset, mdp)
+    assert isinstance(dense._coordinate_features, np.ndarray)
+    np.testing.assert_allclose(sparse.theta_hat, dense.theta_hat, rtol=0, atol=1e-7)
+    # Both in the identifiable span.
+    np.testing.assert_allclose(sparse.theta_hat @ unidentified(mdp), 0.0, atol=1e-12)
+    assert sparse.diagnostics["coordinates"]["relative_gradient_norm"] <= 1e-8
+    for user in (0, N_USERS - 1):
+        first, second = sparse.confidence_set(user), dense.confidence_set(user)
+        np.testing.assert_allclose(first.center, second.center, rtol=0, atol=1e-7)
+        np.testing.assert_allclose(first.matrix, second.matrix, rtol=1e-6, atol=1e-9)
+        assert first.radius == pytest.approx(second.radius, rel=1e-6)
