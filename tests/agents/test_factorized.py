@@ -154,7 +154,7 @@ def fitted(seed, one_hot, sparse, ridge, balance, rank=2):
 
 
 @pytest.mark.parametrize("seed, one_hot, sparse, ridge, balance", CASES)
-def test_fit_is_a_stationary_point(seed, one_hot, sparse, ridge, balance):
+def test_fit_is_a_stationary_point(seed, one_hot, sparse, ridge, balance, user_layout):
     fit, start, args = fitted(seed, one_hot, sparse, ridge, balance)
     assert fit.converged
     grad = factored_gradient(fit.left, fit.right, *args)
@@ -173,7 +173,7 @@ def test_fit_is_a_stationary_point(seed, one_hot, sparse, ridge, balance):
 
 
 @pytest.mark.parametrize("seed, one_hot, sparse, ridge, balance", CASES)
-def test_stationary_points_are_balanced(seed, one_hot, sparse, ridge, balance):
+def test_stationary_points_are_balanced(seed, one_hot, sparse, ridge, balance, user_layout):
     """``A^T dF/dA - (dF/dB)^T B = ridge D + balance (A^T A D + D B^T B)`` with ``D = A^T A - B^T B``
     (the loss terms cancel), and this map of ``D`` is positive definite: at a stationary point
     ``D = 0``. Its size is bounded by ``(||A|| + ||B||) ||grad F|| / ridge``."""
