@@ -55,7 +55,7 @@ import scipy.sparse.linalg
 from scipy.special import expit
 
 from .logistic import (ConvergenceWarning, _newton, _PaddedProblems, bernoulli_losses,
-                       bernoulli_losses_and_probabilities, fit_logistic)
+                       bernoulli_losses_and_probabilities, fit_logistic, ridged_solve)
 
 _MAX_CG = 20
 # One-hot contexts with sparse features are laid out lifted (_LiftedUserPairs) up to this many
@@ -534,7 +534,7 @@ class _Curvature:
         blocks = p.pairs.context_blocks(self.slope, s.feature_part)
         if p.blockwise:  # one-hot contexts without balancing: r x r blocks, positive definite
             blocks[:, np.arange(r), np.arange(r)] += p.ridge
-            return np.linalg.inv(blocks)
+            return ridged_solve(blocks, np.broadcast_to(np.eye(r), blocks.shape), p.ridge)
         if blocks.ndim == 3:
             dense = np.zeros((d_x * r, d_x * r))
             for group in range(d_x):
@@ -572,7 +572,8 @@ class _Curvature:
         r = p.rank
         blocks = p.pairs.feature_blocks(self.slope, s.left, s.context_part)
         blocks[:, np.arange(r), np.arange(r)] += p.ridge
-        inverse = np.linalg.inv(blocks)  # positive definite: a sum of outer products plus the ridge
+        # positive definite: a sum of outer products plus the ridge
+        inverse = ridged_solve(blocks, np.broadcast_to(np.eye(r), blocks.shape), p.ridge)
         if hidden is None:
             return lambda vectors: (inverse @ vectors[:, :, None])[:, :, 0]
         return lambda vectors: _project_off((inverse @ vectors[:, :, None])[:, :, 0], hidden)
@@ -794,16 +795,7 @@ def _quasi_newton_warm_up(problem: _Bilinear, curvature: _Curvature, hidden: np.
     scaling, steps = 1.0, 0
     refreshed_at = np.linalg.norm(gradient)
     while steps < _QUASI_NEWTON_MAX_STEPS and np.linalg.norm(gradient) > target:
-        # Two-loop recursion: direction = -H gradient with the stored pairs (s, y, 1 / s^T y).
-        direction, alphas = gradient.copy(), []
-        for step_taken, change, rho in reversed(history):
-            alpha = rho * float(step_taken @ direction)
-            direction -= alpha * change
-            alphas.append(alpha)
-        direction = scaling * precondition(direction)
-        for (step_taken, change, rho), alpha in zip(history, reversed(alphas)):
-            direction += (alpha - rho * float(change @ direction)) * step_taken
-        direction = -direction
+        direction = _quasi_newton_direction(gradient, history, scaling, precondition)
         slope = float(gradient @ direction)
         length, accepted = 1.0, None
         for _ in range(30):  # Armijo backtracking; the unit step is accepted almost always
@@ -814,13 +806,9 @@ def _quasi_newton_warm_up(problem: _Bilinear, curvature: _Curvature, hidden: np.
             length *= 0.5
         if accepted is None:
             break
-        step_taken, change = length * direction, accepted[1] - gradient
-        curvature_along = float(step_taken @ change)
-        if curvature_along > 1e-10 * np.linalg.norm(step_taken) * np.linalg.norm(change):
-            history.append((step_taken, change, 1.0 / curvature_along))
-            del history[:-_QUASI_NEWTON_MEMORY]
-            scaling = curvature_along / float(change @ precondition(change))
-        point, steps = point + step_taken, steps + 1
+        scaling = _remembered(history, length * direction, accepted[1] - gradient, precondition,
+                              _QUASI_NEWTON_MEMORY, scaling)
+        point, steps = point + length * direction, steps + 1
         value, gradient = accepted
         if np.linalg.norm(gradient) <= _QUASI_NEWTON_REFRESH * refreshed_at:
             # The iterate has moved far enough for the blocks at the start to be stale: rebuild them
@@ -886,16 +874,7 @@ def _variable_projection(problem: _Bilinear, state: _State, hidden: np.ndarray |
     history: list[tuple[np.ndarray, np.ndarray, float]] = []
     scaling, steps = 1.0, 0
     while steps < _PROJECTED_MAX_STEPS and _norm(grad_left, grad_right) > target:
-        # Two-loop recursion: direction = -H gradient with the stored pairs (s, y, 1 / s^T y).
-        direction, alphas = grad_right.copy(), []
-        for step_taken, change, rho in reversed(history):
-            alpha = rho * float(np.sum(step_taken * direction))
-            direction -= alpha * change
-            alphas.append(alpha)
-        direction = scaling * precondition(direction)
-        for (step_taken, change, rho), alpha in zip(history, reversed(alphas)):
-            direction += (alpha - rho * float(np.sum(change * direction))) * step_taken
-        direction = -direction
+        direction = _quasi_newton_direction(grad_right, history, scaling, precondition)
         slope = float(np.sum(grad_right * direction))
         feature_direction = pairs.project_features(direction)
         length, accepted = 1.0, None
@@ -913,12 +892,8 @@ def _variable_projection(problem: _Bilinear, state: _State, hidden: np.ndarray |
         state, value, residual = accepted
         new_left, new_right = p.gradient_from_passes(state, residual)
         new_right = projected(new_right)
-        step_taken, change = length * direction, new_right - grad_right
-        curvature_along = float(np.sum(step_taken * change))
-        if curvature_along > 1e-10 * np.linalg.norm(step_taken) * np.linalg.norm(change):
-            history.append((step_taken, change, 1.0 / curvature_along))
-            del history[:-_PROJECTED_MEMORY]
-            scaling = curvature_along / float(np.sum(change * precondition(change)))
+        scaling = _remembered(history, length * direction, new_right - grad_right, precondition,
+                              _PROJECTED_MEMORY, scaling)
         grad_left, grad_right, steps = new_left, new_right, steps + 1
         if np.linalg.norm(grad_right) <= _QUASI_NEWTON_REFRESH * refreshed_at:
             # The iterate has moved far enough for the blocks to be stale: rebuild them here (the
@@ -926,6 +901,33 @@ def _variable_projection(problem: _Bilinear, state: _State, hidden: np.ndarray |
             precondition = _Curvature(p, state).preconditioner(hidden)
             refreshed_at = np.linalg.norm(grad_right)
     return p.state(state.left, state.right), steps
+
+
+def _quasi_newton_direction(gradient: np.ndarray, history: list, scaling: float, precondition) -> np.ndarray:
+    """The L-BFGS direction ``-H gradient`` by the two-loop recursion over the stored pairs
+    ``(s, y, 1 / s^T y)``, with ``scaling P^{-1}`` as the initial inverse Hessian."""
+    direction, alphas = gradient.copy(), []
+    for step_taken, change, rho in reversed(history):
+        alpha = rho * float(np.vdot(step_taken, direction))
+        direction -= alpha * change
+        alphas.append(alpha)
+    direction = scaling * precondition(direction)
+    for (step_taken, change, rho), alpha in zip(history, reversed(alphas)):
+        direction += (alpha - rho * float(np.vdot(change, direction))) * step_taken
+    return -direction
+
+
+def _remembered(history: list, step_taken: np.ndarray, change: np.ndarray, precondition, memory: int,
+                scaling: float) -> float:
+    """Store the pair ``(s, y)`` of the last step when ``s^T y > 0`` (which keeps every direction a
+    descent direction), keeping the latest ``memory``; returns the initial scaling
+    ``s^T y / y^T P^{-1} y`` (unchanged when the pair is skipped)."""
+    curvature_along = float(np.vdot(step_taken, change))
+    if curvature_along <= 1e-10 * np.linalg.norm(step_taken) * np.linalg.norm(change):
+        return scaling
+    history.append((step_taken, change, 1.0 / curvature_along))
+    del history[:-memory]
+    return curvature_along / float(np.vdot(change, precondition(change)))
 
 
 def _forcing(gradient_norm: float, scale: float, threshold: float) -> float:

@@ -503,14 +503,30 @@ def _newton_direction(problems: _PaddedProblems, rows: np.ndarray, weights: np.n
         hessian = problems.weighted_gram(weights, rows)
         k = hessian.shape[-1]
         hessian[:, np.arange(k), np.arange(k)] += ridge[:, None]
-        return np.linalg.solve(hessian, grad[..., None])[..., 0]
+        return ridged_solve(hessian, grad[..., None], ridge)[..., 0]
     root = np.sqrt(weights)
     n = root.shape[1]
     inner = root[:, :, None] * gram * root[:, None, :]
     inner[:, np.arange(n), np.arange(n)] += ridge[:, None]
     projected = root * problems.apply(grad, rows)
-    solved = np.linalg.solve(inner, projected[..., None])[..., 0]
+    solved = ridged_solve(inner, projected[..., None], ridge)[..., 0]
     return (grad - problems.apply_transposed(root * solved, rows)) / ridge[:, None]
+
+
+def ridged_solve(matrices: np.ndarray, vectors: np.ndarray, ridge: Any) -> np.ndarray:
+    """``M_b^{-1} V_b`` for symmetric ``M_b = (positive semidefinite) + ridge_b I``, ``(B, m, m)`` and
+    ``(B, m, c)``.
+
+    A batched LU solve; where rounding has swallowed the ridge (features of 1e8, as at a trial point
+    far out on a line search) and some ``M_b`` comes out singular, by eigendecomposition with the
+    eigenvalues floored at ``ridge_b``, their exact lower bound.
+    """
+    try:
+        return np.linalg.solve(matrices, vectors)
+    except np.linalg.LinAlgError:
+        values, bases = np.linalg.eigh(matrices)
+        values = np.maximum(values, np.reshape(np.broadcast_to(ridge, matrices.shape[:1]), (-1, 1)))
+        return bases @ ((bases.transpose(0, 2, 1) @ vectors) / values[:, :, None])
 
 
 def _backtrack(problems: _PaddedProblems, beta: float, ridge: np.ndarray, theta: np.ndarray,

@@ -502,3 +502,23 @@ def test_sparse_features_must_be_finite():
     sparse.data[0] = np.nan
     with pytest.raises(ValueError, match="features must be finite"):
         fit_logistic(sparse, labels)
+
+
+def test_ridged_solve_survives_a_ridge_lost_to_rounding():
+    """``M = X^T X + 0.01 I`` with rows of 1e9: in floating point the ridge vanishes and ``M`` is
+    exactly singular. Its exact eigenvalues are 4e18 + 0.01 (along (1, 1)) and 0.01 (along (1, -1)),
+    so ``M^{-1} (1, -1) = (100, -100)``: the eigenvalue floor at the ridge recovers it. Where the
+    solve is regular the answer is the plain solve's."""
+    from agents.logistic import ridged_solve
+
+    design = np.full((2, 2), 1e9)
+    matrix = design.T @ design + 0.01 * np.eye(2)
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.solve(matrix, np.array([1.0, -1.0]))
+    np.testing.assert_allclose(ridged_solve(matrix[None], np.array([[[1.0], [-1.0]]]), 0.01)[0, :, 0],
+                               [100.0, -100.0], rtol=1e-12)
+    rng = np.random.default_rng(0)
+    matrices = rng.normal(size=(4, 3, 3))
+    matrices = matrices @ matrices.transpose(0, 2, 1) + np.eye(3)
+    vectors = rng.normal(size=(4, 3, 2))
+    np.testing.assert_allclose(ridged_solve(matrices, vectors, 1.0), np.linalg.solve(matrices, vectors))
