@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse
+import scipy.sparse.linalg
 
 from agents import ConvergenceWarning, fit_factored, spectral_start
 from agents.factorized import _Bilinear
@@ -408,3 +409,22 @@ def test_schur_complement_matches_the_dense_hessian(one_hot, sparse, balance, us
                                atol=1e-10 * np.abs(schur).max())
     np.testing.assert_allclose(d_left.ravel(), -np.linalg.solve(h_aa, h_ab @ direction.ravel()), rtol=1e-9,
                                atol=1e-12)
+
+
+def test_spectral_start_by_lanczos_equals_the_full_svd(monkeypatch):
+    """Large moment matrices take the top-r SVD by Lanczos (forced here by its size bound): the same
+    start, up to the rounding of the two algorithms, as the full decomposition."""
+    import agents.factorized
+
+    contexts, features, labels, offsets = bilinear_problem(25, n=3000, context_dim=40, n_features=30, rank=2,
+                                                            one_hot="equal", sparse=True)
+    full = spectral_start(contexts, features, labels, offsets, 2, 1.0)
+    monkeypatch.setattr(agents.factorized, "_LANCZOS_MIN_SIDE", 0)
+    calls = []
+    original = scipy.sparse.linalg.svds
+    monkeypatch.setattr(scipy.sparse.linalg, "svds", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    lanczos = spectral_start(contexts, features, labels, offsets, 2, 1.0)
+    assert calls
+    # Singular vectors are defined up to sign: compare the rank-2 products A B^T.
+    np.testing.assert_allclose(lanczos[0] @ lanczos[1].T, full[0] @ full[1].T,
+                               atol=1e-8 * np.abs(full[0] @ full[1].T).max())
