@@ -75,7 +75,9 @@ class RewardEstimator:
     ridge_ : float
         The ridge used.
     ridge_scores_ : dict
-        Held-out mean log-likelihood of each candidate ridge (empty with a fixed ridge).
+        Held-out mean log-likelihood of each candidate ridge fitted (the scan from the largest
+        ridge down stops at the first score below the best: :func:`agents.tuning.select_ridge`;
+        empty with a fixed ridge).
     diagnostics : dict
         Per fit (``"joint"``, ``"coordinates"``): ``relative_gradient_norm``, ``iterations``
         (Newton steps), ``converged``, and for the rank-``r`` joint fits ``quasi_newton_steps``
