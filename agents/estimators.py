@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 from scipy.special import expit
 
 from lr_mdp_env import FeaturePreferenceDataset, PreferenceDataset, TabularMDP
@@ -75,7 +76,9 @@ class RewardEstimator:
     ridge_ : float
         The ridge used.
     ridge_scores_ : dict
-        Held-out mean log-likelihood of each candidate ridge (empty with a fixed ridge).
+        Held-out mean log-likelihood of each candidate ridge fitted (the scan from the largest
+        ridge down stops at the first score below the best: :func:`agents.tuning.select_ridge`;
+        empty with a fixed ridge).
     diagnostics : dict
         Per fit with the ridge used (``"joint"``, ``"coordinates"``): ``relative_gradient_norm``,
         ``iterations`` (Newton steps), ``converged``, and for the rank-``r`` joint fits
@@ -172,20 +175,37 @@ class RewardEstimator:
     def _fit_coordinates(self, data: ComparisonData, bases: np.ndarray, ridge: float, pooled: bool = False,
                          initial: np.ndarray | None = None) -> None:
         """Ridge MLE of each user's coordinates in a shared basis ``(d, k)`` (warm-started from
-        ``initial`` when given); sets ``theta_hat``."""
-        coordinates = np.asarray(data.differences @ bases)
+        ``initial`` when given); sets ``theta_hat``.
+
+        A full-dimensional basis (the identifiable directions) with sparse feature differences is
+        fitted in feature space, ``theta = B w``, from the sparse ``z_j`` themselves: the loss sees
+        only ``B B^T theta`` and the ridge keeps the rest at zero, so it is the same minimiser with
+        the same gradient norm, without the dense ``n x k`` coordinates ``B^T z_j``; they are
+        formed per problem when a confidence set needs them."""
         groups = np.zeros(data.n_pairs, dtype=np.int64) if pooled else data.users
         n_problems = 1 if pooled else data.n_users
+        in_feature_space = scipy.sparse.issparse(data.differences) and bases.shape[1] > _DENSE_COORDINATES_MAX
+        if in_feature_space:
+            features, coordinates = data.differences, _Coordinates(data.differences, bases)
+            initial = None if initial is None else initial @ bases.T
+        else:
+            features = coordinates = np.asarray(data.differences @ bases)
         fit = fit_logistic(
-            coordinates, data.labels, groups=groups, n_problems=n_problems, offsets=data.offsets,
+            features, data.labels, groups=groups, n_problems=n_problems, offsets=data.offsets,
             beta=self.beta, ridge=ridge, initial=initial, tol=self.tol, fisher=bases.shape[1] <= 64,
         )
         self._record("coordinates", fit)
-        centers = np.repeat(fit.theta, data.n_users, axis=0) if pooled else fit.theta
-        self._basis, self._centers, self._pooled = bases, centers, pooled
+        if in_feature_space:  # theta is the answer; remove what rounding leaves along unseen directions
+            theta = fit.theta - (fit.theta @ self._hidden) @ self._hidden.T
+            solution = theta @ bases
+        else:
+            solution = fit.theta
+            theta = solution @ bases.T
+        repeat = (lambda rows: np.repeat(rows, data.n_users, axis=0)) if pooled else (lambda rows: rows)
+        self._basis, self._centers, self._pooled = bases, repeat(solution), pooled
         self._coordinate_features, self._groups = coordinates, groups
         self._fisher = fit.fisher
-        self.theta_hat = self._base.T + centers @ bases.T
+        self.theta_hat = self._base.T + repeat(theta)
 
     @property
     def _joint_tol(self) -> float:
@@ -260,6 +280,20 @@ class RewardEstimator:
         if k not in self._wald_radii:
             self._wald_radii[k] = wald_radius(k, self.delta)
         return self._wald_radii[k]
+
+
+# Up to this many coordinates the per-pair coordinates B^T z_j are formed and fitted directly.
+_DENSE_COORDINATES_MAX = 64
+
+
+class _Coordinates:
+    """The coordinates ``B^T z_j`` of pairs, formed on indexing (``coordinates[rows]``, ``(m, k)``)."""
+
+    def __init__(self, differences: Any, basis: np.ndarray) -> None:
+        self._differences, self._basis = differences, basis
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        return np.asarray(self._differences[rows] @ self._basis)
 
 
 class PooledMLE(RewardEstimator):

@@ -19,11 +19,13 @@ gradient norm at least fourfold; the Fisher matrix they return is formed anew at
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import scipy.sparse
 from scipy.linalg import cho_factor, cho_solve, lu_factor, lu_solve
 from scipy.linalg.blas import dsyrk, ssyrk
 from scipy.special import expit
@@ -73,7 +75,11 @@ class LogisticFit:
 
 
 class _PaddedProblems:
-    """Samples of ``B`` problems, sorted by problem and zero-padded to ``(B, n_max, ...)``."""
+    """Samples of ``B`` problems, sorted by problem and zero-padded to ``(B, n_max, ...)``.
+
+    The layout (labels, offsets, mask) is built once; :meth:`with_features` puts other features
+    of the same samples into it, for callers that solve the same problems with changing features.
+    """
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                  offsets: np.ndarray, n_problems: int) -> None:
@@ -81,29 +87,152 @@ class _PaddedProblems:
         counts = np.bincount(groups, minlength=n_problems)
         n_max = max(int(counts.max(initial=0)), 1)
         position = np.arange(groups.size) - np.repeat(np.cumsum(counts) - counts, counts)
-        rows, cols = groups[order], position
-        k = features.shape[1]
-        if groups.size == n_problems * n_max and np.all(np.diff(groups) >= 0):
-            # Already laid out (rows sorted by problem, equal counts, e.g. a single problem): a view,
-            # not a copy of what may be a large design.
-            self.features = features.reshape(n_problems, n_max, k)
-        else:
-            self.features = np.zeros((n_problems, n_max, k))
-            self.features[rows, cols] = features[order]
-        self.labels = np.zeros((n_problems, n_max))
-        self.labels[rows, cols] = labels[order]
-        self.offsets = np.zeros((n_problems, n_max))
-        self.offsets[rows, cols] = offsets[order]
-        self.mask = np.zeros((n_problems, n_max))
-        self.mask[rows, cols] = 1.0
+        self._order, self._rows, self._cols = order, groups[order], position
+        # Rows sorted by problem with equal counts (e.g. a single problem) are viewed, not copied.
+        self._laid_out = groups.size == n_problems * n_max and bool(np.all(np.diff(groups) >= 0))
+        self._shape = (n_problems, n_max)
+        self.features = self._padded_features(features)
+        self.labels = self._padded(labels)
+        self.offsets = self._padded(offsets)
+        self.mask = self._padded(np.ones(groups.size))
         self.counts = counts
+        self._single_features: dict[int, np.ndarray] = {}  # single-precision designs of large problems
 
-    def logits(self, beta: float, theta: np.ndarray) -> np.ndarray:
-        return self.offsets + beta * _apply(self.features, theta)
+    def _padded(self, values: np.ndarray) -> np.ndarray:
+        padded = np.zeros(self._shape)
+        padded[self._rows, self._cols] = values[self._order]
+        return padded
 
-    def objective(self, beta: float, ridge: np.ndarray, theta: np.ndarray) -> np.ndarray:
-        losses = bernoulli_losses(self.logits(beta, theta), self.labels) * self.mask
+    def _padded_features(self, features: np.ndarray) -> np.ndarray:
+        k = features.shape[1]
+        if self._laid_out:  # a view, not a copy of what may be a large design
+            return features.reshape(*self._shape, k)
+        padded = np.zeros(self._shape + (k,))
+        padded[self._rows, self._cols] = features[self._order]
+        return padded
+
+    def with_features(self, features: np.ndarray) -> _PaddedProblems:
+        """The same samples (labels, offsets, problems) with other features ``(n, k')``."""
+        problems = copy.copy(self)
+        problems.features = self._padded_features(features)
+        problems._single_features = {}
+        return problems
+
+    # -- what the Newton iterations need from a layout (``rows``: a sorted subset of the problems) --
+
+    @property
+    def n_max(self) -> int:
+        return self._shape[1]
+
+    def _design(self, rows: np.ndarray | None) -> np.ndarray:
+        # All problems: no gathered copy of the design (hundreds of MB for one large problem).
+        return self.features if rows is None or rows.size == self._shape[0] else self.features[rows]
+
+    def apply(self, vectors: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """``X_b v_b`` for the problems ``rows`` (all by default): ``(|rows|, n_max)``."""
+        return _apply(self._design(rows), vectors)
+
+    def apply_transposed(self, vectors: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """``X_b^T u_b`` for the problems ``rows``: ``(|rows|, k)``."""
+        return _apply_transposed(self._design(rows), vectors)
+
+    def sample_gram(self) -> np.ndarray:
+        """``X_b X_b^T`` for every problem, ``(B, n_max, n_max)`` (for the sample-space steps)."""
+        return self.features @ self.features.transpose(0, 2, 1)
+
+    def weighted_gram(self, weights: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """``X_b^T diag(w_b) X_b`` for the problems ``rows``, ``(|rows|, k, k)``."""
+        return _weighted_gram(self._design(rows), weights)
+
+    def hessian_solver(self, problem: int, weights: np.ndarray, ridge: float) -> Callable[[np.ndarray], np.ndarray]:
+        """``g -> H_b^{-1} g`` for one large primal problem (see :func:`_hessian_solver`)."""
+        if problem not in self._single_features:
+            self._single_features[problem] = self.features[problem].astype(np.float32)
+        return _hessian_solver(self._single_features[problem], self.features[problem], weights, ridge)
+
+    def logits(self, beta: float, theta: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        offsets = self.offsets if rows is None else self.offsets[rows]
+        return offsets + beta * self.apply(theta, rows)
+
+    def objective(self, beta: float, ridge: np.ndarray, theta: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """``f_b`` of the problems ``rows`` (all by default) at ``theta`` (their points)."""
+        labels, mask = (self.labels, self.mask) if rows is None else (self.labels[rows], self.mask[rows])
+        ridge = ridge if rows is None else ridge[rows]
+        losses = bernoulli_losses(self.logits(beta, theta, rows), labels) * mask
         return losses.sum(axis=1) + 0.5 * ridge * np.sum(theta**2, axis=1)
+
+    def gradient(self, beta: float, ridge: np.ndarray, theta: np.ndarray, eta: np.ndarray) -> np.ndarray:
+        """``grad f_b(theta_b)`` for every problem, given the logits ``eta`` at ``theta``."""
+        residual = (expit(eta) - self.labels) * self.mask
+        return beta * self.apply_transposed(residual) + ridge[:, None] * theta
+
+
+class _SparseProblems(_PaddedProblems):
+    """The padded layout with sparse features (``k`` large, few non-zeros per sample, such as
+    one-hot visit-count differences): no ``(B, n_max, k)`` array is formed.
+
+    The samples are the rows of the ``(B n_max, B k)`` CSR matrix with ``x_j`` of problem ``b`` in
+    columns ``b k .. b k + k - 1`` (padding rows empty), so that ``X_b v_b`` for every problem is
+    one product with ``vec(V)``, ``X_b^T u_b`` one with its transpose, and the ``X_b X_b^T`` of all
+    problems one sparse product that pairs samples of the same problem only.
+    """
+
+    def __init__(self, features: Any, labels: np.ndarray, groups: np.ndarray,
+                 offsets: np.ndarray, n_problems: int) -> None:
+        super().__init__(np.zeros((groups.size, 0)), labels, groups, offsets, n_problems)
+        csr = features.tocsr()[self._order]
+        csr.sum_duplicates()
+        self.n_features = k = csr.shape[1]
+        padded_rows = self._rows * self.n_max + self._cols
+        counts = np.diff(csr.indptr)
+        indptr = np.zeros(n_problems * self.n_max + 1, dtype=np.int64)
+        np.add.at(indptr, padded_rows + 1, counts)  # empty padding rows in between
+        indptr = np.cumsum(indptr)
+        shape = (n_problems * self.n_max, n_problems * k)
+        columns = csr.indices.astype(np.int64) + k * np.repeat(self._rows, counts)
+        self.features = scipy.sparse.csr_matrix((csr.data, columns, indptr), shape=shape)
+        self._transposed = self.features.T  # a view, made once
+        self._rows_of = scipy.sparse.csr_matrix((csr.data, csr.indices, indptr), shape=(shape[0], k))
+
+    def _full(self, vectors: np.ndarray, rows: np.ndarray | None, width: int) -> np.ndarray:
+        if rows is None or rows.size == self._shape[0]:
+            return vectors
+        full = np.zeros((self._shape[0], width))
+        full[rows] = vectors
+        return full
+
+    def apply(self, vectors: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        products = (self.features @ np.ravel(self._full(vectors, rows, self.n_features))).reshape(self._shape)
+        return products if rows is None or rows.size == self._shape[0] else products[rows]
+
+    def apply_transposed(self, vectors: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        products = (self._transposed @ np.ravel(self._full(vectors, rows, self.n_max))).reshape(-1, self.n_features)
+        return products if rows is None or rows.size == self._shape[0] else products[rows]
+
+    def sample_gram(self) -> np.ndarray:
+        products = (self.features @ self._transposed).tocoo()
+        gram = np.zeros((self._shape[0], self.n_max, self.n_max))
+        gram[products.row // self.n_max, products.row % self.n_max, products.col % self.n_max] = products.data
+        return gram
+
+    def _problem_design(self, problem: int) -> scipy.sparse.csr_matrix:
+        return self._rows_of[problem * self.n_max:(problem + 1) * self.n_max]
+
+    def weighted_gram(self, weights: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        rows = np.arange(self._shape[0]) if rows is None else rows
+        grams = np.empty((rows.size, self.n_features, self.n_features))
+        for position, problem in enumerate(rows):
+            design = self._problem_design(problem)
+            gram = design.T @ design.multiply(weights[position][:, None]).tocsr()
+            grams[position] = gram.toarray() if scipy.sparse.issparse(gram) else gram
+        return grams
+
+    def hessian_solver(self, problem: int, weights: np.ndarray, ridge: float) -> Callable[[np.ndarray], np.ndarray]:
+        hessian = self.weighted_gram(weights[None], np.array([problem]))[0]
+        return _factored(hessian, ridge)
+
+    def with_features(self, features: np.ndarray) -> _PaddedProblems:
+        raise NotImplementedError("sparse layouts are built for one design")
 
 
 def fit_logistic(
@@ -124,8 +253,10 @@ def fit_logistic(
 
     Parameters
     ----------
-    features : array_like, shape (n, k)
-        ``x_j``; for preferences ``z_j = psi(tau1_j) - psi(tau0_j)`` or a projection of it.
+    features : array_like or scipy sparse matrix, shape (n, k)
+        ``x_j``; for preferences ``z_j = psi(tau1_j) - psi(tau0_j)`` or a projection of it. Sparse
+        features (one-hot visit counts) are never densified when ``k >= 64``: products, Gram and
+        Hessian matrices come from the non-zeros.
     labels : array_like, shape (n,)
         ``y_j`` in ``[0, 1]`` (``1``: the second trajectory preferred).
     groups : array_like of int, shape (n,), optional
@@ -162,7 +293,15 @@ def fit_logistic(
     Zhu, Jordan and Jiao, *Principled Reinforcement Learning with Human Feedback from Pairwise
     or K-wise Comparisons*, ICML 2023 (the MLE and its Fisher matrix).
     """
-    features = as_real_array("features", features, (2,))
+    sparse = scipy.sparse.issparse(features)
+    if sparse:
+        features = features.tocsr()
+        if not np.all(np.isfinite(features.data)):
+            raise ValueError("features must be finite")
+        if features.shape[1] < _SYMMETRIC_UPDATE_MIN_DIMENSION:  # small k: the dense batched layout
+            features, sparse = features.toarray(), False
+    else:
+        features = as_real_array("features", features, (2,))
     n, k = features.shape
     labels = as_real_array("labels", labels, (1,))
     if labels.shape != (n,):
@@ -198,51 +337,11 @@ def fit_logistic(
     if theta.shape != (n_problems, k):
         raise ValueError(f"initial must have shape ({n_problems}, {k}), got {theta.shape}")
 
-    problems = _PaddedProblems(features, labels, groups, offsets, n_problems)
-    dual = problems.features.shape[1] < k
-    gram = problems.features @ problems.features.transpose(0, 2, 1) if dual else None
-
-    def gradient(theta: np.ndarray, eta: np.ndarray) -> np.ndarray:
-        residual = (expit(eta) - problems.labels) * problems.mask
-        return beta * _apply_transposed(problems.features, residual) + ridge[:, None] * theta
-
+    problems = (_SparseProblems if sparse else _PaddedProblems)(features, labels, groups, offsets, n_problems)
     zero = np.zeros_like(theta)
-    initial_gradient = np.linalg.norm(gradient(zero, problems.logits(beta, zero)), axis=1)
+    initial_gradient = np.linalg.norm(problems.gradient(beta, ridge, zero, problems.logits(beta, zero)), axis=1)
     threshold = tol * np.maximum(initial_gradient, 1.0)
-    objective = problems.objective(beta, ridge, theta)
-    iterations = 0
-    # Large primal problems keep the Cholesky factor of their last Hessian while the steps it gives
-    # shrink the gradient fast (see _CHORD_CONTRACTION): forming a k x k Hessian from n samples
-    # costs n k^2, a step with a stored factor n k + k^2.
-    reuse_hessians = gram is None and k >= _SYMMETRIC_UPDATE_MIN_DIMENSION
-    factors: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
-    single_features: dict[int, np.ndarray] = {}
-    previous_norm = np.full(n_problems, np.inf)
-    while True:
-        eta = problems.logits(beta, theta)
-        grad = gradient(theta, eta)
-        grad_norm = np.linalg.norm(grad, axis=1)
-        active = np.flatnonzero(grad_norm > threshold)
-        if active.size == 0 or iterations >= max_iter:
-            break
-        iterations += 1
-        weights = expit(eta[active]) * expit(-eta[active]) * problems.mask[active] * beta**2
-        if reuse_hessians:
-            step = np.empty((active.size, k))
-            for position, problem in enumerate(active):
-                if problem not in factors or grad_norm[problem] > _CHORD_CONTRACTION * previous_norm[problem]:
-                    if problem not in single_features:
-                        single_features[problem] = problems.features[problem].astype(np.float32)
-                    factors[problem] = _hessian_solver(single_features[problem], problems.features[problem],
-                                                       weights[position], ridge[problem])
-                step[position] = factors[problem](grad[problem])
-            previous_norm[active] = grad_norm[active]
-        else:
-            step = _newton_direction(problems.features[active], weights, ridge[active], grad[active],
-                                     None if gram is None else gram[active])
-        theta[active], objective[active] = _backtrack(
-            problems, beta, ridge, theta[active], objective[active], active, step, grad[active]
-        )
+    theta, grad_norm, iterations = _newton(problems, beta, ridge, theta, threshold, max_iter)
 
     converged = grad_norm <= threshold
     if not np.all(converged):
@@ -258,7 +357,7 @@ def fit_logistic(
     if fisher:
         eta = problems.logits(beta, theta)
         weights = expit(eta) * expit(-eta) * problems.mask * beta**2
-        information = _weighted_gram(problems.features, weights)
+        information = problems.weighted_gram(weights)
         information[:, np.arange(k), np.arange(k)] += ridge[:, None]
     return LogisticFit(
         theta=theta,
@@ -269,6 +368,46 @@ def fit_logistic(
         iterations=iterations,
         converged=converged,
     )
+
+
+def _newton(problems: _PaddedProblems, beta: float, ridge: np.ndarray, theta: np.ndarray, threshold: np.ndarray,
+            max_iter: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Damped Newton steps on every problem whose gradient norm is above its ``threshold``, until
+    none is or after ``max_iter`` steps; returns ``(theta, gradient norms, steps)`` (``theta`` is
+    updated in place)."""
+    k = theta.shape[1]
+    dual = problems.n_max < k
+    gram = problems.sample_gram() if dual else None
+    objective = problems.objective(beta, ridge, theta)
+    iterations = 0
+    # Large primal problems keep the Cholesky factor of their last Hessian while the steps it gives
+    # shrink the gradient fast (see _CHORD_CONTRACTION): forming a k x k Hessian from n samples
+    # costs n k^2, a step with a stored factor n k + k^2.
+    reuse_hessians = gram is None and k >= _SYMMETRIC_UPDATE_MIN_DIMENSION
+    factors: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
+    previous_norm = np.full(theta.shape[0], np.inf)
+    while True:
+        eta = problems.logits(beta, theta)
+        grad = problems.gradient(beta, ridge, theta, eta)
+        grad_norm = np.linalg.norm(grad, axis=1)
+        active = np.flatnonzero(grad_norm > threshold)
+        if active.size == 0 or iterations >= max_iter:
+            return theta, grad_norm, iterations
+        iterations += 1
+        weights = expit(eta[active]) * expit(-eta[active]) * problems.mask[active] * beta**2
+        if reuse_hessians:
+            step = np.empty((active.size, k))
+            for position, problem in enumerate(active):
+                if problem not in factors or grad_norm[problem] > _CHORD_CONTRACTION * previous_norm[problem]:
+                    factors[problem] = problems.hessian_solver(problem, weights[position], ridge[problem])
+                step[position] = factors[problem](grad[problem])
+            previous_norm[active] = grad_norm[active]
+        else:
+            step = _newton_direction(problems, active, weights, ridge[active], grad[active],
+                                     None if gram is None else gram[active])
+        theta[active], objective[active] = _backtrack(
+            problems, beta, ridge, theta[active], objective[active], active, step, grad[active]
+        )
 
 
 def bernoulli_losses(eta: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -303,15 +442,19 @@ def _hessian_solver(single_features: np.ndarray, features: np.ndarray, weights: 
     then it is summed in double precision, and solved by LU if it is still not numerically
     positive definite.
     """
-    k = features.shape[1]
-    for design in (single_features, features):
-        hessian = _weighted_gram(design[None], weights[None])[0]
-        hessian[np.diag_indices(k)] += ridge
-        try:
-            factor = cho_factor(hessian, lower=True, overwrite_a=False)
-        except np.linalg.LinAlgError:
-            continue
+    solver = _factored(_weighted_gram(single_features[None], weights[None])[0], ridge, fallback=False)
+    return solver if solver is not None else _factored(_weighted_gram(features[None], weights[None])[0], ridge)
+
+
+def _factored(hessian: np.ndarray, ridge: float, fallback: bool = True) -> Callable[[np.ndarray], np.ndarray] | None:
+    """``g -> (hessian + ridge I)^{-1} g`` by Cholesky; if that fails, by LU (``fallback``) or ``None``."""
+    hessian[np.diag_indices(hessian.shape[0])] += ridge
+    try:
+        factor = cho_factor(hessian, lower=True, overwrite_a=False)
         return lambda gradient: cho_solve(factor, gradient)
+    except np.linalg.LinAlgError:
+        if not fallback:
+            return None
     factor = lu_factor(hessian, overwrite_a=True)
     return lambda gradient: lu_solve(factor, gradient)
 
@@ -348,36 +491,42 @@ def _weighted_gram(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return grams
 
 
-def _subset_objective(problems: _PaddedProblems, beta: float, ridge: np.ndarray, rows: np.ndarray,
-                      theta_rows: np.ndarray) -> np.ndarray:
-    """``f_b`` of the problems ``rows`` (sorted) at ``theta_rows``."""
-    # All problems: no gathered copy of the design (hundreds of MB for one large problem).
-    features = problems.features if rows.size == problems.features.shape[0] else problems.features[rows]
-    eta = problems.offsets[rows] + beta * _apply(features, theta_rows)
-    losses = bernoulli_losses(eta, problems.labels[rows]) * problems.mask[rows]
-    return losses.sum(axis=1) + 0.5 * ridge[rows] * np.sum(theta_rows**2, axis=1)
-
-
-def _newton_direction(features: np.ndarray, weights: np.ndarray, ridge: np.ndarray,
+def _newton_direction(problems: _PaddedProblems, rows: np.ndarray, weights: np.ndarray, ridge: np.ndarray,
                       grad: np.ndarray, gram: np.ndarray | None) -> np.ndarray:
-    """Solve ``(X^T W X + lambda I) step = grad`` for each problem.
+    """Solve ``(X^T W X + lambda I) step = grad`` for the problems ``rows``.
 
     Primal ``k x k`` system, or with ``n < k`` the Woodbury identity
     ``(lambda I + X^T W X)^{-1} g = (g - X^T S (lambda I + S X X^T S)^{-1} S X g) / lambda``,
     ``S = W^(1/2)``, an ``n x n`` system built from the precomputed Gram matrix ``X X^T``.
     """
     if gram is None:
-        hessian = _weighted_gram(features, weights)
+        hessian = problems.weighted_gram(weights, rows)
         k = hessian.shape[-1]
         hessian[:, np.arange(k), np.arange(k)] += ridge[:, None]
-        return np.linalg.solve(hessian, grad[..., None])[..., 0]
+        return ridged_solve(hessian, grad[..., None], ridge)[..., 0]
     root = np.sqrt(weights)
     n = root.shape[1]
     inner = root[:, :, None] * gram * root[:, None, :]
     inner[:, np.arange(n), np.arange(n)] += ridge[:, None]
-    projected = root * _apply(features, grad)
-    solved = np.linalg.solve(inner, projected[..., None])[..., 0]
-    return (grad - _apply_transposed(features, root * solved)) / ridge[:, None]
+    projected = root * problems.apply(grad, rows)
+    solved = ridged_solve(inner, projected[..., None], ridge)[..., 0]
+    return (grad - problems.apply_transposed(root * solved, rows)) / ridge[:, None]
+
+
+def ridged_solve(matrices: np.ndarray, vectors: np.ndarray, ridge: Any) -> np.ndarray:
+    """``M_b^{-1} V_b`` for symmetric ``M_b = (positive semidefinite) + ridge_b I``, ``(B, m, m)`` and
+    ``(B, m, c)``.
+
+    A batched LU solve; where rounding has swallowed the ridge (features of 1e8, as at a trial point
+    far out on a line search) and some ``M_b`` comes out singular, by eigendecomposition with the
+    eigenvalues floored at ``ridge_b``, their exact lower bound.
+    """
+    try:
+        return np.linalg.solve(matrices, vectors)
+    except np.linalg.LinAlgError:
+        values, bases = np.linalg.eigh(matrices)
+        values = np.maximum(values, np.reshape(np.broadcast_to(ridge, matrices.shape[:1]), (-1, 1)))
+        return bases @ ((bases.transpose(0, 2, 1) @ vectors) / values[:, :, None])
 
 
 def _backtrack(problems: _PaddedProblems, beta: float, ridge: np.ndarray, theta: np.ndarray,
@@ -394,7 +543,7 @@ def _backtrack(problems: _PaddedProblems, beta: float, ridge: np.ndarray, theta:
     values = objective.copy()
     pending = np.arange(rows.size)
     for _ in range(60):
-        trial = _subset_objective(problems, beta, ridge, rows[pending], candidate[pending])
+        trial = problems.objective(beta, ridge, candidate[pending], rows[pending])
         # The slack of a few ulps of the objective lets a Newton step near the optimum through
         # when the decrease it makes is below what floating point can resolve.
         slack = 1e-13 * np.maximum(1.0, np.abs(objective[pending]))

@@ -160,10 +160,15 @@ class ContextualRewards:
         return mdp.reward(self.theta.T)
 
 
-def _orthonormal(rng: np.random.Generator, n_rows: int, n_columns: int) -> np.ndarray:
-    """Haar-distributed ``n_rows x n_columns`` matrix with orthonormal columns."""
+def _orthonormal(rng: np.random.Generator, n_rows: int, n_columns: int, keep: int | None = None) -> np.ndarray:
+    """Haar-distributed ``n_rows x n_columns`` matrix with orthonormal columns, or its first ``keep``.
+
+    The first ``keep`` columns of the Q factor depend only on the first ``keep`` columns of the
+    Gaussian draw, so they are computed from those alone; the whole draw is still made, which
+    keeps the generator's stream (and every later draw) the same whatever ``keep`` is.
+    """
     gaussian = rng.standard_normal((n_rows, n_columns))
-    q, r = np.linalg.qr(gaussian)
+    q, r = np.linalg.qr(gaussian if keep is None else gaussian[:, :keep])
     return q * np.sign(np.diag(r))
 
 
@@ -174,27 +179,32 @@ def _singular_values(rank: int, condition_number: float) -> np.ndarray:
     return condition_number ** (-np.arange(rank) / (rank - 1))
 
 
-def _normalisation(theta: np.ndarray, mdp: TabularMDP | None, scale: float) -> float:
-    """Factor ``c`` such that ``c * theta`` has the typical size ``scale`` (docs/model.md, Users).
+def _normalisation(directions: np.ndarray, n_users: int, mdp: TabularMDP | None, scale: float) -> float:
+    """Factor ``c`` such that ``c * Theta`` has the typical size ``scale`` (docs/model.md, Users).
 
-    Without an MDP, the root-mean-square of the users' ``||theta_i||``. With one, the
-    root-mean-square over users of the standard deviation of ``R_i(tau1) - R_i(tau0)`` for two
-    independent trajectories of the uniform policy, ``sqrt(2 Var(R_i(tau)))``: of order one this
-    keeps Bradley-Terry labels informative but not deterministic.
+    ``Theta = directions @ Q^T`` (``d x N``) is given by its ``d x m`` left factor for some ``N x m``
+    ``Q`` with orthonormal columns, which the size does not depend on. Without an MDP, the size is
+    the root-mean-square of the users' ``||theta_i||``: ``||directions||_F / sqrt(N)``. With one,
+    it is the root-mean-square over users of the standard deviation of ``R_i(tau1) - R_i(tau0)``
+    for two independent trajectories of the uniform policy, ``sqrt(mean_i 2 Var(R_i(tau)))``: of
+    order one this keeps Bradley-Terry labels informative but not deterministic. With
+    ``Sigma_psi`` the covariance of ``psi(tau)``,
+    ``mean_i Var(theta_i . psi) = tr(Theta^T Sigma_psi Theta) / N = sum_k Var(directions_k . psi) / N``,
+    so the return variances of the ``m`` directions are needed, not those of the ``N`` users.
     """
     if mdp is None:
-        size = np.sqrt(np.mean(np.sum(theta**2, axis=0)))
+        size = np.sqrt(np.sum(directions**2) / n_users)
         what = "every user's parameter is zero"
     else:
-        if mdp.n_features != theta.shape[0]:
+        if mdp.n_features != directions.shape[0]:
             raise ValueError(
-                f"mdp has {mdp.n_features} features but the rewards have n_features={theta.shape[0]}"
+                f"mdp has {mdp.n_features} features but the rewards have n_features={directions.shape[0]}"
             )
-        mean, variance = return_moments(mdp, uniform_policy(mdp), mdp.reward(theta.T))
+        mean, variance = return_moments(mdp, uniform_policy(mdp), mdp.reward(directions.T))
         # The variance is E[R^2] - E[R]^2, accurate only to a few ulps of E[R^2]: a spread below
         # that noise is a constant return, which must not be blown up to the requested scale.
         informative = variance > 1e-10 * (mean**2 + variance)
-        size = np.sqrt(np.mean(2 * np.where(informative, variance, 0.0)))
+        size = np.sqrt(2 * np.sum(np.where(informative, variance, 0.0)) / n_users)
         what = "every trajectory of mdp has the same return for every user"
     if not size > 1e-12:
         raise ValueError(f"the rewards cannot be scaled to scale={scale}: {what}")
@@ -283,8 +293,11 @@ def low_rank_rewards(
         raise ValueError(
             f"tail={tail} needs room outside the rank: rank={rank} already equals min(d, N)"
         )
+    # Without a tail only the first r columns of each basis are used: the rest are drawn (the
+    # generator's stream stays the same) but not orthonormalised.
+    used = rank + n_tail if tail > 0 else rank
     if subspace is None:
-        feature_basis = _orthonormal(rng, n_features, rank + n_tail)
+        feature_basis = _orthonormal(rng, n_features, rank + n_tail, keep=used)
     else:
         subspace = as_real_array("subspace", subspace, (2,))
         if subspace.shape != (n_features, rank):
@@ -293,9 +306,12 @@ def low_rank_rewards(
         if np.min(np.abs(np.diag(r_factor))) < 1e-10 * max(1.0, np.abs(r_factor).max()):
             raise ValueError(f"subspace columns must be linearly independent (rank {rank})")
         complement = rng.standard_normal((n_features, n_tail))
-        complement -= q @ (q.T @ complement)
-        feature_basis = np.hstack([q, np.linalg.qr(complement)[0]]) if n_tail else q
-    user_basis = _orthonormal(rng, n_users, rank + n_tail)
+        if tail > 0:
+            complement -= q @ (q.T @ complement)
+            feature_basis = np.hstack([q, np.linalg.qr(complement)[0]])
+        else:
+            feature_basis = q
+    user_basis = _orthonormal(rng, n_users, rank + n_tail, keep=used)
 
     singular_values = _singular_values(rank, condition_number)
     tail_values = np.zeros(0)
@@ -312,8 +328,9 @@ def low_rank_rewards(
     user_factors = user_basis[:, :rank]
     tail_basis = feature_basis[:, rank : rank + tail_values.size]
     tail_matrix = (tail_basis * tail_values) @ user_basis[:, rank : rank + tail_values.size].T
-    personal = (subspace_matrix * singular_values) @ user_factors.T + tail_matrix
-    factor = _normalisation(personal, mdp, scale)
+    # Theta - Theta_0 = [U* E_basis] diag(sigma, t) [W* W_tail]^T, the right factor orthonormal.
+    factor = _normalisation(np.hstack([subspace_matrix * singular_values, tail_basis * tail_values]),
+                            n_users, mdp, scale)
     return LowRankRewards(
         base=frozen(base),
         subspace=frozen(subspace_matrix),
@@ -387,7 +404,10 @@ def contextual_rewards(
     direction /= np.linalg.norm(direction)
     contexts = rng.standard_normal((n_users, context_dim)) / np.sqrt(context_dim)
     theta_c = (context_subspace * singular_values) @ feature_subspace.T
-    factor = _normalisation(theta_c.T @ contexts.T, mdp, scale)
+    # Theta = Theta_c*^T X^T = (V* diag(sigma) U_x^T X^T): with X U_x diag(sigma) = Q R (thin QR),
+    # Theta = (V* R^T) Q^T, Q orthonormal.
+    _, user_part = np.linalg.qr(contexts @ (context_subspace * singular_values))
+    factor = _normalisation(feature_subspace @ user_part.T, n_users, mdp, scale)
     return ContextualRewards(
         theta_c=frozen(factor * theta_c),
         contexts=frozen(contexts),

@@ -113,18 +113,30 @@ def test_subspace_is_orthonormal_and_the_top_singular_space(n_features, n_users,
     )
 
 
-@pytest.mark.parametrize("stationary", [True, False])
-def test_scale_with_an_mdp_is_the_uniform_return_difference(stationary):
+@pytest.mark.parametrize("stationary, tail", [(True, 0.1), (False, 0.1), (True, 0.0), (False, 0.0)])
+def test_scale_with_an_mdp_is_the_uniform_return_difference(stationary, tail):
     mdp = random_mdp(2, 2, 3, stationary=stationary, features="dense", n_features=4, seed=5)
-    rewards = low_rank_rewards(4, 3, 2, condition_number=2.0, tail=0.1, mdp=mdp, scale=1.7, seed=2)
+    rewards = low_rank_rewards(4, 3, 2, condition_number=2.0, tail=tail, mdp=mdp, scale=1.7, seed=2)
     variances = _uniform_return_variances(mdp, rewards.theta)
     # sqrt(mean_i 2 Var(R_i)) is the root-mean-square standard deviation of R_i(tau1) - R_i(tau0)
     # for two independent uniform trajectories.
     assert abs(np.sqrt(np.mean(2 * variances)) - 1.7) < 1e-10
     # Scaling with the MDP changes only the overall factor: the spectrum's shape is unchanged.
-    unscaled = low_rank_rewards(4, 3, 2, condition_number=2.0, tail=0.1, seed=2)
+    unscaled = low_rank_rewards(4, 3, 2, condition_number=2.0, tail=tail, seed=2)
     ratio = rewards.singular_values / unscaled.singular_values
     np.testing.assert_allclose(ratio, ratio[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("given_subspace", [False, True])
+def test_a_tail_free_draw_is_the_leading_part_of_a_draw_with_a_tail(given_subspace):
+    # Without a tail only the first r columns of the bases are orthonormalised; they must be those
+    # of the full bases that a draw with a tail computes from the same generator stream.
+    spanning = np.random.default_rng(0).standard_normal((9, 2)) if given_subspace else None
+    plain = low_rank_rewards(9, 6, 2, subspace=spanning, seed=4)
+    tailed = low_rank_rewards(9, 6, 2, tail=1e-3, subspace=spanning, seed=4)
+    np.testing.assert_allclose(plain.subspace, tailed.subspace, atol=1e-12)
+    np.testing.assert_allclose(plain.user_factors, tailed.user_factors, atol=1e-12)
+    np.testing.assert_array_equal(plain.tail, 0.0)
 
 
 def test_base_is_added_unscaled():
@@ -225,9 +237,10 @@ def test_contextual_rewards_have_rank_r_and_consistent_theta():
     assert abs(np.linalg.norm(rewards.shift_direction) - 1.0) < 1e-12
 
 
-def test_contextual_scale_with_an_mdp():
+@pytest.mark.parametrize("n_users", [5, 1])  # 1 < rank: fewer users than directions
+def test_contextual_scale_with_an_mdp(n_users):
     mdp = random_mdp(2, 2, 2, features="dense", n_features=3, seed=8)
-    rewards = contextual_rewards(3, 4, 2, n_users=5, mdp=mdp, scale=0.8, seed=1)
+    rewards = contextual_rewards(3, 4, 2, n_users=n_users, mdp=mdp, scale=0.8, seed=1)
     variances = _uniform_return_variances(mdp, rewards.theta)
     assert abs(np.sqrt(np.mean(2 * variances)) - 0.8) < 1e-10
 

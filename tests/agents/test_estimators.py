@@ -6,12 +6,17 @@ labels, users), never from the estimators' internal arrays.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import scipy.optimize
 from scipy.stats import chi2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import agents.estimators
+import agents.tuning
 from agents import (
     FullRankContextual,
     IndependentMLE,
@@ -277,13 +282,47 @@ def test_ridge_rule_picks_the_best_held_out_likelihood(name):
     for ridge in grid:
         refit = ESTIMATORS[name](rewards, ridge=ridge).fit(dataset.subset(train), mdp)
         scores[ridge] = held_out_log_likelihood(refit.theta_hat, z[held], dataset.labels[held], dataset.users[held])
-    assert set(estimator.ridge_scores_) == set(grid)
-    for ridge in grid:
+    # The scan goes from the largest ridge down and stops at the first score below the best so far.
+    scanned = []
+    for ridge in sorted(grid, reverse=True):
+        scanned.append(ridge)
+        if len(scanned) > 1 and scores[ridge] < max(scores[previous] for previous in scanned[:-1]):
+            break
+    assert list(estimator.ridge_scores_) == scanned
+    for ridge in scanned:
         assert estimator.ridge_scores_[ridge] == pytest.approx(scores[ridge], abs=1e-6)
-    assert estimator.ridge_ == max(grid, key=lambda ridge: (scores[ridge], ridge))
+    assert estimator.ridge_ == max(scanned, key=lambda ridge: (scores[ridge], ridge))
     # The final fit uses the chosen ridge on all the data.
     fixed = ESTIMATORS[name](rewards, ridge=estimator.ridge_).fit(dataset, mdp)
     np.testing.assert_allclose(estimator.theta_hat, fixed.theta_hat, atol=1e-7)
+
+
+def test_ridge_scan_stops_at_the_first_downturn_unless_asked_not_to():
+    """A scripted estimator whose held-out scores rise, fall, then rise again: the scan stops at the
+    fall (the later, better candidate is not fitted); with ``stop_at_downturn=False`` every
+    candidate is fitted and the best one wins."""
+    from agents.tuning import select_ridge
+
+    mdp, rewards, dataset = make_world("one_hot", seed=8, n_pairs=30)
+    data = comparison_data(dataset, mdp)
+    logits = {100.0: 0.0, 10.0: 0.5, 1.0: -0.5, 0.1: 1.0}  # scores follow the (signed) logit size
+
+    class Scripted:
+        fitted: list = []
+
+        def _fit(self, data, ridge):
+            self.fitted.append(ridge)
+            self.ridge = ridge
+
+        def pair_logits(self, held_out):
+            return logits[self.ridge] * (2 * held_out.labels - 1)
+
+    scripted = Scripted()
+    best, scores = select_ridge(scripted, data, tuple(logits), seed=0)
+    assert scripted.fitted == [100.0, 10.0, 1.0] and list(scores) == [100.0, 10.0, 1.0] and best == 10.0
+    scripted.fitted = []
+    best, scores = select_ridge(scripted, data, tuple(logits), seed=0, stop_at_downturn=False)
+    assert scripted.fitted == [100.0, 10.0, 1.0, 0.1] and best == 0.1
 
 
 def test_fixed_ridge_skips_selection(monkeypatch):
@@ -418,6 +457,9 @@ def test_ridge_selection_names_each_candidates_convergence_warning_and_records_e
         return real(*args, ridge=ridge, max_iter=1 if ridge < 1 else 100, **kwargs)
 
     monkeypatch.setattr(agents.estimators, "fit_logistic", one_step_for_small_ridges)
+    # Score every candidate (no stop at the held-out downturn), so all of them are recorded.
+    monkeypatch.setattr(agents.estimators, "select_ridge",
+                        functools.partial(agents.tuning.select_ridge, stop_at_downturn=False))
     mdp, _, dataset = make_world("dense", seed=4, n_pairs=60)
     with pytest.warns(agents.ConvergenceWarning) as caught:
         estimator = IndependentMLE(seed=0).fit(dataset, mdp)
@@ -434,3 +476,86 @@ def test_ridge_selection_names_each_candidates_convergence_warning_and_records_e
         assert record["coordinates"]["iterations"] <= (1 if ridge < 1 else 100)
         assert record["held_out_log_likelihood"] == estimator.ridge_scores_[ridge]
     assert estimator.diagnostics["coordinates"]["converged"] is (estimator.ridge_ >= 1)
+
+
+# -- full-dimensional fits from sparse features ----------------------------------------------------
+
+@pytest.mark.parametrize("features", ["one_hot", "one_hot_time"])
+@pytest.mark.parametrize("estimator_class", [IndependentMLE, PooledMLE])
+@pytest.mark.parametrize("radius", ["wald", "theory"])
+def test_full_dimensional_fits_in_feature_space_equal_the_coordinate_fits(monkeypatch, features, estimator_class,
+                                                                          radius):
+    """With more than 64 identifiable directions, independent and pooled MLE fit theta = B w from
+    the sparse z_j instead of the dense coordinates B^T z_j. The loss only sees B B^T theta and the
+    ridge keeps the rest at zero, so the estimates, their certificates and the confidence sets
+    (built from coordinates formed on demand) must equal those of the coordinate fit, up to the
+    solver's tolerance (1e-8 relative gradient, ridge 0.5: a distance of at most 1e-8 |g_0| / 0.5)."""
+    import agents.estimators
+
+    mdp = random_mdp(25, 3, 3, features=features, seed=4)  # d = 75 or 225
+    rewards = low_rank_rewards(mdp.n_features, N_USERS, RANK, mdp=mdp, scale=2.0, seed=5)
+    dataset = collect_preferences(mdp, rewards, 40, seed=6)
+    sparse = estimator_class(ridge=0.5, radius=radius).fit(dataset, mdp)
+    assert isinstance(sparse._coordinate_features, agents.estimators._Coordinates)
+    monkeypatch.setattr(agents.estimators, "_DENSE_COORDINATES_MAX", 10**6)
+    dense = estimator_class(ridge=0.5, radius=radius).fit(dataset, mdp)
+    assert isinstance(dense._coordinate_features, np.ndarray)
+    np.testing.assert_allclose(sparse.theta_hat, dense.theta_hat, rtol=0, atol=1e-7)
+    # Both in the identifiable span.
+    np.testing.assert_allclose(sparse.theta_hat @ unidentified(mdp), 0.0, atol=1e-12)
+    assert sparse.diagnostics["coordinates"]["relative_gradient_norm"] <= 1e-8
+    for user in (0, N_USERS - 1):
+        first, second = sparse.confidence_set(user), dense.confidence_set(user)
+        np.testing.assert_allclose(first.center, second.center, rtol=0, atol=1e-7)
+        np.testing.assert_allclose(first.matrix, second.matrix, rtol=1e-6, atol=1e-9)
+        assert first.radius == pytest.approx(second.radius, rel=1e-6)
+
+
+# -- ridge selection converges where users have fewer pairs than features ---------------------------
+
+@st.composite
+def sparse_data_worlds(draw):
+    """RandomLowRank worlds (one-hot features) with fewer comparisons per user than features, the
+    regime in which the smallest ridges make the joint fit ill-conditioned."""
+    from lr_mdp_env.envs import random_low_rank_world
+
+    n_states, n_actions = draw(st.integers(3, 6)), draw(st.integers(2, 3))
+    n_users, rank = draw(st.integers(3, 8)), draw(st.integers(1, 3))
+    mdp, rewards = random_low_rank_world(
+        n_states=n_states, n_actions=n_actions, horizon=draw(st.integers(2, 5)), n_users=n_users,
+        rank=min(rank, n_users, n_states * n_actions), scale=draw(st.sampled_from([1.0, 3.0])),
+        model_seed=draw(st.integers(0, 2**16)))
+    # At least 3 pairs, so that the 20% split holds one out of every user.
+    pairs = draw(st.integers(3, n_states * n_actions - 1))
+    return mdp, rewards, collect_preferences(mdp, rewards, pairs, seed=draw(st.integers(0, 2**16)))
+
+
+@pytest.mark.parametrize("projected", [False, True])
+@settings(max_examples=max(8, settings().max_examples // 3))  # 8 in CI, 100 with the thorough profile
+@given(case=sparse_data_worlds())
+def test_ridge_selection_converges_with_fewer_pairs_than_features(projected, case):
+    """Every candidate of the default grid (scored all the way down, no early stop) reaches its
+    tolerance without a ConvergenceWarning, by the joint quasi-Newton path and by variable projection
+    (forced by the layout bound), and the chosen ridge's fit meets the documented tolerances: the
+    joint fit a relative gradient norm of min(100 tol, 1e-4) = 1e-6, the per-user refit a gradient
+    norm of tol = 1e-8 times max(1, its norm at zero) (:func:`agents.fit_logistic`)."""
+    import functools
+    import warnings
+
+    import agents.estimators
+    import agents.factorized
+    from agents import ConvergenceWarning
+
+    mdp, rewards, dataset = case
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(agents.estimators, "select_ridge",
+                      functools.partial(agents.tuning.select_ridge, stop_at_downturn=False))
+        if projected:
+            patch.setattr(agents.factorized, "_LIFTED_MAX_ENTRIES", 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConvergenceWarning)
+            estimator = PShareLoRA(rewards.rank).fit(dataset, mdp)
+    assert len(estimator.ridge_scores_) == len(agents.tuning.DEFAULT_RIDGE_GRID)
+    joint, coordinates = estimator.diagnostics["joint"], estimator.diagnostics["coordinates"]
+    assert joint["converged"] and joint["relative_gradient_norm"] <= 1e-6
+    assert coordinates["converged"]

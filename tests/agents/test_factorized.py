@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse
+import scipy.sparse.linalg
 
 from agents import ConvergenceWarning, fit_factored, spectral_start
 from agents.factorized import _Bilinear
@@ -81,14 +82,24 @@ def bilinear_problem(seed, n=300, context_dim=5, n_features=7, rank=2, one_hot=F
 
 # -- derivatives ---------------------------------------------------------------------------------
 
-# (one-hot contexts, sparse features): the one-hot contexts with sparse features take the user
-# layout (features lifted to n x (d N)), with per-user batched products when users are equal-sized.
+# (one-hot contexts, sparse features): one-hot contexts take the user layout (sparse features
+# lifted to n x (d N)), with per-user batched products when users are equal-sized.
 LAYOUTS = [(False, False), (True, False), (False, True), (True, True), ("equal", True), ("gap", True)]
+
+
+@pytest.fixture(params=["lifted", "plain"])
+def user_layout(request, monkeypatch):
+    """Sparse features of users go lifted (small d N) or plain (variable projection, large d N)."""
+    import agents.factorized
+
+    if request.param == "plain":
+        monkeypatch.setattr(agents.factorized, "_LIFTED_MAX_ENTRIES", 0)
+    return request.param
 
 
 @pytest.mark.parametrize("one_hot, sparse", LAYOUTS)
 @pytest.mark.parametrize("balance", [0.0, 0.7])
-def test_gradient_and_hessian_vector_product_match_finite_differences(one_hot, sparse, balance):
+def test_gradient_and_hessian_vector_product_match_finite_differences(one_hot, sparse, balance, user_layout):
     contexts, features, labels, offsets = bilinear_problem(1, n=60, one_hot=one_hot, sparse=sparse)
     rank, beta, ridge = 3, 1.3, 0.4
     problem = _Bilinear(contexts, features, labels, offsets, beta, ridge, balance, rank)
@@ -130,6 +141,7 @@ CASES = [
     (13, True, True, 0.3, 0.0),
     (14, "equal", True, 1.0, 0.0),
     (15, True, True, 1.0, 1.0),
+    (16, "gap", True, 0.3, 0.0),
 ]
 
 
@@ -143,7 +155,7 @@ def fitted(seed, one_hot, sparse, ridge, balance, rank=2):
 
 
 @pytest.mark.parametrize("seed, one_hot, sparse, ridge, balance", CASES)
-def test_fit_is_a_stationary_point(seed, one_hot, sparse, ridge, balance):
+def test_fit_is_a_stationary_point(seed, one_hot, sparse, ridge, balance, user_layout):
     fit, start, args = fitted(seed, one_hot, sparse, ridge, balance)
     assert fit.converged
     grad = factored_gradient(fit.left, fit.right, *args)
@@ -162,7 +174,7 @@ def test_fit_is_a_stationary_point(seed, one_hot, sparse, ridge, balance):
 
 
 @pytest.mark.parametrize("seed, one_hot, sparse, ridge, balance", CASES)
-def test_stationary_points_are_balanced(seed, one_hot, sparse, ridge, balance):
+def test_stationary_points_are_balanced(seed, one_hot, sparse, ridge, balance, user_layout):
     """``A^T dF/dA - (dF/dB)^T B = ridge D + balance (A^T A D + D B^T B)`` with ``D = A^T A - B^T B``
     (the loss terms cancel), and this map of ``D`` is positive definite: at a stationary point
     ``D = 0``. Its size is bounded by ``(||A|| + ||B||) ||grad F|| / ridge``."""
@@ -189,9 +201,9 @@ def test_one_hot_contexts_give_rank_r_and_match_dense_contexts():
 
 
 @pytest.mark.parametrize("one_hot", [True, "equal"])
-def test_user_layout_gives_the_fit_of_the_general_layout(one_hot):
-    """Sparse features with one-hot contexts take the lifted user layout, dense ones the general
-    passes: the same objective from the same start must give the same answer."""
+def test_sparse_and_dense_features_give_the_same_fit(one_hot):
+    """The passes over sparse and dense features differ: the same objective from the same start
+    must give the same answer."""
     rank = 2
     contexts, features, labels, offsets = bilinear_problem(16, n=500, context_dim=10, n_features=9, rank=rank,
                                                             one_hot=one_hot, sparse=True)
@@ -206,23 +218,33 @@ def test_user_layout_gives_the_fit_of_the_general_layout(one_hot):
     np.testing.assert_allclose(user_fit.matrix, general_fit.matrix, atol=1e-7 * np.abs(general_fit.matrix).max())
 
 
-def test_quasi_newton_warm_up_reaches_the_minimiser_of_newtons_method(monkeypatch):
-    """With one-hot contexts (P-ShareLoRA) preconditioned L-BFGS steps bring the gradient to 1e-3 of
-    the start's before Newton's method finishes: on a problem with one minimum up to the symmetry
-    of the factorisation, the same ``A B^T`` as Newton's method alone from the same start."""
+@pytest.mark.parametrize("projected", [False, True])
+@pytest.mark.parametrize("one_hot", ["equal", True, "gap"])
+def test_quasi_newton_steps_reach_the_minimiser_of_newtons_method(monkeypatch, one_hot, projected):
+    """With one-hot contexts (P-ShareLoRA) the fit starts with L-BFGS steps: joint ones on (A, B)
+    down to 1e-3 of the start's gradient, or, for large sparse problems (forced here by the layout
+    bound), steps on B with every user's factor solved exactly, down to the tolerance. On a problem
+    with one minimum up to the symmetry of the factorisation, either gives the same ``A B^T`` as
+    Newton's method alone from the same start (users with equal or unequal numbers of pairs, or
+    none)."""
     import agents.factorized
 
     rank = 2
     contexts, features, labels, offsets = bilinear_problem(24, n=3000, context_dim=12, n_features=9, rank=rank,
-                                                            one_hot="equal", sparse=True)
+                                                            one_hot=one_hot, sparse=True)
     start = spectral_start(contexts, features, labels, offsets, rank, 1.0)
-    warmed = fit_factored(contexts, features, labels, rank, initial=start, offsets=offsets, ridge=0.5, tol=1e-10)
+    if projected:
+        monkeypatch.setattr(agents.factorized, "_LIFTED_MAX_ENTRIES", 0)
+    stepped = fit_factored(contexts, features, labels, rank, initial=start, offsets=offsets, ridge=0.5, tol=1e-10)
+    monkeypatch.setattr(agents.factorized, "_LIFTED_MAX_ENTRIES", 2**20)
     monkeypatch.setattr(agents.factorized, "_QUASI_NEWTON_LEVEL", 2.0)  # the start already meets it
     newton = fit_factored(contexts, features, labels, rank, initial=start, offsets=offsets, ridge=0.5, tol=1e-10)
-    assert warmed.converged and newton.converged
-    assert warmed.quasi_newton_steps > 0 and newton.quasi_newton_steps == 0
-    assert warmed.objective == pytest.approx(newton.objective, rel=1e-12)
-    np.testing.assert_allclose(warmed.matrix, newton.matrix, atol=1e-7 * np.abs(newton.matrix).max())
+    assert stepped.converged and newton.converged
+    assert stepped.quasi_newton_steps > 0 and newton.quasi_newton_steps == 0
+    if projected:
+        assert stepped.iterations == 0  # no Newton step was needed
+    assert stepped.objective == pytest.approx(newton.objective, rel=1e-12)
+    np.testing.assert_allclose(stepped.matrix, newton.matrix, atol=1e-7 * np.abs(newton.matrix).max())
 
 
 def zero_sum_problem(seed):
@@ -281,18 +303,38 @@ def test_feature_norms_match_dense_norms(sparse):
     assert np.all(norms[[0, 7, 8, 39]] == 0)
 
 
-def test_layout_follows_the_cost_of_a_pass():
-    """The lifted user layout moves one number per non-zero but fills a d x N array per pass: it is
-    taken when d N is below the r - 1 numbers per non-zero it saves, else the general passes."""
-    from agents.factorized import _Bilinear, _UserPairs
+def test_layout_follows_the_cost_of_a_pass(monkeypatch):
+    """One-hot contexts are laid out user by user. With sparse features the lifted layout moves one
+    number per non-zero but fills a d x N array per pass: it is taken when d N is below the r - 1
+    numbers per non-zero it saves and within _LIFTED_MAX_ENTRIES; beyond that bound the problem is
+    fitted by variable projection on the plain user layout."""
+    import agents.factorized
+    from agents.factorized import _Bilinear, _LiftedUserPairs, _UserPairs
 
     rank = 3
     tall = bilinear_problem(19, n=2000, context_dim=10, n_features=8, one_hot=True, sparse=True)
     wide = bilinear_problem(19, n=30, context_dim=40, n_features=8, one_hot=True, sparse=True)
-    for (contexts, features, labels, offsets), lifted in ((tall, True), (wide, False)):
-        assert (contexts.shape[1] * features.shape[1] <= features.nnz * (rank - 1)) == lifted
+    dense_features = bilinear_problem(19, n=200, context_dim=10, n_features=8, one_hot=True)
+    for (contexts, features, labels, offsets), lifted in ((tall, True), (wide, False), (dense_features, False)):
         problem = _Bilinear(contexts, features, labels, offsets, 1.0, 1.0, 0.0, rank)
-        assert isinstance(problem.pairs, _UserPairs) == lifted
+        assert isinstance(problem.pairs, _UserPairs) and isinstance(problem.pairs, _LiftedUserPairs) == lifted
+        assert np.all(np.diff(problem.pairs.groups) >= 0) and not problem.projected
+    monkeypatch.setattr(agents.factorized, "_LIFTED_MAX_ENTRIES", 79)  # d N = 80
+    problem = _Bilinear(*tall, 1.0, 1.0, 0.0, rank)
+    assert problem.projected and type(problem.pairs) is _UserPairs
+
+
+@pytest.mark.parametrize("one_hot, sparse", LAYOUTS)
+def test_reordering_the_pairs_by_user_keeps_the_objective(one_hot, sparse):
+    from agents.factorized import _Bilinear
+
+    contexts, features, labels, offsets = bilinear_problem(19, n=90, one_hot=one_hot, sparse=sparse)
+    problem = _Bilinear(contexts, features, labels, offsets, 1.0, 1.0, 0.0, 2)
+    rng = np.random.default_rng(3)
+    left, right = rng.normal(size=(contexts.shape[1], 2)), rng.normal(size=(features.shape[1], 2))
+    point = np.concatenate([np.ravel(left), np.ravel(right)])
+    expected = factored_objective(left, right, contexts, features, labels, offsets, 1.0, 1.0, 0.0)
+    assert problem.value_and_gradient(point)[0] == pytest.approx(expected, rel=1e-12)
 
 
 def test_inputs_are_taken_as_arrays_and_rank_is_checked():
@@ -336,18 +378,18 @@ def test_no_iterations_return_the_start_for_one_hot_contexts_too():
 
 @pytest.mark.parametrize("one_hot, sparse", LAYOUTS)
 @pytest.mark.parametrize("balance", [0.0, 0.7])
-def test_schur_complement_matches_the_dense_hessian(one_hot, sparse, balance):
+def test_schur_complement_matches_the_dense_hessian(one_hot, sparse, balance, user_layout):
     """The solver eliminates ``dA`` with an explicit ``H_AA`` (block diagonal for one-hot contexts)
     and multiplies by ``S = H_BB - H_BA H_AA^{-1} H_AB``; both must agree with the dense Hessian
     assembled from the (finite-difference-checked) Hessian-vector products. At a balanced point
     ``H_AA`` is positive definite (its balancing part ``mu A (dA^T A + A^T dA)`` is), so the solver's
     inverse is the exact one. Both sides are exact linear algebra: only rounding separates them."""
-    from agents.factorized import _Curvature, _UserPairs
+    from agents.factorized import _Curvature, _LiftedUserPairs
 
     contexts, features, labels, offsets = bilinear_problem(11, n=80, one_hot=one_hot, sparse=sparse)
     rank, beta, ridge = 2, 1.2, 0.3
     problem = _Bilinear(contexts, features, labels, offsets, beta, ridge, balance, rank)
-    assert isinstance(problem.pairs, _UserPairs) == bool(one_hot and sparse)
+    assert isinstance(problem.pairs, _LiftedUserPairs) == bool(one_hot and sparse and user_layout == "lifted")
     rng = np.random.default_rng(12)
     d_x, d = contexts.shape[1], features.shape[1]
     left, right = balanced_factors(rng.normal(size=(d_x, d)), rank)
@@ -367,3 +409,22 @@ def test_schur_complement_matches_the_dense_hessian(one_hot, sparse, balance):
                                atol=1e-10 * np.abs(schur).max())
     np.testing.assert_allclose(d_left.ravel(), -np.linalg.solve(h_aa, h_ab @ direction.ravel()), rtol=1e-9,
                                atol=1e-12)
+
+
+def test_spectral_start_by_lanczos_equals_the_full_svd(monkeypatch):
+    """Large moment matrices take the top-r SVD by Lanczos (forced here by its size bound): the same
+    start, up to the rounding of the two algorithms, as the full decomposition."""
+    import agents.factorized
+
+    contexts, features, labels, offsets = bilinear_problem(25, n=3000, context_dim=40, n_features=30, rank=2,
+                                                            one_hot="equal", sparse=True)
+    full = spectral_start(contexts, features, labels, offsets, 2, 1.0)
+    monkeypatch.setattr(agents.factorized, "_LANCZOS_MIN_SIDE", 0)
+    calls = []
+    original = scipy.sparse.linalg.svds
+    monkeypatch.setattr(scipy.sparse.linalg, "svds", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    lanczos = spectral_start(contexts, features, labels, offsets, 2, 1.0)
+    assert calls
+    # Singular vectors are defined up to sign: compare the rank-2 products A B^T.
+    np.testing.assert_allclose(lanczos[0] @ lanczos[1].T, full[0] @ full[1].T,
+                               atol=1e-8 * np.abs(full[0] @ full[1].T).max())

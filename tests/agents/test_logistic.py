@@ -144,9 +144,9 @@ def test_dual_and_primal_paths_agree(monkeypatch):
     paths = []
     original = agents.logistic._newton_direction
 
-    def recording(features, weights, ridge, grad, gram):
+    def recording(problems, rows, weights, ridge, grad, gram):
         paths.append("primal" if gram is None else "dual")
-        return original(features, weights, ridge, grad, gram)
+        return original(problems, rows, weights, ridge, grad, gram)
 
     monkeypatch.setattr(agents.logistic, "_newton_direction", recording)
     rng = np.random.default_rng(11)
@@ -435,3 +435,90 @@ def test_large_problems_use_the_symmetric_update_and_agree():
         expected = features[rows].T @ (slope[:, None] * features[rows]) + 0.7 * np.eye(k)
         np.testing.assert_allclose(fit.fisher[problem], expected, rtol=1e-12, atol=1e-13 * np.abs(expected).max())
         np.testing.assert_array_equal(fit.fisher[problem], fit.fisher[problem].T)
+
+
+# -- sparse features ------------------------------------------------------------------------------
+
+def sparse_problems(seed, n_problems, counts, k, density=0.05):
+    """Signed small-integer features with a few non-zeros per row (like visit-count differences),
+    rows of the problems shuffled together; ``counts`` pairs per problem (0 allowed)."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(seed)
+    groups = rng.permutation(np.repeat(np.arange(n_problems), counts))
+    n = groups.size
+    mask = rng.uniform(size=(n, k)) < density
+    dense = mask * rng.integers(-2, 3, size=(n, k)).astype(float)
+    labels = rng.choice([0.0, 1.0, 0.5], size=n, p=[0.45, 0.45, 0.1])
+    offsets = 0.3 * rng.normal(size=n)
+    return scipy.sparse.csr_matrix(dense), dense, labels, offsets, groups
+
+
+@pytest.mark.parametrize("counts, k", [
+    ([30, 12, 0, 25, 30], 80),        # n < k in every problem: sample-space (Woodbury) steps
+    ([300, 250, 400], 70),            # n > k >= 64: primal steps with stored Hessian factors
+    ([400], 90),                      # one problem (a pooled fit)
+])
+def test_sparse_features_give_the_dense_fit(counts, k):
+    """The sparse layout (no (B, n_max, k) array) is the same solver: same answer, certificates and
+    Fisher matrices as the dense layout of the same data, and stationary by the independent gradient."""
+    sparse, dense, labels, offsets, groups = sparse_problems(3, len(counts), counts, k)
+    arguments = dict(groups=groups, n_problems=len(counts), offsets=offsets, beta=1.5, ridge=0.7)
+    sparse_fit = fit_logistic(sparse, labels, **arguments)
+    dense_fit = fit_logistic(dense, labels, **arguments)
+    assert sparse_fit.converged.all() and dense_fit.converged.all()
+    np.testing.assert_allclose(sparse_fit.theta, dense_fit.theta, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(sparse_fit.objective, dense_fit.objective, rtol=1e-12)
+    np.testing.assert_allclose(sparse_fit.fisher, dense_fit.fisher, rtol=1e-10, atol=1e-12)
+    for problem, count in enumerate(counts):
+        rows = groups == problem
+        grad = gradient(sparse_fit.theta[problem], dense[rows], labels[rows], offsets[rows], 1.5, 0.7)
+        grad_at_zero = gradient(np.zeros(k), dense[rows], labels[rows], offsets[rows], 1.5, 0.7)
+        assert np.linalg.norm(grad) <= 1e-10 * max(np.linalg.norm(grad_at_zero), 1.0) + 1e-12
+        assert sparse_fit.gradient_norm[problem] == pytest.approx(np.linalg.norm(grad), rel=1e-6, abs=1e-12)
+        if count == 0:
+            np.testing.assert_array_equal(sparse_fit.theta[problem], 0.0)
+
+
+def test_sparse_features_with_few_columns_take_the_dense_layout(monkeypatch):
+    """Below 64 columns a dense batch is small and faster: sparse input is densified there."""
+    sparse, dense, labels, offsets, groups = sparse_problems(4, 3, [20, 20, 20], 12, density=0.3)
+    created = []
+    original = agents.logistic._SparseProblems.__init__
+
+    def recording(self, *args, **kwargs):
+        created.append(True)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(agents.logistic._SparseProblems, "__init__", recording)
+    fit = fit_logistic(sparse, labels, groups=groups, offsets=offsets)
+    assert not created
+    np.testing.assert_allclose(fit.theta, fit_logistic(dense, labels, groups=groups, offsets=offsets).theta,
+                               rtol=0, atol=1e-12)
+
+
+def test_sparse_features_must_be_finite():
+    sparse, _, labels, _, _ = sparse_problems(5, 1, [30], 70)
+    sparse.data[0] = np.nan
+    with pytest.raises(ValueError, match="features must be finite"):
+        fit_logistic(sparse, labels)
+
+
+def test_ridged_solve_survives_a_ridge_lost_to_rounding():
+    """``M = X^T X + 0.01 I`` with rows of 1e9: in floating point the ridge vanishes and ``M`` is
+    exactly singular. Its exact eigenvalues are 4e18 + 0.01 (along (1, 1)) and 0.01 (along (1, -1)),
+    so ``M^{-1} (1, -1) = (100, -100)``: the eigenvalue floor at the ridge recovers it. Where the
+    solve is regular the answer is the plain solve's."""
+    from agents.logistic import ridged_solve
+
+    design = np.full((2, 2), 1e9)
+    matrix = design.T @ design + 0.01 * np.eye(2)
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.solve(matrix, np.array([1.0, -1.0]))
+    np.testing.assert_allclose(ridged_solve(matrix[None], np.array([[[1.0], [-1.0]]]), 0.01)[0, :, 0],
+                               [100.0, -100.0], rtol=1e-12)
+    rng = np.random.default_rng(0)
+    matrices = rng.normal(size=(4, 3, 3))
+    matrices = matrices @ matrices.transpose(0, 2, 1) + np.eye(3)
+    vectors = rng.normal(size=(4, 3, 2))
+    np.testing.assert_allclose(ridged_solve(matrices, vectors, 1.0), np.linalg.solve(matrices, vectors))

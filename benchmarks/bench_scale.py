@@ -1,0 +1,344 @@
+"""Time and peak memory of every stage against the number of users N and the feature dimension d.
+
+The world is ``lr_mdp_env/RandomLowRank-v0`` with one-hot ``(s, a)`` features: 10 actions,
+``d / 10`` states, horizon 20, rank 5, ``--pairs`` comparisons per user (20 by default). Each cell
+``(N, d)`` of the grid runs the stages in order in a fresh process (so that one cell's memory does
+not leak into the next, and a cell that exceeds ``--memory-limit`` is recorded as failed instead
+of taking the machine down):
+
+- ``world``, ``collect``: ``random_low_rank_world`` and ``collect_preferences``;
+- one stage per estimator fit (pooled, independent, oracle-subspace, P-ShareLoRA; a fixed ridge,
+  ``--ridge``, or with ``--select`` the default ridge selection), and beside them
+  ``sklearn per-user``: scikit-learn's ``LogisticRegression`` (lbfgs, ``C = 1 / ridge``, no
+  intercept, tol 1e-6) fitted to each user's comparisons in the full dimension, from the sparse
+  feature differences (with ``--select``: over the same grid and split, plus the refit);
+- ``loco-prs joint``: LoCo-RLHF's rank-5 factored fit (contexts of dimension 10, one per user).
+
+Stages are the entries of ``STAGES``: a name and a function of the cell's state (a dict holding
+``mdp``, ``rewards``, ``dataset`` and the options), so later stages (planning, evaluation) are
+appended there. For every stage the script prints wall-clock seconds and the peak resident memory
+of the process during the stage (``VmHWM``, reset before each stage), then the exponents of
+``time ~ N^a`` (at each d) and ``time ~ d^b`` (at each N) fitted by least squares on log-log
+axes, and draws both on log-log axes into ``--figure``.
+
+Run: ``python benchmarks/bench_scale.py --figure docs/scale.png`` (the quick grid, N in
+{100, 1000}, d in {100, 500, 2000}: a few minutes), ``--full`` for N in {100, 1000, 10000} and d
+in {100, 500, 2000}. Needs scikit-learn. One BLAS thread by default (``--blas-threads``), as the other
+benchmarks: timings on a shared machine are noisy, ratios measured in the same cell less so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+QUICK_USERS, QUICK_FEATURES = (100, 1000), (100, 500, 2000)
+FULL_USERS, FULL_FEATURES = (100, 1000, 10000), (100, 500, 2000)
+N_ACTIONS, HORIZON, RANK, CONTEXT_DIM = 10, 20, 5, 10
+
+
+# -- the stages -------------------------------------------------------------------------------------
+
+def _world(state: dict) -> None:
+    from lr_mdp_env.envs import random_low_rank_world
+
+    state["mdp"], state["rewards"] = random_low_rank_world(
+        n_states=state["d"] // N_ACTIONS, n_actions=N_ACTIONS, horizon=HORIZON, n_users=state["N"], rank=RANK,
+        model_seed=0)
+
+
+def _collect(state: dict) -> None:
+    import lr_mdp_env
+
+    state["dataset"] = lr_mdp_env.collect_preferences(state["mdp"], state["rewards"], state["pairs"], seed=1)
+
+
+def _estimator(name: str) -> Callable[[dict], None]:
+    def fit(state: dict) -> None:
+        import agents
+
+        ridge = None if state["select"] else state["ridge"]
+        estimator = {
+            "pooled": lambda: agents.PooledMLE(ridge=ridge),
+            "independent": lambda: agents.IndependentMLE(ridge=ridge),
+            "oracle-subspace": lambda: agents.OracleSubspaceMLE(state["rewards"].subspace, ridge=ridge),
+            "p-sharelora": lambda: agents.PShareLoRA(RANK, ridge=ridge),
+        }[name]().fit(state["dataset"], state["mdp"])
+        state.setdefault("notes", {})[name] = {"ridge": estimator.ridge_, **estimator.diagnostics}
+
+    return fit
+
+
+def _sklearn_per_user(state: dict) -> None:
+    """scikit-learn's per-user fits (the peer): every user's own full-dimensional ridge logistic
+    regression; with ``select``, over the ridge grid on the estimators' split, then the refit."""
+    from sklearn.linear_model import LogisticRegression
+
+    from agents.data import comparison_data
+    from agents.tuning import DEFAULT_RIDGE_GRID, held_out_split, log_likelihood
+
+    data = comparison_data(state["dataset"], state["mdp"])
+    features, labels, users = data.differences.tocsr(), data.labels, data.users
+    order = np.argsort(users, kind="stable")
+    starts = np.searchsorted(users[order], np.arange(data.n_users + 1))
+
+    def fit(rows: np.ndarray, ridge: float) -> np.ndarray:
+        coefficients = np.zeros((data.n_users, features.shape[1]))
+        chosen = np.zeros(data.n_pairs, dtype=bool)
+        chosen[rows] = True
+        for user in range(data.n_users):
+            mine = order[starts[user]:starts[user + 1]]
+            mine = mine[chosen[mine]]
+            if np.unique(labels[mine]).size < 2:  # one class: scikit-learn refuses; the ridge MLE is 0
+                continue
+            coefficients[user] = LogisticRegression(C=1.0 / ridge, fit_intercept=False, tol=1e-6, max_iter=1000).fit(
+                features[mine], (labels[mine] > 0.5).astype(int)).coef_.ravel()
+        return coefficients
+
+    everything = np.arange(data.n_pairs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its own ConvergenceWarning at max_iter
+        if not state["select"]:
+            fit(everything, state["ridge"])
+            return
+        train, held_out = held_out_split(data, seed=0)
+        scores = {}
+        for ridge in DEFAULT_RIDGE_GRID:
+            coefficients = fit(train, ridge)
+            logits = np.asarray(features[held_out].multiply(coefficients[users[held_out]]).sum(axis=1)).ravel()
+            scores[ridge] = float(np.mean(log_likelihood(logits, labels[held_out])))
+        best = max(scores, key=lambda ridge: (scores[ridge], ridge))
+        fit(everything, best)
+        state.setdefault("notes", {})["sklearn per-user"] = {"ridge": best}
+
+
+def _loco_joint(state: dict) -> None:
+    """LoCo-RLHF's factored fit (the first step of LoCo-PRS) on users with contexts."""
+    import lr_mdp_env
+    from agents.data import comparison_data
+    from agents.factorized import fit_factored
+    from lr_mdp_env.identifiability import unidentified_directions
+
+    mdp = state["mdp"]
+    rewards = lr_mdp_env.contextual_rewards(mdp.n_features, CONTEXT_DIM, RANK, n_users=state["N"], mdp=mdp, seed=3)
+    data = comparison_data(lr_mdp_env.collect_preferences(mdp, rewards, state["pairs"], seed=4), mdp)
+    fit = fit_factored(data.contexts, data.differences, data.labels, RANK, offsets=data.offsets,
+                       ridge=state["ridge"], balance=1.0, hidden=unidentified_directions(mdp), tol=1e-6)
+    state.setdefault("notes", {})["loco-prs joint"] = {"converged": bool(fit.converged),
+                                                        "iterations": int(fit.iterations)}
+
+
+STAGES: list[tuple[str, Callable[[dict], None]]] = [
+    ("world", _world),
+    ("collect", _collect),
+    ("pooled", _estimator("pooled")),
+    ("independent", _estimator("independent")),
+    ("oracle-subspace", _estimator("oracle-subspace")),
+    ("p-sharelora", _estimator("p-sharelora")),
+    ("sklearn per-user", _sklearn_per_user),
+    ("loco-prs joint", _loco_joint),
+]
+
+
+# -- one cell, in its own process --------------------------------------------------------------------
+
+def _reset_peak_memory() -> bool:
+    """Reset the process's resident-memory high-water mark (Linux), so that the next read is the
+    peak of one stage."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_memory_mb() -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # since the start: an upper bound
+
+
+def run_cell(options: dict) -> dict:
+    """Run every stage on one ``(N, d)`` cell; returns ``{stage: {"seconds", "peak_mb"}}``."""
+    from threadpoolctl import threadpool_limits
+
+    import agents  # noqa: F401  (imports are not part of any stage's time)
+    import lr_mdp_env.envs  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+
+    state = dict(options)
+    results: dict[str, Any] = {}
+    limits = threadpool_limits(limits=options["blas_threads"], user_api="blas") if options["blas_threads"] else None
+    try:
+        for name, stage in STAGES:
+            if name not in options["stages"]:
+                continue
+            _reset_peak_memory()
+            start = time.perf_counter()
+            try:
+                stage(state)
+            except MemoryError:
+                results[name] = {"error": "out of memory"}
+                break
+            results[name] = {"seconds": time.perf_counter() - start, "peak_mb": _peak_memory_mb()}
+    finally:
+        if limits is not None:
+            limits.unregister()
+    results["notes"] = state.get("notes", {})
+    return results
+
+
+def _cell_in_subprocess(options: dict, memory_limit_gb: float) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--cell", json.dumps(options),
+               "--memory-limit", str(memory_limit_gb)]
+    finished = subprocess.run(command, capture_output=True, text=True)
+    if finished.returncode != 0:
+        lines = (finished.stderr or "").strip().splitlines()
+        return {"failed": lines[-1] if lines else f"exit status {finished.returncode}"}
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+# -- the grid, the exponents, the figure ---------------------------------------------------------------
+
+def fitted_exponent(sizes: list[float], seconds: list[float]) -> float | None:
+    """Least-squares slope of ``log seconds`` on ``log size`` (None with fewer than two points)."""
+    if len(sizes) < 2:
+        return None
+    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
+
+
+def _series(grid: dict, stage: str, axis: str, fixed: int, values: tuple[int, ...]) -> tuple[list, list]:
+    sizes, seconds = [], []
+    for value in values:
+        key = (value, fixed) if axis == "N" else (fixed, value)
+        entry = grid.get(key, {}).get(stage, {})
+        if "seconds" in entry:
+            sizes.append(value)
+            seconds.append(entry["seconds"])
+    return sizes, seconds
+
+
+def report(grid: dict, users: tuple[int, ...], features: tuple[int, ...], stages: list[str]) -> None:
+    cells = [(n, d) for d in features for n in users]
+    print("\nwall-clock seconds / peak resident memory (MB) during the stage")
+    header = "".join(f"{f'N={n} d={d}':>22s}" for n, d in cells)
+    print(f"{'stage':18s}{header}")
+    for stage in stages:
+        row = ""
+        for cell in cells:
+            entry = grid.get(cell, {})
+            if "failed" in entry:
+                row += f"{'failed':>22s}"
+            elif stage in entry and "seconds" in entry[stage]:
+                row += f"{entry[stage]['seconds']:>12.2f} /{entry[stage]['peak_mb']:>7.0f}"
+            else:
+                row += f"{entry.get(stage, {}).get('error', '-'):>22s}"
+        print(f"{stage:18s}{row}")
+    print("\nP-ShareLoRA / scikit-learn per-user fits, same cell:",
+          ", ".join(f"N={n} d={d}: {grid[(n, d)]['p-sharelora']['seconds'] / grid[(n, d)]['sklearn per-user']['seconds']:.2f}"
+                    for n, d in cells if "seconds" in grid.get((n, d), {}).get("p-sharelora", {})
+                    and "seconds" in grid.get((n, d), {}).get("sklearn per-user", {})))
+    print("\nfitted exponents: time ~ N^a at each d | time ~ d^b at each N")
+    for stage in stages:
+        by_users = [fitted_exponent(*_series(grid, stage, "N", d, users)) for d in features]
+        by_features = [fitted_exponent(*_series(grid, stage, "d", n, features)) for n in users]
+        text = lambda values: ", ".join("-" if value is None else f"{value:.2f}" for value in values)  # noqa: E731
+        print(f"  {stage:18s} a = {text(by_users):22s} (d = {', '.join(map(str, features))}) | "
+              f"b = {text(by_features)} (N = {', '.join(map(str, users))})")
+    print("\nconvergence (relative gradient norm of every fit; P-ShareLoRA's L-BFGS and Newton steps):")
+    for n, d in cells:
+        notes = grid.get((n, d), {}).get("notes", {})
+        if not notes:
+            continue
+        worst = max((facts.get("relative_gradient_norm", 0.0) for fits in notes.values() if isinstance(fits, dict)
+                     for facts in fits.values() if isinstance(facts, dict)), default=0.0)
+        converged = all(facts.get("converged", True) for fits in notes.values() if isinstance(fits, dict)
+                        for facts in [fits, *fits.values()] if isinstance(facts, dict))
+        joint = notes.get("p-sharelora", {}).get("joint", {})
+        print(f"  N={n} d={d}: all converged {converged}, worst relative gradient {worst:.1e}; P-ShareLoRA "
+              f"{joint.get('quasi_newton_steps', '-')} + {joint.get('iterations', '-')} steps"
+              + (f", chosen ridges {dict((name, fits['ridge']) for name, fits in notes.items() if 'ridge' in fits)}"
+                 if any("ridge" in fits for fits in notes.values()) and grid[(n, d)].get("select") else ""))
+
+
+def draw(grid: dict, users: tuple[int, ...], features: tuple[int, ...], stages: list[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_users, by_features) = plt.subplots(1, 2, figsize=(9, 3.6))
+    largest_d, middle_n = features[-1], users[len(users) // 2]
+    for stage in stages:
+        for axes, axis, fixed, values in ((by_users, "N", largest_d, users), (by_features, "d", middle_n, features)):
+            sizes, seconds = _series(grid, stage, axis, fixed, values)
+            if sizes:
+                exponent = fitted_exponent(sizes, seconds)
+                label = stage if exponent is None else f"{stage} ({exponent:.2f})"
+                axes.loglog(sizes, seconds, "o--" if stage.startswith("sklearn") else "o-", label=label)
+    by_users.set(xlabel="users N", ylabel="seconds", title=f"d = {largest_d} (fitted exponent)")
+    by_features.set(xlabel="features d", title=f"N = {middle_n} (fitted exponent)")
+    for axes in (by_users, by_features):
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=6.5, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    print(f"figure written to {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--figure", help="path of the log-log figure (PNG)")
+    parser.add_argument("--full", action="store_true", help="N in {100, 1000, 10000}, d in {100, 500, 2000}")
+    parser.add_argument("--users", type=int, nargs="*", help="N values (overrides the grid)")
+    parser.add_argument("--features", type=int, nargs="*", help="d values, multiples of 10 (overrides the grid)")
+    parser.add_argument("--pairs", type=int, default=20, help="comparisons per user")
+    parser.add_argument("--ridge", type=float, default=10.0, help="fixed ridge of every fit")
+    parser.add_argument("--select", action="store_true", help="default ridge selection instead of --ridge")
+    parser.add_argument("--stages", nargs="*", default=[name for name, _ in STAGES], help="stages to run")
+    parser.add_argument("--blas-threads", type=int, default=1, help="BLAS threads (0: no limit)")
+    parser.add_argument("--memory-limit", type=float, default=8.0, help="address-space limit of a cell, GB")
+    parser.add_argument("--cell", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.cell:  # a cell, in its own process
+        if arguments.memory_limit > 0:
+            limit = int(arguments.memory_limit * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        print(json.dumps(run_cell(json.loads(arguments.cell))))
+        return
+    users = tuple(arguments.users or (FULL_USERS if arguments.full else QUICK_USERS))
+    features = tuple(arguments.features or (FULL_FEATURES if arguments.full else QUICK_FEATURES))
+    stages = [name for name, _ in STAGES if name in arguments.stages]
+    grid = {}
+    for d in features:
+        for n in users:
+            options = dict(N=n, d=d, pairs=arguments.pairs, ridge=arguments.ridge, select=arguments.select,
+                           stages=stages, blas_threads=arguments.blas_threads)
+            start = time.perf_counter()
+            result = _cell_in_subprocess(options, arguments.memory_limit)
+            result["select"] = arguments.select
+            grid[(n, d)] = result
+            print(f"cell N={n} d={d}: {time.perf_counter() - start:.0f} s"
+                  + (f" (failed: {result['failed']})" if "failed" in result else ""), flush=True)
+    report(grid, users, features, stages)
+    if arguments.figure:
+        draw(grid, users, features, stages, arguments.figure)
+
+
+if __name__ == "__main__":
+    main()
