@@ -12,9 +12,9 @@ coordinates ``z = (z_1, ..., z_J)``::
 whose multipliers of the linear constraints are the occupancy measure ``q[h, s, a] >= 0`` of
 the primal problem (the flow constraints are the stationarity conditions in ``V``). Mehrotra's
 predictor-corrector method with Nesterov-Todd scaling of the cones follows the central path of
-this pair; every iterate keeps ``(V, z)`` strictly feasible, so ``theta(z)`` is always a member of
-the set, and a start from a flow-feasible ``q`` keeps ``q`` flow-feasible, so every iterate is a
-policy.
+this pair from a centred start; every iterate keeps ``(V, z)`` strictly feasible, so ``theta(z)``
+is always a member of the set, and ``q > 0`` always defines a policy ``q / sum_a q``: the caller
+certifies both after every iteration.
 
 Each iteration solves one Newton system ``G^T W^{-2} G dx = r`` in ``(V, z)``: the value block is
 block tridiagonal in the step ``h`` (``S x S`` blocks, ``A_V^T D A_V``), eliminated by a block
@@ -61,7 +61,8 @@ class ConicProblem:
     blocks : tuple of int
         Sizes ``m_j`` of the balls, summing to ``k``.
     start : ndarray, shape (n, H, S, A)
-        A positive occupancy to start from (flow-feasible where the MDP allows).
+        An occupancy whose mean product with the starting slacks sets the starting barrier
+        level (the start is centred: ``q o s`` equal to it everywhere).
     """
 
     transitions: np.ndarray
@@ -181,9 +182,12 @@ class _Iterate:
             following = values[:, step]
         self.V = values
         self.z = np.zeros((n, sum(problem.blocks)))
-        self.q = problem.start.copy()
         self.s = slacks(problem, self.V, self.z)
-        level = np.einsum("ihsa,ihsa->i", self.q, self.s) / self.q[0].size
+        # A perfectly centred start, q o s = level: the products of the start occupancy with the
+        # slacks spread over orders of magnitude, which shortens the first steps. The flow
+        # residual this leaves is driven to zero with the rest (an infeasible-start method).
+        level = np.einsum("ihsa,ihsa->i", problem.start, self.s) / self.s[0].size
+        self.q = level[:, None, None, None] / self.s
         self.y = []
         for size in problem.blocks:
             cone = np.zeros((n, size + 1))
@@ -294,27 +298,30 @@ class _NewtonSystem:
         index = np.arange(n_states)
         diagonal[:, :, index, index] = weights.sum(axis=-1)
         upper = np.empty((n, max(horizon - 1, 0), n_states, n_states))
-        coupling = np.empty((n, horizon, n_states, k))  # -A_V^T D Psi
         stationary = problem.features.shape[1] == 1
         scale = weights.reshape(n, -1).max(axis=1)
-        if stationary:  # Psi^T diag(sum_h D_h) Psi
-            total = flat.sum(axis=1)
-            schur = np.matmul(np.swapaxes(problem.features[:, 0], 1, 2), total[..., None] * problem.features[:, 0])
+        # The coupling C = -A_V^T D Psi: C_h = -sum_a D_h[s, a] Psi[s, a] + P_{h-1}^T D_{h-1} Psi.
+        # With stationary features one product (H S, S A) x (S A, k) per user forms all steps.
+        pair_state = np.repeat(np.arange(n_states), n_actions)
+        operator = np.zeros((n, horizon, n_states, n_states * n_actions))
+        operator[:, :, pair_state, np.arange(n_states * n_actions)] = -flat
+        for step in range(1, horizon):
+            previous = transitions[step - 1]  # (S A, S)
+            operator[:, step] += previous.T * flat[:, step - 1, None, :]
+            diagonal[:, step] += np.matmul(previous.T, flat[:, step - 1, :, None] * previous)
+            upper[:, step - 1] = -(flat[:, step - 1, :, None] * previous).reshape(
+                n, n_states, n_actions, n_states).sum(axis=2)
+        if stationary:
+            features = problem.features[:, 0]
+            coupling = np.matmul(operator.reshape(n, horizon * n_states, -1), features).reshape(n, horizon, n_states, k)
+            schur = np.matmul(np.swapaxes(features, 1, 2), flat.sum(axis=1)[..., None] * features)  # Psi^T diag(w) Psi
         else:
+            coupling = np.empty((n, horizon, n_states, k))
             schur = np.zeros((n, k, k))
-        for step in range(horizon):
-            features = problem.features[:, 0 if stationary else step]
-            weighted = flat[:, step, :, None] * features  # D_h Psi_h, (n, S A, k)
-            coupling[:, step] = -weighted.reshape(n, n_states, n_actions, k).sum(axis=2)
-            if not stationary:
-                schur += np.matmul(np.swapaxes(features, 1, 2), weighted)
-            if step > 0:
-                previous = transitions[step - 1]
-                coupling[:, step] += np.matmul(previous.T, previous_weighted)
-                diagonal[:, step] += np.matmul(previous.T, flat[:, step - 1, :, None] * previous)
-                upper[:, step - 1] = -(flat[:, step - 1, :, None] * previous).reshape(
-                    n, n_states, n_actions, n_states).sum(axis=2)
-            previous_weighted = weighted
+            for step in range(horizon):
+                features = problem.features[:, step]
+                coupling[:, step] = np.matmul(operator[:, step], features)
+                schur += np.matmul(np.swapaxes(features, 1, 2), flat[:, step, :, None] * features)
         # Unreachable states have q -> 0 and a vanishing row of T: a relative ridge keeps the
         # factorisation defined (it only perturbs the direction, which the certificate checks).
         diagonal[:, :, index, index] += 1e-13 * np.maximum(scale, np.finfo(float).tiny)[:, None, None]

@@ -692,10 +692,10 @@ def _solve_interior_point(run: _Run, users: np.ndarray, structures: list[_Struct
     k = structures[0].adjoint.shape[1]  # the same for the whole group
     features, steps = _feature_map(mdp)
     transitions = np.asarray(mdp.transitions).reshape(horizon, pairs, n_states)
-    # Psi and its weighted copy, L^{-1} C, the k x k system and the value blocks, per user.
-    per_user = 3 * steps * pairs * k + 2 * horizon * n_states * k + 3 * k * k + 4 * horizon * n_states**2
+    # Psi, its coupling operator, L^{-1} C, the k x k system and the value blocks, per user.
+    per_user = (2 * steps * pairs * k + horizon * n_states * pairs + 3 * horizon * n_states * k + 3 * k * k
+                + 4 * horizon * n_states**2)
     uniform = occupancy(mdp, uniform_policy(mdp))
-    floor = 1e-4 / pairs
     for start in range(0, len(users), _block_size(per_user)):
         block = users[start:start + _block_size(per_user)]
         block_structures = structures[start:start + len(block)]
@@ -710,7 +710,7 @@ def _solve_interior_point(run: _Run, users: np.ndarray, structures: list[_Struct
             transitions=transitions, initial_distribution=np.asarray(mdp.initial_distribution),
             reward=mdp.reward(thetas).reshape(len(block), horizon, pairs), features=psi,
             reference=np.matmul(run.reference[block][:, None, :], adjoints)[:, 0],
-            blocks=structures[0].blocks, start=np.maximum(start_occupancy, floor),
+            blocks=structures[0].blocks, start=start_occupancy,
         )
 
         def check(rows: np.ndarray, q: np.ndarray, z: np.ndarray) -> np.ndarray:
