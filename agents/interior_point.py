@@ -60,6 +60,8 @@ class ConicProblem:
         ``Psi_ref = (radius_j K_j d_ref)_j``.
     blocks : tuple of int
         Sizes ``m_j`` of the balls, summing to ``k``.
+    constant : ndarray, shape (n,)
+        ``theta_hat . d_ref``, so that ``rho . V_0 - constant - reference . z`` is the dual objective.
     start : ndarray, shape (n, H, S, A)
         An occupancy whose mean product with the starting slacks sets the starting barrier
         level (the start is centred: ``q o s`` equal to it everywhere).
@@ -72,6 +74,7 @@ class ConicProblem:
     reference: np.ndarray
     blocks: tuple[int, ...]
     start: np.ndarray
+    constant: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -209,7 +212,7 @@ class _Iterate:
         """Restrict the state (and its problem) to the users ``rows``."""
         p = self.problem
         self.problem = ConicProblem(p.transitions, p.initial_distribution, p.reward[rows], p.features[rows],
-                                    p.reference[rows], p.blocks, p.start[rows])
+                                    p.reference[rows], p.blocks, p.start[rows], p.constant[rows])
         self.V, self.z, self.q, self.s = self.V[rows], self.z[rows], self.q[rows], self.s[rows]
         self.y = [cone[rows] for cone in self.y]
 
@@ -376,6 +379,7 @@ def interior_point(
     problem: ConicProblem,
     check: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
     *,
+    tol: float,
     max_iterations: int,
     out_of_time: Callable[[], bool],
 ) -> np.ndarray:
@@ -385,9 +389,14 @@ def interior_point(
     ----------
     problem : ConicProblem
     check : callable ``(rows, q, z) -> done``
-        Called after every iteration with the users still running (their indices in the block),
-        their occupancies ``q`` ``(m, H, S, A)`` and ball coordinates ``z`` ``(m, k)``; records what
-        it needs (the caller certifies the gap) and returns which of them are finished.
+        Called with the users whose own duality gap ``q . s + sum_j y_j . (1, z_j)`` has fallen
+        within ``1000 tol`` of their dual objective (the certificate, a backward induction at
+        ``theta(z)`` and the exact value of ``q``'s policy, is tighter than that gap, but not by
+        orders of magnitude), with their occupancies ``q`` ``(m, H, S, A)`` and ball coordinates
+        ``z`` ``(m, k)``; records what it needs (the caller certifies the gap exactly) and
+        returns which of them are finished.
+    tol : float
+        The caller's relative tolerance.
     max_iterations : int
     out_of_time : callable
         Polled once per iteration; stops all users when it returns True.
@@ -395,29 +404,45 @@ def interior_point(
     Returns
     -------
     ndarray of int, shape (n,)
-        Iterations run by each user.
+        Iterations run by each user. Users whose duality gap fell to ``1e-4 tol`` without a
+        certificate within ``tol`` (rounding limits the certificate) stop there too.
     """
     n = problem.shape[0]
     state = _Iterate(problem)
     rows = np.arange(n)
     iterations = np.zeros(n, dtype=int)
     degree = state.q[0].size + len(problem.blocks)
-    for _ in range(max_iterations):
+    for iteration in range(max_iterations):
         if not rows.size or out_of_time():
             break
         try:
             _mehrotra_step(state, degree)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
-            # Rounding has made a factor indefinite: the iterate is as good as it gets.
+            # Rounding has made a factor indefinite: the last iterate is as good as it gets.
+            check(rows, state.q, state.z)
             break
         iterations[rows] += 1
-        done = np.asarray(check(rows, state.q, state.z), dtype=bool)
+        gap = np.einsum("ihsa,ihsa->i", state.q, state.s) + sum(
+            np.einsum("ij,ij->i", cone, y) for cone, y in zip(state.cones(), state.y))
+        scale = np.maximum(1.0, np.abs(_dual_objective(state)))
+        last = iteration + 1 == max_iterations
+        ready = (gap <= 1e3 * tol * scale) | last | out_of_time()
+        done = np.zeros(rows.size, dtype=bool)
+        if ready.any():
+            done[ready] = np.asarray(check(rows[ready], state.q[ready], state.z[ready]), dtype=bool)
+        done |= gap <= 1e-4 * tol * scale
         if done.all():
             break
         if done.any():
             state.keep(np.flatnonzero(~done))
             rows = rows[~done]
     return iterations
+
+
+def _dual_objective(state: _Iterate) -> np.ndarray:
+    """``rho . V_0 - theta(z) . d_ref``: an upper bound on the optimum at every iterate."""
+    problem = state.problem
+    return state.V[:, 0] @ problem.initial_distribution - problem.constant - np.einsum("ik,ik->i", problem.reference, state.z)
 
 
 def _mehrotra_step(state: _Iterate, degree: int) -> None:

@@ -711,6 +711,7 @@ def _solve_interior_point(run: _Run, users: np.ndarray, structures: list[_Struct
             reward=mdp.reward(thetas).reshape(len(block), horizon, pairs), features=psi,
             reference=np.matmul(run.reference[block][:, None, :], adjoints)[:, 0],
             blocks=structures[0].blocks, start=start_occupancy,
+            constant=np.einsum("ij,ij->i", thetas, run.reference[block]),
         )
 
         def check(rows: np.ndarray, q: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -721,7 +722,7 @@ def _solve_interior_point(run: _Run, users: np.ndarray, structures: list[_Struct
             run.record_duals(members, thetas[rows] + np.matmul(adjoints[rows], z[..., None])[..., 0])
             return run.done(members)
 
-        iterations = interior_point.interior_point(problem, check, max_iterations=max_iterations,
+        iterations = interior_point.interior_point(problem, check, tol=run.tol, max_iterations=max_iterations,
                                                    out_of_time=run.out_of_time)
         run.iterations[block] = iterations
         run.label(block, "interior-point")
