@@ -225,6 +225,8 @@ def column_generation(run: Any, users: np.ndarray, thetas: np.ndarray, adjoints:
         # Finished users get a placeholder column (weight 0 forever: their masters are not solved).
         gains[active, -1] = new_gains
         coordinates[active, -1] = new_coordinates
+        # Masters are solved to 1e-3 tol: the mis-price test and the pricing point need duals
+        # well below the tolerance (a cruder master stalls runs whose optimum is L = 0).
         accuracy = 1e-3 * tol * np.maximum(1.0, np.abs(best_bound[active]))
         solved_weights, solved_dual, values = solve_masters(gains[active], coordinates[active], blocks, accuracy)
         weights = np.concatenate([weights, np.zeros((n, 1))], axis=1)

@@ -551,21 +551,22 @@ def _cheaper_method(mdp: TabularMDP, k: int, n_users: int) -> str:
     each array operation (Python's overhead, about ``2e5`` operations' worth).
 
     Interior point: about 25 iterations, each forming and factoring the value block
-    (``2 H S^2 (S A)`` and ``H S^3``), the ``z`` block and the coupling (``4 (S A) k^2``,
+    (``2 H S^2 (S A)`` and ``H S^3``), the ``z`` block and the coupling (``2 (S A) k^2``,
     ``2 H S (S A) k``, ``2 H S k^2``) and the Schur complement (``k^3 / 3``), about ``100 + 30 H``
     array operations. Column generation: about ``2 k + 10`` pricing steps, each a backward
-    induction and an occupancy (``4 H S^2 A``) and a master of about 60 barrier steps over
-    ``t`` columns (``t (k + 1)^2`` each) and about 1000 array operations.
+    induction and an occupancy (``4 H S^2 A``) and a barrier master over ``t`` columns whose
+    measured cost is about ``1e4 t (k + 1)^2`` operations' worth (some 70 Newton steps with a
+    feasibility search, on arrays too small for BLAS to pay), and about 1000 array operations.
     """
     horizon, n_states, n_actions = mdp.horizon, mdp.n_states, mdp.n_actions
     pairs = n_states * n_actions
     overhead = 2e5
-    interior = 25 * (n_users * (2 * horizon * n_states**2 * pairs + horizon * n_states**3 + 4 * pairs * k**2
+    interior = 25 * (n_users * (2 * horizon * n_states**2 * pairs + horizon * n_states**3 + 2 * pairs * k**2
                                 + 2 * horizon * n_states * pairs * k + 2 * horizon * n_states * k**2 + k**3 / 3)
                      + (100 + 30 * horizon) * overhead)
     steps = 2 * k + 10
     columns = steps / 2 + 2
-    generation = steps * (n_users * (4 * horizon * n_states**2 * n_actions + 60 * 4 * columns * (k + 1) ** 2)
+    generation = steps * (n_users * (4 * horizon * n_states**2 * n_actions + 1e4 * columns * (k + 1) ** 2)
                           + 1000 * overhead)
     return "interior-point" if interior <= generation else "column-generation"
 
