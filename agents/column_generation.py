@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from lr_mdp_env.dynamic_programming import expected_features, occupancy
+from lr_mdp_env.dynamic_programming import expected_features, occupancy, occupancy_features
 
 __all__ = ["column_generation", "solve_masters"]
 
@@ -178,6 +178,7 @@ def column_generation(run: Any, users: np.ndarray, thetas: np.ndarray, adjoints:
     reference = run.reference[users]
     eye = np.eye(mdp.n_actions)
     actions: list[np.ndarray] = []  # per column, (n, H, S) greedy actions
+    states: list[np.ndarray] = []  # per column, (n, H, S) state distributions
     seeded = run.reference_policies is not None
     gains = np.zeros((n, 0))
     coordinates = np.zeros((n, 0, k))
@@ -208,7 +209,8 @@ def column_generation(run: Any, users: np.ndarray, thetas: np.ndarray, adjoints:
         best_bound[active[improved]] = bounds[improved]
         best_dual[active[improved]] = zeta[improved]
         iterations[active] += 1
-        directions = expected_features(mdp, policies) - reference[active]
+        column_occupancy = occupancy(mdp, policies)
+        directions = occupancy_features(mdp, column_occupancy) - reference[active]
         new_gains = np.einsum("ij,ij->i", thetas[active], directions)
         new_coordinates = np.matmul(directions[:, None, :], adjoints[active])[:, 0]
         # A column that the current master prices at no gain is a mis-price: the bound improved
@@ -217,9 +219,14 @@ def column_generation(run: Any, users: np.ndarray, thetas: np.ndarray, adjoints:
         misprice = reduced <= 1e-13 * np.maximum(1.0, np.abs(master_level[active]))
         stalled = misprice & direct[active]
         direct[active] = misprice
+        # A deterministic column is its actions and its state distributions d_h(s): the mixture's
+        # occupancy is rebuilt from them at the end without recomputing any occupancy.
         column_actions = np.zeros((n, mdp.horizon, mdp.n_states), dtype=np.int16)
         column_actions[active] = policies.argmax(axis=-1)
+        column_states = np.zeros((n, mdp.horizon, mdp.n_states))
+        column_states[active] = column_occupancy.sum(axis=-1)
         actions.append(column_actions)
+        states.append(column_states)
         gains = np.concatenate([gains, np.zeros((n, 1))], axis=1)
         coordinates = np.concatenate([coordinates, np.zeros((n, 1, k))], axis=1)
         # Finished users get a placeholder column (weight 0 forever: their masters are not solved).
@@ -238,31 +245,34 @@ def column_generation(run: Any, users: np.ndarray, thetas: np.ndarray, adjoints:
         master_level[active] = np.max(gains[active] + np.einsum("itk,ik->it", coordinates[active], solved_dual), axis=1)
         finished = best_bound[active] - master_value[active] <= tol * np.maximum(1.0, np.abs(master_value[active]))
         active = active[~(finished | stalled)]
-    _record_mixtures(run, users, weights, actions, eye, seeded)
+    _record_mixtures(run, users, weights, actions, states, seeded)
     return iterations
 
 
 def _record_mixtures(run: Any, users: np.ndarray, weights: np.ndarray, actions: list[np.ndarray],
-                     eye: np.ndarray, seeded: bool) -> None:
-    """The Markov policy of each user's mixture, evaluated exactly and recorded."""
+                     states: list[np.ndarray], seeded: bool) -> None:
+    """The Markov policy of each user's mixture, evaluated exactly and recorded.
+
+    The mixture's occupancy is ``sum_i lambda_i q_i`` with ``q_i[h, s, a] = d_ih(s) [a = a_ih(s)]``
+    for a deterministic column (and the reference policy's occupancy for a seeded column 0).
+    """
     mdp = run.mdp
     n = len(users)
     shape = (mdp.horizon, mdp.n_states, mdp.n_actions)
     # Weights at rounding level (the barrier never gives exact zeros) carry no value.
     weights = np.where(weights > 1e-10 * weights.max(axis=1, keepdims=True), weights, 0.0)
     weights /= weights.sum(axis=1, keepdims=True)
-    support = max(1, int((weights > 0).sum(axis=1).max()))
-    order = np.argsort(-weights, axis=1)[:, :support]
-    chosen = np.take_along_axis(weights, order, axis=1)
     offset = 1 if seeded else 0
-    stored = np.stack(actions, axis=1)  # (n, columns, H, S)
-    gathered = stored[np.arange(n)[:, None], np.maximum(order - offset, 0)]  # (n, support, H, S)
-    members = eye[gathered]
+    mixture = np.zeros((n, *shape))
     if seeded:
-        is_reference = order == 0
-        members[is_reference] = np.broadcast_to(run.reference_policies[users][:, None], members.shape)[is_reference]
-    occupancies = occupancy(mdp, members.reshape(n * support, *shape)).reshape(n, support, *shape)
-    mixture = np.einsum("is,ishqa->ihqa", chosen, occupancies)
+        mixture += weights[:, 0, None, None, None] * occupancy(mdp, run.reference_policies[users])
+    rows, steps, cells = np.ogrid[:n, :mdp.horizon, :mdp.n_states]
+    for column in range(offset, weights.shape[1]):
+        weight = weights[:, column]
+        if not np.any(weight):
+            continue
+        # One action per (user, h, s) in a column: the fancy update has no repeated index.
+        mixture[rows, steps, cells, actions[column - offset]] += weight[:, None, None] * states[column - offset]
     totals = mixture.sum(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         policies = np.where(totals > 0, mixture / totals, 1.0 / mdp.n_actions)

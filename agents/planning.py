@@ -299,9 +299,9 @@ def empirical_mdp(mdp: TabularMDP, counts: Any) -> TabularMDP:
 
 METHODS = ("auto", "interior-point", "column-generation", "frank-wolfe")
 
-#: Memory of one block of users' solver arrays, in float64 elements (about 400 MB): users are
-#: solved in blocks whose largest arrays (``Psi``, the Newton system) fit in it.
-_BLOCK_ELEMENTS = 50_000_000
+#: Memory of one block of users' solver arrays, in float64 elements (about 800 MB): users are
+#: solved in blocks whose largest arrays (``Psi``, the Newton system, the columns) fit in it.
+_BLOCK_ELEMENTS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -624,7 +624,7 @@ class _Run:
     def record_duals(self, users: np.ndarray, thetas: np.ndarray) -> np.ndarray:
         """Upper bounds ``max_pi theta . (d_pi - d_ref)`` at members ``thetas`` ``(m, d)`` of the sets,
         keeping the best; returns the bounds and the greedy policies."""
-        policies, values = backward_induction(self.mdp, self.mdp.reward(thetas))
+        policies, values = backward_induction(self.mdp, _reward_tables(self.mdp, thetas))
         bounds = values[:, 0] @ self.mdp.initial_distribution - np.einsum("ij,ij->i", thetas, self.reference[users])
         order = np.argsort(bounds, kind="stable")
         _, first = np.unique(users[order], return_index=True)  # each user's lowest bound
@@ -660,6 +660,15 @@ class _Run:
                 certificate=self.certificate[index], occupancy=occupancies[index], method=self.method[index],
             ))
         return out
+
+
+def _reward_tables(mdp: TabularMDP, thetas: np.ndarray) -> np.ndarray:
+    """``mdp.reward(thetas)``, ``(n, H, S, A)``; with stationary features a read-only view that
+    repeats one ``(S, A)`` table over the steps instead of writing ``H`` copies."""
+    if not mdp.stationary_features:
+        return mdp.reward(thetas)
+    table = (thetas @ mdp.flat_features().T).reshape(len(thetas), 1, mdp.n_states, mdp.n_actions)
+    return np.broadcast_to(table, (len(thetas), mdp.horizon, mdp.n_states, mdp.n_actions))
 
 
 def _policy_of(occupancy_measure: np.ndarray) -> np.ndarray:
@@ -733,7 +742,10 @@ def _solve_column_generation(run: _Run, users: np.ndarray, structures: list[_Str
     """Solve the problems of ``users`` (same ball sizes) by column generation, in blocks."""
     mdp = run.mdp
     k = structures[0].adjoint.shape[1]
-    per_user = mdp.n_features * k + 4 * mdp.horizon * mdp.n_states * mdp.n_actions + max_iterations * (k + 2)
+    # The set's map, the occupancy temporaries, and each column's state distributions (about
+    # 2 k + 20 columns).
+    per_user = (mdp.n_features * k + 6 * mdp.horizon * mdp.n_states * mdp.n_actions
+                + (2 * k + 20) * (mdp.horizon * mdp.n_states + k + 2))
     for start in range(0, len(users), _block_size(per_user)):
         block = users[start:start + _block_size(per_user)]
         block_structures = structures[start:start + len(block)]
