@@ -244,17 +244,17 @@ def _flow(problem: ConicProblem, x: np.ndarray) -> np.ndarray:
     n, horizon, n_states, n_actions = problem.shape
     flat = x.reshape(n, horizon, n_states * n_actions)
     out = flat.reshape(n, horizon, n_states, n_actions).sum(axis=-1)
-    for step in range(1, horizon):
-        out[:, step] -= flat[:, step - 1] @ problem.transitions[step - 1]
+    # All steps in one stacked product (H - 1, n, S A) x (H - 1, S A, S).
+    out[:, 1:] -= np.matmul(flat[:, :-1].transpose(1, 0, 2), problem.transitions[:-1]).transpose(1, 0, 2)
     return out
 
 
 def _bellman(problem: ConicProblem, values: np.ndarray) -> np.ndarray:
     """``A_V dV``: ``dV_h(s) - P[h, s, a] . dV_{h+1}``, ``(n, H, S A)``."""
-    horizon, n_actions = problem.shape[1], problem.shape[3]
+    n_actions = problem.shape[3]
     out = np.repeat(values, n_actions, axis=2)
-    for step in range(horizon - 1):
-        out[:, step] -= values[:, step + 1] @ problem.transitions[step].T
+    following = np.matmul(values[:, 1:].transpose(1, 0, 2), problem.transitions[:-1].transpose(0, 2, 1))
+    out[:, :-1] -= following.transpose(1, 0, 2)
     return out
 
 
@@ -304,27 +304,36 @@ class _NewtonSystem:
         stationary = problem.features.shape[1] == 1
         scale = weights.reshape(n, -1).max(axis=1)
         # The coupling C = -A_V^T D Psi: C_h = -sum_a D_h[s, a] Psi[s, a] + P_{h-1}^T D_{h-1} Psi.
-        # With stationary features one product (H S, S A) x (S A, k) per user forms all steps.
-        pair_state = np.repeat(np.arange(n_states), n_actions)
-        operator = np.zeros((n, horizon, n_states, n_states * n_actions))
-        operator[:, :, pair_state, np.arange(n_states * n_actions)] = -flat
+        # For large k one product (H S, S A) x (S A, k) per user forms all steps (stationary
+        # features); for small k the operator (H S, S A) would cost more than the products.
         for step in range(1, horizon):
             previous = transitions[step - 1]  # (S A, S)
-            operator[:, step] += previous.T * flat[:, step - 1, None, :]
             diagonal[:, step] += np.matmul(previous.T, flat[:, step - 1, :, None] * previous)
             upper[:, step - 1] = -(flat[:, step - 1, :, None] * previous).reshape(
                 n, n_states, n_actions, n_states).sum(axis=2)
         if stationary:
             features = problem.features[:, 0]
-            coupling = np.matmul(operator.reshape(n, horizon * n_states, -1), features).reshape(n, horizon, n_states, k)
             schur = np.matmul(np.swapaxes(features, 1, 2), flat.sum(axis=1)[..., None] * features)  # Psi^T diag(w) Psi
         else:
-            coupling = np.empty((n, horizon, n_states, k))
             schur = np.zeros((n, k, k))
+        if stationary and k >= n_states:
+            pair_state = np.repeat(np.arange(n_states), n_actions)
+            operator = np.zeros((n, horizon, n_states, n_states * n_actions))
+            operator[:, :, pair_state, np.arange(n_states * n_actions)] = -flat
+            for step in range(1, horizon):
+                operator[:, step] += transitions[step - 1].T * flat[:, step - 1, None, :]
+            coupling = np.matmul(operator.reshape(n, horizon * n_states, -1), features).reshape(n, horizon, n_states, k)
+        else:
+            coupling = np.empty((n, horizon, n_states, k))
             for step in range(horizon):
-                features = problem.features[:, step]
-                coupling[:, step] = np.matmul(operator[:, step], features)
-                schur += np.matmul(np.swapaxes(features, 1, 2), flat[:, step, :, None] * features)
+                features = problem.features[:, 0 if stationary else step]
+                weighted = flat[:, step, :, None] * features  # D_h Psi_h, (n, S A, k)
+                coupling[:, step] = -weighted.reshape(n, n_states, n_actions, k).sum(axis=2)
+                if step > 0:
+                    coupling[:, step] += np.matmul(transitions[step - 1].T, previous_weighted)
+                if not stationary:
+                    schur += np.matmul(np.swapaxes(features, 1, 2), weighted)
+                previous_weighted = weighted
         # Unreachable states have q -> 0 and a vanishing row of T: a relative ridge keeps the
         # factorisation defined (it only perturbs the direction, which the certificate checks).
         diagonal[:, :, index, index] += 1e-13 * np.maximum(scale, np.finfo(float).tiny)[:, None, None]
