@@ -158,20 +158,21 @@ def target_small_sets():
     agent = agents.PessimisticAgent(estimator, pessimism="exact").fit(dataset, mdp)
     sets = [agent.confidence_set(user) for user in range(1000)]
     reference = np.broadcast_to(agent.reference_features, (1000, mdp.n_features))
-    r = row(mdp, sets, reference, 5, 1000, np.nan, None)
-    print(f"target: S=200 A=10 H=20, k=5, N=1000: {r['seconds']:.1f} s ({r['method']}, median {r['iterations']} "
-          f"iterations, peak {r['memory']:.0f} MB, {r['rectangular']:.0f}x the rectangular planner; target 60 s)",
-          flush=True)
+    report_target("S=200 A=10 H=20, k=5", row(mdp, sets, reference, 5, 1000, np.nan, None), 60)
 
 
 def target_full_sets():
     """1000 users of the independent agent, k = 499, S=50, A=10, H=10 (target: 120 s)."""
     mdp, fitted, reference = independent_sets()
-    sets = truncated(fitted, mdp.n_features - 1, 1000)
-    r = row(mdp, sets, np.broadcast_to(reference[0], (1000, mdp.n_features)), mdp.n_features - 1, 1000, np.nan, None)
-    print(f"target: S=50 A=10 H=10, k=499, N=1000: {r['seconds']:.1f} s ({r['method']}, median {r['iterations']} "
-          f"iterations, peak {r['memory']:.0f} MB, {r['rectangular']:.0f}x the rectangular planner; target 120 s)",
-          flush=True)
+    k = mdp.n_features - 1
+    sets = truncated(fitted, k, 1000)
+    report_target("S=50 A=10 H=10, k=499", row(mdp, sets, np.broadcast_to(reference[0], (1000, mdp.n_features)),
+                                               k, 1000, np.nan, None), 120)
+
+
+def report_target(label, r, seconds):
+    print(f"target: {label}, N=1000: {r['seconds']:.1f} s ({r['method']}, median {r['iterations']} iterations, "
+          f"peak {r['memory']:.0f} MB, {r['rectangular']:.0f}x the rectangular planner; target {seconds} s)", flush=True)
 
 
 def plot(rows, path):
@@ -179,20 +180,14 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, (by_k, by_n) = plt.subplots(1, 2, figsize=(8, 3.2))
-    for n_users in sorted({r["N"] for r in rows}):
-        part = [r for r in rows if r["N"] == n_users]
-        if len(part) < 2:
-            continue
-        k, seconds = np.array([r["k"] for r in part]), np.array([r["seconds"] for r in part])
-        slope = np.polyfit(np.log(k), np.log(seconds), 1)[0]
-        by_k.loglog(k, seconds, "o-", label=f"N={n_users}: k^{slope:.2f}")
-    for k in sorted({r["k"] for r in rows}):
-        part = [r for r in rows if r["k"] == k]
-        if len(part) < 2:
-            continue
-        n, seconds = np.array([r["N"] for r in part]), np.array([r["seconds"] for r in part])
-        slope = np.polyfit(np.log(n), np.log(seconds), 1)[0]
-        by_n.loglog(n, seconds, "o-", label=f"k={k}: N^{slope:.2f}")
+    for axis, fixed, varied in ((by_k, "N", "k"), (by_n, "k", "N")):
+        for value in sorted({r[fixed] for r in rows}):
+            part = [r for r in rows if r[fixed] == value]
+            if len(part) < 2:
+                continue
+            x, seconds = np.array([r[varied] for r in part]), np.array([r["seconds"] for r in part])
+            slope = np.polyfit(np.log(x), np.log(seconds), 1)[0]  # the fitted exponent
+            axis.loglog(x, seconds, "o-", label=f"{fixed}={value}: {varied}^{slope:.2f}")
     by_k.set(xlabel="set dimension k", ylabel="seconds (all N users)", title="time against k")
     by_n.set(xlabel="users N", title="time against N")
     for axis in (by_k, by_n):
