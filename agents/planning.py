@@ -448,9 +448,11 @@ def robust_optimize(
     policies = _reference_policies(mdp, reference_policy, len(items))
     run = _Run(mdp, items, reference, policies, tol, deadline)
     run.start()
-    structures = [None if method == "frank-wolfe" else _structure(item) for item in items]
     groups: dict[Any, list[int]] = {}
-    for index, structure in enumerate(structures):
+    for index, item in enumerate(items):
+        # The dense maps are rebuilt block by block by the solvers: only the ball sizes are kept
+        # here (all users' maps at once could take gigabytes).
+        structure = None if method == "frank-wolfe" else _structure(item)
         key = "frank-wolfe" if structure is None else ("greedy" if not structure.blocks else structure.blocks)
         groups.setdefault(key, []).append(index)
     for key, users in groups.items():
@@ -463,7 +465,7 @@ def robust_optimize(
             chosen = method if method != "auto" else _cheaper_method(mdp, sum(key), len(users))
             budget = max_iterations or (200 if chosen == "interior-point" else 100 + 10 * sum(key))
             solvers = {"interior-point": _solve_interior_point, "column-generation": _solve_column_generation}
-            solvers[chosen](run, users, [structures[i] for i in users], budget)
+            solvers[chosen](run, users, budget)
             # A method that stopped short of its budget and of tol broke down (rounding in an
             # ill-conditioned Newton system, or a stalled master): the other method continues.
             # The best certified policy and bound of both are kept.
@@ -471,7 +473,7 @@ def robust_optimize(
             if stuck.size and not run.out_of_time():
                 other = "column-generation" if chosen == "interior-point" else "interior-point"
                 spent = run.iterations[stuck].copy()
-                solvers[other](run, stuck, [structures[i] for i in stuck], budget)
+                solvers[other](run, stuck, budget)
                 run.iterations[stuck] += spent
     solutions = run.solutions()
     open_problems = [index for index, solution in enumerate(solutions) if not solution.converged]
@@ -694,12 +696,13 @@ def _block_size(per_user: int) -> int:
     return max(1, _BLOCK_ELEMENTS // max(per_user, 1))
 
 
-def _solve_interior_point(run: _Run, users: np.ndarray, structures: list[_Structure], max_iterations: int) -> None:
+def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> None:
     """Solve the problems of ``users`` (same ball sizes) by the interior-point method, in blocks."""
     mdp = run.mdp
     horizon, n_states, n_actions = mdp.horizon, mdp.n_states, mdp.n_actions
     pairs = n_states * n_actions
-    k = structures[0].adjoint.shape[1]  # the same for the whole group
+    first = _structure(run.items[users[0]])  # the ball sizes are the same for the whole group
+    k = first.adjoint.shape[1]
     features, steps = _feature_map(mdp)
     transitions = np.asarray(mdp.transitions).reshape(horizon, pairs, n_states)
     # Psi, its coupling operator, L^{-1} C, the k x k system and the value blocks, per user.
@@ -708,7 +711,7 @@ def _solve_interior_point(run: _Run, users: np.ndarray, structures: list[_Struct
     uniform = occupancy(mdp, uniform_policy(mdp))
     for start in range(0, len(users), _block_size(per_user)):
         block = users[start:start + _block_size(per_user)]
-        block_structures = structures[start:start + len(block)]
+        block_structures = [_structure(run.items[i]) for i in block]
         thetas = np.stack([s.theta_hat for s in block_structures])
         adjoints = np.stack([s.adjoint for s in block_structures])  # (n, d, k)
         psi = adjoints[:, None] if features is None else np.matmul(features[None], adjoints[:, None])
@@ -720,7 +723,7 @@ def _solve_interior_point(run: _Run, users: np.ndarray, structures: list[_Struct
             transitions=transitions, initial_distribution=np.asarray(mdp.initial_distribution),
             reward=mdp.reward(thetas).reshape(len(block), horizon, pairs), features=psi,
             reference=np.matmul(run.reference[block][:, None, :], adjoints)[:, 0],
-            blocks=structures[0].blocks, start=start_occupancy,
+            blocks=first.blocks, start=start_occupancy,
             constant=np.einsum("ij,ij->i", thetas, run.reference[block]),
         )
 
@@ -738,20 +741,21 @@ def _solve_interior_point(run: _Run, users: np.ndarray, structures: list[_Struct
         run.label(block, "interior-point")
 
 
-def _solve_column_generation(run: _Run, users: np.ndarray, structures: list[_Structure], max_iterations: int) -> None:
+def _solve_column_generation(run: _Run, users: np.ndarray, max_iterations: int) -> None:
     """Solve the problems of ``users`` (same ball sizes) by column generation, in blocks."""
     mdp = run.mdp
-    k = structures[0].adjoint.shape[1]
+    first = _structure(run.items[users[0]])  # the ball sizes are the same for the whole group
+    k = first.adjoint.shape[1]
     # The set's map, the occupancy temporaries, and each column's state distributions (about
     # 2 k + 20 columns).
     per_user = (mdp.n_features * k + 6 * mdp.horizon * mdp.n_states * mdp.n_actions
                 + (2 * k + 20) * (mdp.horizon * mdp.n_states + k + 2))
     for start in range(0, len(users), _block_size(per_user)):
         block = users[start:start + _block_size(per_user)]
-        block_structures = structures[start:start + len(block)]
+        block_structures = [_structure(run.items[i]) for i in block]
         iterations = column_generation.column_generation(
             run, block, np.stack([s.theta_hat for s in block_structures]),
-            np.stack([s.adjoint for s in block_structures]), structures[0].blocks, max_iterations=max_iterations,
+            np.stack([s.adjoint for s in block_structures]), first.blocks, max_iterations=max_iterations,
         )
         run.iterations[block] = iterations
         run.label(block, "column-generation")
