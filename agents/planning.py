@@ -374,7 +374,7 @@ def robust_optimize(
       ``C = {theta_hat + sum_j radius_j K_j^T z_j : ||z_j|| <= 1}``): Mehrotra's
       predictor-corrector method with Nesterov-Todd scaling on the dual linear program of the MDP
       in the values ``V`` and the ball coordinates ``z``, whose multipliers are the occupancy
-      measure (:mod:`agents.interior_point`). Twenty to forty iterations whatever the set's
+      measure (:mod:`agents.interior_point`). Ten to thirty iterations whatever the set's
       dimension ``k``; each solves a Newton system whose value block is block tridiagonal in the
       step (``S x S`` blocks) and whose Schur complement on ``z`` is ``k x k``, for all users of a
       block at once. The method of choice for full-dimensional sets (``k = S A - 1``).
