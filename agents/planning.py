@@ -6,29 +6,42 @@ Three planners, all built on the batched :func:`~lr_mdp_env.backward_induction`:
 - :func:`rectangular`: backward induction on the estimate minus a per-``(h, s, a)`` bonus
   ``radius ||G phi_id[h, s, a]||_{M^{-1}}`` (PEVI-style), optionally with L1-robust transitions;
 - :func:`robust_optimize`: the exact non-rectangular problem
-  ``max_pi L(pi)``, ``L(pi) = min_{theta in C} theta . (d_pi - d_ref)``, to a certified gap.
+  ``max_pi L(pi)``, ``L(pi) = min_{theta in C} theta . (d_pi - d_ref)``, to a certified gap, for
+  any :class:`~agents.ConfidenceSet` and all users in one call.
 
-With ``g = d_pi - d_ref`` and the set ``C = {offset + B w : ||w - c||_M <= radius}``,
-``L = theta_hat . g - radius ||K g||`` where ``K = L_M^{-1} B^T`` whitens the set's coordinates
-(``M = L_M L_M^T``), and the minimiser is ``theta(z) = theta_hat + radius K^T z`` with
-``z = -K g / ||K g||``. Every ``theta(z)`` with ``||z|| <= 1`` lies in ``C``.
+For a set with seminorm structure, ``C = {theta_hat + sum_j radius_j K_j^T z_j : ||z_j|| <= 1}``
+(an ellipsoid ``{offset + B w : ||w - c||_M <= radius}`` has one term, ``K = L_M^{-1} B^T`` with
+``M = L_M L_M^T``), ``L = theta_hat . g - sum_j radius_j ||K_j g||``. The exact planner solves it by
+an interior-point method (:mod:`agents.interior_point`) or by column generation
+(:mod:`agents.column_generation`), whichever an operation count says is cheaper, and any other
+convex set by Frank-Wolfe; every answer is certified by the exact ``L`` of the returned policy
+and one backward induction at a member of ``C``.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.linalg
-import scipy.optimize
 
 from lr_mdp_env import TabularMDP
 from lr_mdp_env._validation import as_real_array, check_int, check_real
-from lr_mdp_env.dynamic_programming import backward_induction, expected_features, occupancy
+from lr_mdp_env.dynamic_programming import (
+    backward_induction,
+    check_policy,
+    expected_features,
+    occupancy,
+    uniform_policy,
+)
 from lr_mdp_env.identifiability import project_identifiable, unidentified_directions
 
-from .confidence import ConfidenceSet, Ellipsoid
+from . import column_generation, interior_point
+from .confidence import ConfidenceSet, Ellipsoid, LinearSeminorm
+from .logistic import ConvergenceWarning
 
 __all__ = [
     "RectangularSolution",
@@ -82,12 +95,6 @@ def _reference_rows(mdp: TabularMDP, reference_features: Any, n_sets: int, batch
     if reference.shape != (n_sets, d):
         raise ValueError(f"reference_features must have shape ({d},) or ({n_sets}, {d}), got {reference.shape}")
     return reference
-
-
-def _whitening(confidence_set: Ellipsoid) -> np.ndarray:
-    """``K = L^{-1} B^T`` with ``M = L L^T``: ``||G v||_{M^{-1}} = ||K v||``, shape ``(k, d)``."""
-    cholesky = np.linalg.cholesky(confidence_set.matrix)
-    return scipy.linalg.solve_triangular(cholesky, confidence_set.basis.T, lower=True)
 
 
 # -- greedy and the pessimistic objective ------------------------------------------------------
@@ -290,6 +297,12 @@ def empirical_mdp(mdp: TabularMDP, counts: Any) -> TabularMDP:
 
 # -- exact robust optimisation -----------------------------------------------------------------
 
+METHODS = ("auto", "interior-point", "column-generation", "frank-wolfe")
+
+#: Memory of one block of users' solver arrays, in float64 elements (about 800 MB): users are
+#: solved in blocks whose largest arrays (``Psi``, the Newton system, the columns) fit in it.
+_BLOCK_ELEMENTS = 100_000_000
+
 
 @dataclass(frozen=True)
 class RobustSolution:
@@ -301,21 +314,25 @@ class RobustSolution:
         Markov policy realising the primal occupancy ``q``: ``pi_h(a|s) = q_h(s, a) / sum_a q_h(s, a)``,
         uniform where ``q_h(s, .) = 0``.
     value : float
-        Its pessimistic objective ``L(pi)``, computed exactly from its expected features.
+        Its pessimistic objective ``L(pi)``, computed exactly from its expected features with the
+        set's own :meth:`~agents.ConfidenceSet.lower`.
     upper_bound : float
-        ``max_pi' theta . (d_pi' - d_ref)`` for the certificate ``theta`` in ``C``: by weak
-        duality at least ``max_pi L(pi)``.
+        ``max_pi' theta . (d_pi' - d_ref)`` for the certificate ``theta`` in ``C`` (one backward
+        induction): by weak duality at least ``max_pi L(pi)``.
     gap : float
         ``upper_bound - value >= 0``: how far ``value`` may be from the optimum.
     iterations : int
-        Backward inductions run (pricing steps).
+        Iterations of the method (interior-point steps, pricing steps or Frank-Wolfe steps).
     converged : bool
         Whether ``gap <= tol * max(1, |value|)``.
     certificate : ndarray, shape (d,)
         The member of ``C`` giving ``upper_bound``.
     occupancy : ndarray, shape (H, S, A)
-        ``q``, a mixture of the occupancies of deterministic policies (and of the reference
-        policy, if one was given).
+        The occupancy measure of ``policy``.
+    method : str
+        ``"interior-point"``, ``"column-generation"``, ``"frank-wolfe"`` or ``"greedy"`` (a set
+        of radius 0); ``"interior-point+column-generation"`` (or the reverse) when the first
+        method broke down before ``tol`` and the second continued.
     """
 
     policy: np.ndarray
@@ -326,6 +343,7 @@ class RobustSolution:
     converged: bool
     certificate: np.ndarray
     occupancy: np.ndarray
+    method: str
 
 
 def robust_optimize(
@@ -335,574 +353,469 @@ def robust_optimize(
     tol: float = 1e-8,
     *,
     reference_policy: Any = None,
-    max_iterations: int = 500,
+    method: str = "auto",
+    max_iterations: int | None = None,
+    max_seconds: float | None = None,
 ) -> Any:
     """Exact non-rectangular pessimism: ``max_pi min_{theta in C} theta . (d_pi - d_ref)``.
 
-    ``L(pi) = theta_hat . g - radius ||G g||_{M^{-1}}`` with ``g = d_pi - d_ref`` is concave in
-    the occupancy measure, so this is a convex problem over the occupancy polytope. It is solved
-    by column generation (fully corrective Frank-Wolfe, or simplicial decomposition):
+    ``L(pi) = min_{theta in C} theta . g`` with ``g = d_pi - d_ref`` is concave in the occupancy
+    measure, so this is a convex problem over the occupancy polytope. Its dual is
+    ``min_{theta in C} max_pi theta . (d_pi - d_ref)``, a convex problem over the set whose every
+    evaluation is one backward induction. Whatever the method, the result is certified the same
+    way: ``value`` is ``L`` of the returned policy, computed exactly from its expected features,
+    and ``upper_bound`` is the dual objective at a member ``certificate`` of ``C``, so
+    ``value <= max_pi L(pi) <= upper_bound`` holds whatever the solver did.
 
-    1. keep the deterministic policies found so far, with ``c_i = theta_hat . g_i`` and whitened
-       coordinates ``u_i = K g_i``;
-    2. restricted master: ``max_{lambda in simplex} c . lambda - radius ||U lambda||``, a small
-       second-order cone program in the mixture weights, and its dual
-       ``min_{||z|| <= 1} max_i c_i + radius u_i . z``, solved to rounding level by a dedicated
-       method on the ``rank(U) + 1`` dual variables: Newton's method on the optimality
-       conditions of the previous support (warm start), a linear program when the optimal
-       mixture has ``G g = 0``, and a barrier method when neither settles it;
-    3. pricing: a dual point ``z`` in the unit ball gives ``theta(z) = theta_hat + radius K^T z``
-       in ``C`` (at the master's dual, the minimiser over ``C`` for the current mixture); one
-       backward induction on its reward finds the best deterministic policy for it, the next
-       column, and ``max_pi theta(z) . (d_pi - d_ref)`` bounds the optimum from above (weak
-       duality). The pricing point is the master's dual smoothed towards the point of the best
-       bound so far (Wentges), which damps the zig-zag of plain column generation.
+    Methods (``method="auto"`` picks the cheaper of the first two by an operation count, and the
+    third for sets without seminorm structure):
 
-    It stops when the best bound minus the master's value is below ``tol * max(1, |value|)``.
-    At the optimum the master's dual is the saddle point's, so the bound is tight and the loop
-    ends after finitely many columns. The optimal mixture needs up to ``rank + 1`` vertices and
-    certifying it needs the dual in every direction of the set, so the number of pricing steps
-    grows with the set's dimension ``k``: a few for ``k <= 10``, a few times ``k`` for sets of
-    hundreds of dimensions. Degenerate cases need no special treatment: radius 0 or ``G g = 0``
-    (the master is then linear: greedy), and sets whose basis is not injective (only ``K g``
-    enters).
+    - ``"interior-point"`` (sets with :meth:`~agents.ConfidenceSet.seminorms`,
+      ``C = {theta_hat + sum_j radius_j K_j^T z_j : ||z_j|| <= 1}``): Mehrotra's
+      predictor-corrector method with Nesterov-Todd scaling on the dual linear program of the MDP
+      in the values ``V`` and the ball coordinates ``z``, whose multipliers are the occupancy
+      measure (:mod:`agents.interior_point`). Ten to thirty iterations whatever the set's
+      dimension ``k``; each solves a Newton system whose value block is block tridiagonal in the
+      step (``S x S`` blocks) and whose Schur complement on ``z`` is ``k x k``, for all users of a
+      block at once. The method of choice for full-dimensional sets (``k = S A - 1``).
+    - ``"column-generation"`` (seminorm sets): simplicial decomposition
+      (:mod:`agents.column_generation`): deterministic policies found by backward induction
+      at dual points of the set are mixed by a restricted master problem, solved for all users
+      at once by a barrier method on its ``k + 1`` dual variables. Its pricing steps grow with
+      ``k`` (about ``2 k``) but each costs one batched backward induction, so it is the method of
+      choice for sets of small dimension in large MDPs.
+    - ``"frank-wolfe"`` (any :class:`~agents.ConfidenceSet`, using only ``lower`` and
+      ``minimizer``): the conditional gradient method on the occupancy polytope with a line
+      search; ``minimizer(g)`` is a supergradient of ``L`` and a member of ``C``, so each step's
+      backward induction also yields an upper bound. Its gap falls like ``1 / t``: use it with
+      ``max_seconds`` for tight tolerances.
 
     Parameters
     ----------
     mdp : TabularMDP
-    confidence_set : Ellipsoid or sequence of Ellipsoids
-        With a sequence, every problem is solved and their pricing steps share one batched
-        backward induction per iteration; a list of solutions is returned.
+    confidence_set : ConfidenceSet or sequence of ConfidenceSets
+        With a sequence, every problem is solved in one call (batched backward inductions and
+        array operations across users) and a list of solutions is returned.
     reference_features : array_like, shape (d,) or (N, d)
         ``d_ref``.
     tol : float, default 1e-8
-        Relative gap at which to stop (below about ``1e-11`` rounding dominates).
+        Relative gap at which to stop: ``gap <= tol * max(1, |value|)`` (below about ``1e-11``
+        rounding dominates).
     reference_policy : array_like, shape (H, S, A) or (N, H, S, A), optional
-        A policy added to the first columns, e.g. the reference policy itself: the point
-        ``g = 0`` (``L = 0``), often optimal for large radii, is then in the master from the
-        start instead of being reproduced as a mixture of vertices. (Certifying it still takes
-        pricing steps: the dual point must be found in every direction of the set.)
-    max_iterations : int, default 500
-        Largest number of pricing steps per problem.
+        The policy whose features are ``d_ref``. It starts the interior-point method (mixed with
+        the uniform policy), is the first column of column generation and the start of
+        Frank-Wolfe: the point ``g = 0`` (``L = 0``), often optimal for large radii, is then
+        available from the start.
+    method : {"auto", "interior-point", "column-generation", "frank-wolfe"}, default "auto"
+        Seminorm methods fall back to Frank-Wolfe for sets without seminorms.
+    max_iterations : int, optional
+        Iteration budget per problem (default 200 interior-point steps, ``100 + 10 k`` pricing
+        steps, 20000 Frank-Wolfe steps).
+    max_seconds : float, optional
+        Time budget of the whole call. Problems still open when it runs out return their best
+        certified policy so far.
 
     Returns
     -------
     RobustSolution, or list of RobustSolution for a sequence of sets
 
+    Warns
+    -----
+    ConvergenceWarning
+        When a budget stops a problem before its gap reached ``tol``; the solution's ``gap`` and
+        ``converged`` say by how much.
+
     References
     ----------
-    Von Hohenbalken, *Simplicial decomposition in nonlinear programming algorithms*,
-    Mathematical Programming 13, 1977. Wentges, *Weighted Dantzig-Wolfe decomposition for
-    linear mixed-integer programming*, International Transactions in Operational Research 4(2),
-    1997 (dual price smoothing). Boyd and Vandenberghe, *Convex Optimization*, 2004, section 11.3
-    (barrier method). Zhu, Jordan and Jiao, ICML 2023 (pessimistic MLE policy).
+    Zhu, Jordan and Jiao, *Principled Reinforcement Learning with Human Feedback from Pairwise or
+    K-wise Comparisons*, ICML 2023 (the pessimistic objective). Mehrotra, SIAM Journal on
+    Optimization 2(4), 1992; Nesterov and Todd, SIAM Journal on Optimization 8(2), 1998 (the
+    interior-point method). Von Hohenbalken, *Simplicial decomposition in nonlinear programming
+    algorithms*, Mathematical Programming 13, 1977 (column generation). Frank and Wolfe,
+    *An algorithm for quadratic programming*, Naval Research Logistics Quarterly 3, 1956.
     """
     mdp = _check_mdp(mdp)
     items, batched = _as_sets(mdp, confidence_set, "confidence_set")
     reference = _reference_rows(mdp, reference_features, len(items), batched)
     tol = check_real("tol", tol, 0.0, strict_minimum=True)
-    max_iterations = check_int("max_iterations", max_iterations, minimum=1)
-    problems = [_RobustProblem(item, ref) for item, ref in zip(items, reference)]
-    if reference_policy is not None:
-        reference_policy = np.asarray(reference_policy, dtype=float)
-        shape = (mdp.horizon, mdp.n_states, mdp.n_actions)
-        if reference_policy.shape not in (shape, (len(problems), *shape)):
-            raise ValueError(
-                f"reference_policy must have shape (H, S, A) = {shape} or one per set "
-                f"({len(problems)}, H, S, A), got {reference_policy.shape}"
-            )
-        reference_feature = expected_features(mdp, reference_policy)  # validates the rows
-        per_set = reference_policy.ndim == 4
-        for index, problem in enumerate(problems):
-            problem.add_column(reference_policy[index] if per_set else reference_policy,
-                               reference_feature[index] if per_set else reference_feature)
-    active = list(range(len(problems)))
-    while active:
-        # One batched backward induction prices every unfinished problem at its pricing point.
-        thetas = np.stack([problems[index].pricing_parameter() for index in active])
-        policies, values = backward_induction(mdp, mdp.reward(thetas))
-        best = values[:, 0] @ mdp.initial_distribution
-        features = expected_features(mdp, policies)
-        still_active = []
-        for row, index in enumerate(active):
-            problem = problems[index]
-            problem.record_bound(best[row] - thetas[row] @ problem.reference)
-            problem.add_column(policies[row].argmax(axis=-1), features[row])
-            if not problem.small_gap(tol) and not problem.stalled and problem.iterations < max_iterations:
-                still_active.append(index)
-        active = still_active
-    solutions = [problem.solution(mdp, tol) for problem in problems]
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if max_iterations is not None:
+        max_iterations = check_int("max_iterations", max_iterations, minimum=1)
+    deadline = np.inf
+    if max_seconds is not None:
+        deadline = time.perf_counter() + check_real("max_seconds", max_seconds, 0.0, strict_minimum=True)
+    policies = _reference_policies(mdp, reference_policy, len(items))
+    run = _Run(mdp, items, reference, policies, tol, deadline)
+    run.start()
+    groups: dict[Any, list[int]] = {}
+    for index, item in enumerate(items):
+        # The dense maps are rebuilt block by block by the solvers: only the ball sizes are kept
+        # here (all users' maps at once could take gigabytes).
+        structure = None if method == "frank-wolfe" else _structure(item)
+        key = "frank-wolfe" if structure is None else ("greedy" if not structure.blocks else structure.blocks)
+        groups.setdefault(key, []).append(index)
+    for key, users in groups.items():
+        users = np.array(users)
+        if key == "frank-wolfe":
+            _frank_wolfe(run, users, max_iterations or 20_000)
+        elif key == "greedy":
+            run.greedy(users)
+        else:
+            chosen = method if method != "auto" else _cheaper_method(mdp, sum(key), len(users))
+            budget = max_iterations or (200 if chosen == "interior-point" else 100 + 10 * sum(key))
+            solvers = {"interior-point": _solve_interior_point, "column-generation": _solve_column_generation}
+            solvers[chosen](run, users, budget)
+            # A method that stopped short of its budget and of tol broke down (rounding in an
+            # ill-conditioned Newton system, or a stalled master): the other method continues.
+            # The best certified policy and bound of both are kept.
+            stuck = users[~run.done(users) & (run.iterations[users] < budget)]
+            if stuck.size and not run.out_of_time():
+                other = "column-generation" if chosen == "interior-point" else "interior-point"
+                spent = run.iterations[stuck].copy()
+                solvers[other](run, stuck, budget)
+                run.iterations[stuck] += spent
+    solutions = run.solutions()
+    open_problems = [index for index, solution in enumerate(solutions) if not solution.converged]
+    if open_problems:
+        worst = max(solutions[i].gap for i in open_problems)
+        warnings.warn(
+            f"robust_optimize stopped {len(open_problems)} of {len(solutions)} problems before their gap reached "
+            f"tol={tol:g} (budget: max_iterations={max_iterations}, max_seconds={max_seconds}); the largest "
+            f"remaining gap is {worst:.3g}. Each solution's value, upper_bound and gap are still exact.",
+            ConvergenceWarning, stacklevel=2,
+        )
     return solutions if batched else solutions[0]
 
 
-class _RobustProblem:
-    """State of one column-generation run: columns, master solution, dual bounds.
-
-    The pricing point is smoothed towards the dual point of the best bound so far (Wentges'
-    dual price smoothing): ``z_price = a z_best + (1 - a) z_master``. Pure column generation
-    (``a = 0``) zig-zags when many vertices share the optimal face (the dual of a large set is
-    then determined late); smoothing keeps the dual steps short. A column that does not improve
-    the master (a mis-price) instead improves the best bound, so the pricing point moves on
-    towards the master's dual and nothing cycles.
-    """
-
-    SMOOTHING = 0.5
-
-    def __init__(self, confidence_set: Ellipsoid, reference: np.ndarray) -> None:
-        self.set = confidence_set
-        self.theta_hat = confidence_set.theta_hat
-        self.radius = confidence_set.radius
-        self.reference = np.asarray(reference, dtype=float)
-        self.whitening = _whitening(confidence_set)
-        self.frame = np.zeros((self.whitening.shape[0], 0))  # orthonormal basis of span(u_i)
-        self.policies: list[np.ndarray] = []  # (H, S) actions of a vertex, or an (H, S, A) policy
-        self.gains = np.zeros(0)  # c_i = theta_hat . g_i
-        self.reduced = np.zeros((0, 0))  # frame^T u_i, u_i = K g_i, as columns (p, m)
-        self.upper_bound = np.inf
-        self.best_dual = np.zeros(self.whitening.shape[0])  # z of the best bound
-        self.certificate = self.theta_hat
-        self.iterations = 0
-        self.improved = False
-        self.direct = False  # price at the master's dual, without smoothing
-        self.stalled = False
-        self.master: _Master | None = None
-        self.master_value = -np.inf
-        self.pricing_dual = self.best_dual
-
-    def pricing_parameter(self) -> np.ndarray:
-        """``theta(z) = theta_hat + radius K^T z`` at the (smoothed) pricing point."""
-        if self.master is None:
-            self.pricing_dual = self.best_dual
-        elif self.direct:
-            self.pricing_dual = self.master.dual
-        else:
-            self.pricing_dual = self.SMOOTHING * self.best_dual + (1 - self.SMOOTHING) * self.master.dual
-        return self.theta_hat + self.radius * (self.whitening.T @ self.pricing_dual)
-
-    def record_bound(self, bound: float) -> None:
-        """Keep the best dual bound ``max_pi theta(z) . (d_pi - d_ref)`` and its point."""
-        self.iterations += 1
-        self.improved = bound < self.upper_bound
-        if self.improved:
-            self.upper_bound = float(bound)
-            self.best_dual = self.pricing_dual
-            self.certificate = self.theta_hat + self.radius * (self.whitening.T @ self.best_dual)
-
-    def add_column(self, policy: np.ndarray, features: np.ndarray) -> None:
-        """Add the priced vertex if it improves the master, and re-solve the master."""
-        direction = features - self.reference
-        coordinates = self.whitening @ direction
-        gain = float(self.theta_hat @ direction)
-        if self.master is not None:
-            reduced_cost = gain + self.radius * float(coordinates @ self.master.dual) - self.master.level
-            if reduced_cost <= 1e-13 * max(1.0, abs(self.master.level)):
-                # A mis-price: nothing to add (the bound has improved instead). Price at the
-                # master's own dual next; if that mis-prices too, the master is optimal up to
-                # rounding and nothing is left to add.
-                self.stalled = self.direct
-                self.direct = True
-                return
-        self.direct = False
-        self.policies.append(policy)
-        self.gains = np.append(self.gains, gain)
-        self._extend_frame(coordinates)
-        spread = self.radius * self.reduced
-        previous = None if self.master is None else np.append(self.master.weights, 0.0)
-        self.master = _solve_master(self.gains, spread, self.frame, self.master, previous)
-        self.master_value = _master_primal(self.gains, spread, self.master.weights)
-
-    def _extend_frame(self, coordinates: np.ndarray) -> None:
-        """Append ``frame^T u`` as a column of ``reduced``, growing the frame if ``u`` leaves its span.
-
-        Classical Gram-Schmidt applied twice keeps the frame orthonormal to rounding.
-        """
-        residual = coordinates.copy()
-        projection = np.zeros(self.frame.shape[1])
-        for _ in range(2):
-            step = self.frame.T @ residual
-            projection += step
-            residual -= self.frame @ step
-        norm = float(np.linalg.norm(residual))
-        largest = max(float(np.linalg.norm(coordinates)), float(np.abs(self.reduced).max(initial=0.0)))
-        column = projection
-        if norm > 1e-12 * largest:
-            self.frame = np.column_stack([self.frame, residual / norm])
-            self.reduced = np.vstack([self.reduced, np.zeros((1, self.reduced.shape[1]))])
-            column = np.append(projection, norm)
-        self.reduced = np.column_stack([self.reduced, column])
-
-    def small_gap(self, tol: float) -> bool:
-        return self.upper_bound - self.master_value <= tol * max(1.0, abs(self.master_value))
-
-    def solution(self, mdp: TabularMDP, tol: float) -> RobustSolution:
-        weights = self.master.weights
-        # Weights at rounding level carry no value; dropping them keeps the mixture small.
-        support = np.flatnonzero(weights > 1e-12 * weights.max())
-        weights = weights[support] / weights[support].sum()
-        eye = np.eye(mdp.n_actions)
-        # Vertices are stored as (H, S) actions, a seeded reference policy as (H, S, A) rows.
-        members = np.stack([eye[self.policies[i]] if self.policies[i].ndim == 2 else self.policies[i] for i in support])
-        mixture = np.tensordot(weights, occupancy(mdp, members), axes=1)
-        totals = mixture.sum(axis=-1, keepdims=True)
-        policy = np.where(totals > 0, mixture / np.where(totals > 0, totals, 1.0), 1.0 / mdp.n_actions)
-        value = float(self.set.lower(expected_features(mdp, policy) - self.reference))
-        gap = self.upper_bound - value
-        return RobustSolution(
-            policy=policy, value=value, upper_bound=self.upper_bound, gap=gap, iterations=self.iterations,
-            converged=bool(gap <= tol * max(1.0, abs(value))), certificate=self.certificate, occupancy=mixture,
+def _reference_policies(mdp: TabularMDP, reference_policy: Any, n_sets: int) -> np.ndarray | None:
+    """The reference policy as ``(n_sets, H, S, A)`` (a broadcast view for a shared one), or None."""
+    if reference_policy is None:
+        return None
+    shape = (mdp.horizon, mdp.n_states, mdp.n_actions)
+    policy = np.asarray(reference_policy, dtype=float)
+    if policy.shape not in (shape, (n_sets, *shape)):
+        raise ValueError(
+            f"reference_policy must have shape (H, S, A) = {shape} or one per set ({n_sets}, H, S, A), "
+            f"got {policy.shape}"
         )
-
-
-# -- the restricted master ---------------------------------------------------------------------
-#
-# max_{lambda in simplex} c . lambda - ||B lambda||, with B = radius R the whitened coordinates of
-# the columns reduced to their span (p = rank <= m rows), and its dual
-# min_{||y|| <= 1} max_i c_i + b_i . y. Optimality on the support S of lambda:
-#   c_S + B_S^T y = t,  c_i + b_i . y <= t elsewhere,  lambda_S >= 0,  sum lambda_S = 1,  and either
-#   B_S lambda_S + nu y = 0, ||y|| = 1, nu >= 0     (the ball is active: nu = ||B lambda||), or
-#   B_S lambda_S = 0, ||y|| <= 1                    (it is not: the best mixture has G g = 0).
+    check_policy(mdp, policy, "reference_policy")
+    return np.broadcast_to(policy, (n_sets, *shape))
 
 
 @dataclass(frozen=True)
-class _Master:
-    """A master solution: weights over all columns, dual point ``z`` in the whitened space
-    ``(k,)``, level ``t`` and the support, kept to warm-start the next master."""
+class _Structure:
+    """A seminorm set as dense maps: ``theta(z) = theta_hat + adjoint @ z`` with ``z`` in a product of
+    unit balls of sizes ``blocks`` (the radii folded into ``adjoint``)."""
 
-    weights: np.ndarray
-    dual: np.ndarray
-    level: float
-    support: np.ndarray
-
-
-def _solve_master(
-    gains: np.ndarray, spread: np.ndarray, frame: np.ndarray, warm: _Master | None = None,
-    previous_weights: np.ndarray | None = None,
-) -> _Master:
-    """Solve the restricted master exactly (to rounding).
-
-    ``spread`` ``B`` ``(p, m)`` holds ``radius`` times the columns' whitened coordinates in the
-    orthonormal ``frame`` ``(k, p)`` of their span, so the work depends on the number of
-    columns, not on ``k``. Candidates, cheapest first, until one is optimal to rounding:
-
-    1. the ball is active: the previous master's support and dual point (one column fewer),
-       corrected by :func:`_active_set`, usually solve the new master in a few Newton steps;
-    2. the ball is inactive: the linear program ``max c . lambda`` s.t. ``B lambda = 0`` over the
-       simplex (HiGHS), optimal for the master when its dual point lies in the ball;
-    3. a barrier method finds the neighbourhood of the optimum and its near-active cuts, from
-       which :func:`_active_set` finishes.
-
-    Every candidate is checked as it is (weights on the simplex, dual point in the ball), and
-    the best primal and dual are kept (the previous master's weights, padded with a zero, are
-    one more candidate), so a failed attempt costs nothing but time.
-    """
-    n_columns = gains.size
-    if spread.shape[0] == 0 or not np.any(spread):
-        # A linear master: the best column, and theta_hat itself (z = 0) prices it.
-        best = int(np.argmax(gains))
-        weights = np.zeros(n_columns)
-        weights[best] = 1.0
-        return _Master(weights, np.zeros(frame.shape[0]), float(gains[best]), np.array([best]))
-    scale = float(max(np.abs(gains).max(), np.linalg.norm(spread, axis=0).max()))
-    candidates: list[tuple[np.ndarray, np.ndarray]] = []
-    start_dual = np.zeros(spread.shape[0]) if warm is None else _into_ball(frame.T @ warm.dual)
-    if previous_weights is not None:
-        candidates.append((previous_weights, start_dual))
-
-    def settled() -> bool:
-        """Whether the best pair's duality gap is at rounding level (relative to the value)."""
-        if not candidates:
-            return False
-        weights, y = _best_pair(gains, spread, candidates)
-        primal = _master_primal(gains, spread, weights)
-        gap = float(np.max(gains + y @ spread)) - primal
-        return gap <= 1e-13 * max(1.0, abs(primal)) + 1e3 * np.finfo(float).eps * scale
-
-    warm_inactive = warm is not None and float(np.linalg.norm(warm.dual)) < 1.0 - 1e-9
-    if warm_inactive:  # the previous master had G g = 0: most likely this one too
-        candidates += _inactive_ball(gains, spread)
-    if warm is not None and not settled():
-        start_weights = np.zeros(n_columns)
-        start_weights[warm.support] = warm.weights[warm.support]
-        candidates += _active_set(gains, spread, warm.support, start_weights, start_dual, warm.level, scale)
-    if not warm_inactive and not settled():
-        candidates += _inactive_ball(gains, spread)
-    if not settled():
-        weights, y, level = _master_barrier(gains, spread)
-        candidates.append((weights, y))
-        slack = np.maximum(level - gains - y @ spread, 0.0)
-        # On the central path lambda_i s_i = 1 / tau: a cut is taken as active when its
-        # multiplier exceeds its slack in units of the value (the scale of the caller's
-        # tolerance), not of the data, whose spread term can be much larger.
-        start = np.flatnonzero(weights * max(1.0, abs(level)) > slack)
-        candidates += _active_set(gains, spread, start, weights, y, level, scale)
-    weights, y = _best_pair(gains, spread, candidates)
-    return _Master(weights, frame @ y, float(np.max(gains + y @ spread)), np.flatnonzero(weights > 0))
+    theta_hat: np.ndarray
+    adjoint: np.ndarray  # (d, k)
+    blocks: tuple[int, ...]
 
 
-def _into_ball(y: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(y))
-    return y / norm if norm > 1.0 else y
-
-
-def _best_pair(gains, spread, candidates):
-    """The best primal weights and the best dual point among the candidates."""
-    weights = max((w for w, _ in candidates), key=lambda w: _master_primal(gains, spread, w))
-    y = min((y for _, y in candidates), key=lambda y: float(np.max(gains + y @ spread)))
-    return weights, y
-
-
-def _master_primal(gains: np.ndarray, spread: np.ndarray, weights: np.ndarray) -> float:
-    return float(gains @ weights - np.linalg.norm(spread @ weights))
-
-
-def _active_set(gains, spread, support, weights, y, level, scale) -> list:
-    """Solve the optimality conditions with the ball active by a primal active-set method.
-
-    For a support ``S`` the conditions (``c_S + B_S^T y = t``, ``||y|| = 1``,
-    ``B_S lambda_S + nu y = 0``, ``sum lambda_S = 1``) characterise the maximiser of the concave
-    objective over the affine hull of ``S``: a square system in ``(y, t, lambda_S, nu)``, solved
-    by Newton's method from a nearby point (quadratic convergence to rounding level; when
-    column generation has collected more vertices of the optimal face than needed the system is
-    under-determined and a minimum-norm solution is taken). As in Wolfe's and Lawson and
-    Hanson's methods the weights stay feasible: if the maximiser has negative weights, move
-    towards it until the first weight vanishes and drop that column (the objective does not
-    decrease along the way, by concavity); if it is feasible and a cut outside ``S`` is violated,
-    the most violated column enters. A support on which Newton's method finds no solution loses
-    its lightest column (a starting support may hold near-active columns that do not belong).
-    Returns a list with one candidate ``(lambda, y)``, or an empty list when the ball is not
-    active at the optimum (or no support works).
-    """
-    tolerance = 64 * np.finfo(float).eps * scale
-    support = [int(i) for i in support if weights[i] > 0]
-    if not support:
-        return []
-    current = weights[support] / weights[support].sum()
-    entering = -1
-    failures = 0
-    for _ in range(4 * gains.size + 20):
-        solved = _newton_active_ball(gains[support], spread[:, support], y, level, current)
-        if solved is None:
-            # No maximiser on this affine hull (the objective grows without bound along it, or
-            # the system is inconsistent): the smallest weight is the least trusted column.
-            # A few such failures mean the ball is not active: leave it to the other methods.
-            failures += 1
-            if len(support) == 1 or failures > 3:
-                return []
-            dropped = int(np.argmin(current))
-            support.pop(dropped)
-            current = np.delete(current, dropped)
-            current = current / current.sum() if current.sum() > 0 else np.full(len(support), 1.0 / len(support))
-            entering = -1
+def _structure(confidence_set: ConfidenceSet) -> _Structure | None:
+    """The seminorm terms of a set as one stacked map, dropping terms of radius 0 or map 0."""
+    terms = confidence_set.seminorms()
+    if terms is None:
+        return None
+    d = confidence_set.n_features
+    columns, blocks = [], []
+    for term in terms:
+        if term.radius == 0:
             continue
-        target, y, level, multiplier = solved
-        if target.min() < -tolerance / scale:
-            change = target - current
-            shrinking = np.flatnonzero(change < 0)
-            ratios = -current[shrinking] / change[shrinking]
-            blocking = int(shrinking[np.argmin(ratios)])
-            if support[blocking] == entering and ratios.min() <= 0:
-                return []  # the entering column cannot take weight: degenerate, give up here
-            current = np.maximum(current + min(1.0, float(ratios.min())) * change, 0.0)
-            current[blocking] = 0.0
-            kept = current > 0
-            support = [column for column, keep in zip(support, kept) if keep]
-            if not support:
-                return []
-            current = current[kept] / current[kept].sum()
-            entering = -1
+        if isinstance(term, LinearSeminorm):
+            adjoint = np.asarray(term.matrix, dtype=float).T
+        else:
+            adjoint = np.asarray(term.whiten(np.eye(d)), dtype=float)  # (d, m): row i is K e_i
+        if adjoint.shape[1] == 0 or not np.any(adjoint):
             continue
-        if multiplier < -tolerance:
-            return []  # the ball is not active
-        current = np.maximum(target, 0.0)
-        violation = gains + y @ spread - level
-        violation[support] = -np.inf
-        entering = int(np.argmax(violation))
-        if violation[entering] <= tolerance:
-            return [_feasible_pair(gains.size, np.array(support), current, y)]
-        support.append(entering)
-        current = np.append(current, 0.0)
-    return []
+        columns.append(term.radius * adjoint)
+        blocks.append(adjoint.shape[1])
+    adjoint = np.concatenate(columns, axis=1) if columns else np.zeros((d, 0))
+    return _Structure(np.asarray(confidence_set.theta_hat, dtype=float), adjoint, tuple(blocks))
 
 
-def _inactive_ball(gains, spread) -> list:
-    """The master when the ball is inactive: ``max c . lambda`` s.t. ``B lambda = 0`` on the simplex.
+def _structured_lower(structures: list[_Structure], directions: np.ndarray) -> np.ndarray:
+    """``theta_hat . g - sum_j ||radius_j K_j g||`` for each structure and its row of ``directions``."""
+    values = np.empty(len(structures))
+    for row, (structure, direction) in enumerate(zip(structures, directions)):
+        coordinates = direction @ structure.adjoint
+        penalty, start = 0.0, 0
+        for size in structure.blocks:
+            penalty += float(np.linalg.norm(coordinates[start:start + size]))
+            start += size
+        values[row] = structure.theta_hat @ direction - penalty
+    return values
 
-    A linear program (HiGHS); its basic solution is then solved exactly on its support, and its
-    equality multipliers are the dual point (optimal for the master if it lies in the ball).
-    Returns a list with one candidate ``(lambda, y)``, or an empty list if ``B lambda = 0`` is
-    infeasible.
+
+def _cheaper_method(mdp: TabularMDP, k: int, n_users: int) -> str:
+    """The method with the smaller estimated cost, in floating-point operations plus a charge for
+    each array operation (Python's overhead, about ``2e5`` operations' worth).
+
+    Interior point: about 25 iterations, each forming and factoring the value block
+    (``2 H S^2 (S A)`` and ``H S^3``), the ``z`` block and the coupling (``2 (S A) k^2``,
+    ``2 H S (S A) k``, ``2 H S k^2``) and the Schur complement (``k^3 / 3``), about ``100 + 30 H``
+    array operations. Column generation: about ``2 k + 10`` pricing steps, each a backward
+    induction and an occupancy (``4 H S^2 A``) and a barrier master over ``t`` columns whose
+    measured cost is about ``1e4 t (k + 1)^2`` operations' worth (some 70 Newton steps with a
+    feasibility search, on arrays too small for BLAS to pay), and about 1000 array operations.
     """
-    n_dual, n_columns = spread.shape
-    constraints = np.vstack([spread, np.ones((1, n_columns))])
-    rhs = np.concatenate([np.zeros(n_dual), [1.0]])
-    # HiGHS's default tolerances (1e-7) stop a vertex or two early; the exact solve below only
-    # restores feasibility on the support it returns, so ask for optimality to 1e-10.
-    result = scipy.optimize.linprog(-gains, A_eq=constraints, b_eq=rhs, bounds=(0, None), method="highs",
-                                    options={"primal_feasibility_tolerance": 1e-10,
-                                             "dual_feasibility_tolerance": 1e-10})
-    if result.status != 0:
-        return []
-    weights = np.maximum(result.x, 0.0)
-    support = np.flatnonzero(weights > 0)
-    exact, *_ = np.linalg.lstsq(constraints[:, support], rhs, rcond=None)
-    basic = constraints[:, support]
-    if np.all(exact >= 0) and np.abs(basic @ exact - rhs).max() <= np.abs(basic @ weights[support] - rhs).max():
-        weights[support] = exact
-    return [_feasible_pair(n_columns, support, weights[support], result.eqlin.marginals[:n_dual])]
+    horizon, n_states, n_actions = mdp.horizon, mdp.n_states, mdp.n_actions
+    pairs = n_states * n_actions
+    overhead = 2e5
+    interior = 25 * (n_users * (2 * horizon * n_states**2 * pairs + horizon * n_states**3 + 2 * pairs * k**2
+                                + 2 * horizon * n_states * pairs * k + 2 * horizon * n_states * k**2 + k**3 / 3)
+                     + (100 + 30 * horizon) * overhead)
+    steps = 2 * k + 10
+    columns = steps / 2 + 2
+    generation = steps * (n_users * (4 * horizon * n_states**2 * n_actions + 1e4 * columns * (k + 1) ** 2)
+                          + 1000 * overhead)
+    return "interior-point" if interior <= generation else "column-generation"
 
 
-def _newton_active_ball(gains, spread, y, level, weights):
-    """Newton's method on ``c + B^T y - t = 0``, ``(||y||^2 - 1) / 2 = 0``, ``B lambda + nu y = 0``,
-    ``sum lambda - 1 = 0`` in ``(y, t, lambda, nu)``; returns ``(lambda, y, t, nu)`` or None.
+class _Run:
+    """Book-keeping shared by the methods: the best certified primal and dual of every problem.
 
-    Full steps first: with nearly parallel columns the weights move far in the first step and the
-    residual grows through the ``nu y`` term before Newton's quadratic convergence sets in, which
-    a monotone line search would refuse. If full steps do not converge, damped steps
-    (backtracking on the residual) from the start point, for starts far from the solution.
+    ``record_policies`` evaluates policies exactly (expected features by DP) and keeps each
+    problem's best; ``record_duals`` runs one batched backward induction at members of the sets
+    and keeps each problem's lowest upper bound. A problem is done when the two are within
+    ``tol``.
     """
-    n_dual, size = spread.shape
-    scale = max(float(np.abs(gains).max()), float(np.linalg.norm(spread, axis=0).max()), 1.0)
-    norm = float(np.linalg.norm(y))
-    y = y / norm if norm > 0 else y
-    start = np.concatenate([y, [level], weights, [float(np.linalg.norm(spread @ weights))]])
-    jacobian = np.zeros((size + n_dual + 2, n_dual + size + 2))
-    jacobian[:size, :n_dual] = spread.T
-    jacobian[:size, n_dual] = -1.0
-    jacobian[size + 1:size + 1 + n_dual, n_dual + 1:-1] = spread
-    jacobian[-1, n_dual + 1:-1] = 1.0
-    rounding = 64 * np.finfo(float).eps * scale
 
-    def residual_at(point):
-        dual, t, local_weights, nu = point[:n_dual], point[n_dual], point[n_dual + 1:-1], point[-1]
-        return np.concatenate([
-            gains + dual @ spread - t, [0.5 * (dual @ dual - 1.0)],
-            spread @ local_weights + nu * dual, [local_weights.sum() - 1.0],
-        ])
+    def __init__(self, mdp, items, reference, reference_policies, tol, deadline) -> None:
+        self.mdp, self.items, self.reference, self.tol, self.deadline = mdp, items, reference, tol, deadline
+        self.reference_policies = reference_policies
+        n = len(items)
+        shape = (mdp.horizon, mdp.n_states, mdp.n_actions)
+        self.value = np.full(n, -np.inf)
+        self.upper = np.full(n, np.inf)
+        self.policy = np.zeros((n, *shape))
+        self.certificate = np.zeros((n, mdp.n_features))
+        self.iterations = np.zeros(n, dtype=int)
+        self.method = ["" for _ in range(n)]
 
-    def newton_step(point, residual):
-        dual, nu = point[:n_dual], point[-1]
-        jacobian[size, :n_dual] = dual
-        jacobian[size + 1:size + 1 + n_dual, :n_dual] = nu * np.eye(n_dual)
-        jacobian[size + 1:size + 1 + n_dual, -1] = dual
-        return _square_solve(jacobian, -residual)
+    def start(self) -> None:
+        """Certify a first answer for every problem: the greedy policy of ``theta_hat`` (and the
+        reference policy, ``L = 0``, if given) against the bound at ``theta_hat``, so that even a
+        spent budget returns a valid policy with an honest gap."""
+        users = np.arange(len(self.items))
+        thetas = np.stack([item.theta_hat for item in self.items])
+        _, policies = self.record_duals(users, thetas)
+        features = expected_features(self.mdp, policies)
+        self.record_policies(users, policies, self.exact_values(users, features))
+        if self.reference_policies is not None:
+            features = expected_features(self.mdp, self.reference_policies)
+            self.record_policies(users, np.array(self.reference_policies), self.exact_values(users, features))
 
-    for damped in (False, True):
-        point = start
-        residual = residual_at(point)
-        size_of = float(np.abs(residual).max())
-        best_point, best_size = point, size_of
-        for _ in range(30 if damped else 12):  # full steps converge in a few or not at all
-            if size_of <= rounding:
-                break
-            step = newton_step(point, residual)
-            lengths = 0.5 ** np.arange(12) if damped else (1.0,)
-            for length in lengths:
-                candidate = point + length * step
-                candidate_residual = residual_at(candidate)
-                candidate_size = float(np.abs(candidate_residual).max())
-                if not damped or candidate_size < (1.0 - 0.25 * length) * size_of:
-                    break
-            else:
-                break  # no decrease: stuck (damped steps only)
-            if not np.isfinite(candidate_size) or candidate_size > 1e6 * max(best_size, rounding):
-                break  # full steps diverge
-            point, residual, size_of = candidate, candidate_residual, candidate_size
-            if size_of < best_size:
-                best_point, best_size = point, size_of
-            elif size_of <= 1e3 * rounding:
-                break  # at rounding level, no further progress
-        if best_size <= 1e-9 * scale:
-            point = best_point
-            return point[n_dual + 1:-1], point[:n_dual], point[n_dual], point[-1]
-    return None
+    def exact_values(self, users: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """``L = lower(d_pi - d_ref)`` by each set's own support function."""
+        return np.array([float(self.items[i].lower(f - self.reference[i])) for i, f in zip(users, features)])
+
+    def out_of_time(self) -> bool:
+        return time.perf_counter() > self.deadline
+
+    def done(self, users: np.ndarray) -> np.ndarray:
+        return self.upper[users] - self.value[users] <= self.tol * np.maximum(1.0, np.abs(self.value[users]))
+
+    def record_policies(self, users: np.ndarray, policies: np.ndarray, values: np.ndarray) -> None:
+        """Keep ``policies`` ``(m, H, S, A)`` of ``users`` whose exact ``values`` beat the best so far."""
+        better = values > self.value[users]
+        self.value[users[better]] = values[better]
+        self.policy[users[better]] = policies[better]
+
+    def record_duals(self, users: np.ndarray, thetas: np.ndarray) -> np.ndarray:
+        """Upper bounds ``max_pi theta . (d_pi - d_ref)`` at members ``thetas`` ``(m, d)`` of the sets,
+        keeping the best; returns the bounds and the greedy policies."""
+        policies, values = backward_induction(self.mdp, _reward_tables(self.mdp, thetas))
+        bounds = values[:, 0] @ self.mdp.initial_distribution - np.einsum("ij,ij->i", thetas, self.reference[users])
+        order = np.argsort(bounds, kind="stable")
+        _, first = np.unique(users[order], return_index=True)  # each user's lowest bound
+        rows = order[first]
+        better = rows[bounds[rows] < self.upper[users[rows]]]
+        self.upper[users[better]] = bounds[better]
+        self.certificate[users[better]] = thetas[better]
+        return bounds, policies
+
+    def greedy(self, users: np.ndarray) -> None:
+        """Sets without a seminorm term of positive radius are the point ``theta_hat``: the greedy
+        policy that :meth:`start` certified is exact."""
+        self.iterations[users] = 1
+        self.label(users, "greedy")
+
+    def label(self, users: np.ndarray, method: str) -> None:
+        """Name the method that ran on ``users`` (``a+b`` when ``b`` continued after ``a``)."""
+        for i in users:
+            self.method[i] = f"{self.method[i]}+{method}" if self.method[i] else method
+
+    def solutions(self) -> list[RobustSolution]:
+        occupancies = occupancy(self.mdp, self.policy)
+        features = expected_features(self.mdp, self.policy)
+        out = []
+        for index, item in enumerate(self.items):
+            # The reported value is the set's own lower(), whatever the method used internally.
+            value = float(item.lower(features[index] - self.reference[index]))
+            upper = float(self.upper[index])
+            gap = upper - value
+            out.append(RobustSolution(
+                policy=self.policy[index], value=value, upper_bound=upper, gap=gap,
+                iterations=int(self.iterations[index]), converged=bool(gap <= self.tol * max(1.0, abs(value))),
+                certificate=self.certificate[index], occupancy=occupancies[index], method=self.method[index],
+            ))
+        return out
 
 
-def _feasible_pair(n_columns: int, support: np.ndarray, local_weights: np.ndarray, dual: np.ndarray):
-    """Weights on the simplex (negative rounding dropped) and a dual point in the unit ball."""
-    weights = np.zeros(n_columns)
-    weights[support] = np.maximum(local_weights, 0.0)
-    total = weights.sum()
-    weights = weights / total if total > 0 and np.isfinite(total) else np.full(n_columns, 1.0 / n_columns)
-    norm = float(np.linalg.norm(dual))
-    if not np.isfinite(norm):
-        dual = np.zeros_like(dual)
-    elif norm > 1.0:
-        dual = dual / norm
-    return weights, dual
+def _reward_tables(mdp: TabularMDP, thetas: np.ndarray) -> np.ndarray:
+    """``mdp.reward(thetas)``, ``(n, H, S, A)``; with stationary features a read-only view that
+    repeats one ``(S, A)`` table over the steps instead of writing ``H`` copies."""
+    if not mdp.stationary_features:
+        return mdp.reward(thetas)
+    table = (thetas @ mdp.flat_features().T).reshape(len(thetas), 1, mdp.n_states, mdp.n_actions)
+    return np.broadcast_to(table, (len(thetas), mdp.horizon, mdp.n_states, mdp.n_actions))
 
 
-def _master_barrier(gains: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Barrier method for the master's dual ``min t`` s.t. ``s_i = t - c_i - b_i . y >= 0``,
-    ``||y|| <= 1`` (``b_i`` the columns of ``spread``, ``(p, m)``).
+def _policy_of(occupancy_measure: np.ndarray) -> np.ndarray:
+    """``pi_h(a|s) = q_h(s, a) / sum_a q_h(s, a)``, uniform where the state is never visited."""
+    totals = occupancy_measure.sum(axis=-1, keepdims=True)
+    n_actions = occupancy_measure.shape[-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        policy = occupancy_measure / totals
+    return np.where(totals > 0, policy, 1.0 / n_actions)
 
-    Minimises ``tau t - sum_i log s_i - log(1 - ||y||^2)`` by damped Newton steps (the function is
-    self-concordant, so steps of ``1 / (1 + decrement)`` stay feasible and converge) for ``tau``
-    growing 10-fold per stage until the duality gap ``(m + 1) / tau`` is below ``1e-13`` of the
-    data's scale. On the central path the multipliers ``lambda_i = 1 / (tau s_i)`` of the cuts
-    sum to one: they are the primal mixture weights. Near the end the slacks of the active cuts,
-    recomputed as ``t - c_i - b_i . y``, lose their relative precision to cancellation, so the
-    weights are only good enough to tell the active cuts apart; :func:`_active_set` finishes.
-    Returns ``lambda``, ``y`` and ``t``.
+
+def _feature_map(mdp: TabularMDP) -> tuple[np.ndarray | None, int]:
+    """``phi`` as ``(H or 1, S A, d)``, or None for one-hot ``(s, a)`` features (``phi = I``)."""
+    flat = mdp.flat_features()
+    steps = 1 if mdp.stationary_features else mdp.horizon
+    pairs = mdp.n_states * mdp.n_actions
+    if steps == 1 and flat.shape == (pairs, pairs) and np.array_equal(flat, np.eye(pairs)):
+        return None, steps
+    return flat.reshape(steps, pairs, mdp.n_features), steps
+
+
+def _block_size(per_user: int) -> int:
+    return max(1, _BLOCK_ELEMENTS // max(per_user, 1))
+
+
+def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> None:
+    """Solve the problems of ``users`` (same ball sizes) by the interior-point method, in blocks."""
+    mdp = run.mdp
+    horizon, n_states, n_actions = mdp.horizon, mdp.n_states, mdp.n_actions
+    pairs = n_states * n_actions
+    first = _structure(run.items[users[0]])  # the ball sizes are the same for the whole group
+    k = first.adjoint.shape[1]
+    features, steps = _feature_map(mdp)
+    transitions = np.asarray(mdp.transitions).reshape(horizon, pairs, n_states)
+    # Psi, its coupling operator, L^{-1} C, the k x k system and the value blocks, per user.
+    per_user = (2 * steps * pairs * k + horizon * n_states * pairs + 3 * horizon * n_states * k + 3 * k * k
+                + 4 * horizon * n_states**2)
+    uniform = occupancy(mdp, uniform_policy(mdp))
+    for start in range(0, len(users), _block_size(per_user)):
+        block = users[start:start + _block_size(per_user)]
+        block_structures = [_structure(run.items[i]) for i in block]
+        thetas = np.stack([s.theta_hat for s in block_structures])
+        adjoints = np.stack([s.adjoint for s in block_structures])  # (n, d, k)
+        psi = adjoints[:, None] if features is None else np.matmul(features[None], adjoints[:, None])
+        if run.reference_policies is None:
+            start_occupancy = np.broadcast_to(uniform, (len(block), *uniform.shape))
+        else:
+            start_occupancy = occupancy(mdp, 0.5 * run.reference_policies[block] + 0.5 / n_actions)
+        problem = interior_point.ConicProblem(
+            transitions=transitions, initial_distribution=np.asarray(mdp.initial_distribution),
+            reward=mdp.reward(thetas).reshape(len(block), horizon, pairs), features=psi,
+            reference=np.matmul(run.reference[block][:, None, :], adjoints)[:, 0],
+            blocks=first.blocks, start=start_occupancy,
+            constant=np.einsum("ij,ij->i", thetas, run.reference[block]),
+        )
+
+        def check(rows: np.ndarray, q: np.ndarray, z: np.ndarray) -> np.ndarray:
+            members = block[rows]
+            policies = _policy_of(q)
+            directions = expected_features(mdp, policies) - run.reference[members]
+            run.record_policies(members, policies, _structured_lower([block_structures[r] for r in rows], directions))
+            run.record_duals(members, thetas[rows] + np.matmul(adjoints[rows], z[..., None])[..., 0])
+            return run.done(members)
+
+        iterations = interior_point.interior_point(problem, check, tol=run.tol, max_iterations=max_iterations,
+                                                   out_of_time=run.out_of_time)
+        run.iterations[block] = iterations
+        run.label(block, "interior-point")
+
+
+def _solve_column_generation(run: _Run, users: np.ndarray, max_iterations: int) -> None:
+    """Solve the problems of ``users`` (same ball sizes) by column generation, in blocks."""
+    mdp = run.mdp
+    first = _structure(run.items[users[0]])  # the ball sizes are the same for the whole group
+    k = first.adjoint.shape[1]
+    # The set's map, the occupancy temporaries, and each column's state distributions (about
+    # 2 k + 20 columns).
+    per_user = (mdp.n_features * k + 6 * mdp.horizon * mdp.n_states * mdp.n_actions
+                + (2 * k + 20) * (mdp.horizon * mdp.n_states + k + 2))
+    for start in range(0, len(users), _block_size(per_user)):
+        block = users[start:start + _block_size(per_user)]
+        block_structures = [_structure(run.items[i]) for i in block]
+        iterations = column_generation.column_generation(
+            run, block, np.stack([s.theta_hat for s in block_structures]),
+            np.stack([s.adjoint for s in block_structures]), first.blocks, max_iterations=max_iterations,
+        )
+        run.iterations[block] = iterations
+        run.label(block, "column-generation")
+
+
+def _frank_wolfe(run: _Run, users: np.ndarray, max_iterations: int) -> None:
+    """Frank-Wolfe on the occupancy polytope for sets known only through ``lower`` and ``minimizer``.
+
+    The iterate is a mixture of occupancies ``q`` with ``g = d_q - d_ref``. Each step takes
+    ``theta = minimizer(g)``, a member of ``C`` and a supergradient of ``L`` at ``g``; one batched
+    backward induction on ``theta`` gives the vertex maximising the linearisation and the upper
+    bound ``max_pi theta . (d_pi - d_ref)``; ``q`` moves towards the vertex by the step that
+    maximises ``L`` on the segment (``L`` is concave along it: a grid search refined twice).
     """
-    n_columns = gains.size
-    n_dual = spread.shape[0]
-    widths = np.linalg.norm(spread, axis=0)
-    span = float(widths.max() + gains.max() - gains.min())
-    scale = float(max(np.abs(gains).max(), widths.max()))
-    barrier_parameter = n_columns + 1
-    y = np.zeros(n_dual)
-    t = float(gains.max()) + span
-    tau = barrier_parameter / span
-    identity = np.eye(n_dual)
-    while True:
-        for _ in range(50):  # centring by damped Newton steps
-            slack = t - gains - y @ spread
-            room = 1.0 - y @ y
-            inverse = 1.0 / slack
-            inverse_squared = inverse * inverse
-            gradient = np.concatenate([spread @ inverse + (2.0 / room) * y, [tau - inverse.sum()]])
-            hessian = np.empty((n_dual + 1, n_dual + 1))
-            hessian[:n_dual, :n_dual] = (spread * inverse_squared) @ spread.T + (2.0 / room) * identity \
-                + (4.0 / room**2) * np.outer(y, y)
-            hessian[:n_dual, n_dual] = hessian[n_dual, :n_dual] = -(spread @ inverse_squared)
-            hessian[n_dual, n_dual] = inverse_squared.sum()
-            step = -_scaled_solve(hessian, gradient)
-            decrement = float(np.sqrt(max(-gradient @ step, 0.0)))
-            length = 1.0 if decrement < 0.25 else 1.0 / (1.0 + decrement)
-            new_y, new_t = y + length * step[:n_dual], t + length * step[n_dual]
-            if not (new_y @ new_y < 1.0 and np.all(new_t - gains - new_y @ spread > 0)):
-                break  # rounding: the theory says the step is feasible, the arithmetic disagrees
-            y, t = new_y, new_t
-            if decrement < 1e-6:  # the iterate is then well inside the quadratic region
-                break
-        if barrier_parameter / tau <= 1e-13 * scale:
+    mdp = run.mdp
+    items = [run.items[i] for i in users]
+    reference = run.reference[users]
+    if run.reference_policies is None:
+        start = greedy(mdp, np.stack([item.theta_hat for item in items]))
+    else:
+        start = run.reference_policies[users]
+    current = occupancy(mdp, start)
+    features = expected_features(mdp, start)
+    active = np.arange(len(users))
+    averages = np.zeros((len(users), mdp.n_features))
+    grid = np.linspace(0.0, 1.0, 17)
+    for iteration in range(max_iterations):
+        if not active.size or run.out_of_time():
             break
-        tau *= 10.0
-    weights = 1.0 / (tau * (t - gains - y @ spread))
-    return weights / weights.sum(), y, t
-
-
-def _square_solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Solve a square system by LU; minimum-norm least squares if it is singular."""
-    try:
-        solution = np.linalg.solve(matrix, rhs)
-        if np.all(np.isfinite(solution)):
-            # A nearly singular matrix gives a huge solution whose residual may overflow: that is
-            # the signal to fall back, not an error.
-            with np.errstate(over="ignore", invalid="ignore"):
-                error = np.abs(matrix @ solution - rhs).max()
-            if error <= 1e-8 * max(np.abs(rhs).max(), np.finfo(float).tiny):
-                return solution
-    except np.linalg.LinAlgError:
-        pass
-    return np.linalg.lstsq(matrix, rhs, rcond=None)[0]
-
-
-def _scaled_solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Solve a symmetric system after a diagonal (Jacobi) scaling; least squares if singular."""
-    diagonal = 1.0 / np.sqrt(np.maximum(np.abs(np.diag(matrix)), np.finfo(float).tiny))
-    scaled = matrix * np.outer(diagonal, diagonal)
-    try:
-        return diagonal * np.linalg.solve(scaled, diagonal * rhs)
-    except np.linalg.LinAlgError:
-        return diagonal * np.linalg.lstsq(scaled, diagonal * rhs, rcond=None)[0]
+        members = users[active]
+        directions = features[active] - reference[active]
+        values = np.array([items[i].lower(g) for i, g in zip(active, directions)])
+        run.record_policies(members, _policy_of(current[active]), values)
+        thetas = np.stack([items[i].minimizer(g) for i, g in zip(active, directions)])
+        # The running mean of the minimisers (a member of C: the set is convex) is the dual of
+        # the equilibrium this method computes (Abernethy and Wang, 2017): when L is not
+        # differentiable at the optimum (e.g. g = 0), minimizer(g_t) oscillates and only the mean
+        # certifies. Both are priced in one batched backward induction.
+        averages[active] += (thetas - averages[active]) / (iteration + 1)
+        _, both = run.record_duals(np.concatenate([members, members]), np.concatenate([thetas, averages[active]]))
+        vertices = both[:active.size]
+        run.iterations[members] = iteration + 1
+        finished = run.done(members)
+        vertex_features = expected_features(mdp, vertices)
+        vertex_occupancy = occupancy(mdp, vertices)
+        steps = np.empty(active.size)
+        for row, i in enumerate(active):
+            low, high = 0.0, 1.0
+            for _ in range(3):  # grid, then two refinements around the best point
+                points = low + (high - low) * grid
+                trial = (1 - points)[:, None] * features[i] + points[:, None] * vertex_features[row]
+                scores = np.asarray(items[i].lower(trial - reference[i]))
+                best = int(np.argmax(scores))
+                width = (high - low) / (grid.size - 1)
+                low, high = max(0.0, points[best] - width), min(1.0, points[best] + width)
+            steps[row] = points[best]
+        current[active] = (1 - steps)[:, None, None, None] * current[active] + steps[:, None, None, None] * vertex_occupancy
+        features[active] = (1 - steps)[:, None] * features[active] + steps[:, None] * vertex_features
+        active = active[~finished]
+    if active.size:  # the last step's iterate, if the budget ended the run
+        values = np.array([items[i].lower(g) for i, g in zip(active, features[active] - reference[active])])
+        run.record_policies(users[active], _policy_of(current[active]), values)
+    run.label(users, "frank-wolfe")

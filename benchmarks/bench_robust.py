@@ -1,88 +1,220 @@
-"""Exact robust planning: column generation on backward induction against a conic solver.
+"""Exact pessimism at scale: time against the set's dimension k and the number of users N.
 
-Setting: S=200, A=10, H=30, random stationary transitions, one-hot (s, a) features (d = 2000),
-and an ellipsoidal confidence set of dimension 5 (a random 5-column basis, a random well
-conditioned matrix M, radius 1; the reference is the uniform policy). Both solve
-``max_pi theta_hat . g - radius ||G g||_{M^{-1}}``, ``g = d_pi - d_ref``:
+Table (``--table``): a random MDP with S=50, A=10, H=10 and one-hot (s, a) features (d = 500).
+The sets are those of the ``independent`` agent (ridge 1, Wald radius at delta = 0.1) fitted on
+20 users with 3000 uniform comparisons each, k = S A - 1 = 499; a set of dimension k < 499 keeps
+the first k coordinates of each set (its matrix block, centre and basis columns) with the Wald
+radius of k coordinates. N users cycle through the 20 sets with their centres perturbed, so
+every problem is distinct. Each row times ``robust_optimize`` of all N users in one call
+(``tol=1e-6``) and reports the method ``"auto"`` chose, the median number of iterations, the
+peak memory the call allocated (tracemalloc), and two ratios:
 
-- ``agents.planning.robust_optimize`` (every inner step one backward induction, tol 1e-8);
-- cvxpy with Clarabel on the occupancy-measure formulation (60000 variables q[h, s, a] >= 0,
-  the flow constraints and one second-order cone), timed from the model's construction to
-  its solution.
+- to cvxpy with Clarabel *per user*: the conic program of one user (occupancy measure, flow
+  constraints, one second-order cone), timed from the model's construction to its solution,
+  once per k, against our time divided by N;
+- to the rectangular planner (:func:`agents.planning.rectangular`) on the same N sets.
 
-Asserts that the two optima agree within 1e-6 relative and that the certified gap closed, and
-prints both times and their ratio (target: robust_optimize at least 100x faster). The conic
-solve takes a few minutes; it runs once, robust_optimize is timed best of 5.
+Every row asserts that all gaps are certified below ``tol`` and that the first user's value agrees
+with Clarabel's optimum within 1e-6 relative.
 
-Run: ``python benchmarks/bench_robust.py`` (needs ``pip install cvxpy clarabel``)
+Targets (``--targets small-sets | full-dimensional | both``): 1000 users with sets of dimension 5
+on S=200, A=10, H=20 (the sets of the oracle-subspace estimator, a 5-dimensional subspace,
+ridge 1, 200 comparisons per user), and 1000 users of the independent agent (k = 499) on the
+table's MDP.
+
+``--plot PATH`` draws time against k (at each N) and against N (at each k) on log-log axes with
+the fitted exponents. BLAS runs on one thread by default (``--blas-threads``): multithreaded
+OpenBLAS stalls on these products when other processes share the cores.
+
+Run: ``python benchmarks/bench_robust.py --table --targets both --plot docs/robust_scaling.png``
+(needs ``pip install cvxpy clarabel``).
 """
 
 from __future__ import annotations
 
+import argparse
 import time
+import tracemalloc
+import warnings
 
 import cvxpy as cp
 import numpy as np
 import scipy.sparse
-from _timing import best_time
+from threadpoolctl import threadpool_limits
 
+import agents
 import lr_mdp_env
 from agents import Ellipsoid, planning
+from lr_mdp_env.envs import random_low_rank_world
 
-N_STATES, N_ACTIONS, HORIZON, SET_DIMENSION, RADIUS = 200, 10, 30, 5, 1.0
-
-
-def build_problem():
-    mdp = lr_mdp_env.random_mdp(N_STATES, N_ACTIONS, HORIZON, seed=0)
-    rng = np.random.default_rng(1)
-    d = mdp.n_features
-    basis = rng.normal(size=(d, SET_DIMENSION)) / np.sqrt(d)
-    rotation, _ = np.linalg.qr(rng.normal(size=(SET_DIMENSION, SET_DIMENSION)))
-    matrix = (rotation * np.exp(rng.uniform(-1, 1, size=SET_DIMENSION))) @ rotation.T
-    confidence_set = Ellipsoid(offset=np.zeros(d), basis=basis, center=rng.normal(size=SET_DIMENSION),
-                               matrix=0.5 * (matrix + matrix.T), radius=RADIUS)
-    reference = lr_mdp_env.expected_features(mdp, lr_mdp_env.uniform_policy(mdp))
-    return mdp, confidence_set, reference
+TOL = 1e-6
+FITTED_USERS, PAIRS = 20, 3000
 
 
-def conic_solve(mdp, confidence_set, reference) -> float:
-    """The occupancy-measure formulation, solved by Clarabel through cvxpy."""
-    n_pairs = N_STATES * N_ACTIONS
-    q = cp.Variable((HORIZON, n_pairs), nonneg=True)
-    summing = scipy.sparse.kron(scipy.sparse.eye(N_STATES), np.ones((N_ACTIONS, 1)), format="csr")  # (S A, S)
-    transitions = np.asarray(mdp.transitions[0]).reshape(n_pairs, N_STATES)
-    constraints = [q[0] @ summing == mdp.initial_distribution, q[1:] @ summing == q[:-1] @ transitions]
-    features = np.asarray(mdp.features[0]).reshape(n_pairs, -1)
+def independent_sets(n_states=50, n_actions=10, horizon=10):
+    """The MDP, 20 fitted sets of the independent agent (k = S A - 1) and their d_ref."""
+    mdp, rewards = random_low_rank_world(n_states=n_states, n_actions=n_actions, horizon=horizon,
+                                         n_users=FITTED_USERS, rank=5, model_seed=0)
+    dataset = lr_mdp_env.collect_preferences(mdp, rewards, PAIRS, seed=1)
+    agent = agents.make("independent", pessimism="exact", ridge=1.0).fit(dataset, mdp)
+    sets = [agent.confidence_set(user) for user in range(FITTED_USERS)]
+    return mdp, sets, np.asarray(agent.reference_features)
+
+
+def truncated(sets, k, n_users, seed=0):
+    """``n_users`` sets of dimension ``k``: the first k coordinates of the fitted sets, cycled,
+    centres perturbed by a standard normal in the set's own metric (one radius unit / 10)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    radius = agents.wald_radius(k, 0.1)
+    for user in range(n_users):
+        base = sets[user % len(sets)]
+        matrix = base.matrix[:k, :k]
+        factor = np.linalg.cholesky(matrix)
+        shift = np.linalg.solve(factor.T, rng.normal(size=k)) * 0.1 if user >= len(sets) else 0.0
+        out.append(Ellipsoid(offset=base.offset, basis=base.basis[:, :k], center=base.center[:k] + shift,
+                             matrix=matrix, radius=radius, factor=factor))
+    return out
+
+
+def conic_solve(mdp, confidence_set, reference) -> tuple[float, float]:
+    """One user's occupancy-measure program by cvxpy + Clarabel: (optimum, seconds)."""
+    start = time.perf_counter()
+    horizon, n_states, n_actions = mdp.horizon, mdp.n_states, mdp.n_actions
+    pairs = n_states * n_actions
+    q = cp.Variable((horizon, pairs), nonneg=True)
+    summing = scipy.sparse.kron(scipy.sparse.eye(n_states), np.ones((n_actions, 1)), format="csr")
+    constraints = [q[0] @ summing == mdp.initial_distribution]
+    for step in range(horizon - 1):
+        constraints.append(q[step + 1] @ summing == q[step] @ mdp.transitions[step].reshape(pairs, n_states))
+    features = np.asarray(mdp.features[0]).reshape(pairs, -1)
     g = features.T @ cp.sum(q, axis=0) - reference
-    whitening = np.linalg.solve(np.linalg.cholesky(confidence_set.matrix), confidence_set.basis.T)
-    objective = confidence_set.theta_hat @ g - confidence_set.radius * cp.norm(whitening @ g)
+    objective = confidence_set.theta_hat @ g - confidence_set.radius * cp.norm(confidence_set.whitening @ g)
     problem = cp.Problem(cp.Maximize(objective), constraints)
     problem.solve(solver="CLARABEL")
     assert problem.status == "optimal", problem.status
-    return float(problem.value)
+    return float(problem.value), time.perf_counter() - start
+
+
+def timed(function):
+    """``(result, seconds, peak bytes allocated)`` of one call."""
+    tracemalloc.start()
+    start = time.perf_counter()
+    result = function()
+    seconds = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return result, seconds, peak
+
+
+def row(mdp, sets, reference, k, n_users, conic_seconds, optimum):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", agents.ConvergenceWarning)
+        solutions, seconds, peak = timed(lambda: planning.robust_optimize(mdp, sets, reference, tol=TOL))
+    gaps = np.array([s.gap / max(1.0, abs(s.value)) for s in solutions])
+    assert np.all(gaps <= TOL), gaps.max()
+    if optimum is not None:
+        assert abs(solutions[0].value - optimum) <= 1e-6 * max(1.0, abs(optimum)), (solutions[0].value, optimum)
+    start = time.perf_counter()
+    planning.rectangular(mdp, sets, reference)
+    rectangular = time.perf_counter() - start
+    iterations = int(np.median([s.iterations for s in solutions]))
+    per_user = seconds / n_users
+    return dict(k=k, N=n_users, seconds=seconds, method=solutions[0].method, iterations=iterations,
+                clarabel=conic_seconds / per_user, rectangular=seconds / rectangular, memory=peak / 2**20,
+                per_user=per_user)
+
+
+def print_row(r):
+    print(f"| {r['k']} | {r['N']} | {r['seconds']:.2f} s | {r['method']} | {r['iterations']} | "
+          f"{r['clarabel']:.0f}x | {r['rectangular']:.0f}x | {r['memory']:.0f} MB |", flush=True)
+
+
+def table(ks, users):
+    mdp, fitted, reference = independent_sets()
+    ks = [mdp.n_features - 1 if k == -1 else k for k in ks]
+    print(f"exact pessimism, S={mdp.n_states} A={mdp.n_actions} H={mdp.horizon}, one-hot features "
+          f"(d={mdp.n_features}), independent-agent sets, tol={TOL}")
+    print("| k | N | time | method | iterations (median) | vs Clarabel per user | time / rectangular | peak memory |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for k in ks:
+        first = truncated(fitted, k, 1)[0]
+        optimum, conic_seconds = conic_solve(mdp, first, reference[0])
+        for n_users in users:
+            sets = truncated(fitted, k, n_users)
+            references = np.broadcast_to(reference[0], (n_users, mdp.n_features))
+            rows.append(row(mdp, sets, references, k, n_users, conic_seconds, optimum))
+            print_row(rows[-1])
+        print(f"  (Clarabel, one user, k={k}: {conic_seconds:.2f} s, optimum {optimum:.8f})", flush=True)
+    return rows
+
+
+def target_small_sets():
+    """1000 users, sets of dimension 5, S=200, A=10, H=20 (target: 60 s)."""
+    mdp, rewards = random_low_rank_world(n_states=200, n_actions=10, horizon=20, n_users=1000, rank=5, model_seed=0)
+    dataset = lr_mdp_env.collect_preferences(mdp, rewards, 200, seed=1)
+    estimator = agents.OracleSubspaceMLE(rewards.subspace, ridge=1.0)
+    agent = agents.PessimisticAgent(estimator, pessimism="exact").fit(dataset, mdp)
+    sets = [agent.confidence_set(user) for user in range(1000)]
+    reference = np.broadcast_to(agent.reference_features, (1000, mdp.n_features))
+    report_target("S=200 A=10 H=20, k=5", row(mdp, sets, reference, 5, 1000, np.nan, None), 60)
+
+
+def target_full_sets():
+    """1000 users of the independent agent, k = 499, S=50, A=10, H=10 (target: 120 s)."""
+    mdp, fitted, reference = independent_sets()
+    k = mdp.n_features - 1
+    sets = truncated(fitted, k, 1000)
+    report_target("S=50 A=10 H=10, k=499", row(mdp, sets, np.broadcast_to(reference[0], (1000, mdp.n_features)),
+                                               k, 1000, np.nan, None), 120)
+
+
+def report_target(label, r, seconds):
+    print(f"target: {label}, N=1000: {r['seconds']:.1f} s ({r['method']}, median {r['iterations']} iterations, "
+          f"peak {r['memory']:.0f} MB, {r['rectangular']:.0f}x the rectangular planner; target {seconds} s)", flush=True)
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, (by_k, by_n) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for axis, fixed, varied in ((by_k, "N", "k"), (by_n, "k", "N")):
+        for value in sorted({r[fixed] for r in rows}):
+            part = [r for r in rows if r[fixed] == value]
+            if len(part) < 2:
+                continue
+            x, seconds = np.array([r[varied] for r in part]), np.array([r["seconds"] for r in part])
+            slope = np.polyfit(np.log(x), np.log(seconds), 1)[0]  # the fitted exponent
+            axis.loglog(x, seconds, "o-", label=f"{fixed}={value}: {varied}^{slope:.2f}")
+    by_k.set(xlabel="set dimension k", ylabel="seconds (all N users)", title="time against k")
+    by_n.set(xlabel="users N", title="time against N")
+    for axis in (by_k, by_n):
+        axis.legend(fontsize=7)
+        axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    print(f"figure: {path}")
 
 
 def main() -> None:
-    mdp, confidence_set, reference = build_problem()
-    solution = planning.robust_optimize(mdp, confidence_set, reference, tol=1e-8)
-    ours = best_time(lambda: planning.robust_optimize(mdp, confidence_set, reference, tol=1e-8))
-    start = time.perf_counter()
-    optimum = conic_solve(mdp, confidence_set, reference)
-    conic = time.perf_counter() - start
-
-    assert solution.converged, f"gap {solution.gap:.2e} did not close"
-    relative = abs(solution.value - optimum) / max(1.0, abs(optimum))
-    assert relative <= 1e-6, f"optima differ: {solution.value!r} vs {optimum!r} ({relative:.1e} relative)"
-    greedy = planning.greedy(mdp, confidence_set.theta_hat)
-    greedy_value = confidence_set.lower(lr_mdp_env.expected_features(mdp, greedy) - reference)
-
-    print(f"exact robust planning, S={N_STATES} A={N_ACTIONS} H={HORIZON}, one-hot features (d={mdp.n_features}), "
-          f"set of dimension {SET_DIMENSION}, radius {RADIUS}")
-    print(f"  optimum L*: robust_optimize {solution.value:.10f} (certified gap {solution.gap:.1e}, "
-          f"{solution.iterations} backward inductions), Clarabel {optimum:.10f}, relative difference {relative:.1e}")
-    print(f"  (greedy policy's L: {greedy_value:.10f})")
-    print(f"  robust_optimize          {ours * 1e3:10.1f} ms")
-    print(f"  cvxpy + Clarabel         {conic * 1e3:10.1f} ms   ratio {conic / ours:8.0f}x  (target >= 100x)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--targets", choices=["small-sets", "full-dimensional", "both"], default=None)
+    parser.add_argument("--ks", type=int, nargs="+", default=[5, 20, 60, 120, 200, -1], help="-1 is S A - 1")
+    parser.add_argument("--users", type=int, nargs="+", default=[1, 100, 1000])
+    parser.add_argument("--plot", default=None)
+    parser.add_argument("--blas-threads", type=int, default=1, help="0: no limit")
+    args = parser.parse_args()
+    with threadpool_limits(limits=args.blas_threads or None):
+        rows = table(args.ks, args.users) if args.table else []
+        if args.targets in ("small-sets", "both"):
+            target_small_sets()
+        if args.targets in ("full-dimensional", "both"):
+            target_full_sets()
+    if args.plot and rows:
+        plot(rows, args.plot)
 
 
 if __name__ == "__main__":

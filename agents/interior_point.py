@@ -1,0 +1,534 @@
+"""Batched primal-dual interior-point method for exact pessimism against seminorm sets.
+
+The problem of :func:`agents.planning.robust_optimize` for a set
+``C = {theta_hat + sum_j radius_j K_j^T z_j : ||z_j|| <= 1}`` is, by linear programming duality
+on the occupancy polytope, the conic program in the values ``V[h, s]`` and the stacked ball
+coordinates ``z = (z_1, ..., z_J)``::
+
+    minimise   rho . V_0 - theta(z) . d_ref
+    subject to s[h, s, a] = V_h(s) - P[h, s, a] . V_{h+1} - theta(z) . phi[h, s, a] >= 0,
+               (1, z_j) in the second-order cone Q_j,           theta(z) = theta_hat + Psi z,
+
+whose multipliers of the linear constraints are the occupancy measure ``q[h, s, a] >= 0`` of
+the primal problem (the flow constraints are the stationarity conditions in ``V``). Mehrotra's
+predictor-corrector method with Nesterov-Todd scaling of the cones follows the central path of
+this pair from a centred start; every iterate keeps ``(V, z)`` strictly feasible, so ``theta(z)``
+is always a member of the set, and ``q > 0`` always defines a policy ``q / sum_a q``: the caller
+certifies both after every iteration.
+
+Each iteration solves one Newton system ``G^T W^{-2} G dx = r`` in ``(V, z)``: the value block is
+block tridiagonal in the step ``h`` (``S x S`` blocks, ``A_V^T D A_V``), eliminated by a block
+Cholesky factorisation, and the Schur complement on ``z`` is a dense ``k x k`` matrix
+(``k = sum_j m_j``). Its cost, ``O(H S^2 (S A) + k^2 (S A + H S) + H S^2 A k)`` per user, does not
+depend on the number of iterations of a first-order or cutting-plane method, which grows with
+``k``; all users of a block are one set of batched array operations.
+
+References
+----------
+Mehrotra, *On the implementation of a primal-dual interior point method*, SIAM Journal on
+Optimization 2(4), 1992. Nesterov and Todd, *Primal-dual interior-point methods for
+self-scaled cones*, SIAM Journal on Optimization 8(2), 1998. Vandenberghe, *The CVXOPT linear
+and quadratic cone program solvers*, 2010 (scaling of second-order cones, sections 4-5).
+Puterman, *Markov Decision Processes*, 1994, section 6.9 (the linear program of an MDP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import scipy.linalg
+
+__all__ = ["ConicProblem", "interior_point"]
+
+
+@dataclass
+class ConicProblem:
+    """The data of a block of ``n`` users' problems, in the MDP's flattened layout.
+
+    Attributes
+    ----------
+    transitions : ndarray, shape (H, S A, S)
+    initial_distribution : ndarray, shape (S,)
+    reward : ndarray, shape (n, H, S A)
+        ``phi . theta_hat`` of every user.
+    features : ndarray, shape (n, H or 1, S A, k)
+        ``Psi = phi K^T`` with the radii folded in: ``theta(z) . phi = reward + Psi z`` (one step
+        for stationary features).
+    reference : ndarray, shape (n, k)
+        ``Psi_ref = (radius_j K_j d_ref)_j``.
+    blocks : tuple of int
+        Sizes ``m_j`` of the balls, summing to ``k``.
+    constant : ndarray, shape (n,)
+        ``theta_hat . d_ref``, so that ``rho . V_0 - constant - reference . z`` is the dual objective.
+    start : ndarray, shape (n, H, S, A)
+        An occupancy whose mean product with the starting slacks sets the starting barrier
+        level (the start is centred: ``q o s`` equal to it everywhere).
+    """
+
+    transitions: np.ndarray
+    initial_distribution: np.ndarray
+    reward: np.ndarray
+    features: np.ndarray
+    reference: np.ndarray
+    blocks: tuple[int, ...]
+    start: np.ndarray
+    constant: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(n, H, S, A)``."""
+        return self.start.shape
+
+
+# -- second-order cones: Nesterov-Todd scaling and the Jordan algebra, one block for n users --
+
+
+def _cone_norm(u: np.ndarray) -> np.ndarray:
+    """``sqrt(u_0^2 - ||u_1||^2)`` for interior points ``u`` ``(n, m + 1)``."""
+    return np.sqrt(np.maximum(u[:, 0] ** 2 - np.einsum("ij,ij->i", u[:, 1:], u[:, 1:]), np.finfo(float).tiny))
+
+
+class _Scaling:
+    """Nesterov-Todd scaling ``W = eta [[w_0, w_1^T], [w_1, I + w_1 w_1^T / (1 + w_0)]]`` of one cone,
+    with ``W^{-1} s = W y = lambda`` (Vandenberghe 2010, section 4.2)."""
+
+    def __init__(self, s: np.ndarray, y: np.ndarray) -> None:
+        norm_s, norm_y = _cone_norm(s), _cone_norm(y)
+        s_bar, y_bar = s / norm_s[:, None], y / norm_y[:, None]
+        gamma = np.sqrt(0.5 * (1.0 + np.einsum("ij,ij->i", s_bar, y_bar)))
+        y_bar[:, 1:] *= -1.0
+        self.w = (s_bar + y_bar) / (2.0 * gamma[:, None])
+        self.eta = np.sqrt(norm_s / norm_y)
+        self.scaled = self.apply(y)  # lambda
+
+    def apply(self, u: np.ndarray, inverse: bool = False) -> np.ndarray:
+        """``W u`` or ``W^{-1} u``."""
+        w0, w1 = self.w[:, 0], self.w[:, 1:]
+        sign = -1.0 if inverse else 1.0
+        dot = np.einsum("ij,ij->i", w1, u[:, 1:])
+        out = np.empty_like(u)
+        out[:, 0] = w0 * u[:, 0] + sign * dot
+        out[:, 1:] = u[:, 1:] + (sign * u[:, 0] + dot / (1.0 + w0))[:, None] * w1
+        factor = 1.0 / self.eta if inverse else self.eta
+        return out * factor[:, None]
+
+    def inverse_square_tail(self) -> np.ndarray:
+        """The ``(1:, 1:)`` block of ``W^{-2}``: ``(I + c w_1 w_1^T) / eta^2``, ``(n, m, m)``."""
+        w0, w1 = self.w[:, 0], self.w[:, 1:]
+        inverse = 1.0 / (1.0 + w0)
+        coefficient = 1.0 + 2.0 * inverse + inverse**2 * np.einsum("ij,ij->i", w1, w1)
+        block = coefficient[:, None, None] * w1[:, :, None] * w1[:, None, :]
+        block += np.eye(w1.shape[1])
+        return block / (self.eta**2)[:, None, None]
+
+
+def _jordan(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``u o v = (u . v, u_0 v_1 + v_0 u_1)``."""
+    out = np.empty_like(u)
+    out[:, 0] = np.einsum("ij,ij->i", u, v)
+    out[:, 1:] = u[:, :1] * v[:, 1:] + v[:, :1] * u[:, 1:]
+    return out
+
+
+def _jordan_solve(scaled: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``x`` with ``lambda o x = rhs``."""
+    l0, l1 = scaled[:, 0], scaled[:, 1:]
+    determinant = l0**2 - np.einsum("ij,ij->i", l1, l1)
+    out = np.empty_like(rhs)
+    out[:, 0] = (l0 * rhs[:, 0] - np.einsum("ij,ij->i", l1, rhs[:, 1:])) / determinant
+    out[:, 1:] = (rhs[:, 1:] - out[:, :1] * l1) / l0[:, None]
+    return out
+
+
+def _cone_step(u: np.ndarray, du: np.ndarray) -> np.ndarray:
+    """Largest ``alpha`` (``inf`` if none) with ``u + alpha du`` in the cone, for interior ``u``.
+
+    ``f(alpha) = (u_0 + alpha du_0)^2 - ||u_1 + alpha du_1||^2 = a alpha^2 + 2 b alpha + c`` with
+    ``c > 0``; the line leaves the cone at the smallest positive root of ``f`` (it can reach the
+    negative cone only through ``f <= 0``), or where ``u_0 + alpha du_0`` vanishes.
+    """
+    a = du[:, 0] ** 2 - np.einsum("ij,ij->i", du[:, 1:], du[:, 1:])
+    b = u[:, 0] * du[:, 0] - np.einsum("ij,ij->i", u[:, 1:], du[:, 1:])
+    c = u[:, 0] ** 2 - np.einsum("ij,ij->i", u[:, 1:], u[:, 1:])
+    step = np.full(u.shape[0], np.inf)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        root = np.sqrt(np.maximum(b * b - a * c, 0.0))
+        candidates = [(-b - root) / a, (-b + root) / a, np.where(a == 0, -c / (2.0 * b), np.inf)]
+        candidates.append(np.where(du[:, 0] < 0, -u[:, 0] / du[:, 0], np.inf))
+        for candidate in candidates:
+            usable = np.isfinite(candidate) & (candidate > 0)
+            step = np.where(usable, np.minimum(step, candidate), step)
+    return step
+
+
+# -- the method ----------------------------------------------------------------------------------
+
+
+class _Iterate:
+    """Primal-dual state of a block of users: ``V``, ``z`` (dual side, always feasible), ``q`` and the
+    cone multipliers ``y_j`` (primal side)."""
+
+    def __init__(self, problem: ConicProblem) -> None:
+        n, horizon, n_states, n_actions = problem.shape
+        self.problem = problem
+        transitions, reward = problem.transitions, problem.reward
+        # V above the optimal values of theta_hat by a margin that grows to the start: every
+        # slack is then at least the margin, and z = 0 is the centre of every ball.
+        margin = 1.0 + np.abs(reward).max(axis=(1, 2))[:, None]
+        values = np.empty((n, horizon, n_states))
+        following = np.zeros((n, n_states))
+        for step in range(horizon - 1, -1, -1):
+            q_values = reward[:, step] + following @ transitions[step].T
+            values[:, step] = q_values.reshape(n, n_states, n_actions).max(axis=-1) + margin
+            following = values[:, step]
+        self.V = values
+        self.z = np.zeros((n, sum(problem.blocks)))
+        self.s = slacks(problem, self.V, self.z)
+        # A perfectly centred start, q o s = level: the products of the start occupancy with the
+        # slacks spread over orders of magnitude, which shortens the first steps. The flow
+        # residual this leaves is driven to zero with the rest (an infeasible-start method).
+        level = np.einsum("ihsa,ihsa->i", problem.start, self.s) / self.s[0].size
+        self.q = level[:, None, None, None] / self.s
+        self.y = []
+        for size in problem.blocks:
+            cone = np.zeros((n, size + 1))
+            cone[:, 0] = level
+            self.y.append(cone)
+
+    def cones(self) -> list[np.ndarray]:
+        """The cone slacks ``(1, z_j)``."""
+        out, start = [], 0
+        for size in self.problem.blocks:
+            cone = np.empty((self.z.shape[0], size + 1))
+            cone[:, 0] = 1.0
+            cone[:, 1:] = self.z[:, start:start + size]
+            out.append(cone)
+            start += size
+        return out
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Restrict the state (and its problem) to the users ``rows``."""
+        p = self.problem
+        self.problem = ConicProblem(p.transitions, p.initial_distribution, p.reward[rows], p.features[rows],
+                                    p.reference[rows], p.blocks, p.start[rows], p.constant[rows])
+        self.V, self.z, self.q, self.s = self.V[rows], self.z[rows], self.q[rows], self.s[rows]
+        self.y = [cone[rows] for cone in self.y]
+
+
+def slacks(problem: ConicProblem, values: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``s[h, s, a] = V_h(s) - P[h, s, a] . V_{h+1} - theta(z) . phi[h, s, a]``, shape ``(n, H, S, A)``."""
+    out = _bellman(problem, values) - problem.reward
+    out -= _features_times(problem, z)
+    return out.reshape(problem.shape)
+
+
+def _features_times(problem: ConicProblem, z: np.ndarray) -> np.ndarray:
+    """``Psi z`` as ``(n, H or 1, S A)`` (broadcasts over the steps for stationary features)."""
+    n, steps, n_pairs, k = problem.features.shape
+    flat = np.matmul(problem.features.reshape(n, steps * n_pairs, k), z[:, :, None])
+    return flat.reshape(n, steps, n_pairs)
+
+
+def _features_transposed(problem: ConicProblem, x: np.ndarray) -> np.ndarray:
+    """``Psi^T x`` for ``x`` ``(n, H, S A)``: shape ``(n, k)``."""
+    n, steps, n_pairs, k = problem.features.shape
+    if steps == 1:
+        x = x.sum(axis=1, keepdims=True)
+    return np.matmul(x.reshape(n, 1, steps * n_pairs), problem.features.reshape(n, steps * n_pairs, k))[:, 0]
+
+
+def _flow(problem: ConicProblem, x: np.ndarray) -> np.ndarray:
+    """``A_V^T x``: ``sum_a x[h, s, a] - sum_{s', a} P[h-1, s', a, s] x[h-1, s', a]``, ``(n, H, S)``."""
+    n, horizon, n_states, n_actions = problem.shape
+    flat = x.reshape(n, horizon, n_states * n_actions)
+    out = flat.reshape(n, horizon, n_states, n_actions).sum(axis=-1)
+    # All steps in one stacked product (H - 1, n, S A) x (H - 1, S A, S).
+    out[:, 1:] -= np.matmul(flat[:, :-1].transpose(1, 0, 2), problem.transitions[:-1]).transpose(1, 0, 2)
+    return out
+
+
+def _bellman(problem: ConicProblem, values: np.ndarray) -> np.ndarray:
+    """``A_V dV``: ``dV_h(s) - P[h, s, a] . dV_{h+1}``, ``(n, H, S A)``."""
+    n_actions = problem.shape[3]
+    out = np.repeat(values, n_actions, axis=2)
+    following = np.matmul(values[:, 1:].transpose(1, 0, 2), problem.transitions[:-1].transpose(0, 2, 1))
+    out[:, :-1] -= following.transpose(1, 0, 2)
+    return out
+
+
+def _cholesky(matrices: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factors of a stack of symmetric positive (semi)definite matrices.
+
+    Near the optimum the weights ``q / s`` of active and inactive constraints differ by many
+    orders of magnitude and rounding can make a factor fail; such a matrix gets a ridge of
+    ``1e-14`` of its largest diagonal entry, grown a hundredfold until it factors (the Newton
+    direction is then slightly damped, which the certificate of every iterate absorbs).
+    """
+    try:
+        return np.linalg.cholesky(matrices)
+    except np.linalg.LinAlgError:
+        pass
+    factors = np.empty_like(matrices)
+    identity = np.eye(matrices.shape[-1])
+    for index, matrix in enumerate(matrices):
+        size = max(float(np.abs(np.diagonal(matrix)).max(initial=0.0)), np.finfo(float).tiny)
+        for ridge in (0.0, 1e-14, 1e-12, 1e-10, 1e-8, 1e-6):
+            try:
+                factors[index] = np.linalg.cholesky(matrix + ridge * size * identity)
+                break
+            except np.linalg.LinAlgError:
+                continue
+        else:
+            raise np.linalg.LinAlgError("a Newton system is not positive definite even with a ridge")
+    return factors
+
+
+class _NewtonSystem:
+    """``G^T W^{-2} G`` in ``(V, z)``, factored: block Cholesky of the value block
+    ``T = A_V^T D A_V`` (tridiagonal in ``h``), then Cholesky of the Schur complement on ``z``."""
+
+    def __init__(self, problem: ConicProblem, weights: np.ndarray, scalings: list[_Scaling]) -> None:
+        n, horizon, n_states, n_actions = problem.shape
+        k = problem.features.shape[-1]
+        transitions = problem.transitions
+        flat = weights.reshape(n, horizon, n_states * n_actions)
+        self.problem = problem
+        # T: diagonal blocks diag(sum_a D_h) + P_{h-1}^T diag(D_{h-1}) P_{h-1}, off-diagonal
+        # blocks -sum_a D_h[s, a] P_h[s, a, :].
+        diagonal = np.zeros((n, horizon, n_states, n_states))
+        index = np.arange(n_states)
+        diagonal[:, :, index, index] = weights.sum(axis=-1)
+        upper = np.empty((n, max(horizon - 1, 0), n_states, n_states))
+        stationary = problem.features.shape[1] == 1
+        scale = weights.reshape(n, -1).max(axis=1)
+        # The coupling C = -A_V^T D Psi: C_h = -sum_a D_h[s, a] Psi[s, a] + P_{h-1}^T D_{h-1} Psi.
+        # For large k one product (H S, S A) x (S A, k) per user forms all steps (stationary
+        # features); for small k the operator (H S, S A) would cost more than the products.
+        for step in range(1, horizon):
+            previous = transitions[step - 1]  # (S A, S)
+            diagonal[:, step] += np.matmul(previous.T, flat[:, step - 1, :, None] * previous)
+            upper[:, step - 1] = -(flat[:, step - 1, :, None] * previous).reshape(
+                n, n_states, n_actions, n_states).sum(axis=2)
+        if stationary:
+            features = problem.features[:, 0]
+            schur = np.matmul(np.swapaxes(features, 1, 2), flat.sum(axis=1)[..., None] * features)  # Psi^T diag(w) Psi
+        else:
+            schur = np.zeros((n, k, k))
+        if stationary and k >= n_states:
+            pair_state = np.repeat(np.arange(n_states), n_actions)
+            operator = np.zeros((n, horizon, n_states, n_states * n_actions))
+            operator[:, :, pair_state, np.arange(n_states * n_actions)] = -flat
+            for step in range(1, horizon):
+                operator[:, step] += transitions[step - 1].T * flat[:, step - 1, None, :]
+            coupling = np.matmul(operator.reshape(n, horizon * n_states, -1), features).reshape(n, horizon, n_states, k)
+        else:
+            coupling = np.empty((n, horizon, n_states, k))
+            for step in range(horizon):
+                features = problem.features[:, 0 if stationary else step]
+                weighted = flat[:, step, :, None] * features  # D_h Psi_h, (n, S A, k)
+                coupling[:, step] = -weighted.reshape(n, n_states, n_actions, k).sum(axis=2)
+                if step > 0:
+                    coupling[:, step] += np.matmul(transitions[step - 1].T, previous_weighted)
+                if not stationary:
+                    schur += np.matmul(np.swapaxes(features, 1, 2), weighted)
+                previous_weighted = weighted
+        # Unreachable states have q -> 0 and a vanishing row of T: a relative ridge keeps the
+        # factorisation defined (it only perturbs the direction, which the certificate checks).
+        diagonal[:, :, index, index] += 1e-13 * np.maximum(scale, np.finfo(float).tiny)[:, None, None]
+        self.inverse = np.empty((n, horizon, n_states, n_states))
+        self.below = np.empty((n, max(horizon - 1, 0), n_states, n_states))
+        current = diagonal[:, 0]
+        for step in range(horizon):
+            cholesky = _cholesky(current)
+            self.inverse[:, step] = np.linalg.inv(cholesky)
+            if step + 1 < horizon:
+                self.below[:, step] = np.matmul(np.swapaxes(upper[:, step], 1, 2),
+                                                np.swapaxes(self.inverse[:, step], 1, 2))
+                current = diagonal[:, step + 1] - np.matmul(self.below[:, step], np.swapaxes(self.below[:, step], 1, 2))
+        self.eliminated = self.forward(coupling).reshape(n, horizon * n_states, k)  # L^{-1} C
+        schur -= np.matmul(np.swapaxes(self.eliminated, 1, 2), self.eliminated)
+        start = 0
+        for size, scaling in zip(problem.blocks, scalings):
+            schur[:, start:start + size, start:start + size] += scaling.inverse_square_tail()
+            start += size
+        self.factors = [(factor, True) for factor in _cholesky(schur)]
+
+    def forward(self, rhs: np.ndarray) -> np.ndarray:
+        """``L^{-1} rhs`` for ``rhs`` ``(n, H, S, m)``."""
+        out = np.empty_like(rhs)
+        out[:, 0] = np.matmul(self.inverse[:, 0], rhs[:, 0])
+        for step in range(1, rhs.shape[1]):
+            out[:, step] = np.matmul(self.inverse[:, step], rhs[:, step] - np.matmul(self.below[:, step - 1], out[:, step - 1]))
+        return out
+
+    def backward(self, rhs: np.ndarray) -> np.ndarray:
+        """``L^{-T} rhs``."""
+        out = np.empty_like(rhs)
+        last = rhs.shape[1] - 1
+        out[:, last] = np.matmul(np.swapaxes(self.inverse[:, last], 1, 2), rhs[:, last])
+        for step in range(last - 1, -1, -1):
+            residual = rhs[:, step] - np.matmul(np.swapaxes(self.below[:, step], 1, 2), out[:, step + 1])
+            out[:, step] = np.matmul(np.swapaxes(self.inverse[:, step], 1, 2), residual)
+        return out
+
+    def solve(self, rhs_values: np.ndarray, rhs_z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(dV, dz)`` solving the system with right-hand side ``(rhs_values (n, H, S), rhs_z (n, k))``."""
+        n, horizon, n_states = rhs_values.shape
+        eliminated = self.forward(rhs_values[..., None])
+        reduced = rhs_z - np.matmul(np.swapaxes(self.eliminated, 1, 2), eliminated.reshape(n, -1, 1))[..., 0]
+        dz = np.stack([scipy.linalg.cho_solve(factor, row, check_finite=False) for factor, row in zip(self.factors, reduced)])
+        back = eliminated.reshape(n, -1) - np.matmul(self.eliminated, dz[..., None])[..., 0]
+        dV = self.backward(back.reshape(n, horizon, n_states, 1))[..., 0]
+        return dV, dz
+
+
+def interior_point(
+    problem: ConicProblem,
+    check: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    *,
+    tol: float,
+    max_iterations: int,
+    out_of_time: Callable[[], bool],
+) -> np.ndarray:
+    """Run Mehrotra's method on a block of users until ``check`` says each is done.
+
+    Parameters
+    ----------
+    problem : ConicProblem
+    check : callable ``(rows, q, z) -> done``
+        Called with the users whose own duality gap ``q . s + sum_j y_j . (1, z_j)`` has fallen
+        within ``1000 tol`` of their dual objective (the certificate, a backward induction at
+        ``theta(z)`` and the exact value of ``q``'s policy, is tighter than that gap, but not by
+        orders of magnitude), with their occupancies ``q`` ``(m, H, S, A)`` and ball coordinates
+        ``z`` ``(m, k)``; records what it needs (the caller certifies the gap exactly) and
+        returns which of them are finished.
+    tol : float
+        The caller's relative tolerance.
+    max_iterations : int
+    out_of_time : callable
+        Polled once per iteration; stops all users when it returns True.
+
+    Returns
+    -------
+    ndarray of int, shape (n,)
+        Iterations run by each user. Users whose duality gap and flow residual fell to
+        ``1e-4 tol`` without a certificate within ``tol`` (rounding limits the certificate) stop
+        there too.
+    """
+    n = problem.shape[0]
+    state = _Iterate(problem)
+    rows = np.arange(n)
+    iterations = np.zeros(n, dtype=int)
+    degree = state.q[0].size + len(problem.blocks)
+    for iteration in range(max_iterations):
+        if not rows.size or out_of_time():
+            break
+        try:
+            _mehrotra_step(state, degree)
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            # Rounding has made a factor indefinite: the last iterate is as good as it gets.
+            check(rows, state.q, state.z)
+            break
+        iterations[rows] += 1
+        gap = np.einsum("ihsa,ihsa->i", state.q, state.s) + sum(
+            np.einsum("ij,ij->i", cone, y) for cone, y in zip(state.cones(), state.y))
+        scale = np.maximum(1.0, np.abs(_dual_objective(state)))
+        last = iteration + 1 == max_iterations
+        ready = (gap <= 1e3 * tol * scale) | last | out_of_time()
+        done = np.zeros(rows.size, dtype=bool)
+        if ready.any():
+            done[ready] = np.asarray(check(rows[ready], state.q[ready], state.z[ready]), dtype=bool)
+        # Far below tol with a flow-feasible q, no further step can improve the certificate.
+        flow = _flow(state.problem, state.q)
+        flow[:, 0] -= state.problem.initial_distribution
+        done |= (gap <= 1e-4 * tol * scale) & (np.abs(flow).sum(axis=(1, 2)) <= 1e-4 * tol)
+        if done.all():
+            break
+        if done.any():
+            state.keep(np.flatnonzero(~done))
+            rows = rows[~done]
+    return iterations
+
+
+def _dual_objective(state: _Iterate) -> np.ndarray:
+    """``rho . V_0 - theta(z) . d_ref``: an upper bound on the optimum at every iterate."""
+    problem = state.problem
+    return state.V[:, 0] @ problem.initial_distribution - problem.constant - np.einsum("ik,ik->i", problem.reference, state.z)
+
+
+def _mehrotra_step(state: _Iterate, degree: int) -> None:
+    """One predictor-corrector step with a common step length for both sides."""
+    problem = state.problem
+    n = problem.shape[0]
+    cones = state.cones()
+    q, s = state.q, state.s
+    mu = (np.einsum("ihsa,ihsa->i", q, s) + sum(np.einsum("ij,ij->i", c, y) for c, y in zip(cones, state.y))) / degree
+    flow_residual = _flow(problem, q)
+    flow_residual[:, 0] -= problem.initial_distribution  # A_V^T q - b_V
+    z_residual = _features_transposed(problem, q.reshape(n, q.shape[1], -1)) - problem.reference
+    start = 0
+    for size, y in zip(problem.blocks, state.y):
+        z_residual[:, start:start + size] -= y[:, 1:]
+        start += size
+    weights = q / s
+    scalings = [_Scaling(c, y) for c, y in zip(cones, state.y)]
+    system = _NewtonSystem(problem, weights, scalings)
+    root = np.sqrt(s / q)  # W of the linear cone
+    scaled = np.sqrt(q * s)  # lambda of the linear cone
+
+    def direction(target_linear: np.ndarray, targets: list[np.ndarray]):
+        # W dy + W^{-1} ds = xi := lambda \ target;  dx from G^T W^{-2} G dx = -r_x - G^T W^{-1} xi
+        linear = target_linear / scaled / root  # W^{-1} xi, linear cone
+        conic = [scaling.apply(_jordan_solve(scaling.scaled, target), inverse=True)
+                 for scaling, target in zip(scalings, targets)]
+        rhs_values = flow_residual + _flow(problem, linear)
+        rhs_z = -z_residual - _features_transposed(problem, linear.reshape(n, linear.shape[1], -1))
+        start = 0
+        for size, part in zip(problem.blocks, conic):
+            rhs_z[:, start:start + size] += part[:, 1:]
+            start += size
+        dV, dz = system.solve(rhs_values, rhs_z)
+        ds = (_bellman(problem, dV) - _features_times(problem, dz)).reshape(q.shape)
+        dq = linear - weights * ds
+        ds_cones, dy_cones, start = [], [], 0
+        for size, scaling, part in zip(problem.blocks, scalings, conic):
+            ds_cone = np.zeros((n, size + 1))
+            ds_cone[:, 1:] = dz[:, start:start + size]
+            ds_cones.append(ds_cone)
+            dy_cones.append(part - scaling.apply(scaling.apply(ds_cone, inverse=True), inverse=True))
+            start += size
+        return dV, dz, dq, ds, dy_cones, ds_cones
+
+    def step_length(dq, ds, dy_cones, ds_cones) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            length = np.min(np.where(dq < 0, -q / dq, np.inf).reshape(n, -1), axis=1)
+            length = np.minimum(length, np.min(np.where(ds < 0, -s / ds, np.inf).reshape(n, -1), axis=1))
+        for c, y, dc, dy in zip(cones, state.y, ds_cones, dy_cones):
+            length = np.minimum(length, np.minimum(_cone_step(c, dc), _cone_step(y, dy)))
+        return length
+
+    # Predictor: the affine-scaling direction (target lambda o lambda -> 0).
+    affine = direction(-scaled * scaled, [-_jordan(sc.scaled, sc.scaled) for sc in scalings])
+    dV, dz, dq, ds, dy_cones, ds_cones = affine
+    alpha = np.minimum(1.0, step_length(dq, ds, dy_cones, ds_cones))
+    a4 = alpha[:, None, None, None]
+    gap_affine = np.einsum("ihsa,ihsa->i", q + a4 * dq, s + a4 * ds)
+    for c, y, dc, dy in zip(cones, state.y, ds_cones, dy_cones):
+        gap_affine += np.einsum("ij,ij->i", c + alpha[:, None] * dc, y + alpha[:, None] * dy)
+    centring = np.clip(gap_affine / degree / mu, 0.0, 1.0) ** 3
+    # Corrector: second-order term of the complementarity and the centring target.
+    target_linear = -scaled * scaled - (ds / root) * (dq * root) + (centring * mu)[:, None, None, None]
+    targets = []
+    for scaling, dc, dy in zip(scalings, ds_cones, dy_cones):
+        target = -_jordan(scaling.scaled, scaling.scaled) - _jordan(scaling.apply(dc, inverse=True), scaling.apply(dy))
+        target[:, 0] += centring * mu
+        targets.append(target)
+    dV, dz, dq, ds, dy_cones, ds_cones = direction(target_linear, targets)
+    alpha = np.minimum(1.0, 0.99 * step_length(dq, ds, dy_cones, ds_cones))
+    state.V = state.V + alpha[:, None, None] * dV
+    state.z = state.z + alpha[:, None] * dz
+    state.s = slacks(problem, state.V, state.z)
+    state.q = q + alpha[:, None, None, None] * dq
+    state.y = [y + alpha[:, None] * dy for y, dy in zip(state.y, dy_cones)]
