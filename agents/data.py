@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse
 
 from lr_mdp_env import FeaturePreferenceDataset, PreferenceDataset, TabularMDP
-from lr_mdp_env._validation import as_real_array
+from lr_mdp_env.rewards import base_matrix
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,12 +66,6 @@ class ComparisonData:
             return np.asarray(self.differences.multiply(rows).sum(axis=1)).ravel()
         return np.sum(self.differences * rows, axis=1)
 
-    def per_user_sums(self, weights: np.ndarray) -> np.ndarray:
-        """``sum_{j of user i} weights_j z_j`` for every user: ``(d, N)``."""
-        weighted = self.user_indicator().multiply(weights[:, None]).tocsr()
-        sums = weighted.T @ self.differences
-        return (sums.toarray() if scipy.sparse.issparse(sums) else np.asarray(sums)).T
-
     def user_indicator(self) -> scipy.sparse.csr_matrix:
         """Sparse ``(n, N)`` one-hot of the answering user (the contexts of P-ShareLoRA)."""
         n = self.n_pairs
@@ -93,7 +87,7 @@ def comparison_data(dataset: PreferenceDataset | FeaturePreferenceDataset, mdp: 
     beta : float, default 1.0
         Rationality assumed by the estimator (scales the base reward's logit).
     base : array_like of shape (d,) or (d, N), optional
-        Known base reward ``Theta_0``.
+        Known base reward ``Theta_0`` (checked by :func:`lr_mdp_env.rewards.base_matrix`).
 
     Raises
     ------
@@ -123,12 +117,3 @@ def comparison_data(dataset: PreferenceDataset | FeaturePreferenceDataset, mdp: 
     base = base_matrix(base, data.n_features, dataset.n_users)
     return replace(data, offsets=beta * data.row_dot(base.T[data.users]))
 
-
-def base_matrix(base: Any, n_features: int, n_users: int) -> np.ndarray:
-    """``Theta_0`` as a ``(d, N)`` array from ``(d,)`` (shared) or ``(d, N)``."""
-    base = as_real_array("base", base, (1, 2))
-    if base.ndim == 1:
-        base = base[:, None]
-    if base.shape[0] != n_features or base.shape[1] not in (1, n_users):
-        raise ValueError(f"base must have shape ({n_features},) or ({n_features}, {n_users}), got {base.shape}")
-    return np.broadcast_to(base, (n_features, n_users))

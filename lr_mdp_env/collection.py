@@ -7,31 +7,23 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import as_generator, as_real_array, check_int, check_real
+from ._validation import as_generator, check_int, check_real
 from .dataset import PreferenceDataset
 from .dynamic_programming import backward_induction, check_policy, uniform_policy
 from .mdp import TabularMDP
-from .rewards import ContextualRewards, LowRankRewards
+from .rewards import ContextualRewards, reward_matrix
 from .sampling import step_major_trajectories, transition_sampler
 from .teacher import Teacher
 
 
 def user_parameters(rewards: Any, n_features: int) -> np.ndarray:
-    """Users' reward parameters as an ``(N, d)`` array (user axis first).
+    """Users' reward parameters as an ``(N, d)`` array (user axis first): ``Theta^T``.
 
-    Accepts :class:`LowRankRewards`, :class:`ContextualRewards` (its users' contexts), or a raw
-    ``Theta`` of shape ``(d, N)`` as in docs/model.md, Users.
+    Accepts what :func:`~lr_mdp_env.rewards.reward_matrix` accepts: :class:`LowRankRewards`,
+    :class:`ContextualRewards` (its users' contexts), or a raw ``Theta`` of shape ``(d, N)``
+    (or ``(d,)``) as in docs/model.md, Users.
     """
-    if isinstance(rewards, (LowRankRewards, ContextualRewards)):
-        theta = rewards.theta
-    else:
-        theta = as_real_array("rewards", rewards, (1, 2))
-        theta = theta[:, None] if theta.ndim == 1 else theta
-    if theta.shape[0] != n_features:
-        raise ValueError(
-            f"rewards have {theta.shape[0]} features but the MDP has n_features={n_features}"
-        )
-    return theta.T
+    return reward_matrix(rewards, n_features).T
 
 
 def epsilon_optimal_policies(mdp: TabularMDP, rewards: Any, epsilon: float) -> np.ndarray:

@@ -172,11 +172,74 @@ def _orthonormal(rng: np.random.Generator, n_rows: int, n_columns: int, keep: in
     return q * np.sign(np.diag(r))
 
 
-def _singular_values(rank: int, condition_number: float) -> np.ndarray:
-    """Geometric spectrum from 1 down to ``1 / condition_number``."""
+def geometric_spectrum(rank: int, condition_number: float) -> np.ndarray:
+    """The planted singular values before scaling: geometric from 1 down to ``1 / condition_number``.
+
+    ``sigma_k = nu^(-(k - 1) / (r - 1))`` for ``k = 1..r`` (``sigma = (1,)`` when ``r = 1``), so
+    ``sigma_1 / sigma_r = nu`` exactly (docs/model.md, Users).
+
+    Parameters
+    ----------
+    rank : int
+        ``r >= 1``.
+    condition_number : float
+        ``nu >= 1``.
+
+    Returns
+    -------
+    ndarray, shape (r,)
+        Non-increasing, ``sigma_1 = 1``.
+
+    References
+    ----------
+    Liu, Wang, Li, Shen and Yang, arXiv:2503.19201, 2025 (P-ShareLoRA), whose bounds depend on
+    ``nu``.
+    """
+    rank = check_int("rank", rank, minimum=1)
+    condition_number = check_real("condition_number", condition_number, 1.0)
     if rank == 1:
         return np.ones(1)
     return condition_number ** (-np.arange(rank) / (rank - 1))
+
+
+def tail_profile(n_tail: int) -> np.ndarray:
+    """The shape of the tail's singular values before scaling: ``t_k`` proportional to ``1 / k``.
+
+    Parameters
+    ----------
+    n_tail : int
+        Number of tail directions, ``min(d, N) - r``.
+
+    Returns
+    -------
+    ndarray, shape (n_tail,)
+    """
+    n_tail = check_int("n_tail", n_tail, minimum=0)
+    return 1.0 / np.arange(1, n_tail + 1)
+
+
+def tail_energy_limit(rank: int, n_tail: int, condition_number: float) -> float:
+    """The tail energies :func:`low_rank_rewards` accepts are those strictly below this limit.
+
+    The tail's singular values ``t`` follow :func:`tail_profile` with ``||t|| = tail ||sigma||``,
+    so the largest is ``tail ||sigma|| / ||profile||``; it must stay below ``sigma_r`` for the
+    planted ``U*`` to remain the top-``r`` singular subspace of ``Theta* - Theta_0``:
+    ``tail < sigma_r ||profile|| / ||sigma||`` with ``sigma`` the :func:`geometric_spectrum`.
+
+    Parameters
+    ----------
+    rank : int
+    n_tail : int
+        ``min(d, N) - r``; without room for a tail (0) the limit is 0.
+    condition_number : float
+
+    Returns
+    -------
+    float
+    """
+    spectrum = geometric_spectrum(rank, condition_number)
+    profile = tail_profile(n_tail)
+    return float(spectrum[-1] * np.linalg.norm(profile) / np.linalg.norm(spectrum))
 
 
 def _normalisation(directions: np.ndarray, n_users: int, mdp: TabularMDP | None, scale: float) -> float:
@@ -211,7 +274,26 @@ def _normalisation(directions: np.ndarray, n_users: int, mdp: TabularMDP | None,
     return scale / size
 
 
-def _check_base(base: Any, n_features: int, n_users: int) -> np.ndarray:
+def base_matrix(base: Any, n_features: int, n_users: int) -> np.ndarray:
+    """The known base reward ``Theta_0`` as a new ``(d, N)`` array (docs/model.md, Users).
+
+    Parameters
+    ----------
+    base : array_like of shape (d,) or (d, N), or None
+        One base shared by every user (``(d,)``), one per user (``(d, N)``), or none (zeros).
+    n_features, n_users : int
+        ``d`` and ``N``.
+
+    Returns
+    -------
+    ndarray, shape (d, N)
+        A writable copy.
+
+    Raises
+    ------
+    ValueError
+        If ``base`` has another shape or is not finite (the message names ``base``).
+    """
     if base is None:
         return np.zeros((n_features, n_users))
     base = as_real_array("base", base, (1, 2))
@@ -222,6 +304,44 @@ def _check_base(base: Any, n_features: int, n_users: int) -> np.ndarray:
             f"base must have shape ({n_features},) or ({n_features}, {n_users}), got {base.shape}"
         )
     return np.broadcast_to(base, (n_features, n_users)).copy()
+
+
+def reward_matrix(rewards: Any, n_features: int) -> np.ndarray:
+    """The users' reward parameters ``Theta`` of a reward structure, shape ``(d, N)``.
+
+    Column ``i`` is user ``i``'s ``theta_i``, so that ``r_i[h, s, a] = phi[h, s, a] . theta_i``
+    (docs/model.md, Users).
+
+    Parameters
+    ----------
+    rewards : LowRankRewards, ContextualRewards or array_like
+        A reward structure (its ``theta``: for :class:`ContextualRewards`, the users of its
+        :attr:`~ContextualRewards.contexts`), or ``Theta`` itself, ``(d, N)``, or ``(d,)`` for
+        a single user.
+    n_features : int
+        ``d``, the feature dimension of the MDP the rewards are for.
+
+    Returns
+    -------
+    ndarray, shape (d, N)
+
+    Raises
+    ------
+    ValueError
+        If ``rewards`` has another number of features, more than two axes or non-finite entries
+        (the message names ``rewards``).
+    """
+    if isinstance(rewards, (LowRankRewards, ContextualRewards)):
+        theta = rewards.theta
+    else:
+        theta = as_real_array("rewards", rewards, (1, 2))
+        theta = theta[:, None] if theta.ndim == 1 else theta
+    if theta.shape[0] != n_features:
+        raise ValueError(
+            f"rewards have {theta.shape[0]} features but the MDP has n_features={n_features}: rewards as "
+            f"Theta must have shape (d, N) with d = {n_features}, got shape {theta.shape}"
+        )
+    return theta
 
 
 def low_rank_rewards(
@@ -258,7 +378,8 @@ def low_rank_rewards(
         ``nu = sigma*_1 / sigma*_r >= 1``: preference diversity.
     tail : float, default 0.0
         Tail energy ``||E_tail||_F / ||U* diag(sigma*) W*^T||_F``. Must keep the largest tail
-        singular value below ``sigma*_r``, so that ``U*`` stays the top-``r`` singular subspace.
+        singular value below ``sigma*_r``, so that ``U*`` stays the top-``r`` singular subspace:
+        below :func:`tail_energy_limit`.
     base : array_like of shape (d,) or (d, N), optional
         ``Theta_0``, added as given (not rescaled). Default zero.
     subspace : array_like of shape (d, r), optional
@@ -285,7 +406,7 @@ def low_rank_rewards(
     condition_number = check_real("condition_number", condition_number, 1.0)
     tail = check_real("tail", tail, 0.0)
     scale = check_real("scale", scale, 0.0, strict_minimum=True)
-    base = _check_base(base, n_features, n_users)
+    base = base_matrix(base, n_features, n_users)
     rng = as_generator(seed)
 
     n_tail = min(n_features, n_users) - rank
@@ -313,12 +434,12 @@ def low_rank_rewards(
             feature_basis = q
     user_basis = _orthonormal(rng, n_users, rank + n_tail, keep=used)
 
-    singular_values = _singular_values(rank, condition_number)
+    singular_values = geometric_spectrum(rank, condition_number)
     tail_values = np.zeros(0)
     if tail > 0:
-        tail_values = 1.0 / np.arange(1, n_tail + 1)
+        tail_values = tail_profile(n_tail)
         tail_values *= tail * np.linalg.norm(singular_values) / np.linalg.norm(tail_values)
-        if tail_values[0] >= singular_values[-1]:
+        if tail >= tail_energy_limit(rank, n_tail, condition_number):
             raise ValueError(
                 f"tail={tail} is too large: its largest singular value {tail_values[0]:.3g} reaches "
                 f"sigma_r = {singular_values[-1]:.3g}, so the planted subspace would no longer be the "
@@ -399,7 +520,7 @@ def contextual_rewards(
 
     context_subspace = _orthonormal(rng, context_dim, rank)
     feature_subspace = _orthonormal(rng, n_features, rank)
-    singular_values = _singular_values(rank, condition_number)
+    singular_values = geometric_spectrum(rank, condition_number)
     direction = rng.standard_normal(context_dim)
     direction /= np.linalg.norm(direction)
     contexts = rng.standard_normal((n_users, context_dim)) / np.sqrt(context_dim)

@@ -53,7 +53,7 @@ from ._validation import check_int, check_real
 from .collection import collect_preferences, epsilon_optimal_policies
 from .dataset import PreferenceDataset
 from .mdp import TabularMDP
-from .rewards import ContextualRewards, LowRankRewards, contextual_rewards, low_rank_rewards
+from .rewards import ContextualRewards, LowRankRewards, contextual_rewards, low_rank_rewards, tail_energy_limit
 from .teacher import Teacher
 
 __all__ = [
@@ -282,12 +282,6 @@ def _dimension_and_mdp(mdp_or_n_features: TabularMDP | int) -> tuple[int, Tabula
     return check_int("n_features", mdp_or_n_features, minimum=1), None
 
 
-def _geometric_spectrum(rank: int, condition_number: float) -> np.ndarray:
-    if rank == 1:
-        return np.ones(1)
-    return condition_number ** (-np.arange(rank) / (rank - 1))
-
-
 def low_rank_reward_structures(
     mdp_or_n_features: TabularMDP | int,
     *,
@@ -353,11 +347,7 @@ def _low_rank_reward_structures(
     tail = 0.0
     n_tail = min(n_features, n_users) - rank
     if allow_tail and n_tail > 0:
-        # The k-th tail singular value is proportional to 1/k with ||t|| = tail ||sigma||; its
-        # largest, tail ||sigma|| / ||(1/k)_k||, must stay below sigma_r = 1 / nu.
-        spectrum = _geometric_spectrum(rank, condition_number)
-        profile = 1.0 / np.arange(1, n_tail + 1)
-        largest = spectrum[-1] * np.linalg.norm(profile) / np.linalg.norm(spectrum)
+        largest = tail_energy_limit(rank, n_tail, condition_number)
         tail = draw(st.one_of(st.just(0.0), st.floats(0.0, 0.9 * largest)))
     base = draw(arrays(np.float64, (n_features,), elements=_FEATURE_VALUES)) if with_base else None
     seed = draw(seeds())

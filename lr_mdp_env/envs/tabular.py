@@ -22,7 +22,7 @@ from .._validation import as_real_array, frozen
 from ..dynamic_programming import check_reward
 from ..layouts import Layout, check_layout
 from ..mdp import TabularMDP
-from ..rewards import ContextualRewards, LowRankRewards
+from ..rewards import ContextualRewards, LowRankRewards, reward_matrix
 from ..sampling import closed_cdf
 from .rendering import render_frame
 
@@ -50,21 +50,10 @@ def reward_table_of(mdp: TabularMDP, rewards: Any) -> np.ndarray:
         If the shapes do not match ``mdp`` (the message names ``rewards``).
     """
     if isinstance(rewards, (LowRankRewards, ContextualRewards)):
-        if rewards.n_features != mdp.n_features:
-            raise ValueError(
-                f"rewards have n_features={rewards.n_features} but the MDP has "
-                f"n_features={mdp.n_features}"
-            )
-        return rewards.reward_table(mdp)
+        return mdp.reward(reward_matrix(rewards, mdp.n_features).T)
     array = as_real_array("rewards", rewards, (1, 2, 3, 4))
     if array.ndim <= 2:
-        theta = array[:, None] if array.ndim == 1 else array
-        if theta.shape[0] != mdp.n_features:
-            raise ValueError(
-                f"rewards as Theta must have shape (d, N) with d = mdp.n_features = "
-                f"{mdp.n_features}, got shape {array.shape}"
-            )
-        return mdp.reward(theta.T)
+        return mdp.reward(reward_matrix(array, mdp.n_features).T)
     table = check_reward(mdp, array, name="rewards")
     return table[None] if table.ndim == 3 else table
 
