@@ -28,7 +28,6 @@ from lr_mdp_env.rewards import ContextualRewards, LowRankRewards
 from . import registry
 from .agent import Agent
 from .confidence import Ellipsoid
-from .contextual import FullRankContextual, LoCoPRS
 from .evaluation import evaluate
 
 #: The properties :func:`check_agent` checks, in the order it checks them on each instance.
@@ -43,17 +42,16 @@ PROPERTIES: dict[str, str] = {
     "wrong_shape": "fitting on data of other sizes raises ValueError or TypeError, not a crash or a result",
 }
 
-# Built-in names that need an argument taken from the instance, and those that need contexts.
+# Built-in names that need an argument taken from the instance.
 _BUILT_IN_OPTIONS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "p-sharelora": lambda instance: {"rank": instance.rewards.rank},
     "loco-prs": lambda instance: {"rank": instance.rewards.rank},
     "oracle-subspace": lambda instance: {"subspace": instance.rewards.subspace},
 }
-_CONTEXTUAL_NAMES = ("loco-prs", "full-rank")
 
-# Sizes of the drawn instances: small enough that a check takes well under a second for a greedy
-# agent and a few seconds for exact pessimism (its planner dominates), large enough that users
-# differ (N > r) and that the truth lies in many users' confidence sets, where the facts bind.
+# Sizes of the drawn instances: small enough that exact pessimism's planner, which dominates a
+# check, stays quick, large enough that users differ (N > r) and that the truth lies in many users'
+# confidence sets, where the facts bind.
 _N_STATES, _N_ACTIONS, _HORIZON = 3, 2, 3
 _N_USERS, _RANK, _CONTEXT_DIM, _PAIRS_PER_USER = 4, 2, 3, 30
 _WRONG_PAIRS_PER_USER = 4
@@ -249,7 +247,7 @@ class _Source:
             self.takes_seed = registry.takes(name, "seed")
             self.maker, self.leading = "agents.make", [repr(name)]
             self.instance_options = _BUILT_IN_OPTIONS.get(name)
-            self.contextual = name in _CONTEXTUAL_NAMES
+            self.contextual = registry.is_contextual(name)
             self.description = repr(name)
         elif isinstance(agent_or_factory, type) or (callable(agent_or_factory)
                                                      and not isinstance(agent_or_factory, Agent)):
@@ -264,8 +262,7 @@ class _Source:
             self.template = agent_or_factory
             self.takes_seed = False
             self.description = repr(agent_or_factory)
-            estimator = getattr(agent_or_factory, "estimator", agent_or_factory)
-            self.contextual = isinstance(estimator, (LoCoPRS, FullRankContextual))
+            self.contextual = registry.is_contextual(agent_or_factory)
         else:
             raise TypeError(
                 "agent_or_factory must be a registered name, a class or factory returning an agent, or an "
@@ -366,8 +363,9 @@ def check_agent(
         ``rank`` (``p-sharelora``, ``loco-prs``) and ``subspace`` (``oracle-subspace``) from the
         instance's true rewards unless given.
     contextual : bool, optional
-        Draw contextual instances (given instances are used as they are). Default: for
-        ``loco-prs``, ``full-rank`` and agents around their estimators.
+        Draw contextual instances (given instances are used as they are). Default: for the
+        agents :func:`agents.registry.is_contextual` names (``loco-prs``, ``full-rank``, names
+        registered with ``contextual=True`` and agents around the contextual estimators).
     skip : sequence of str
         Properties not to check (any of :data:`PROPERTIES` but ``protocol``).
 

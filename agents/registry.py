@@ -16,12 +16,14 @@ from .contextual import FullRankContextual, LoCoPRS
 from .estimators import IndependentMLE, OracleSubspaceMLE, PooledMLE, PShareLoRA
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
+#: Registered names whose agents learn a contextual reward (their data must carry contexts).
+_CONTEXTUAL: set[str] = set()
 #: Options of the planner (:class:`PessimisticAgent`); the rest go to the estimator.
 _AGENT_OPTIONS = ("pessimism", "reference", "transitions", "tol")
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
-def register(name: str, factory: Callable[..., Any], *, overwrite: bool = False) -> None:
+def register(name: str, factory: Callable[..., Any], *, overwrite: bool = False, contextual: bool = False) -> None:
     """Make ``agents.make(name, **kwargs)`` return ``factory(**kwargs)``.
 
     Parameters
@@ -33,6 +35,9 @@ def register(name: str, factory: Callable[..., Any], *, overwrite: bool = False)
         Its keyword parameters are the agent's options: :func:`make` refuses others (unless it
         takes ``**kwargs``) and asks for those without a default.
     overwrite : bool, default False
+    contextual : bool, default False
+        Whether the agent learns a contextual reward ``theta(x)`` and so needs comparisons
+        that carry users' contexts (:func:`is_contextual`).
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty string, got {name!r}")
@@ -40,7 +45,13 @@ def register(name: str, factory: Callable[..., Any], *, overwrite: bool = False)
         raise TypeError(f"factory must be callable (a class or function), got {type(factory).__name__}")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"an agent named {name!r} is already registered; pass overwrite=True to replace it")
+    if not isinstance(contextual, bool):
+        raise TypeError(f"contextual must be a bool, got {contextual!r}")
     _REGISTRY[name] = factory
+    if contextual:
+        _CONTEXTUAL.add(name)
+    else:
+        _CONTEXTUAL.discard(name)
 
 
 def make(name: str, **kwargs: Any) -> Any:
@@ -118,6 +129,37 @@ def takes(agent: str | Callable[..., Any], argument: str) -> bool:
     return argument in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
+def is_contextual(agent: Any) -> bool:
+    """Whether an agent learns a contextual reward, so that its data must carry contexts.
+
+    Parameters
+    ----------
+    agent : str or object
+        A registered name (its ``contextual`` flag of :func:`register`; ``loco-prs`` and
+        ``full-rank`` among the built-in names), or an agent (or estimator): contextual when its
+        ``estimator`` (or itself) is one of the built-in contextual estimators,
+        :class:`~agents.LoCoPRS` and :class:`~agents.FullRankContextual`.
+
+    Returns
+    -------
+    bool
+
+    Raises
+    ------
+    ValueError
+        For a name that is not registered.
+
+    References
+    ----------
+    Lee, Sun and Liu, arXiv:2412.19436 (LoCo-RLHF's contextual reward model).
+    """
+    if isinstance(agent, str):
+        _factory(agent)
+        return agent in _CONTEXTUAL
+    estimator = getattr(agent, "estimator", agent)
+    return isinstance(estimator, _CONTEXTUAL_ESTIMATORS)
+
+
 def registered() -> list[str]:
     """Names :func:`make` accepts."""
     return sorted(_REGISTRY)
@@ -179,12 +221,15 @@ def _built_in(estimator_class: type) -> Callable[..., PessimisticAgent]:
     return factory
 
 
-for _name, _class in {
-    "pooled": PooledMLE,
-    "independent": IndependentMLE,
-    "p-sharelora": PShareLoRA,
-    "loco-prs": LoCoPRS,
-    "oracle-subspace": OracleSubspaceMLE,
-    "full-rank": FullRankContextual,
-}.items():
-    register(_name, _built_in(_class))
+#: The built-in agents: name, estimator, and whether the estimator learns a contextual reward.
+_BUILT_IN: tuple[tuple[str, type, bool], ...] = (
+    ("pooled", PooledMLE, False),
+    ("independent", IndependentMLE, False),
+    ("p-sharelora", PShareLoRA, False),
+    ("loco-prs", LoCoPRS, True),
+    ("oracle-subspace", OracleSubspaceMLE, False),
+    ("full-rank", FullRankContextual, True),
+)
+_CONTEXTUAL_ESTIMATORS = tuple(estimator for _, estimator, contextual in _BUILT_IN if contextual)
+for _name, _estimator, _contextual in _BUILT_IN:
+    register(_name, _built_in(_estimator), contextual=_contextual)

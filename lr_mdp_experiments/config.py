@@ -65,12 +65,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 import agents
-from agents.contextual import FullRankContextual, LoCoPRS
 
 from .worlds import WorldSource
-
-#: Estimators that learn a contextual reward (and need a contextual world).
-CONTEXTUAL_ESTIMATORS = (LoCoPRS, FullRankContextual)
 
 #: Top-level keys and sections a configuration may hold.
 TOP_LEVEL = {"name": str, "env": str, "builder": str, "seed": int, "replicates": int, "plugins": list,
@@ -479,7 +475,7 @@ def _dry_run(config: SweepConfig) -> None:
             except (ValueError, TypeError) as error:
                 raise _agent_error(index, spec, error) from None
             estimator = getattr(agent, "estimator", None)
-            if estimator is not None and isinstance(estimator, CONTEXTUAL_ESTIMATORS) != contextual_world:
+            if estimator is not None and agents.registry.is_contextual(agent) != contextual_world:
                 kind = "contextual" if contextual_world else "user-indexed (non-contextual)"
                 raise ConfigError(f"config key 'agents[{index}]' ({spec.label}): {config.worlds.description} has "
                                   f"{kind} rewards, which agent {spec.name!r} cannot learn")
