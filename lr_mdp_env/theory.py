@@ -689,23 +689,45 @@ def full_rank_rate(
     return parametric_rate(n, full_rank_dimension(context_dim, n_features), delta=delta, constant=constant)
 
 
-def log_log_slope(predicted: Any, measured: Any) -> float:
+def log_log_slope(predicted: Any, measured: Any) -> float | np.ndarray:
     """Least-squares slope of ``log(measured)`` on ``log(predicted)``: 1 when the shapes agree.
+
+    With ``predicted`` a sample size (or a predicted rate) and ``measured`` an error, the slope is
+    the measured rate's exponent: ``-1/2`` against ``n`` for the ``sqrt(k / n)`` rates, 1 against
+    the rate functions of this module when measurement and prediction share a shape.
 
     Parameters
     ----------
-    predicted, measured : array_like, shape (m,)
-        Positive, ``m >= 2``, ``predicted`` not constant.
+    predicted : array_like, shape (m,)
+        Positive, ``m >= 2``, not constant.
+    measured : array_like, shape (m,) or (m, k)
+        Positive; with two axes, ``k`` curves measured at the same ``m`` points (columns), each
+        fitted on its own.
 
     Returns
     -------
-    float
+    float, or ndarray of shape (k,) for a two-axis ``measured``
+
+    Raises
+    ------
+    ValueError
+        For non-positive or non-finite entries, too few points, mismatched lengths or a constant
+        ``predicted`` (the message names the argument).
     """
-    log_predicted, log_measured = _log_pair(predicted, measured)
+    measured_array = as_real_array("measured", measured, (1, 2))
+    columns = measured_array.reshape(measured_array.shape[0], -1)
+    if columns.shape[1] == 0:
+        raise ValueError(f"measured must hold at least one curve, got shape {measured_array.shape}")
+    # Each column is checked against predicted exactly as a single curve would be.
+    log_predicted, _ = _log_pair(predicted, columns[:, 0])
+    if np.any(columns <= 0):
+        raise ValueError(f"measured must be positive, got minimum {columns.min()}")
+    log_measured = np.log(columns)
     centred = log_predicted - log_predicted.mean()
     if not np.any(centred):
         raise ValueError("predicted must not be constant: a slope needs at least two distinct values")
-    return float(centred @ (log_measured - log_measured.mean()) / (centred @ centred))
+    slopes = centred @ (log_measured - log_measured.mean(axis=0)) / (centred @ centred)
+    return float(slopes[0]) if measured_array.ndim == 1 else slopes
 
 
 def rate_constant(predicted: Any, measured: Any) -> float:

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lr_mdp_env import theory
+
 from .cell import METRIC_COLUMNS, RECORD_COLUMNS
 
 #: Metrics whose rates matter: plotted on log-log axes by default.
@@ -84,16 +86,6 @@ def check_columns(table: pd.DataFrame, metric: str, x: str) -> None:
                          f"{sorted(c for c in table.columns if pd.api.types.is_numeric_dtype(table[c]))}")
 
 
-def log_log_slope(x: Any, y: Any) -> tuple[float, float]:
-    """Least-squares slope of ``log y`` on ``log x`` and its standard error (NaN if undefined)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
-    if keep.sum() < 2 or np.ptp(np.log(x[keep])) == 0:
-        return float("nan"), float("nan")
-    fit = stats.linregress(np.log(x[keep]), np.log(y[keep]))
-    return float(fit.slope), float(fit.stderr) if keep.sum() > 2 else float("nan")
-
-
 def bootstrap_slope_interval(x: Any, per_replicate: Any, *, draws: int = BOOTSTRAP_DRAWS,
                              seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of the log-log slope of the mean over replicates.
@@ -125,7 +117,7 @@ def bootstrap_slope_interval(x: Any, per_replicate: Any, *, draws: int = BOOTSTR
     keep = usable[x > 0].all(axis=0)  # a resample with a zero mean has no log-log slope
     if keep.sum() < 2:
         return float("nan"), float("nan")
-    slopes = np.polyfit(np.log(x[x > 0]), np.log(means[x > 0][:, keep]), 1)[0]
+    slopes = theory.log_log_slope(x[x > 0], means[x > 0][:, keep])
     low, high = np.percentile(slopes, [2.5, 97.5])
     return float(low), float(high)
 
@@ -280,9 +272,12 @@ def results_figure(
 
 def _slope_label(x: Any, mean: Any, rows: pd.DataFrame, metric: str, column: str) -> str:
     """``"  slope -0.52 [-0.60, -0.45]"``: the fitted slope of the mean and its bootstrap interval."""
-    slope, _ = log_log_slope(x, mean)
-    if not np.isfinite(slope):
+    sizes, mean = np.asarray(x, dtype=float), np.asarray(mean, dtype=float)
+    # A mean that vanished or a missing cell has no logarithm: the slope is fitted on the others.
+    keep = (sizes > 0) & (mean > 0) & np.isfinite(sizes) & np.isfinite(mean)
+    if np.unique(sizes[keep]).size < 2:
         return ""
+    slope = theory.log_log_slope(sizes[keep], mean[keep])
     per_replicate = rows.pivot_table(index=column, columns="replicate", values=metric, aggfunc="mean") \
         if "replicate" in rows else pd.DataFrame()
     per_replicate = per_replicate.reindex(np.asarray(x))
