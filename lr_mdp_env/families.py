@@ -11,7 +11,7 @@ from ._validation import as_generator, check_int, check_real
 from .mdp import TabularMDP, dense_features
 
 
-def _features(kind: Any, n_features: int | None, n_states: int, n_actions: int, rng: np.random.Generator) -> Any:
+def _feature_spec(kind: Any, n_features: int | None, n_states: int, n_actions: int, rng: np.random.Generator) -> Any:
     """Resolve a feature specification: ``"one_hot"``, ``"one_hot_time"``, ``"dense"`` or an array."""
     if isinstance(kind, str) and kind == "dense":
         if n_features is None:
@@ -67,7 +67,7 @@ def random_mdp(
         draws[empty, rng.integers(n_states, size=int(empty.sum()))] = 1.0
         totals = draws.sum(axis=-1, keepdims=True)
     transitions = draws / totals
-    feature_spec = _features(features, n_features, n_states, n_actions, rng)
+    feature_spec = _feature_spec(features, n_features, n_states, n_actions, rng)
     initial = np.full(n_states, 1.0 / n_states)
     return TabularMDP(transitions, initial, horizon=horizon, features=feature_spec)
 
@@ -130,7 +130,7 @@ def chain_mdp(
     transitions = (1 - slip) * intended + slip * other
     initial = np.zeros(n_states)
     initial[0] = 1.0
-    feature_spec = _features(features, n_features, n_states, n_actions, rng)
+    feature_spec = _feature_spec(features, n_features, n_states, n_actions, rng)
     mdp = TabularMDP(transitions, initial, horizon=horizon, features=feature_spec)
     return (mdp, advancing) if return_advancing else mdp
 
@@ -224,7 +224,7 @@ def graph_mdp(
             raise ValueError(f"start={start!r} is not a node of the graph")
         initial = np.zeros(n_states)
         initial[index[start]] = 1.0
-    feature_spec = _features(features, n_features, n_states, n_actions, as_generator(seed))
+    feature_spec = _feature_spec(features, n_features, n_states, n_actions, as_generator(seed))
     return TabularMDP(transitions, initial, horizon=horizon, features=feature_spec)
 
 

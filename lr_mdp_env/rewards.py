@@ -160,7 +160,7 @@ class ContextualRewards:
         return mdp.reward(self.theta.T)
 
 
-def _orthonormal(rng: np.random.Generator, n_rows: int, n_columns: int, keep: int | None = None) -> np.ndarray:
+def _haar_orthonormal(rng: np.random.Generator, n_rows: int, n_columns: int, keep: int | None = None) -> np.ndarray:
     """Haar-distributed ``n_rows x n_columns`` matrix with orthonormal columns, or its first ``keep``.
 
     The first ``keep`` columns of the Q factor depend only on the first ``keep`` columns of the
@@ -242,7 +242,7 @@ def tail_energy_limit(rank: int, n_tail: int, condition_number: float) -> float:
     return float(spectrum[-1] * np.linalg.norm(profile) / np.linalg.norm(spectrum))
 
 
-def _normalisation(directions: np.ndarray, n_users: int, mdp: TabularMDP | None, scale: float) -> float:
+def _scale_factor(directions: np.ndarray, n_users: int, mdp: TabularMDP | None, scale: float) -> float:
     """Factor ``c`` such that ``c * Theta`` has the typical size ``scale`` (docs/model.md, Users).
 
     ``Theta = directions @ Q^T`` (``d x N``) is given by its ``d x m`` left factor for some ``N x m``
@@ -418,7 +418,7 @@ def low_rank_rewards(
     # generator's stream stays the same) but not orthonormalised.
     used = rank + n_tail if tail > 0 else rank
     if subspace is None:
-        feature_basis = _orthonormal(rng, n_features, rank + n_tail, keep=used)
+        feature_basis = _haar_orthonormal(rng, n_features, rank + n_tail, keep=used)
     else:
         subspace = as_real_array("subspace", subspace, (2,))
         if subspace.shape != (n_features, rank):
@@ -432,7 +432,7 @@ def low_rank_rewards(
             feature_basis = np.hstack([q, np.linalg.qr(complement)[0]])
         else:
             feature_basis = q
-    user_basis = _orthonormal(rng, n_users, rank + n_tail, keep=used)
+    user_basis = _haar_orthonormal(rng, n_users, rank + n_tail, keep=used)
 
     singular_values = geometric_spectrum(rank, condition_number)
     tail_values = np.zeros(0)
@@ -450,8 +450,8 @@ def low_rank_rewards(
     tail_basis = feature_basis[:, rank : rank + tail_values.size]
     tail_matrix = (tail_basis * tail_values) @ user_basis[:, rank : rank + tail_values.size].T
     # Theta - Theta_0 = [U* E_basis] diag(sigma, t) [W* W_tail]^T, the right factor orthonormal.
-    factor = _normalisation(np.hstack([subspace_matrix * singular_values, tail_basis * tail_values]),
-                            n_users, mdp, scale)
+    factor = _scale_factor(np.hstack([subspace_matrix * singular_values, tail_basis * tail_values]),
+                           n_users, mdp, scale)
     return LowRankRewards(
         base=frozen(base),
         subspace=frozen(subspace_matrix),
@@ -518,8 +518,8 @@ def contextual_rewards(
     scale = check_real("scale", scale, 0.0, strict_minimum=True)
     rng = as_generator(seed)
 
-    context_subspace = _orthonormal(rng, context_dim, rank)
-    feature_subspace = _orthonormal(rng, n_features, rank)
+    context_subspace = _haar_orthonormal(rng, context_dim, rank)
+    feature_subspace = _haar_orthonormal(rng, n_features, rank)
     singular_values = geometric_spectrum(rank, condition_number)
     direction = rng.standard_normal(context_dim)
     direction /= np.linalg.norm(direction)
@@ -528,7 +528,7 @@ def contextual_rewards(
     # Theta = Theta_c*^T X^T = (V* diag(sigma) U_x^T X^T): with X U_x diag(sigma) = Q R (thin QR),
     # Theta = (V* R^T) Q^T, Q orthonormal.
     _, user_part = np.linalg.qr(contexts @ (context_subspace * singular_values))
-    factor = _normalisation(feature_subspace @ user_part.T, n_users, mdp, scale)
+    factor = _scale_factor(feature_subspace @ user_part.T, n_users, mdp, scale)
     return ContextualRewards(
         theta_c=frozen(factor * theta_c),
         contexts=frozen(contexts),

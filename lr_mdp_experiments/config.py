@@ -265,8 +265,8 @@ def parse_config(text: str, *, origin: str = "<config>") -> SweepConfig:
             chosen[section][name] = value
         data = {**DATA_DEFAULTS, **chosen["data"]}
         evaluation = {**EVALUATION_DEFAULTS, **chosen["evaluation"]}
-        settings.append(Setting(index, _items(chosen["world"]), _items(data), _items(chosen["teacher"]),
-                                _items(evaluation), grid_keys))
+        settings.append(Setting(index, _hashable_items(chosen["world"]), _hashable_items(data),
+                                _hashable_items(chosen["teacher"]), _hashable_items(evaluation), grid_keys))
 
     specs = _agent_specs(raw.get("agents"), settings[0], set(world_fields))
     config = SweepConfig(
@@ -412,7 +412,7 @@ def _agent_specs(raw_agents: Any, first: Setting, world_fields: set[str]) -> tup
             if _is_variable(value) and value[1:] not in known_variables:
                 raise ConfigError(f"config key '{where}.{key}': unknown variable {value!r}"
                                   f"{_suggestion(value[1:], known_variables)}; variables are {sorted(known_variables)}")
-        specs.append(AgentSpec(label, name, _items(entry)))
+        specs.append(AgentSpec(label, name, _hashable_items(entry)))
     return tuple(specs)
 
 
@@ -520,10 +520,10 @@ def cell_variables(config: SweepConfig, setting: Setting, world: World) -> dict[
             "true_subspace": getattr(rewards, "subspace", None)}
 
 
-def _frozen(value: Any) -> Any:
+def _hashable(value: Any) -> Any:
     """Lists (TOML arrays) as tuples, recursively, so settings are hashable."""
-    return tuple(_frozen(item) for item in value) if isinstance(value, (list, tuple)) else value
+    return tuple(_hashable(item) for item in value) if isinstance(value, (list, tuple)) else value
 
 
-def _items(mapping: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    return tuple((key, _frozen(value)) for key, value in mapping.items())
+def _hashable_items(mapping: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple((key, _hashable(value)) for key, value in mapping.items())
