@@ -30,12 +30,12 @@ from .confidence import ConfidenceSet, Ellipsoid, wald_radius
 from .data import ComparisonData
 from .estimators import (
     RewardEstimator,
-    _likelihood_ratio_set,
     ellipsoid_parts,
     likelihood_parts,
     theory_set_matrix,
 )
 from .factorized import fit_factored
+from .likelihood_set import LikelihoodRatioSet
 from .logistic import fit_logistic
 from .tuning import convergence_warnings_labelled
 
@@ -176,7 +176,7 @@ class _ContextualEstimator(RewardEstimator):
         offset = np.zeros(basis.shape[0])
         if self.confidence in ("wald", "theory"):
             return Ellipsoid(offset=offset, basis=basis, **self._shared_set_parts())
-        return _likelihood_ratio_set()(offset=offset, basis=basis, **self._shared_set_parts())
+        return LikelihoodRatioSet(offset=offset, basis=basis, **self._shared_set_parts())
 
     def confidence_set(self, user: int | None = None, *, context: Any = None) -> ConfidenceSet:
         """``1 - delta`` set of ``theta(x)`` for a context ``x`` (or the context of ``user``), of
@@ -205,7 +205,7 @@ class _ContextualEstimator(RewardEstimator):
         if self.confidence in ("wald", "theory"):
             deviation = kappa - parts["center"]
             return bool(deviation @ parts["matrix"] @ deviation <= parts["radius"] ** 2 * (1 + 1e-12))
-        coordinate_set = _likelihood_ratio_set()(offset=np.zeros(k), basis=np.eye(k), **parts)
+        coordinate_set = LikelihoodRatioSet(offset=np.zeros(k), basis=np.eye(k), **parts)
         return bool(coordinate_set.contains(kappa))
 
     def fit(self, dataset: Any, mdp: TabularMDP | None = None) -> _ContextualEstimator:

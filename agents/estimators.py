@@ -34,6 +34,7 @@ from .confidence import ConfidenceSet, Ellipsoid, theory_radius, wald_radius
 from .data import ComparisonData, base_matrix, comparison_data
 from .exceptions import not_fitted
 from .factorized import FactoredFit, fit_factored
+from .likelihood_set import LikelihoodRatioSet, finite_sample_likelihood_threshold
 from .logistic import LogisticFit, bernoulli_losses, fit_logistic
 from .tuning import DEFAULT_RIDGE_GRID, convergence_warnings_labelled, select_ridge
 
@@ -255,6 +256,7 @@ class RewardEstimator:
         self._sets: dict[int, ConfidenceSet] = {}
         self._set_parts: dict[int, dict[str, Any]] = {}  # per coordinate problem
         self._inference: tuple[np.ndarray, np.ndarray | None] | None = None
+        self._thresholds: np.ndarray | None = None
         return self
 
     def _prepare(self, data: ComparisonData, mdp: TabularMDP) -> None:
@@ -379,7 +381,7 @@ class RewardEstimator:
         parts = self._set_parts[problem]
         if self.confidence in ("wald", "theory"):
             return Ellipsoid(offset=offset, basis=self._basis, **parts)
-        return _likelihood_ratio_set()(offset=offset, basis=self._basis, **parts)
+        return LikelihoodRatioSet(offset=offset, basis=self._basis, **parts)
 
     def _problem_pairs(self, problem: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Coordinates ``B^T z_j`` ``(m, k)``, labels and offsets of one coordinate problem's pairs."""
@@ -405,8 +407,21 @@ class RewardEstimator:
                 matrix = fisher_matrix(features, offsets, center, self.beta, self.inference_ridge_)
             return ellipsoid_parts(matrix, center, self._wald_radius(center.shape[0]))
         features, labels, offsets = self._problem_pairs(problem)
+        threshold = None
+        if self.confidence == "finite" and isinstance(self._coordinate_features, np.ndarray):
+            threshold = self._finite_thresholds()[problem]
         return likelihood_parts(self.confidence, features, labels, offsets, center, self.beta,
-                                self.inference_ridge_, self.delta)
+                                self.inference_ridge_, self.delta, threshold)
+
+    def _finite_thresholds(self) -> np.ndarray:
+        """The finite-sample thresholds of every coordinate problem, ``(n_problems,)``, in one
+        batched call (when the pairs' coordinates are formed: ``k <= 64``)."""
+        if not hasattr(self, "_thresholds") or self._thresholds is None:
+            labels = binary_labels(self._data.labels, self.confidence)
+            self._thresholds = finite_sample_likelihood_threshold(
+                self._coordinate_features, labels, self._data.offsets, self.beta, self.delta,
+                groups=self._groups, n_problems=self._solution.shape[0])
+        return self._thresholds
 
     def _wald_radius(self, k: int) -> float:
         """:func:`wald_radius` of ``k`` coordinates, computed once (every user's set shares it)."""
@@ -447,12 +462,14 @@ def ellipsoid_parts(matrix: np.ndarray, center: np.ndarray, radius: float) -> di
 
 
 def likelihood_parts(confidence: str, features: np.ndarray, labels: np.ndarray, offsets: np.ndarray,
-                     center: np.ndarray, beta: float, ridge: float, delta: float) -> dict[str, Any]:
+                     center: np.ndarray, beta: float, ridge: float, delta: float,
+                     threshold: float | None = None) -> dict[str, Any]:
     """Keyword arguments (besides ``offset`` and ``basis``) of the likelihood-ratio set of one
     problem: ``"likelihood"`` (Wilks level on the loss with the inference ridge) or ``"finite"``
     (the finite-sample threshold ``c`` on the unpenalised loss ``f0``, as the level
     ``max(c - f0(center), 0)``: a threshold below ``f0(center)`` keeps the centre in the set and
-    only enlarges it, so the set still contains ``{f0 <= c}``)."""
+    only enlarges it, so the set still contains ``{f0 <= c}``; ``threshold`` is ``c`` when the
+    caller computed it, batched over problems)."""
     from lr_mdp_env import theory
 
     labels = binary_labels(labels, confidence)
@@ -460,28 +477,10 @@ def likelihood_parts(confidence: str, features: np.ndarray, labels: np.ndarray, 
     common = {"features": features, "labels": labels, "offsets": offsets, "beta": beta, "center": center}
     if confidence == "likelihood":
         return {**common, "ridge": ridge, "level": theory.wilks_level(k, delta)}
-    threshold = _finite_sample_threshold()(features, labels, offsets, beta, delta)
+    if threshold is None:
+        threshold = finite_sample_likelihood_threshold(features, labels, offsets, beta, delta)
     unpenalised = float(np.sum(bernoulli_losses(offsets + beta * features @ center, labels)))
     return {**common, "ridge": 0.0, "level": max(float(threshold) - unpenalised, 0.0)}
-
-
-def _likelihood_ratio_set() -> type:
-    """:class:`agents.likelihood_set.LikelihoodRatioSet` (imported when first needed)."""
-    from .likelihood_set import LikelihoodRatioSet
-
-    return LikelihoodRatioSet
-
-
-def _finite_sample_threshold() -> Any:
-    """``finite_sample_likelihood_threshold(features, labels, offsets, beta, delta)``: the
-    absolute threshold ``c`` with ``P(f0(w*) <= c) >= 1 - delta`` for every ``n``."""
-    from lr_mdp_env import theory
-
-    if hasattr(theory, "finite_sample_likelihood_threshold"):
-        return theory.finite_sample_likelihood_threshold
-    from .likelihood_set import finite_sample_likelihood_threshold
-
-    return finite_sample_likelihood_threshold
 
 
 # Up to this many coordinates the per-pair coordinates B^T z_j are formed and fitted directly.
