@@ -309,3 +309,39 @@ def test_contextual_errors(world):
         estimator.confidence_set(40)
     with pytest.raises(ValueError, match="subspaces"):
         LoCoPRS(2, subspaces=(np.zeros(4), np.eye(6)[:, :2]))
+
+
+@pytest.mark.parametrize("confidence", ["wald", "likelihood", "finite", "theory"])
+@pytest.mark.parametrize("estimator_type", ["loco", "full"])
+def test_every_kind_of_contextual_set_contains_its_centre_and_agrees_with_covers(world, confidence,
+                                                                                 estimator_type):
+    """Each context's set contains its own centre ``B_x kappa_0``; ``covers(Theta)`` is membership of
+    ``kappa(Theta)`` in the set of coordinates, so it agrees with the contexts' sets: a covered
+    ``Theta`` gives a member ``Theta^T x`` of every context's set (checked through the support
+    function, which every kind has)."""
+    mdp, rewards, dataset = world
+    estimator = (LoCoPRS(2, confidence=confidence) if estimator_type == "loco"
+                 else FullRankContextual(confidence=confidence)).fit(dataset, mdp)
+    coordinates = estimator.coordinates_
+    rng = np.random.default_rng(8)
+    kappa_0 = estimator.confidence_set(0).center
+    assert estimator.covers(coordinates.matrix(kappa_0))
+    for user in (0, 5):
+        region = estimator.confidence_set(user)
+        assert region.contains(region.theta_hat)
+    # A point along a random direction, inside or outside: covers decides, and members are members.
+    direction = rng.normal(size=coordinates.dimension)
+    region = estimator.confidence_set(0)
+    if confidence in ("wald", "theory"):  # M-norm 2 radius: outside, however large the radius
+        far = 2 * region.radius / np.sqrt(direction @ region.matrix @ direction)
+    else:
+        far = 1e3 / np.linalg.norm(direction)
+    for step, inside in ((1e-3 / np.linalg.norm(direction), True), (far, False)):
+        theta_c = coordinates.matrix(kappa_0 + step * direction)
+        covered = estimator.covers(theta_c)
+        assert covered == inside
+        region = estimator.confidence_set(context=rewards.contexts[3])
+        vector = rng.normal(size=mdp.n_features)
+        if covered:
+            assert region.lower(vector) - 1e-7 <= theta_c.T @ rewards.contexts[3] @ vector \
+                <= region.upper(vector) + 1e-7
