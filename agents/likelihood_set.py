@@ -398,7 +398,8 @@ class LikelihoodRatioSet(ConfidenceSet):
             start[active[~converged]] = lower_point[active[~converged]]
             # Safeguarded Newton in tau: the Newton point if it is inside the bracket and the
             # previous step at least halved the gap, else the bracket's midpoint.
-            slope = 0.5 * np.where(converged, _quadratic_forms(inner.hessian, directions[active]), np.nan)
+            slope = np.full(active.size, np.nan)
+            slope[converged] = 0.5 * _quadratic_forms(inner.hessian[converged], directions[active[converged]])
             with np.errstate(invalid="ignore", divide="ignore"):
                 newton = tau[active] - gap / slope
             lo, hi = lower_tau[active], upper_tau[active]
