@@ -13,9 +13,10 @@ import warnings
 import cvxpy as cp
 import numpy as np
 import pytest
+import scipy.integrate
 import scipy.optimize
+import scipy.stats
 from scipy.special import expit
-from scipy.stats import beta as beta_distribution
 
 import agents
 from agents import LikelihoodRatioSet, finite_sample_likelihood_threshold, fit_logistic
@@ -356,3 +357,152 @@ def test_the_gaussian_integral_bound_of_the_derivation_holds():
 def test_threshold_rejects_bad_input(call, error, name):
     with pytest.raises(error, match=name):
         call()
+
+
+# -- levels against simulation (slow) -------------------------------------------------------------
+
+DELTA = 0.1
+TRUTH_NORM = 1.5
+
+
+def simulated_users(k, n, n_users, seed, *, truths=None):
+    """``n_users`` independent users of a well-specified Bradley-Terry model (``beta = 1``): truths of
+    norm 1.5 (logits of standard deviation 1.5), Gaussian pair coordinates, known offsets."""
+    rng = np.random.default_rng(seed)
+    if truths is None:
+        truths = rng.normal(size=(n_users, k))
+        truths *= TRUTH_NORM / np.linalg.norm(truths, axis=1, keepdims=True)
+    features = rng.normal(size=(n_users, n, k))
+    offsets = 0.3 * rng.normal(size=(n_users, n))
+    labels = (rng.random((n_users, n)) < expit(offsets + np.einsum("unk,uk->un", features, truths))).astype(float)
+    return truths, features, labels, offsets
+
+
+def likelihood_sets(features, labels, offsets, *, finite_thresholds=None):
+    """Each user's Wilks set (unpenalised loss, centred at the MLE) and, given thresholds, the
+    finite-sample set ``{f0 <= c}`` with the same centre."""
+    n_users, n, k = features.shape
+    groups = np.repeat(np.arange(n_users), n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # separable users' fits stop at the tiny ridge's bound
+        fit = fit_logistic(features.reshape(-1, k), labels.ravel(), groups=groups, offsets=offsets.ravel(),
+                           ridge=1e-9, fisher=False, max_iter=200)
+    wilks, finite = [], []
+    for user in range(n_users):
+        common = dict(offset=np.zeros(k), basis=np.eye(k), features=features[user], labels=labels[user],
+                      offsets=offsets[user], beta=1.0, ridge=0.0, center=fit.theta[user])
+        wilks.append(LikelihoodRatioSet(level=theory.wilks_level(k, DELTA), **common))
+        if finite_thresholds is not None:
+            loss = float(wilks[-1].loss(fit.theta[user]))
+            finite.append(LikelihoodRatioSet(level=max(finite_thresholds[user] - loss, 0.0), **common))
+    return wilks, finite
+
+
+def thresholds_for(features, labels, offsets):
+    n_users, n, k = features.shape
+    return finite_sample_likelihood_threshold(features.reshape(-1, k), labels.ravel(), offsets.ravel(), 1.0, DELTA,
+                                              groups=np.repeat(np.arange(n_users), n), n_problems=n_users)
+
+
+def truth_losses(truths, features, labels, offsets):
+    signs = 2 * labels - 1
+    return np.sum(np.logaddexp(0.0, -signs * (offsets + np.einsum("unk,uk->un", features, truths))), axis=1)
+
+
+def clopper_pearson(covered, trials, confidence):
+    result = scipy.stats.binomtest(int(covered), int(trials))
+    interval = result.proportion_ci(confidence_level=confidence, method="exact")
+    return interval.low, interval.high
+
+COVERAGE_USERS = 1000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [2, 4])
+def test_wilks_sets_cover_at_the_nominal_level_at_moderate_n(k):
+    """50 pairs per coordinate, 1000 independent users. Wilks' approximation errs by ``O(1/n)`` in
+    coverage (Bartlett), under 0.01 here against a binomial standard error of 0.0095, so the
+    coverage is tested as exactly ``1 - delta``: ``1 - delta`` must lie in the two-sided 99.9%
+    Clopper-Pearson interval of the observed count (a false alarm has probability <= 0.001)."""
+    truths, features, labels, offsets = simulated_users(k, 50 * k, COVERAGE_USERS, seed=100 + k)
+    wilks, _ = likelihood_sets(features, labels, offsets)
+    covered = sum(region.contains(truth) for region, truth in zip(wilks, truths))
+    low, high = clopper_pearson(covered, COVERAGE_USERS, 0.999)
+    print(f"MEASURED wilks_coverage[k={k}, n={50 * k}]: {covered / COVERAGE_USERS:.3f} "
+          f"(99.9% CP [{low:.3f}, {high:.3f}]), nominal {1 - DELTA}")
+    assert low <= 1 - DELTA <= high
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k, pairs_per_coordinate", [(2, 2), (4, 2), (2, 50), (4, 50)])
+def test_finite_sample_sets_cover_at_least_the_nominal_level(k, pairs_per_coordinate):
+    """The mixture-martingale threshold is valid at every ``n``: the coverage must not be
+    significantly below ``1 - delta``, i.e. the one-sided 99.9% Clopper-Pearson upper bound of the
+    observed count must reach ``1 - delta`` (a false alarm has probability <= 0.001 when the
+    coverage is exactly ``1 - delta``, less when it is higher)."""
+    n = pairs_per_coordinate * k
+    truths, features, labels, offsets = simulated_users(k, n, COVERAGE_USERS, seed=200 + n)
+    thresholds = thresholds_for(features, labels, offsets)
+    covered_by_loss = truth_losses(truths, features, labels, offsets) <= thresholds
+    # Membership through the set's own test on a subsample (the loss comparison is the definition).
+    _, finite = likelihood_sets(features[:50], labels[:50], offsets[:50], finite_thresholds=thresholds[:50])
+    assert [region.contains(truth) for region, truth in zip(finite, truths[:50])] == list(covered_by_loss[:50])
+    covered = int(covered_by_loss.sum())
+    _, high = clopper_pearson(covered, COVERAGE_USERS, 0.998)  # two-sided 99.8% = one-sided 99.9%
+    print(f"MEASURED finite_sample_coverage[k={k}, n={n}]: {covered / COVERAGE_USERS:.3f} "
+          f"(one-sided 99.9% CP upper {high:.3f}), nominal >= {1 - DELTA}")
+    assert high >= 1 - DELTA
+
+
+WIDTH_USERS = 100
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_finite_sample_sets_are_within_four_times_the_wilks_width_at_moderate_n(k):
+    """At ``n = 50 k`` the finite-sample set must not be vacuous: its width along random directions
+    at most 4 times the asymptotic set's (median over 100 users and 4 directions each). Both are
+    sets of the same loss and centre, so the ratio is the level's effect alone
+    (about ``sqrt(level_finite / level_wilks)`` for a nearly quadratic loss)."""
+    truths, features, labels, offsets = simulated_users(k, 50 * k, WIDTH_USERS, seed=300 + k)
+    thresholds = thresholds_for(features, labels, offsets)
+    wilks, finite = likelihood_sets(features, labels, offsets, finite_thresholds=thresholds)
+    rng = np.random.default_rng(400 + k)
+    ratios = np.concatenate([f.width(v) / w.width(v) for w, f, v in
+                             zip(wilks, finite, rng.normal(size=(WIDTH_USERS, 4, k)))])
+    print(f"MEASURED finite_over_wilks_width[k={k}, n={50 * k}]: median {np.median(ratios):.2f}, "
+          f"90% quantile {np.quantile(ratios, 0.9):.2f}")
+    assert np.median(ratios) <= 4.0
+
+
+@pytest.mark.slow
+def test_finite_sample_width_shrinks_like_root_n_up_to_the_log_of_its_level():
+    """Width of the finite-sample set against ``n`` (same 100 users and directions, fresh data).
+
+    For a nearly quadratic loss the width along ``v`` is ``2 sqrt(2 level_n g^T H_n^{-1} g)`` with
+    ``H_n ~ n I_1``, so ``log width = const - 1/2 log n + 1/2 log level_n``. The level grows at most
+    by ``(k / 2) log(n2 / n1)`` between sizes (each ``log det(I + beta^2 G_n / (4 lambda))`` does,
+    ``G_n`` scaling with ``n``) and is at least ``log(P / delta)`` (``P = 9`` priors), so its log grows
+    at a rate at most ``(k / 2) / log(P / delta)`` per unit ``log n``: the slope lies in
+    ``[-1/2, -1/2 + k / (4 log(P / delta))]`` = ``[-0.5, -0.389]`` for ``k = 2`` (the other part of the
+    level, ``F_p - f0(w_hat) -> lambda_p ||w*||^2 / 2``, moves by ``O(n^(-1/2))`` only). Margins: the
+    non-quadratic part of the width is of relative order ``level / n`` (odd terms cancel in
+    ``upper - lower``) and the users' mean has a relative error below 1%; over the ``log 16``
+    range of ``n`` these move the slope by less than ``(0.03 + 0.02) / log 16 = 0.018``: 0.02 each side.
+    """
+    k, sizes = 2, np.array([200, 800, 3200])
+    rng = np.random.default_rng(500)
+    truths = rng.normal(size=(WIDTH_USERS, k))
+    truths *= TRUTH_NORM / np.linalg.norm(truths, axis=1, keepdims=True)
+    directions = rng.normal(size=(WIDTH_USERS, k))
+    widths = []
+    for n in sizes:
+        _, features, labels, offsets = simulated_users(k, n, WIDTH_USERS, seed=600 + n, truths=truths)
+        thresholds = thresholds_for(features, labels, offsets)
+        _, finite = likelihood_sets(features, labels, offsets, finite_thresholds=thresholds)
+        widths.append(np.mean([region.width(v) for region, v in zip(finite, directions)]))
+    slope = np.polyfit(np.log(sizes), np.log(widths), 1)[0]
+    upper = -0.5 + k / (4 * np.log(len(agents.likelihood_set.DEFAULT_PRIOR_PRECISIONS) / DELTA))
+    print(f"MEASURED finite_sample_width_slope[k={k}, n={list(sizes)}]: {slope:.3f} "
+          f"(window [{-0.5 - 0.02:.3f}, {upper + 0.02:.3f}]), widths {np.round(widths, 4).tolist()}")
+    assert -0.5 - 0.02 <= slope <= upper + 0.02
