@@ -1,5 +1,5 @@
-"""The bounds of docs/theory.md as functions: confidence radii, the pessimism lemma, the
-misspecification of reduced sets, Wedin's subspace bound and the predicted rates.
+"""The bounds of docs/theory.md as functions: confidence radii and likelihood-ratio levels, the
+pessimism lemma, the misspecification of reduced sets, Wedin's subspace bound and the predicted rates.
 
 Everything here is closed-form or one dynamic program; nothing is fitted. The functions take
 plain numbers and arrays (and a :class:`~lr_mdp_env.TabularMDP` where a maximum over policies is

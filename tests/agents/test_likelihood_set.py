@@ -282,7 +282,8 @@ def ridge_minimum(features, labels, offsets, beta, precision):
     """``min_w f0(w) + precision / 2 ||w||^2`` by cvxpy (not by fit_logistic)."""
     w = cp.Variable(features.shape[1])
     signs = 2 * labels - 1
-    objective = cp.sum(cp.logistic(-cp.multiply(signs, offsets + beta * features @ w))) + 0.5 * precision * cp.sum_squares(w)
+    loss = cp.sum(cp.logistic(-cp.multiply(signs, offsets + beta * features @ w)))
+    objective = loss + 0.5 * precision * cp.sum_squares(w)
     problem = cp.Problem(cp.Minimize(objective))
     problem.solve(solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
     return problem.value
