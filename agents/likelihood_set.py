@@ -93,7 +93,9 @@ class LikelihoodRatioSet(ConfidenceSet):
     Notes
     -----
     ``lower`` solves all vectors of a batch at once to a relative accuracy of about ``1e-10`` of
-    the set's half-width along them and raises :class:`RuntimeError` if some vector fails. It is
+    the set's half-width along them (coarser by ``1e-13 |threshold| / level`` when the loss is
+    large against the level, the rounding of ``f``) and raises :class:`RuntimeError` if some
+    vector fails. It is
     ``-inf`` where the set is unbounded along ``-v``: with ``ridge = 0``, when ``B^T v`` has a
     component along which no comparison varies, or when some direction ``u`` with ``g . u < 0``
     separates the data (``s_j x_j . u >= 0`` for every ``j``; a linear programme per vector,
@@ -174,6 +176,21 @@ class LikelihoodRatioSet(ConfidenceSet):
     @property
     def beta(self) -> float:
         return self._beta
+
+    @property
+    def features(self) -> np.ndarray:
+        """``x_j``, shape ``(m, k)``."""
+        return self._features
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``y_j`` in ``{0, 1}``, shape ``(m,)``."""
+        return self._labels
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Logit offsets ``o_j``, shape ``(m,)``."""
+        return self._offsets
 
     @property
     def threshold(self) -> float:
@@ -267,13 +284,11 @@ class LikelihoodRatioSet(ConfidenceSet):
         self._bounded = self._ridge > 0 or (row_space.shape[1] == k and not self._separable())
         self._minimum = None
         if self._bounded and row_space.shape[1] > 0:
-            minimum, _ = self._inner(np.zeros((1, row_space.shape[1])), np.zeros(1), self._reduced_center[None],
-                                     np.full(1, -np.inf), max(1.0, self._level))
+            minimum = self._inner(np.zeros((1, row_space.shape[1])), np.zeros(1), self._reduced_center[None],
+                                  np.full(1, -np.inf), max(1.0, self._level))
             if not minimum.converged[0]:
                 raise RuntimeError("could not minimise the loss: the data may be nearly separable")
             self._minimum = minimum
-        elif self._bounded:  # no coordinates at all
-            self._minimum = None
 
     def _separable(self) -> bool:
         """Whether some ``u != 0`` has ``s_j x_j . u >= 0`` for all ``j`` (a linear programme)."""
@@ -340,11 +355,15 @@ class LikelihoodRatioSet(ConfidenceSet):
         values[finite] = np.einsum("bk,bk->b", directions[finite], coordinates[finite])
         return values, coordinates
 
+    @cached_property
+    def _reduced_loss(self) -> _TiltedLoss:
+        """``f(base + V a)`` as a function of the reduced coordinates ``a``."""
+        return _TiltedLoss(self._reduced_features, self._labels, self._reduced_offsets, self._beta, self._ridge,
+                           constant=0.5 * self._ridge * float(self._base @ self._base))
+
     def _inner(self, directions: np.ndarray, tilts: np.ndarray, start: np.ndarray, floors: np.ndarray,
-               scale: float) -> tuple[_NewtonResult, _TiltedLoss]:
-        problem = _TiltedLoss(self._reduced_features, self._labels, self._reduced_offsets, self._beta, self._ridge,
-                              constant=0.5 * self._ridge * float(self._base @ self._base))
-        return _damped_newton(problem, start, directions, tilts, floors, scale), problem
+               scale: float) -> _NewtonResult:
+        return _damped_newton(self._reduced_loss, start, directions, tilts, floors, scale)
 
     def _crossing(self, directions: np.ndarray) -> np.ndarray:
         """The point ``w(t)`` of the tilted path with ``f(w(t)) = c`` for each reduced ``g`` (``(b, r)``)."""
@@ -362,8 +381,7 @@ class LikelihoodRatioSet(ConfidenceSet):
             start = np.tile(minimum.point[0], (b, 1))
         else:  # no minimiser: start from the centre's quadratic model
             floor_loss = 0.0  # the logistic terms are positive
-            hessian = _TiltedLoss(self._reduced_features, self._labels, self._reduced_offsets, self._beta,
-                                  self._ridge).hessian(self._reduced_center[None])[0]
+            hessian = self._reduced_loss.hessian(self._reduced_center[None])[0]
             slope = 0.5 * _quadratic_forms(hessian, directions)
             tau = max(self._level, 0.5) / slope
             start = np.tile(self._reduced_center, (b, 1))
@@ -380,7 +398,7 @@ class LikelihoodRatioSet(ConfidenceSet):
                 return result
             tilt = np.sqrt(tau[active])
             floors = floor_loss + tilt * dual_bound[active]
-            inner, _ = self._inner(directions[active], tilt, start[active], floors, scale)
+            inner = self._inner(directions[active], tilt, start[active], floors, scale)
             gap = inner.loss - c
             converged = inner.converged
             crossed = converged & (np.abs(gap) <= tolerance)
@@ -513,8 +531,8 @@ def _damped_newton_steps(problem: _TiltedLoss, start: np.ndarray, directions: np
         residual = np.linalg.norm(np.einsum("bij,bj->bi", hessian, step) + gradient, axis=1)
         solvable = residual <= 1e-6 * np.linalg.norm(gradient, axis=1) + 1e-300
         final = solvable & (decrement <= _DECREMENT_TOLERANCE * scale)
-        size = np.ones(rows.size)
-        accepted = decrement <= _FULL_STEP_DECREMENT * scale
+        size = np.where(solvable, 1.0, 0.0)  # a problem without a Newton step stays where it is, and stops
+        accepted = ~solvable | (decrement <= _FULL_STEP_DECREMENT * scale)
         for _ in range(_MAX_BACKTRACK):
             pending = np.flatnonzero(~accepted)
             if pending.size == 0:

@@ -49,8 +49,8 @@ def random_problem(seed, k, m, ridge, *, d=None, level=None):
 def conic_lower(region, vector, box=None):
     """``min theta . v`` over the set by cvxpy (exponential cone); ``box`` bounds ``|w|_inf``."""
     w = cp.Variable(region.dimension)
-    signs = 2 * region._labels - 1
-    logits = region._offsets + region.beta * region._features @ w
+    signs = 2 * region.labels - 1
+    logits = region.offsets + region.beta * region.features @ w
     loss = cp.sum(cp.logistic(-cp.multiply(signs, logits))) + 0.5 * region.ridge * cp.sum_squares(w)
     constraints = [loss <= region.threshold]
     if box is not None:
@@ -94,7 +94,7 @@ def test_lower_upper_and_minimizer_match_a_conic_solver(seed, k, m, ridge):
 @pytest.mark.parametrize("seed, k, m, ridge", CASES[::3])
 def test_membership_along_rays_matches_the_loss_crossing(seed, k, m, ridge):
     region, rng = random_problem(seed, k, m, ridge)
-    data = (region._features, region._labels, region._offsets, region.beta, region.ridge)
+    data = (region.features, region.labels, region.offsets, region.beta, region.ridge)
     for _ in range(4):
         direction = rng.normal(size=k)
 
@@ -187,7 +187,7 @@ def separable_line():
 
 def test_separable_data_without_ridge_give_a_half_line():
     region = separable_line()
-    data = (region._features, region._labels, region._offsets, 1.0, 0.0)
+    data = (region.features, region.labels, region.offsets, 1.0, 0.0)
     assert not region.bounded
     # The set is {offset + 2 w : w >= w_c} with f(w_c) = c: brentq on the decreasing loss.
     edge = scipy.optimize.brentq(lambda w: direct_loss(*data, np.array([w])) - region.threshold, -50, 0.5,
@@ -230,7 +230,7 @@ def test_level_zero_at_the_minimiser_is_a_point():
 def test_loss_is_the_negative_log_likelihood_and_batches():
     region, rng = random_problem(1, 3, 25, 0.3)
     points = rng.normal(size=(2, 4, 3))
-    data = (region._features, region._labels, region._offsets, region.beta, region.ridge)
+    data = (region.features, region.labels, region.offsets, region.beta, region.ridge)
     values = region.loss(points)
     assert values.shape == (2, 4)
     for index in np.ndindex(2, 4):
