@@ -93,7 +93,9 @@ class LikelihoodRatioSet(ConfidenceSet):
     Notes
     -----
     ``lower`` solves all vectors of a batch at once to a relative accuracy of about ``1e-10`` of
-    the set's half-width along them and raises :class:`RuntimeError` if some vector fails. It is
+    the set's half-width along them (coarser by ``1e-13 |threshold| / level`` when the loss is
+    large against the level, the rounding of ``f``) and raises :class:`RuntimeError` if some
+    vector fails. It is
     ``-inf`` where the set is unbounded along ``-v``: with ``ridge = 0``, when ``B^T v`` has a
     component along which no comparison varies, or when some direction ``u`` with ``g . u < 0``
     separates the data (``s_j x_j . u >= 0`` for every ``j``; a linear programme per vector,
@@ -174,6 +176,21 @@ class LikelihoodRatioSet(ConfidenceSet):
     @property
     def beta(self) -> float:
         return self._beta
+
+    @property
+    def features(self) -> np.ndarray:
+        """``x_j``, shape ``(m, k)``."""
+        return self._features
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``y_j`` in ``{0, 1}``, shape ``(m,)``."""
+        return self._labels
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Logit offsets ``o_j``, shape ``(m,)``."""
+        return self._offsets
 
     @property
     def threshold(self) -> float:
@@ -267,13 +284,11 @@ class LikelihoodRatioSet(ConfidenceSet):
         self._bounded = self._ridge > 0 or (row_space.shape[1] == k and not self._separable())
         self._minimum = None
         if self._bounded and row_space.shape[1] > 0:
-            minimum, _ = self._inner(np.zeros((1, row_space.shape[1])), np.zeros(1), self._reduced_center[None],
-                                     np.full(1, -np.inf), max(1.0, self._level))
+            minimum = self._inner(np.zeros((1, row_space.shape[1])), np.zeros(1), self._reduced_center[None],
+                                  np.full(1, -np.inf), max(1.0, self._level))
             if not minimum.converged[0]:
                 raise RuntimeError("could not minimise the loss: the data may be nearly separable")
             self._minimum = minimum
-        elif self._bounded:  # no coordinates at all
-            self._minimum = None
 
     def _separable(self) -> bool:
         """Whether some ``u != 0`` has ``s_j x_j . u >= 0`` for all ``j`` (a linear programme)."""
@@ -340,11 +355,15 @@ class LikelihoodRatioSet(ConfidenceSet):
         values[finite] = np.einsum("bk,bk->b", directions[finite], coordinates[finite])
         return values, coordinates
 
+    @cached_property
+    def _reduced_loss(self) -> _TiltedLoss:
+        """``f(base + V a)`` as a function of the reduced coordinates ``a``."""
+        return _TiltedLoss(self._reduced_features, self._labels, self._reduced_offsets, self._beta, self._ridge,
+                           constant=0.5 * self._ridge * float(self._base @ self._base))
+
     def _inner(self, directions: np.ndarray, tilts: np.ndarray, start: np.ndarray, floors: np.ndarray,
-               scale: float) -> tuple[_NewtonResult, _TiltedLoss]:
-        problem = _TiltedLoss(self._reduced_features, self._labels, self._reduced_offsets, self._beta, self._ridge,
-                              constant=0.5 * self._ridge * float(self._base @ self._base))
-        return _damped_newton(problem, start, directions, tilts, floors, scale), problem
+               scale: float) -> _NewtonResult:
+        return _damped_newton(self._reduced_loss, start, directions, tilts, floors, scale)
 
     def _crossing(self, directions: np.ndarray) -> np.ndarray:
         """The point ``w(t)`` of the tilted path with ``f(w(t)) = c`` for each reduced ``g`` (``(b, r)``)."""
@@ -357,21 +376,23 @@ class LikelihoodRatioSet(ConfidenceSet):
             spread = c - floor_loss
             if spread <= _CROSSING_TOLERANCE * scale:  # the set is one point of these coordinates
                 return np.tile(minimum.point[0], (b, 1))
-            slope = 0.5 * _quadratic_forms(minimum.hessian[0], directions)
-            tau = spread / slope
-            start = np.tile(minimum.point[0], (b, 1))
+            solved = _solve(np.broadcast_to(minimum.hessian[0], (b,) + minimum.hessian.shape[1:]), directions)
+            tau = spread / (0.5 * np.einsum("br,br->b", directions, solved))
+            # The path's tangent at t = 0 is -H^{-1} g: the first guess of w(t) (exact for a quadratic loss).
+            start = minimum.point[0] - np.sqrt(tau)[:, None] * solved
         else:  # no minimiser: start from the centre's quadratic model
             floor_loss = 0.0  # the logistic terms are positive
-            hessian = _TiltedLoss(self._reduced_features, self._labels, self._reduced_offsets, self._beta,
-                                  self._ridge).hessian(self._reduced_center[None])[0]
-            slope = 0.5 * _quadratic_forms(hessian, directions)
-            tau = max(self._level, 0.5) / slope
+            hessian = self._reduced_loss.hessian(self._reduced_center[None])[0]
+            solved = _solve(np.broadcast_to(hessian, (b,) + hessian.shape), directions)
+            tau = max(self._level, 0.5) / (0.5 * np.einsum("br,br->b", directions, solved))
             start = np.tile(self._reduced_center, (b, 1))
         tolerance = _CROSSING_TOLERANCE * scale + 1e-13 * abs(c)
         lower_tau, upper_tau = np.zeros(b), np.full(b, np.inf)
-        lower_point = start.copy()
+        lower_point = np.tile(self._reduced_center if self._minimum is None else self._minimum.point[0], (b, 1))
         dual_bound = np.full(b, -np.inf)  # a lower bound on min g . w over the set (weak duality)
         previous_gap = np.full(b, np.inf)
+        last_converged = lower_point.copy()
+        predicted = np.full(b, self._minimum is not None)  # the first start is a tangent guess
         result = np.empty_like(start)
         done = np.zeros(b, dtype=bool)
         for _ in range(_MAX_OUTER):
@@ -380,12 +401,15 @@ class LikelihoodRatioSet(ConfidenceSet):
                 return result
             tilt = np.sqrt(tau[active])
             floors = floor_loss + tilt * dual_bound[active]
-            inner, _ = self._inner(directions[active], tilt, start[active], floors, scale)
+            inner = self._inner(directions[active], tilt, start[active], floors, scale)
             gap = inner.loss - c
             converged = inner.converged
             crossed = converged & (np.abs(gap) <= tolerance)
             below = converged & ~crossed & (gap < 0)
-            above = ~crossed & ~below  # above the threshold, or the inner problem has no minimiser
+            # A Newton run that failed from a tangent guess, without a certificate, is retried at the
+            # same t from the last converged point before its failure counts.
+            retry = ~converged & ~inner.certified & predicted[active]
+            above = ~crossed & ~below & ~retry  # above the threshold, or the inner problem has no minimiser
             result[active[crossed]] = inner.point[crossed]
             done[active[crossed]] = True
             rows = active[below]
@@ -394,20 +418,28 @@ class LikelihoodRatioSet(ConfidenceSet):
             dual_bound[rows] = (np.einsum("br,br->b", directions[rows], inner.point[below])
                                 + gap[below] / tilt[below])
             upper_tau[active[above]] = tau[active[above]]
-            start[active[converged]] = inner.point[converged]
             start[active[~converged]] = lower_point[active[~converged]]
+            start[active[retry]] = last_converged[active[retry]]
             # Safeguarded Newton in tau: the Newton point if it is inside the bracket and the
             # previous step at least halved the gap, else the bracket's midpoint.
-            slope = 0.5 * np.where(converged, _quadratic_forms(inner.hessian, directions[active]), np.nan)
+            solved = _solve(inner.hessian[converged], directions[active[converged]])  # -dw/dt = H^{-1} g
+            slope = np.full(active.size, np.nan)
+            slope[converged] = 0.5 * np.einsum("br,br->b", directions[active[converged]], solved)
             with np.errstate(invalid="ignore", divide="ignore"):
                 newton = tau[active] - gap / slope
             lo, hi = lower_tau[active], upper_tau[active]
             fast = converged & (np.abs(gap) <= 0.5 * previous_gap[active])
             inside = fast & (newton > lo) & (newton < hi)
             midpoint = np.where(np.isfinite(hi), 0.5 * (lo + hi), 4.0 * tau[active])
-            tau[active] = np.where(inside | (converged & ~np.isfinite(previous_gap[active]) & (newton > lo)
-                                             & (newton < hi)), newton, midpoint)
+            tau[active] = np.where(retry, tau[active],
+                                   np.where(inside | (converged & ~np.isfinite(previous_gap[active]) & (newton > lo)
+                                                      & (newton < hi)), newton, midpoint))
             previous_gap[active] = np.where(converged, np.abs(gap), previous_gap[active])
+            # Warm start on the path's tangent: w(t') ~ w(t) - (t' - t) H^{-1} g.
+            start[active[converged]] = (inner.point[converged]
+                                        - (np.sqrt(tau[active[converged]]) - tilt[converged])[:, None] * solved)
+            last_converged[active[converged]] = inner.point[converged]
+            predicted[active] = converged
             collapsed = np.isfinite(hi) & (hi - lo <= 1e-15 * hi)
             if np.any(collapsed & ~done[active]):
                 break
@@ -416,15 +448,6 @@ class LikelihoodRatioSet(ConfidenceSet):
             f"lower: the threshold crossing was not found for {failed} of {b} vectors (the set may be unbounded "
             "with an infimum that is not attained, or the data nearly separable)"
         )
-
-
-def _quadratic_forms(hessians: np.ndarray, directions: np.ndarray) -> np.ndarray:
-    """``g^T H^{-1} g`` for one ``(r, r)`` or a batch ``(b, r, r)`` of Hessians and ``g`` ``(b, r)``."""
-    if hessians.ndim == 2:
-        solved = _solve(np.broadcast_to(hessians, (len(directions),) + hessians.shape), directions)
-    else:
-        solved = _solve(hessians, directions)
-    return np.einsum("br,br->b", directions, solved)
 
 
 def _solve(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -464,7 +487,7 @@ class _TiltedLoss:
 
     def _hessian(self, probabilities: np.ndarray) -> np.ndarray:
         weights = self.beta**2 * probabilities * (1.0 - probabilities)
-        hessian = np.einsum("bm,mi,mj->bij", weights, self.features, self.features)
+        hessian = (self.features.T * weights[:, None, :]) @ self.features  # batched BLAS products
         r = self.features.shape[1]
         hessian[:, np.arange(r), np.arange(r)] += self.ridge
         return hessian
@@ -473,8 +496,10 @@ class _TiltedLoss:
 class _NewtonResult:
     """The end of :func:`_damped_newton`: points, ``f`` and its Hessian there, and which converged."""
 
-    def __init__(self, point: np.ndarray, loss: np.ndarray, hessian: np.ndarray, converged: np.ndarray) -> None:
+    def __init__(self, point: np.ndarray, loss: np.ndarray, hessian: np.ndarray, converged: np.ndarray,
+                 certified: np.ndarray) -> None:
         self.point, self.loss, self.hessian, self.converged = point, loss, hessian, converged
+        self.certified = certified  # objective below the floor: the minimiser, if any, is outside the set
 
 
 def _damped_newton(problem: _TiltedLoss, start: np.ndarray, directions: np.ndarray, tilts: np.ndarray,
@@ -496,6 +521,7 @@ def _damped_newton_steps(problem: _TiltedLoss, start: np.ndarray, directions: np
     b = len(point)
     running = np.ones(b, dtype=bool)
     converged = np.zeros(b, dtype=bool)
+    certified = np.zeros(b, dtype=bool)
     margin = 1e-12 * np.maximum(1.0, np.abs(np.where(np.isfinite(floors), floors, 0.0)))
     for _ in range(_MAX_INNER):
         rows = np.flatnonzero(running)
@@ -512,8 +538,8 @@ def _damped_newton_steps(problem: _TiltedLoss, start: np.ndarray, directions: np
         residual = np.linalg.norm(np.einsum("bij,bj->bi", hessian, step) + gradient, axis=1)
         solvable = residual <= 1e-6 * np.linalg.norm(gradient, axis=1) + 1e-300
         final = solvable & (decrement <= _DECREMENT_TOLERANCE * scale)
-        size = np.ones(rows.size)
-        accepted = decrement <= _FULL_STEP_DECREMENT * scale
+        size = np.where(solvable, 1.0, 0.0)  # a problem without a Newton step stays where it is, and stops
+        accepted = ~solvable | (decrement <= _FULL_STEP_DECREMENT * scale)
         for _ in range(_MAX_BACKTRACK):
             pending = np.flatnonzero(~accepted)
             if pending.size == 0:
@@ -529,10 +555,11 @@ def _damped_newton_steps(problem: _TiltedLoss, start: np.ndarray, directions: np
         below_floor = new_objective < floors[rows] - margin[rows]
         diverged = ~np.all(np.isfinite(point[rows]), axis=1) | ~np.isfinite(new_objective)
         converged[rows[below_floor | diverged]] = False
+        certified[rows[below_floor]] = True
         running[rows[final | ~accepted | below_floor | diverged | ~solvable]] = False
     loss = problem.loss(point)
     hessian = problem.hessian(point)
-    return _NewtonResult(point, loss, hessian, converged)
+    return _NewtonResult(point, loss, hessian, converged, certified)
 
 
 def finite_sample_likelihood_threshold(

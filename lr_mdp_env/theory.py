@@ -1,5 +1,5 @@
-"""The bounds of docs/theory.md as functions: confidence radii, the pessimism lemma, the
-misspecification of reduced sets, Wedin's subspace bound and the predicted rates.
+"""The bounds of docs/theory.md as functions: confidence radii and likelihood-ratio levels, the
+pessimism lemma, the misspecification of reduced sets, Wedin's subspace bound and the predicted rates.
 
 Everything here is closed-form or one dynamic program; nothing is fitted. The functions take
 plain numbers and arrays (and a :class:`~lr_mdp_env.TabularMDP` where a maximum over policies is
@@ -115,7 +115,7 @@ def wald_radius(dimension: int, delta: float) -> float:
 
 
 def wilks_level(dimension: int, delta: float) -> float:
-    """Level ``chi2.ppf(1 - delta, k) / 2`` of the asymptotic likelihood-ratio set.
+    """Level ``chi2_k(1 - delta) / 2`` (half the chi-square quantile) of the asymptotic likelihood-ratio set.
 
     The set ``{w : f(w) <= f(w_hat) + level}`` of a negative log-likelihood ``f`` with minimiser
     ``w_hat`` is ``{w : 2 (f(w) - f(w_hat)) <= chi2_k(1 - delta)}``; by Wilks' theorem
@@ -148,7 +148,8 @@ def wilks_level(dimension: int, delta: float) -> float:
     """
     dimension = check_int("dimension", dimension, minimum=1)
     delta = check_real("delta", delta, 0.0, 1.0, strict_minimum=True)
-    return float(chi2.ppf(1.0 - delta, dimension) / 2.0)
+    # isf(delta) rather than ppf(1 - delta): 1 - delta rounds away the digits of a small delta.
+    return float(chi2.isf(delta, dimension) / 2.0)
 
 
 def likelihood_mixture_threshold(penalised_minima: Any, gram: Any, prior_precisions: Any, beta: float,
