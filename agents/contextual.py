@@ -24,12 +24,11 @@ from typing import Any
 import numpy as np
 
 from lr_mdp_env import TabularMDP
-from lr_mdp_env._validation import as_generator, as_real_array, check_int
+from lr_mdp_env._validation import as_real_array, check_int
 
 from .confidence import ConfidenceSet, Ellipsoid, wald_radius
 from .data import ComparisonData
 from .estimators import (
-    _LIKELIHOOD_STREAM,
     LIKELIHOOD_BOOTSTRAP_REPLICATES,
     RewardEstimator,
     binary_labels,
@@ -171,12 +170,10 @@ class _ContextualEstimator(RewardEstimator):
                     level = None
                     if self.confidence == "likelihood":
                         binary_labels(self._data.labels, self.confidence)  # refuse ties before the bootstrap
-                        rng = np.random.default_rng([_LIKELIHOOD_STREAM, self.seed]) \
-                            if isinstance(self.seed, (int, np.integer)) else as_generator(self.seed)
                         level = bootstrap_likelihood_levels(
                             self._features, self._data.offsets, np.zeros(self._data.n_pairs, dtype=np.int64), 1,
                             self.kappa_hat[None], solutions, self.beta, self.inference_ridge_, self.delta,
-                            LIKELIHOOD_BOOTSTRAP_REPLICATES, rng, self.tol)[0]
+                            LIKELIHOOD_BOOTSTRAP_REPLICATES, self._bootstrap_generator(), self.tol)[0]
                     parts = likelihood_parts(self.confidence, self._features, self._data.labels, self._data.offsets,
                                              solutions[0], self.beta, self.inference_ridge_, self.delta, level)
             self._contextual_parts = parts

@@ -262,6 +262,7 @@ class RewardEstimator:
         self._inference: tuple[np.ndarray, np.ndarray | None] | None = None
         self._thresholds: np.ndarray | None = None
         self._levels: np.ndarray | None = None
+        self._wald_radii: dict[int, float] = {}
         return self
 
     def _prepare(self, data: ComparisonData, mdp: TabularMDP) -> None:
@@ -425,18 +426,23 @@ class RewardEstimator:
         if self._levels is None:
             binary_labels(self._data.labels, self.confidence)  # refuse ties before the bootstrap
             solutions, _ = self._inference_fit()
-            rng = np.random.default_rng([_LIKELIHOOD_STREAM, self.seed]) if isinstance(self.seed, (int, np.integer)) \
-                else as_generator(self.seed)
             self._levels = bootstrap_likelihood_levels(
                 self._coordinate_features, self._data.offsets, self._groups, self._solution.shape[0], self._solution,
-                solutions, self.beta, self.inference_ridge_, self.delta, LIKELIHOOD_BOOTSTRAP_REPLICATES, rng,
-                self.tol)
+                solutions, self.beta, self.inference_ridge_, self.delta, LIKELIHOOD_BOOTSTRAP_REPLICATES,
+                self._bootstrap_generator(), self.tol)
         return self._levels
+
+    def _bootstrap_generator(self) -> np.random.Generator:
+        """The random stream of the likelihood sets' bootstrap: derived from ``seed`` (an int seed
+        gets its own stream, independent of the ridge-selection split's)."""
+        if isinstance(self.seed, (int, np.integer)):
+            return np.random.default_rng([_LIKELIHOOD_STREAM, int(self.seed)])
+        return as_generator(self.seed)
 
     def _finite_thresholds(self) -> np.ndarray:
         """The finite-sample thresholds of every coordinate problem, ``(n_problems,)``, in one
         batched call (when the pairs' coordinates are formed: ``k <= 64``)."""
-        if not hasattr(self, "_thresholds") or self._thresholds is None:
+        if self._thresholds is None:
             labels = binary_labels(self._data.labels, self.confidence)
             self._thresholds = finite_sample_likelihood_threshold(
                 self._coordinate_features, labels, self._data.offsets, self.beta, self.delta,
@@ -445,8 +451,6 @@ class RewardEstimator:
 
     def _wald_radius(self, k: int) -> float:
         """:func:`wald_radius` of ``k`` coordinates, computed once (every user's set shares it)."""
-        if not hasattr(self, "_wald_radii"):
-            self._wald_radii: dict[int, float] = {}
         if k not in self._wald_radii:
             self._wald_radii[k] = wald_radius(k, self.delta)
         return self._wald_radii[k]
