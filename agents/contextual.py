@@ -12,9 +12,11 @@ logistic MLE, whose features are ``vec((L_k^T x)(R_k^T z)^T)``:
   ``[U U_perp]^T Theta_c [V V_perp]``, dropping ``(U_perp, V_perp)``:
   ``k = r^2 + r (d - r) + (d_x - r) r = (d_x + d) r - r^2``.
 
-For a context ``x`` the set of rewards is ``{theta(x) = B_x kappa}`` with
-``B_x = [kron(L_k^T x, R_k)]_k``, an :class:`~agents.confidence.Ellipsoid` whose map ``G = B_x^T``
-sends a feature vector ``v`` to the RTV features of ``(x, v)``.
+For a context ``x`` the set of rewards is ``{theta(x) = B_x kappa}`` for ``kappa`` in one set of
+coordinates shared by all contexts, with ``B_x = [kron(L_k^T x, R_k)]_k``: an
+:class:`~agents.confidence.Ellipsoid` by default (``confidence``; built around the inference refit
+of ``kappa``, :class:`agents.estimators.RewardEstimator`), whose map ``G = B_x^T`` sends a feature
+vector ``v`` to the RTV features of ``(x, v)``.
 """
 
 from __future__ import annotations
