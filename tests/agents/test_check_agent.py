@@ -153,7 +153,9 @@ class WorstPolicyAgent(PessimisticAgent):
 
 def independent_around(agent_class):
     def factory(seed=0):
-        return agent_class(IndependentMLE(ridge=1.0, seed=seed), pessimism="exact")
+        # Sets built with the ridge 1 of the fit (inference_ridge=1): small enough that the
+        # broken agents' faults show against the pessimism lemma's bound.
+        return agent_class(IndependentMLE(ridge=1.0, inference_ridge=1.0, seed=seed), pessimism="exact")
     factory.__qualname__ = f"independent_around({agent_class.__name__})"
     return factory
 
