@@ -23,6 +23,7 @@ from .data import ComparisonData, comparison_data
 from .evaluation import evaluate
 from .exceptions import NotFittedError
 from .estimators import IndependentMLE, OracleSubspaceMLE, PooledMLE, PShareLoRA, RewardEstimator
+from .likelihood_set import LikelihoodRatioSet, finite_sample_likelihood_threshold
 from .factorized import FactoredFit, fit_factored, spectral_start
 from .logistic import ConvergenceWarning, LogisticFit, fit_logistic
 from .metrics import coverage, estimation_report, preference_accuracy, reward_errors, subspace_distance
@@ -54,6 +55,7 @@ __all__ = [
     "FullRankContextual",
     "IndependentMLE",
     "LoCoPRS",
+    "LikelihoodRatioSet",
     "LinearSeminorm",
     "LogisticFit",
     "NotFittedError",
@@ -66,6 +68,7 @@ __all__ = [
     "coverage",
     "estimation_report",
     "fit_factored",
+    "finite_sample_likelihood_threshold",
     "fit_logistic",
     "preference_accuracy",
     "reward_errors",

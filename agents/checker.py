@@ -35,7 +35,7 @@ PROPERTIES: dict[str, str] = {
     "protocol": "fit(dataset, mdp) returns the agent itself and policy(user) answers for every user",
     "policies": "policy(user) is an (H, S, A) array whose rows are finite, non-negative and sum to 1",
     "mutation": "fit and planning leave every array of the dataset and of the MDP bitwise unchanged",
-    "center_in_set": "confidence_set(user) is an agents.Ellipsoid that contains the estimate theta_hat[user]",
+    "center_in_set": "confidence_set(user) is an agents.Ellipsoid that contains its own centre theta_hat",
     "lower_bound": "J(pi_hat) - J(ref) >= L(pi_hat) whenever the truth lies in the confidence set",
     "pessimism_lemma": "0 <= J(pi*) - J(pi_hat) <= bound whenever the truth lies in the set (exact pessimism)",
     "determinism": "two agents made alike (with the same seed, if they take one) give identical policies",
@@ -324,7 +324,9 @@ def check_agent(
         MDP is bitwise the same after ``fit`` and after planning as before.
     ``center_in_set``, ``lower_bound``, ``pessimism_lemma``
         For agents exposing ``confidence_set(user)``, ``reference_features`` and ``theta_hat``:
-        the set is an :class:`~agents.Ellipsoid` containing ``theta_hat[user]``; by
+        the set is an :class:`~agents.Ellipsoid` containing its own centre ``theta_hat`` (which
+        may differ from the point estimate ``theta_hat[user]``: sets are built around an inference
+        refit, docs/confidence_sets.md); by
         :func:`agents.evaluate`, whenever the truth (its projection, for reduced sets) lies in the
         set, ``J(pi_hat) - J(ref) >= L(pi_hat)`` up to the misspecification of the projection,
         and, for agents whose ``pessimism`` attribute is ``"exact"``,
@@ -568,11 +570,11 @@ class _Checker:
                 if not isinstance(region, Ellipsoid):
                     self.fail("center_in_set", f"`agent.confidence_set({user})` returned {type(region).__name__}, "
                               "not an agents.Ellipsoid.", instance, agent_seed)
-                if not region.contains(theta_hat[user]):
-                    self.fail("center_in_set", f"`agent.confidence_set({user})` does not contain the agent's own "
-                              f"estimate `theta_hat[{user}]`: its distance {region.distance(theta_hat[user]):.6g} "
-                              f"exceeds the radius {region.radius:.6g} (or it is off the set's span). The set "
-                              "must be centred at the estimate it is built around.", instance, agent_seed)
+                if not region.contains(region.theta_hat):
+                    self.fail("center_in_set", f"`agent.confidence_set({user})` does not contain its own centre "
+                              f"`theta_hat`: its distance {region.distance(region.theta_hat):.6g} exceeds the "
+                              f"radius {region.radius:.6g} (or it is off the set's span). A set's theta_hat must "
+                              "be a member of it.", instance, agent_seed)
         if not (self.wanted("lower_bound") or self.wanted("pessimism_lemma")):
             return
         try:

@@ -1,4 +1,5 @@
-"""Confidence sets of reward parameters: the set protocol, ellipsoids and their radii.
+"""Confidence sets of reward parameters: the set protocol, ellipsoids and their radii (likelihood-ratio
+sets, :class:`agents.LikelihoodRatioSet`, are in :mod:`agents.likelihood_set`).
 
 Every set an agent plans against implements one small protocol, :class:`ConfidenceSet`: the
 support function ``lower(v) = min_{theta in C} theta . v`` (and ``upper``, ``width``), the

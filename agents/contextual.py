@@ -12,9 +12,11 @@ logistic MLE, whose features are ``vec((L_k^T x)(R_k^T z)^T)``:
   ``[U U_perp]^T Theta_c [V V_perp]``, dropping ``(U_perp, V_perp)``:
   ``k = r^2 + r (d - r) + (d_x - r) r = (d_x + d) r - r^2``.
 
-For a context ``x`` the set of rewards is ``{theta(x) = B_x kappa}`` with
-``B_x = [kron(L_k^T x, R_k)]_k``, an :class:`~agents.confidence.Ellipsoid` whose map ``G = B_x^T``
-sends a feature vector ``v`` to the RTV features of ``(x, v)``.
+For a context ``x`` the set of rewards is ``{theta(x) = B_x kappa}`` for ``kappa`` in one set of
+coordinates shared by all contexts, with ``B_x = [kron(L_k^T x, R_k)]_k``: an
+:class:`~agents.confidence.Ellipsoid` by default (``confidence``; built around the inference refit
+of ``kappa``, :class:`agents.estimators.RewardEstimator`), whose map ``G = B_x^T`` sends a feature
+vector ``v`` to the RTV features of ``(x, v)``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,21 @@ import numpy as np
 from lr_mdp_env import TabularMDP
 from lr_mdp_env._validation import as_real_array, check_int
 
-from .confidence import Ellipsoid, theory_radius, wald_radius
+from .confidence import ConfidenceSet, Ellipsoid, wald_radius
 from .data import ComparisonData
-from .estimators import RewardEstimator
+from .estimators import (
+    LIKELIHOOD_BOOTSTRAP_REPLICATES,
+    RewardEstimator,
+    binary_labels,
+    bootstrap_likelihood_levels,
+    ellipsoid_parts,
+    likelihood_parts,
+    theory_set_matrix,
+)
 from .factorized import fit_factored
+from .likelihood_set import LikelihoodRatioSet
 from .logistic import fit_logistic
+from .tuning import convergence_warnings_labelled
 
 
 def _complete(basis: np.ndarray) -> np.ndarray:
@@ -110,7 +122,7 @@ class _ContextualEstimator(RewardEstimator):
         self._record("coordinates", fit)
         self.coordinates_ = coordinates
         self.kappa_hat = fit.theta[0]
-        self.fisher_ = fit.fisher[0]
+        self.fisher_ = fit.fisher
         self._features = features
         self.theta_c_hat = coordinates.matrix(self.kappa_hat)
         first_rows = np.unique(data.users, return_index=True)[1]
@@ -126,30 +138,63 @@ class _ContextualEstimator(RewardEstimator):
         """``theta_hat(x) = Theta_c_hat^T x`` for contexts ``(n, d_x)`` or ``(d_x,)``."""
         return as_real_array("contexts", contexts, (1, 2)) @ self.theta_c_hat
 
-    def _set_matrix(self) -> tuple[np.ndarray, float, np.ndarray]:
-        """``(M, radius, L)`` shared by the sets of all contexts, computed (symmetrised and
-        factored, ``M = L L^T``) once."""
-        if not hasattr(self, "_set_cache"):
-            matrix, radius = self._set_matrix_and_radius()
-            matrix = self._symmetric(matrix)
-            try:
-                factor = np.linalg.cholesky(matrix)
-            except np.linalg.LinAlgError:
-                raise ValueError("the confidence set's matrix is not positive definite; use a larger ridge") from None
-            self._set_cache = (matrix, radius, factor)
-        return self._set_cache
+    def _inference_fit(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The inference refit of ``kappa`` (ridge ``inference_ridge_``, warm-started from
+        ``kappa_hat``), once: its coordinates ``(1, k)`` and Fisher matrix ``(1, k, k)``."""
+        if self._inference is None:
+            if self.inference_ridge_ == self.ridge_:
+                self._inference = self.kappa_hat[None], self.fisher_
+            else:
+                with convergence_warnings_labelled(f"inference refit with ridge {self.inference_ridge_:g}"):
+                    fit = fit_logistic(self._features, self._data.labels, offsets=self._data.offsets, beta=self.beta,
+                                       ridge=self.inference_ridge_, tol=self.tol, initial=self.kappa_hat[None])
+                self._record("inference", fit)
+                self._inference = fit.theta, fit.fisher
+        return self._inference
 
-    def _set_matrix_and_radius(self) -> tuple[np.ndarray, float]:
-        k = self.coordinates_.dimension
-        if self.radius == "wald":
-            return self.fisher_, wald_radius(k, self.delta)
-        gram = self.beta**2 * self._features.T @ self._features + self.ridge_ * np.eye(k)
-        feature_bound = float(self.beta * np.max(np.linalg.norm(self._features, axis=1), initial=0.0))
-        norm_bound = self.norm_bound if self.norm_bound is not None else 2.0 * float(np.linalg.norm(self.kappa_hat)) or 1.0
-        return gram, theory_radius(gram, self.ridge_, self.delta, feature_bound, norm_bound)
+    def _shared_set_parts(self) -> dict[str, Any]:
+        """What the sets of all contexts share (the keyword arguments of the set besides
+        ``offset`` and ``basis``), computed once: the centre, and the factored matrix and radius
+        of an ellipsoid or the pairs and level of a likelihood-ratio set."""
+        if self._contextual_parts is None:
+            k = self.coordinates_.dimension
+            if self.confidence == "theory":
+                norm_bound = self.norm_bound if self.norm_bound is not None else \
+                    2.0 * float(np.linalg.norm(self.kappa_hat)) or 1.0
+                matrix, center, radius = theory_set_matrix(self._features, self.kappa_hat, self.beta, self.ridge_,
+                                                           self.delta, norm_bound)
+                parts = ellipsoid_parts(matrix, center, radius)
+            else:
+                solutions, fishers = self._inference_fit()
+                if self.confidence == "wald":
+                    parts = ellipsoid_parts(fishers[0], solutions[0], wald_radius(k, self.delta))
+                else:
+                    level = None
+                    if self.confidence == "likelihood":
+                        binary_labels(self._data.labels, self.confidence)  # refuse ties before the bootstrap
+                        level = bootstrap_likelihood_levels(
+                            self._features, self._data.offsets, np.zeros(self._data.n_pairs, dtype=np.int64), 1,
+                            self.kappa_hat[None], solutions, self.beta, self.inference_ridge_, self.delta,
+                            LIKELIHOOD_BOOTSTRAP_REPLICATES, self._bootstrap_generator(), self.tol)[0]
+                    parts = likelihood_parts(self.confidence, self._features, self._data.labels, self._data.offsets,
+                                             solutions[0], self.beta, self.inference_ridge_, self.delta, level)
+            self._contextual_parts = parts
+        return self._contextual_parts
 
-    def confidence_set(self, user: int | None = None, *, context: Any = None) -> Ellipsoid:
-        """``1 - delta`` set of ``theta(x)`` for a context ``x`` (or the context of ``user``)."""
+    def _reduced_set(self, context: np.ndarray) -> ConfidenceSet:
+        """The set of ``theta(x) = B_x kappa`` for one context, in the span of ``B_x`` (for
+        LoCo-RLHF, the RTV coordinates: the truth's ``(U_perp, V_perp)`` block is not in it)."""
+        basis = self.coordinates_.basis_for(context)
+        offset = np.zeros(basis.shape[0])
+        if self.confidence in ("wald", "theory"):
+            return Ellipsoid(offset=offset, basis=basis, **self._shared_set_parts())
+        return LikelihoodRatioSet(offset=offset, basis=basis, **self._shared_set_parts())
+
+    def confidence_set(self, user: int | None = None, *, context: Any = None) -> ConfidenceSet:
+        """``1 - delta`` set of ``theta(x)`` for a context ``x`` (or the context of ``user``), of
+        the kind of the ``confidence`` option (:class:`agents.estimators.RewardEstimator`): built
+        around the inference refit of ``kappa`` (``"wald"``, ``"likelihood"``, ``"finite"``) or
+        the tuned ``kappa_hat`` (``"theory"``)."""
         if (user is None) == (context is None):
             raise ValueError("give exactly one of user and context")
         if context is None:
@@ -158,24 +203,26 @@ class _ContextualEstimator(RewardEstimator):
         context = as_real_array("context", context, (1,))
         if context.shape != (self.theta_c_hat.shape[0],):
             raise ValueError(f"context must have shape ({self.theta_c_hat.shape[0]},), got {context.shape}")
-        matrix, radius, factor = self._set_matrix()
-        basis = self.coordinates_.basis_for(context)
-        return Ellipsoid(offset=np.zeros(basis.shape[0]), basis=basis, center=self.kappa_hat,
-                         matrix=matrix, radius=radius, factor=factor)
+        return self._reduced_set(context)
 
     def covers(self, theta_c: Any) -> bool:
-        """Whether the projection of a true ``Theta_c*`` onto the coordinates lies in the set:
-        ``||kappa* - kappa_hat||_M <= radius`` with ``kappa*`` its blocks (RTV drops the
+        """Whether the projection of a true ``Theta_c*`` onto the coordinates lies in the set of
+        ``kappa``: with ``kappa*`` its blocks, ``||kappa* - kappa_0||_M <= radius`` for the
+        ellipsoids, ``f(kappa*) <= threshold`` for the likelihood-ratio sets (RTV drops the
         ``(U_perp, V_perp)`` block: coverage of the truth's projection)."""
         theta_c = as_real_array("theta_c", theta_c, (2,))
-        matrix, radius, _ = self._set_matrix()
-        deviation = self.coordinates_.coordinates(theta_c) - self.kappa_hat
-        return bool(deviation @ matrix @ deviation <= radius**2 * (1 + 1e-12))
+        parts = self._shared_set_parts()
+        kappa = self.coordinates_.coordinates(theta_c)
+        k = kappa.shape[0]
+        if self.confidence in ("wald", "theory"):
+            deviation = kappa - parts["center"]
+            return bool(deviation @ parts["matrix"] @ deviation <= parts["radius"] ** 2 * (1 + 1e-12))
+        coordinate_set = LikelihoodRatioSet(offset=np.zeros(k), basis=np.eye(k), **parts)
+        return bool(coordinate_set.contains(kappa))
 
     def fit(self, dataset: Any, mdp: TabularMDP | None = None) -> _ContextualEstimator:
-        if hasattr(self, "_set_cache"):
-            del self._set_cache
         super().fit(dataset, mdp)
+        self._contextual_parts: dict[str, Any] | None = None
         return self
 
 
@@ -194,7 +241,7 @@ class LoCoPRS(_ContextualEstimator):
        ``(mu / 4) ||U^T U - V^T V||_F^2`` (:func:`agents.factorized.fit_factored`).
     2. ``U_hat, V_hat`` from its SVD, completed to ``[U_hat U_perp]``, ``[V_hat V_perp]``.
     3. RTV to ``k = (d_x + d) r - r^2`` coordinates (module docstring).
-    4. Ridge MLE in them, its Fisher matrix ``M`` and an ellipsoidal set.
+    4. Ridge MLE in them, and a set around their inference refit (``confidence``).
 
     Parameters
     ----------

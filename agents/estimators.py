@@ -2,8 +2,8 @@
 
 Every estimator ends with the same step: for each user ``i`` a ridge logistic MLE in the
 coordinates ``w`` of a basis ``B_i`` (``theta_i = Theta_0[:, i] + B_i w``), solved for all users at
-once by :func:`agents.logistic.fit_logistic`, and an :class:`~agents.confidence.Ellipsoid` around it.
-They differ in the basis and in the pairs each user's problem sees:
+once by :func:`agents.logistic.fit_logistic`, and a ``1 - delta`` confidence set built for inference
+(a refit with a small ridge, :class:`RewardEstimator`; docs/confidence_sets.md). They differ in the basis and in the pairs each user's problem sees:
 
 ============================  ==========================  ==========================
 estimator                     basis ``B_i``               pairs of user ``i``
@@ -25,23 +25,63 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 from scipy.special import expit
+from scipy.stats import chi2
 
 from lr_mdp_env import FeaturePreferenceDataset, PreferenceDataset, TabularMDP
 from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real
 from lr_mdp_env.identifiability import identifiable_basis, unidentified_directions
 
-from .confidence import Ellipsoid, theory_radius, wald_radius
+from .confidence import ConfidenceSet, Ellipsoid, theory_radius, wald_radius
 from .data import ComparisonData, base_matrix, comparison_data
 from .exceptions import not_fitted
 from .factorized import FactoredFit, fit_factored
-from .logistic import LogisticFit, fit_logistic
+from .likelihood_set import LikelihoodRatioSet, finite_sample_likelihood_threshold
+from .logistic import LogisticFit, bernoulli_losses, fit_logistic
 from .tuning import DEFAULT_RIDGE_GRID, convergence_warnings_labelled, select_ridge
 
-RADII = ("wald", "theory")
+#: Values of the estimators' ``confidence`` option (:class:`RewardEstimator`).
+CONFIDENCE_SETS = ("wald", "likelihood", "finite", "theory")
+#: Ridge of the inference refit behind the ``"wald"``, ``"likelihood"`` and ``"finite"`` sets.
+DEFAULT_INFERENCE_RIDGE = 1e-4
+
+
+def check_confidence(confidence: Any) -> str:
+    """Validate the ``confidence`` option (one of :data:`CONFIDENCE_SETS`).
+
+    Raises
+    ------
+    TypeError
+        If it is not a string.
+    ValueError
+        If it is not one of the set kinds (the message lists them).
+    """
+    if not isinstance(confidence, str):
+        raise TypeError(f"confidence must be one of {CONFIDENCE_SETS} (a string), got {type(confidence).__name__}")
+    if confidence not in CONFIDENCE_SETS:
+        raise ValueError(f"confidence must be one of {CONFIDENCE_SETS}, got {confidence!r}")
+    return confidence
+
+
+def binary_labels(labels: np.ndarray, confidence: str) -> np.ndarray:
+    """``labels`` if they are all 0 or 1 (what the likelihood-ratio sets' loss is written for)."""
+    if not np.all((labels == 0) | (labels == 1)):
+        raise ValueError(f"confidence={confidence!r} needs labels in {{0, 1}}; the data have ties (0.5): "
+                         "use confidence='wald'")
+    return labels
 
 
 class RewardEstimator:
     """Common machinery: ridge selection, per-user coordinate fits and confidence sets.
+
+    Point estimate and confidence set are built for different purposes. ``theta_hat`` is the
+    ridge MLE with the ridge chosen for prediction (held-out likelihood); a ridge of that size
+    moves the estimate by ``lambda M^{-1} w*``, often as far as the set's radius, so a set centred
+    there misses the truth (66-80% coverage at nominal 90% on the world of docs/confidence_sets.md).
+    The ``"wald"``, ``"likelihood"`` and ``"finite"`` sets are instead built around an *inference
+    refit*: each user's coordinate problem solved again with the small ``inference_ridge``
+    (batched over users, warm-started from the tuned solution), whose bias is negligible against
+    the radius (below). Each set's ``theta_hat`` is its own centre, the refit; the estimator's
+    ``theta_hat`` stays the tuned one.
 
     Parameters
     ----------
@@ -52,13 +92,40 @@ class RewardEstimator:
     ridge_grid : sequence of float
     beta : float, default 1.0
         Rationality the model assumes.
-    radius : {"wald", "theory"}, default "wald"
-        See :func:`agents.confidence.wald_radius` and :func:`agents.confidence.theory_radius`.
+    confidence : {"wald", "likelihood", "finite", "theory"}, default "wald"
+        The ``1 - delta`` set of each user, in the coordinates ``w`` of the estimator's basis
+        (``theta = Theta_0[:, i] + B w``; ``w_0`` the inference refit, ``M`` its Fisher matrix
+        plus ``inference_ridge I``, ``f`` the negative log-likelihood of the user's pairs):
+
+        - ``"wald"``: ellipsoid ``||w - w_0||_M <= sqrt(chi2_k(1 - delta))``
+          (:func:`agents.confidence.wald_radius`); asymptotic.
+        - ``"likelihood"``: ``f(w) + inference_ridge/2 ||w||^2 <= min + level``, the level
+          Wilks' ``chi2_k(1 - delta) / 2`` or, where larger, the ``1 - delta`` quantile of the
+          likelihood-ratio statistic in a parametric bootstrap at the tuned estimate
+          (:func:`bootstrap_likelihood_levels`; Wilks' level alone covers 16% at nominal 90% with
+          1.5 pairs per coordinate). Asymptotic; follows the likelihood's shape.
+        - ``"finite"``: ``f(w) <= c``, with ``c`` a threshold valid for every ``n`` under the
+          Bradley-Terry model (a mixture-martingale bound, no norm bound or curvature factor):
+          ``P(theta* in C) >= 1 - delta`` even for adaptively collected pairs.
+        - ``"theory"``: the self-normalised ellipsoid of Zhu, Jordan and Jiao around the tuned
+          estimate (:func:`agents.confidence.theory_radius`). Valid when ``norm_bound`` bounds
+          ``||w*||``, but its ``1 / gamma = 2 + exp(L B) + exp(-L B)`` factor makes it vacuous in
+          practice (radii of 1e3 to 1e10 measured); kept for comparison.
+
+        The two likelihood sets are :class:`agents.likelihood_set.LikelihoodRatioSet` s and need
+        labels in ``{0, 1}``; the others are :class:`~agents.confidence.Ellipsoid` s.
     delta : float, default 0.1
         Confidence sets are ``1 - delta`` sets.
     norm_bound : float, optional
         ``B >= ||w*||`` for the theory radius; default twice the largest estimated ``||w_i||``
         (a data-driven guess: the finite-sample guarantee then holds only if it is an upper bound).
+    inference_ridge : float, default 1e-4
+        Ridge of the inference refit (``min(ridge, inference_ridge)`` is used; with a smaller
+        ``ridge`` the tuned fit is the refit). It keeps the refit finite on separable data (few
+        pairs per coordinate); its bias ``inference_ridge M^{-1} w*`` has ``M``-norm at most
+        ``sqrt(inference_ridge) ||w*|| = 0.01 ||w*||``, under 1% of the smallest radius
+        ``sqrt(chi2_1(0.9)) = 1.64`` for ``||w*|| <= 1.6`` and smaller still along every direction
+        the data inform (there ``M >> inference_ridge``).
     base : array_like of shape (d,) or (d, N), optional
         Known base reward ``Theta_0``.
     seed : int, optional
@@ -72,20 +139,49 @@ class RewardEstimator:
     Attributes (after ``fit``)
     --------------------------
     theta_hat : ndarray, shape (N, d)
+        The point estimates (tuned ridge).
     subspace : ndarray of shape (d, r), or None
     ridge_ : float
-        The ridge used.
+        The ridge used for ``theta_hat``.
+    inference_ridge_ : float
+        The ridge of the inference refit behind the sets.
+    fisher_ : ndarray of shape (n_problems, k, k), or None
+        ``M_b = beta^2 sum_j sigmoid'(eta_j) x_j x_j^T + ridge_ I`` of each coordinate problem at
+        the tuned estimate (one problem for :class:`PooledMLE`, one per user otherwise); ``None``
+        for ``k > 64`` coordinates, where the sets form theirs per user when asked.
     ridge_scores_ : dict
         Held-out mean log-likelihood of each candidate ridge fitted (the scan from the largest
         ridge down stops at the first score below the best: :func:`agents.tuning.select_ridge`;
         empty with a fixed ridge).
     diagnostics : dict
-        Per fit with the ridge used (``"joint"``, ``"coordinates"``): ``relative_gradient_norm``,
+        Per fit with the ridge used (``"joint"``, ``"coordinates"``, and ``"inference"`` once a
+        set was asked for): ``relative_gradient_norm``,
         ``iterations`` (Newton steps), ``converged``, and for the rank-``r`` joint fits
         ``quasi_newton_steps`` (the L-BFGS steps before the Newton steps). With a selected ridge,
         ``"ridge_selection"`` holds the same for every candidate ``lambda`` (and its
         ``held_out_log_likelihood``); :class:`~agents.ConvergenceWarning` s name the candidate
         or the final fit they come from.
+
+    Notes
+    -----
+    Assumptions of the sets: the Bradley-Terry model with the assumed ``beta`` holds for every
+    user's pairs (for :class:`PooledMLE`: all users share one reward), the truth lies in the span
+    of the basis (for reduced estimators the sets are about the truth's projection), and for the
+    asymptotic kinds enough pairs per coordinate for the likelihood to be locally quadratic. With
+    separable data (very few pairs) the refit's Fisher matrix is small and the asymptotic sets are
+    large: they over-cover rather than under-cover. docs/confidence_sets.md has the measured
+    coverage of each kind.
+
+    References
+    ----------
+    Wilks, *The large-sample distribution of the likelihood ratio for testing composite
+    hypotheses*, Ann. Math. Statist. 1938. van der Vaart, *Asymptotic Statistics*, 1998, ch. 5
+    and 16. Abeille, Faury and Calauzenes, *Instance-Wise Minimax-Optimal Algorithms for Logistic
+    Bandits*, AISTATS 2021. Lee, Yun and Jun, *Improved Regret Bounds of (Multinomial) Logistic
+    Bandits via Regret-to-Confidence-Set Conversion*, AISTATS 2024. Zhan, Uehara, Kallus, Lee and
+    Sun, *Provable Offline Preference-Based Reinforcement Learning*, arXiv:2305.14816, 2023. Zhu,
+    Jordan and Jiao, *Principled Reinforcement Learning with Human Feedback from Pairwise or
+    K-wise Comparisons*, ICML 2023.
     """
 
     def __init__(
@@ -94,9 +190,10 @@ class RewardEstimator:
         ridge: float | None = None,
         ridge_grid: Any = DEFAULT_RIDGE_GRID,
         beta: float = 1.0,
-        radius: str = "wald",
+        confidence: str = "wald",
         delta: float = 0.1,
         norm_bound: float | None = None,
+        inference_ridge: float = DEFAULT_INFERENCE_RIDGE,
         base: Any = None,
         seed: int | None = 0,
         tol: float = 1e-8,
@@ -106,13 +203,12 @@ class RewardEstimator:
         if not self.ridge_grid:
             raise ValueError("ridge_grid must not be empty")
         self.beta = check_real("beta", beta, 0.0, strict_minimum=True)
-        if radius not in RADII:
-            raise ValueError(f"radius must be one of {RADII}, got {radius!r}")
-        self.radius = radius
+        self.confidence = check_confidence(confidence)
         self.delta = check_real("delta", delta, 0.0, 1.0, strict_minimum=True)
         if delta >= 1:
             raise ValueError(f"delta must be below 1, got {delta}")
         self.norm_bound = None if norm_bound is None else check_real("norm_bound", norm_bound, 0.0, strict_minimum=True)
+        self.inference_ridge = check_real("inference_ridge", inference_ridge, 0.0, strict_minimum=True)
         self.base = None if base is None else as_real_array("base", base, (1, 2))
         as_generator(seed)  # refuses what cannot seed the ridge-selection split, here rather than in fit
         self.seed = seed
@@ -156,12 +252,16 @@ class RewardEstimator:
             self.ridge_, self.ridge_scores_ = select_ridge(self, data, self.ridge_grid, seed=self.seed)
         else:
             self.ridge_, self.ridge_scores_ = self.ridge, {}
+        self.inference_ridge_ = min(self.ridge_, self.inference_ridge)
         chosen = "fixed" if self.ridge is not None else "selected"
         with convergence_warnings_labelled(f"fit with the {chosen} ridge lambda={self.ridge_:g}"):
             self._fit(data, self.ridge_)
         self._data = data
-        self._sets: dict[int, Ellipsoid] = {}
-        self._set_matrices: dict[int, tuple[np.ndarray, float, np.ndarray]] = {}  # (M, radius, factor)
+        self._sets: dict[int, ConfidenceSet] = {}
+        self._set_parts: dict[int, dict[str, Any]] = {}  # per coordinate problem
+        self._inference: tuple[np.ndarray, np.ndarray | None] | None = None
+        self._thresholds: np.ndarray | None = None
+        self._levels: np.ndarray | None = None
         self._wald_radii: dict[int, float] = {}
         return self
 
@@ -172,10 +272,13 @@ class RewardEstimator:
         """Fit with a given ridge: set ``theta_hat``, ``subspace`` and the per-user problems."""
         raise NotImplementedError
 
-    def _fit_coordinates(self, data: ComparisonData, bases: np.ndarray, ridge: float, pooled: bool = False,
-                         initial: np.ndarray | None = None) -> None:
-        """Ridge MLE of each user's coordinates in a shared basis ``(d, k)`` (warm-started from
-        ``initial`` when given); sets ``theta_hat``.
+    def _solve_coordinates(self, data: ComparisonData, bases: np.ndarray, ridge: float, pooled: bool,
+                           initial: np.ndarray | None) -> tuple[LogisticFit, np.ndarray, np.ndarray, Any]:
+        """Ridge MLE of every coordinate problem in a shared basis ``(d, k)``, batched, warm-started
+        from ``initial`` (coordinates, ``(n_problems, k)``) when given.
+
+        Returns the fit, the coordinates ``(n_problems, k)``, ``theta = B w`` ``(n_problems, d)``
+        and the pairs' coordinates ``B^T z_j`` (an array, or formed on indexing).
 
         A full-dimensional basis (the identifiable directions) with sparse feature differences is
         fitted in feature space, ``theta = B w``, from the sparse ``z_j`` themselves: the loss sees
@@ -192,20 +295,43 @@ class RewardEstimator:
             features = coordinates = np.asarray(data.differences @ bases)
         fit = fit_logistic(
             features, data.labels, groups=groups, n_problems=n_problems, offsets=data.offsets,
-            beta=self.beta, ridge=ridge, initial=initial, tol=self.tol, fisher=bases.shape[1] <= 64,
+            beta=self.beta, ridge=ridge, initial=initial, tol=self.tol, fisher=bases.shape[1] <= _DENSE_COORDINATES_MAX,
         )
-        self._record("coordinates", fit)
         if in_feature_space:  # theta is the answer; remove what rounding leaves along unseen directions
             theta = fit.theta - (fit.theta @ self._hidden) @ self._hidden.T
             solution = theta @ bases
         else:
             solution = fit.theta
             theta = solution @ bases.T
+        return fit, solution, theta, coordinates
+
+    def _fit_coordinates(self, data: ComparisonData, bases: np.ndarray, ridge: float, pooled: bool = False,
+                         initial: np.ndarray | None = None) -> None:
+        """Ridge MLE of each user's coordinates in a shared basis ``(d, k)`` (see
+        :meth:`_solve_coordinates`); sets ``theta_hat`` and ``fisher_``."""
+        fit, solution, theta, coordinates = self._solve_coordinates(data, bases, ridge, pooled, initial)
+        self._record("coordinates", fit)
         repeat = (lambda rows: np.repeat(rows, data.n_users, axis=0)) if pooled else (lambda rows: rows)
-        self._basis, self._centers, self._pooled = bases, repeat(solution), pooled
-        self._coordinate_features, self._groups = coordinates, groups
-        self._fisher = fit.fisher
+        self._basis, self._solution, self._pooled = bases, solution, pooled
+        self._coordinate_features = coordinates
+        self._groups = np.zeros(data.n_pairs, dtype=np.int64) if pooled else data.users
+        self.fisher_ = fit.fisher
         self.theta_hat = self._base.T + repeat(theta)
+
+    def _inference_fit(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The inference refit of every coordinate problem, once, batched: its coordinates
+        ``(n_problems, k)`` and Fisher matrices ``(n_problems, k, k)`` (``None`` for ``k > 64``)."""
+        if self._inference is None:
+            if self.inference_ridge_ == self.ridge_:  # the tuned fit already has the small ridge
+                self._inference = self._solution, self.fisher_
+            else:
+                # Warm-started from the tuned answer, a few Newton steps reach the refit.
+                with convergence_warnings_labelled(f"inference refit with ridge {self.inference_ridge_:g}"):
+                    fit, solution, _, _ = self._solve_coordinates(
+                        self._data, self._basis, self.inference_ridge_, self._pooled, self._solution)
+                self._record("inference", fit)
+                self._inference = solution, fit.fisher
+        return self._inference
 
     @property
     def _joint_tol(self) -> float:
@@ -230,56 +356,230 @@ class RewardEstimator:
 
     # -- confidence sets ---------------------------------------------------------------------
 
-    def confidence_set(self, user: int) -> Ellipsoid:
-        """User ``user``'s ``1 - delta`` set ``{Theta_0[:, i] + B w : ||w - w_hat_i||_{M_i} <= radius_i}``."""
+    def confidence_set(self, user: int) -> ConfidenceSet:
+        """User ``user``'s ``1 - delta`` set (the kind of the ``confidence`` option).
+
+        An :class:`~agents.confidence.Ellipsoid`
+        ``{Theta_0[:, i] + B w : ||w - w_0||_M <= radius}`` for ``"wald"`` and ``"theory"``, a
+        :class:`~agents.likelihood_set.LikelihoodRatioSet` for ``"likelihood"`` and
+        ``"finite"``. Built when first asked for, then kept.
+        """
         user = check_int("user", user, minimum=0, maximum=self.theta_hat.shape[0] - 1)
         if user not in self._sets:
-            self._sets[user] = self._build_set(user)
+            self._sets[user] = self._reduced_set(user)
         return self._sets[user]
 
-    def _build_set(self, user: int) -> Ellipsoid:
-        problem = 0 if self._pooled else user
-        if problem not in self._set_matrices:
-            matrix, radius = self._matrix_and_radius(problem)
-            # Factored once per problem: the users of a pooled fit share one matrix.
-            self._set_matrices[problem] = matrix, radius, Ellipsoid.checked_factor(matrix)
-        matrix, radius, factor = self._set_matrices[problem]
-        return Ellipsoid(offset=self._base[:, user], basis=self._basis, center=self._centers[user],
-                         matrix=matrix, radius=radius, factor=factor)
+    def _problem(self, user: int) -> int:
+        """The coordinate problem whose set user ``user`` has (all users share one when pooled)."""
+        return 0 if self._pooled else user
 
-    def _matrix_and_radius(self, problem: int) -> tuple[np.ndarray, float]:
-        """``(M, radius)`` of one coordinate problem (shared by all users when pooled)."""
-        center = self._centers[0 if self._pooled else problem]
-        k = center.shape[0]
-        ridge = self.ridge_
+    def _reduced_set(self, user: int) -> ConfidenceSet:
+        """The set of user ``user`` in the span of the estimator's basis: ``Theta_0[:, i] + range(B)``.
+
+        For :class:`PShareLoRA` that is ``U_hat``'s span, so the set is about the projection of
+        the truth; a subspace-error term, if any, wraps this set."""
+        offset, k = self._base[:, user], self._basis.shape[1]
         if k == 0:  # nothing identifiable: the set is the single point offset
-            return np.zeros((0, 0)), 0.0
-        if self.radius == "wald" and self._fisher is not None:
-            return self._symmetric(self._fisher[problem]), self._wald_radius(k)
-        rows = np.flatnonzero(self._groups == problem)
-        features = self._coordinate_features[rows]
-        if self.radius == "wald":
-            eta = self._data.offsets[rows] + self.beta * features @ center
-            slope = expit(eta) * expit(-eta)
-            matrix = self.beta**2 * (features.T * slope) @ features + ridge * np.eye(k)
-            radius = self._wald_radius(k)
-        else:
-            matrix = self.beta**2 * features.T @ features + ridge * np.eye(k)
-            feature_bound = float(self.beta * np.max(np.linalg.norm(features, axis=1), initial=0.0))
-            norm_bound = self.norm_bound if self.norm_bound is not None else \
-                2.0 * float(np.max(np.linalg.norm(self._centers, axis=1), initial=0.0)) or 1.0
-            radius = theory_radius(matrix, ridge, self.delta, feature_bound, norm_bound)
-        return self._symmetric(matrix), radius
+            return Ellipsoid(offset=offset, basis=self._basis, center=np.zeros(0), matrix=np.zeros((0, 0)), radius=0.0)
+        problem = self._problem(user)
+        if problem not in self._set_parts:
+            self._set_parts[problem] = self._set_parts_of(problem)
+        parts = self._set_parts[problem]
+        if self.confidence in ("wald", "theory"):
+            return Ellipsoid(offset=offset, basis=self._basis, **parts)
+        return LikelihoodRatioSet(offset=offset, basis=self._basis, **parts)
 
-    @staticmethod
-    def _symmetric(matrix: np.ndarray) -> np.ndarray:
-        return 0.5 * (matrix + matrix.T)
+    def _problem_pairs(self, problem: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Coordinates ``B^T z_j`` ``(m, k)``, labels and offsets of one coordinate problem's pairs."""
+        rows = np.flatnonzero(self._groups == problem)
+        return np.asarray(self._coordinate_features[rows]), self._data.labels[rows], self._data.offsets[rows]
+
+    def _set_parts_of(self, problem: int) -> dict[str, Any]:
+        """What the sets of one coordinate problem share (shared by all users when pooled):
+        the keyword arguments of the set besides ``offset`` and ``basis``."""
+        if self.confidence == "theory":
+            features, _, _ = self._problem_pairs(problem)
+            center = self._solution[problem]
+            norm_bound = self.norm_bound if self.norm_bound is not None else \
+                2.0 * float(np.max(np.linalg.norm(self._solution, axis=1), initial=0.0)) or 1.0
+            return ellipsoid_parts(*theory_set_matrix(features, center, self.beta, self.ridge_, self.delta, norm_bound))
+        solutions, fishers = self._inference_fit()
+        center = solutions[problem]
+        if self.confidence == "wald":
+            if fishers is not None:
+                matrix = fishers[problem]
+            else:
+                features, _, offsets = self._problem_pairs(problem)
+                matrix = fisher_matrix(features, offsets, center, self.beta, self.inference_ridge_)
+            return ellipsoid_parts(matrix, center, self._wald_radius(center.shape[0]))
+        features, labels, offsets = self._problem_pairs(problem)
+        threshold = None
+        if isinstance(self._coordinate_features, np.ndarray):
+            threshold = (self._finite_thresholds() if self.confidence == "finite" else self._likelihood_levels())[problem]
+        return likelihood_parts(self.confidence, features, labels, offsets, center, self.beta,
+                                self.inference_ridge_, self.delta, threshold)
+
+    def _likelihood_levels(self) -> np.ndarray:
+        """The bootstrap-calibrated levels of every coordinate problem's likelihood-ratio set,
+        ``(n_problems,)``, in batched solves (when the pairs' coordinates are formed: ``k <= 64``;
+        beyond, the Wilks level)."""
+        if self._levels is None:
+            binary_labels(self._data.labels, self.confidence)  # refuse ties before the bootstrap
+            solutions, _ = self._inference_fit()
+            self._levels = bootstrap_likelihood_levels(
+                self._coordinate_features, self._data.offsets, self._groups, self._solution.shape[0], self._solution,
+                solutions, self.beta, self.inference_ridge_, self.delta, LIKELIHOOD_BOOTSTRAP_REPLICATES,
+                self._bootstrap_generator(), self.tol)
+        return self._levels
+
+    def _bootstrap_generator(self) -> np.random.Generator:
+        """The random stream of the likelihood sets' bootstrap: derived from ``seed`` (an int seed
+        gets its own stream, independent of the ridge-selection split's)."""
+        if isinstance(self.seed, (int, np.integer)):
+            return np.random.default_rng([_LIKELIHOOD_STREAM, int(self.seed)])
+        return as_generator(self.seed)
+
+    def _finite_thresholds(self) -> np.ndarray:
+        """The finite-sample thresholds of every coordinate problem, ``(n_problems,)``, in one
+        batched call (when the pairs' coordinates are formed: ``k <= 64``)."""
+        if self._thresholds is None:
+            labels = binary_labels(self._data.labels, self.confidence)
+            self._thresholds = finite_sample_likelihood_threshold(
+                self._coordinate_features, labels, self._data.offsets, self.beta, self.delta,
+                groups=self._groups, n_problems=self._solution.shape[0])
+        return self._thresholds
 
     def _wald_radius(self, k: int) -> float:
         """:func:`wald_radius` of ``k`` coordinates, computed once (every user's set shares it)."""
         if k not in self._wald_radii:
             self._wald_radii[k] = wald_radius(k, self.delta)
         return self._wald_radii[k]
+
+
+def _symmetric(matrix: np.ndarray) -> np.ndarray:
+    return 0.5 * (matrix + matrix.T)
+
+
+def fisher_matrix(features: np.ndarray, offsets: np.ndarray, center: np.ndarray, beta: float, ridge: float
+                  ) -> np.ndarray:
+    """``beta^2 sum_j sigmoid'(eta_j) x_j x_j^T + ridge I`` at ``center`` (``eta_j = offset_j + beta x_j . center``)."""
+    eta = offsets + beta * features @ center
+    slope = expit(eta) * expit(-eta)
+    return _symmetric(beta**2 * (features.T * slope) @ features + ridge * np.eye(center.shape[0]))
+
+
+def theory_set_matrix(features: np.ndarray, center: np.ndarray, beta: float, ridge: float, delta: float,
+                      norm_bound: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(M, center, radius)`` of the self-normalised set: the Gram matrix
+    ``beta^2 sum_j x_j x_j^T + ridge I`` and :func:`agents.confidence.theory_radius`."""
+    k = center.shape[0]
+    matrix = _symmetric(beta**2 * features.T @ features + ridge * np.eye(k))
+    feature_bound = float(beta * np.max(np.linalg.norm(features, axis=1), initial=0.0))
+    return matrix, center, theory_radius(matrix, ridge, delta, feature_bound, norm_bound)
+
+
+# Key of the random stream of the likelihood sets' bootstrap (next to the estimator's seed).
+_LIKELIHOOD_STREAM = 0x11CE
+#: Parametric-bootstrap replicates behind the level of the ``"likelihood"`` sets.
+LIKELIHOOD_BOOTSTRAP_REPLICATES = 50
+# Replicates are fitted in chunks of at most this many pair-coordinates (floats) at once.
+_BOOTSTRAP_CHUNK_ENTRIES = 4_000_000
+
+
+def bootstrap_likelihood_levels(features: np.ndarray, offsets: np.ndarray, groups: np.ndarray, n_problems: int,
+                                truth: np.ndarray, start: np.ndarray, beta: float, ridge: float, delta: float,
+                                replicates: int, rng: np.random.Generator, tol: float = 1e-8) -> np.ndarray:
+    """Levels of the likelihood-ratio sets of many problems: ``max(chi2_k(1 - delta), q) / 2``
+    with ``q`` the ``1 - delta`` quantile of the likelihood-ratio statistic in a parametric bootstrap.
+
+    In the world whose coordinates are ``truth`` (one row per problem), labels are redrawn for the
+    same pairs ``replicates`` times; each replicate's penalised loss ``f_b`` is minimised again
+    (all problems and replicates in batched :func:`agents.logistic.fit_logistic` solves, warm-started
+    from ``start``), and ``T_b = 2 (f_b(truth) - min f_b)`` is the statistic whose ``chi2_k``
+    limit Wilks' theorem gives. With few pairs per coordinate ``T`` is much larger than
+    ``chi2_k`` (the MLE overfits; Sur and Candes 2019), so the Wilks level under-covers
+    (16% at nominal 90% with 1.5 pairs per coordinate, docs/confidence_sets.md); the bootstrap
+    quantile tracks that inflation, and as ``n`` grows ``T`` tends to ``chi2_k`` and the level to Wilks'.
+
+    Parameters
+    ----------
+    features : ndarray, shape (n, k)
+        Coordinates of the pairs.
+    offsets : ndarray, shape (n,)
+    groups : ndarray of int, shape (n,)
+        Problem of each pair.
+    n_problems : int
+    truth : ndarray, shape (n_problems, k)
+        The bootstrap world (the tuned estimate: shrunk, so that its labels stay random where the
+        unpenalised fit would separate the data).
+    start : ndarray, shape (n_problems, k)
+        Warm start of the refits.
+    beta, ridge, delta : float
+    replicates : int
+    rng : numpy.random.Generator
+    tol : float, default 1e-8
+
+    Returns
+    -------
+    ndarray, shape (n_problems,)
+
+    References
+    ----------
+    Wilks 1938 (the chi-square limit). Efron and Tibshirani, *An Introduction to the Bootstrap*,
+    1993, ch. 6 (parametric bootstrap). Sur and Candes, *A modern maximum-likelihood theory for
+    high-dimensional logistic regression*, PNAS 2019 (the inflation of the statistic for ``k / n``
+    not small).
+    """
+    n, k = features.shape
+    eta = offsets + beta * np.einsum("jk,jk->j", features, truth[groups])
+    probabilities = expit(eta)
+    truth_penalty = 0.5 * ridge * np.sum(truth**2, axis=1)
+    chunk = max(1, min(replicates, _BOOTSTRAP_CHUNK_ENTRIES // max(n * k, 1)))
+    statistics = np.empty((replicates, n_problems))
+    for first in range(0, replicates, chunk):
+        count = min(chunk, replicates - first)
+        labels = (rng.random((count, n)) < probabilities).astype(float)
+        expanded = (np.arange(count)[:, None] * n_problems + groups[None, :]).ravel()
+        fit = fit_logistic(np.tile(features, (count, 1)), labels.ravel(), groups=expanded,
+                           n_problems=count * n_problems, offsets=np.tile(offsets, count), beta=beta, ridge=ridge,
+                           initial=np.tile(start, (count, 1)), tol=tol, fisher=False)
+        at_truth = np.zeros(count * n_problems)
+        np.add.at(at_truth, expanded, bernoulli_losses(np.tile(eta, count), labels.ravel()))
+        at_truth = at_truth.reshape(count, n_problems) + truth_penalty
+        statistics[first:first + count] = 2.0 * (at_truth - fit.objective.reshape(count, n_problems))
+    quantile = np.quantile(np.maximum(statistics, 0.0), 1.0 - delta, axis=0, method="higher")
+    return 0.5 * np.maximum(chi2.ppf(1.0 - delta, k), quantile)
+
+
+def ellipsoid_parts(matrix: np.ndarray, center: np.ndarray, radius: float) -> dict[str, Any]:
+    """Keyword arguments of an :class:`Ellipsoid` whose matrix is factored once (a matrix shared
+    by many sets: the users of a pooled fit, the contexts of a contextual one)."""
+    matrix = _symmetric(matrix)
+    return {"center": center, "matrix": matrix, "radius": radius, "factor": Ellipsoid.checked_factor(matrix)}
+
+
+def likelihood_parts(confidence: str, features: np.ndarray, labels: np.ndarray, offsets: np.ndarray,
+                     center: np.ndarray, beta: float, ridge: float, delta: float,
+                     threshold: float | None = None) -> dict[str, Any]:
+    """Keyword arguments (besides ``offset`` and ``basis``) of the likelihood-ratio set of one
+    problem: ``"likelihood"`` (Wilks level on the loss with the inference ridge) or ``"finite"``
+    (the finite-sample threshold ``c`` on the unpenalised loss ``f0``, as the level
+    ``max(c - f0(center), 0)``: a threshold below ``f0(center)`` keeps the centre in the set and
+    only enlarges it, so the set still contains ``{f0 <= c}``). ``threshold`` is ``c`` (for
+    ``"finite"``) or the level (for ``"likelihood"``, e.g. from :func:`bootstrap_likelihood_levels`)
+    when the caller computed it, batched over problems; by default ``c`` is computed here and the
+    level is Wilks'."""
+    from lr_mdp_env import theory
+
+    labels = binary_labels(labels, confidence)
+    k = center.shape[0]
+    common = {"features": features, "labels": labels, "offsets": offsets, "beta": beta, "center": center}
+    if confidence == "likelihood":
+        return {**common, "ridge": ridge, "level": theory.wilks_level(k, delta) if threshold is None else threshold}
+    if threshold is None:
+        threshold = finite_sample_likelihood_threshold(features, labels, offsets, beta, delta)
+    unpenalised = float(np.sum(bernoulli_losses(offsets + beta * features @ center, labels)))
+    return {**common, "ridge": 0.0, "level": max(float(threshold) - unpenalised, 0.0)}
 
 
 # Up to this many coordinates the per-pair coordinates B^T z_j are formed and fitted directly.
@@ -342,8 +642,10 @@ class PShareLoRA(RewardEstimator):
        (``N x r``) on all users' data, from a spectral start
        (:func:`agents.factorized.fit_factored` with one-hot user contexts).
     2. ``U_hat``: top-``r`` left singular vectors of ``U W^T``.
-    3. Personal refit: ``w_i`` = ridge MLE with features ``U_hat^T z`` and its Fisher matrix ``M_i``.
-    4. Confidence set ``C_i = {Theta_0[:, i] + U_hat w : ||w - w_hat_i||_{M_i} <= radius_i}``.
+    3. Personal refit: ``w_i`` = ridge MLE with features ``U_hat^T z`` (``r`` coordinates).
+    4. Confidence set in ``U_hat``'s span from the ``r``-dimensional inference refit of each user
+       (:class:`RewardEstimator`, ``confidence``), e.g. ``{Theta_0[:, i] + U_hat w : ||w - w_0||_{M_i} <= radius}``:
+       a set for the projection of the truth onto that span.
 
     Parameters
     ----------

@@ -67,9 +67,12 @@ def make(name: str, **kwargs: Any) -> Any:
       array), ``transitions="known"`` (or ``"estimated"``) and ``tol=1e-08`` (relative gap of
       the exact planner);
     - the estimator's ``ridge=None`` (chosen from ``ridge_grid`` by held-out log-likelihood),
-      ``ridge_grid=(100.0, 10.0, 1.0, 0.1, 0.01)``, ``beta=1.0``, ``radius="wald"`` (or
-      ``"theory"``), ``delta=0.1``, ``norm_bound=None`` (a data-driven guess), ``base=None``
-      (no known base reward) and ``seed=0`` (of the ridge-selection split).
+      ``ridge_grid=(100.0, 10.0, 1.0, 0.1, 0.01)``, ``beta=1.0``, ``confidence="wald"`` (the
+      kind of confidence set: ``"wald"``, ``"likelihood"`` (Wilks likelihood ratio), ``"finite"``
+      (finite-sample likelihood ratio) or ``"theory"`` (self-normalised ellipsoid, vacuous in
+      practice); docs/confidence_sets.md), ``delta=0.1``, ``norm_bound=None`` (for ``"theory"``;
+      a data-driven guess), ``inference_ridge=0.0001`` (of the refit the sets are built around),
+      ``base=None`` (no known base reward) and ``seed=0`` (of the ridge-selection split).
 
     ``agents.options(name)`` lists the options of any registered name with their defaults.
 

@@ -1,5 +1,5 @@
-"""The bounds of docs/theory.md as functions: confidence radii, the pessimism lemma, the
-misspecification of reduced sets, Wedin's subspace bound and the predicted rates.
+"""The bounds of docs/theory.md as functions: confidence radii and likelihood-ratio levels, the
+pessimism lemma, the misspecification of reduced sets, Wedin's subspace bound and the predicted rates.
 
 Everything here is closed-form or one dynamic program; nothing is fitted. The functions take
 plain numbers and arrays (and a :class:`~lr_mdp_env.TabularMDP` where a maximum over policies is
@@ -45,6 +45,7 @@ __all__ = [
     "full_rank_dimension",
     "full_rank_rate",
     "independent_mle_rate",
+    "likelihood_mixture_threshold",
     "log_log_slope",
     "logistic_curvature",
     "loco_dimension",
@@ -60,6 +61,7 @@ __all__ = [
     "wald_radius",
     "wedin_bound",
     "wedin_bound_for",
+    "wilks_level",
 ]
 
 
@@ -109,6 +111,122 @@ def wald_radius(dimension: int, delta: float) -> float:
     dimension = check_int("dimension", dimension, minimum=1)
     delta = check_real("delta", delta, 0.0, 1.0, strict_minimum=True)
     return float(np.sqrt(chi2.ppf(1.0 - delta, dimension)))
+
+
+
+def wilks_level(dimension: int, delta: float) -> float:
+    """Level ``chi2_k(1 - delta) / 2`` (half the chi-square quantile) of the asymptotic likelihood-ratio set.
+
+    The set ``{w : f(w) <= f(w_hat) + level}`` of a negative log-likelihood ``f`` with minimiser
+    ``w_hat`` is ``{w : 2 (f(w) - f(w_hat)) <= chi2_k(1 - delta)}``; by Wilks' theorem
+    ``2 (f(w*) - f(w_hat))`` is asymptotically ``chi^2_k``, so the set covers ``w*`` with
+    probability ``-> 1 - delta``. For a quadratic ``f`` it is the Wald ellipsoid of radius
+    :func:`wald_radius` (``level = radius^2 / 2``).
+
+    Parameters
+    ----------
+    dimension : int
+        ``k >= 1``, the number of free coordinates.
+    delta : float
+        In ``(0, 1]`` (``delta = 1`` gives level 0).
+
+    Returns
+    -------
+    float
+
+    Notes
+    -----
+    Assumptions: those of :func:`wald_radius` (well specified, information growing linearly in
+    ``n`` along every coordinate, ridge small against it), but no quadratic approximation of the
+    loss: the set follows the likelihood where it is skewed (confident labels, few comparisons).
+
+    References
+    ----------
+    Wilks, *The large-sample distribution of the likelihood ratio for testing composite
+    hypotheses*, Annals of Mathematical Statistics 1938. van der Vaart, *Asymptotic Statistics*,
+    1998, chapter 16.
+    """
+    dimension = check_int("dimension", dimension, minimum=1)
+    delta = check_real("delta", delta, 0.0, 1.0, strict_minimum=True)
+    # isf(delta) rather than ppf(1 - delta): 1 - delta rounds away the digits of a small delta.
+    return float(chi2.isf(delta, dimension) / 2.0)
+
+
+def likelihood_mixture_threshold(penalised_minima: Any, gram: Any, prior_precisions: Any, beta: float,
+                                 delta: float) -> np.ndarray | float:
+    """Finite-sample threshold for the logistic loss at the truth, from ridge minima over a prior grid.
+
+    ``c = min_p [F_p + 1/2 log det(I + beta^2 G / (4 lambda_p)) + log(P / delta)]``, with
+    ``F_p = min_w f0(w) + lambda_p / 2 ||w||^2`` the ridge minimum of the unpenalised logistic loss
+    ``f0(w) = sum_j -log sigmoid(s_j (o_j + beta x_j . w))`` and ``G = sum_j x_j x_j^T``. Then
+    ``P(exists n : f0(w*) > c) <= delta``.
+
+    Derivation. Fix a prior ``Q = N(0, I / lambda)`` before the data. With ``p_w`` the likelihood of
+    the labels, ``M_n = int prod_j p_w / prod_j p_{w*} dQ(w)`` is a non-negative martingale of mean 1
+    under ``w*`` (also for pairs chosen from the past), so by Ville's inequality
+    ``P(exists n : M_n >= 1 / delta) <= delta``, that is
+    ``f0(w*) <= -log int exp(-f0) dQ + log(1 / delta)`` for all ``n``. The logistic curvature is at
+    most ``1/4``, so with ``F = f0 + lambda/2 ||.||^2`` minimised at ``w_Q``,
+    ``F(w) <= F(w_Q) + 1/2 (w - w_Q)^T (beta^2 G / 4 + lambda I) (w - w_Q)``; integrating the
+    Gaussian gives ``-log int exp(-f0) dQ <= F(w_Q) + 1/2 log det(I + beta^2 G / (4 lambda))``.
+    A union bound over the ``P`` priors of the grid (each at ``delta / P``) keeps the minimum valid.
+    Any ``F_p`` at or above the true ridge minimum (an unconverged fit) keeps it valid too.
+
+    Parameters
+    ----------
+    penalised_minima : array_like, shape (..., P)
+        ``F_p`` for each prior of the grid (and each problem along the leading axes).
+    gram : array_like, shape (..., k, k)
+        ``G``, symmetric positive semi-definite.
+    prior_precisions : array_like, shape (P,)
+        ``lambda_p > 0``, fixed before the data.
+    beta : float
+        Rationality, ``> 0``.
+    delta : float
+        In ``(0, 1)``.
+
+    Returns
+    -------
+    float, or ndarray of the leading shape
+
+    Notes
+    -----
+    No bound on ``||w*||`` or on the features enters, and no ``exp(L B)`` curvature factor: the
+    threshold exceeds the minimum of ``f0`` by about ``k/2 log(n) + log(P / delta)``, so the set
+    ``{f0 <= c}`` shrinks like ``sqrt(k log(n) / n)``.
+
+    References
+    ----------
+    Abeille, Faury and Calauzenes, *Instance-Wise Minimax-Optimal Algorithms for Logistic Bandits*,
+    AISTATS 2021. Lee, Yun and Jun, *A Unified Confidence Sequence for Generalized Linear Models, with
+    Applications to Bandits*, NeurIPS 2024. Ville, *Etude critique de la notion de collectif*, 1939.
+    """
+    minima = as_real_array("penalised_minima", penalised_minima, tuple(range(1, 8)))
+    gram = as_real_array("gram", gram, tuple(range(2, 9)))
+    precisions = as_real_array("prior_precisions", prior_precisions, (1,))
+    beta = check_real("beta", beta, 0.0, strict_minimum=True)
+    delta = check_real("delta", delta, 0.0, 1.0, strict_minimum=True)
+    if delta >= 1.0:
+        raise ValueError(f"delta must be less than 1, got {delta}")
+    if precisions.size == 0 or np.any(precisions <= 0):
+        raise ValueError("prior_precisions must be a non-empty array of positive numbers")
+    if minima.shape[-1] != precisions.size:
+        raise ValueError(
+            f"penalised_minima must have one entry per prior ({precisions.size}) on its last axis, got {minima.shape}"
+        )
+    if gram.shape[-1] != gram.shape[-2] or gram.shape[:-2] != minima.shape[:-1]:
+        raise ValueError(
+            f"gram must have shape {minima.shape[:-1]} + (k, k) to match penalised_minima, got {gram.shape}"
+        )
+    symmetric = 0.5 * (gram + np.swapaxes(gram, -1, -2))
+    eigenvalues = np.linalg.eigvalsh(symmetric)
+    if eigenvalues.size and eigenvalues.min() < -1e-9 * max(1.0, np.abs(eigenvalues).max()):
+        raise ValueError("gram must be positive semi-definite")
+    # log det(I + a G / lambda) from the eigenvalues of G, for every prior at once.
+    curvature = 0.25 * beta**2 * np.clip(eigenvalues, 0.0, None)
+    log_dets = np.sum(np.log1p(curvature[..., None, :] / precisions[:, None]), axis=-1)
+    thresholds = np.min(minima + 0.5 * log_dets, axis=-1) + np.log(precisions.size / delta)
+    return _scalar_or_array(thresholds)
 
 
 def logistic_curvature(feature_bound: float, norm_bound: float) -> float:

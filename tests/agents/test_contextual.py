@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.optimize
+from scipy.stats import chi2
 
 from agents import (
     BilinearCoordinates,
@@ -143,7 +144,7 @@ def test_loco_refit_is_stationary_in_its_coordinates(world):
     estimator = LoCoPRS(2, ridge=RIDGE, beta=1.2).fit(dataset, mdp)
     d_x, d = rewards.context_dim, mdp.n_features
     k = (d_x + d) * 2 - 4
-    assert estimator.kappa_hat.shape == (k,) and estimator.fisher_.shape == (k, k)
+    assert estimator.kappa_hat.shape == (k,) and estimator.fisher_.shape == (1, k, k)
     left, right = estimator.context_subspace, estimator.subspace
     np.testing.assert_allclose(left.T @ left, np.eye(2), atol=1e-12)
     np.testing.assert_allclose(right.T @ right, np.eye(2), atol=1e-12)
@@ -223,13 +224,18 @@ def test_estimates_sets_and_logits_are_consistent(world, estimator_type):
     np.testing.assert_allclose(estimator.theta_hat, rewards.contexts @ estimator.theta_c_hat, atol=1e-12)
     new_contexts = rewards.sample_contexts(3, seed=5, shifted=True)
     np.testing.assert_allclose(estimator.theta_for(new_contexts), new_contexts @ estimator.theta_c_hat)
+    # The sets are centred at the inference refit kappa_0 (one for every context), each set's
+    # theta_hat = B_x kappa_0 a member of it.
+    kappa_0 = estimator.confidence_set(0).center
     for user in (0, 7):
         region = estimator.confidence_set(user)
-        np.testing.assert_allclose(region.theta_hat, estimator.theta_hat[user], atol=1e-12)
+        np.testing.assert_allclose(region.theta_hat, estimator.coordinates_.matrix(kappa_0).T @ rewards.contexts[user],
+                                   atol=1e-12)
+        assert region.contains(region.theta_hat)
     for context in new_contexts:
         region = estimator.confidence_set(context=context)
-        np.testing.assert_allclose(region.theta_hat, estimator.theta_for(context), atol=1e-12)
-        np.testing.assert_array_equal(region.center, estimator.kappa_hat)
+        np.testing.assert_allclose(region.theta_hat, estimator.coordinates_.matrix(kappa_0).T @ context, atol=1e-12)
+        np.testing.assert_array_equal(region.center, kappa_0)
     data = comparison_data(dataset, mdp, beta=0.7)
     z = differences(mdp, dataset)
     np.testing.assert_allclose(estimator.pair_logits(data),
@@ -238,20 +244,20 @@ def test_estimates_sets_and_logits_are_consistent(world, estimator_type):
 
 
 def test_covers_agrees_with_the_sets_of_contexts(world):
-    """``covers(Theta)`` is ``||kappa(Theta) - kappa_hat||_M <= radius``. Every context's set is
+    """``covers(Theta)`` is ``||kappa(Theta) - kappa_0||_M <= radius``. Every context's set is
     the image of that ellipsoid under ``B_x``, so a covered ``Theta`` gives members
-    ``Theta^T x`` of every context's set, within distance ``||kappa(Theta) - kappa_hat||_M``."""
+    ``Theta^T x`` of every context's set, within distance ``||kappa(Theta) - kappa_0||_M``."""
     mdp, rewards, dataset = world
     estimator = LoCoPRS(2, ridge=RIDGE).fit(dataset, mdp)
     rng = np.random.default_rng(6)
     coordinates = estimator.coordinates_
     contexts = rng.normal(size=(6, rewards.context_dim))
     some_set = estimator.confidence_set(context=contexts[0])
-    matrix, radius = some_set.matrix, some_set.radius
+    matrix, radius, kappa_0 = some_set.matrix, some_set.radius, some_set.center
     for scale in (0.2, 0.7, 0.99, 1.01, 1.5, 4.0):
         direction = rng.normal(size=coordinates.dimension)
         direction *= scale * radius / np.sqrt(direction @ matrix @ direction)
-        theta_c = coordinates.matrix(estimator.kappa_hat + direction)
+        theta_c = coordinates.matrix(kappa_0 + direction)
         assert estimator.covers(theta_c) == (scale <= 1.0)
         for context in contexts:
             region = estimator.confidence_set(context=context)
@@ -264,21 +270,24 @@ def test_covers_agrees_with_the_sets_of_contexts(world):
     # A matrix off the kept blocks is judged by its projection onto them.
     dropped = complement(estimator.context_subspace) @ rng.normal(size=(rewards.context_dim - 2, mdp.n_features - 2)) \
         @ complement(estimator.subspace).T
-    assert estimator.covers(estimator.theta_c_hat + 100 * dropped)
+    assert estimator.covers(coordinates.matrix(kappa_0) + 100 * dropped)
 
 
-@pytest.mark.parametrize("radius", ["wald", "theory"])
-def test_contextual_set_matrix_and_radius(world, radius):
+@pytest.mark.parametrize("confidence", ["wald", "theory"])
+def test_contextual_set_matrix_and_radius(world, confidence):
     mdp, rewards, dataset = world
-    estimator = LoCoPRS(2, ridge=RIDGE, radius=radius, delta=0.2, norm_bound=3.0).fit(dataset, mdp)
+    estimator = LoCoPRS(2, ridge=RIDGE, confidence=confidence, delta=0.2, norm_bound=3.0,
+                        inference_ridge=1e-3).fit(dataset, mdp)
     features = estimator.coordinates_.features(dataset.contexts, differences(mdp, dataset))
     k = estimator.coordinates_.dimension
     region = estimator.confidence_set(0)
-    if radius == "wald":
-        eta = features @ estimator.kappa_hat
-        fisher = (features.T * (sigmoid(eta) * sigmoid(-eta))) @ features + RIDGE * np.eye(k)
+    if confidence == "wald":
+        eta = features @ region.center
+        fisher = (features.T * (sigmoid(eta) * sigmoid(-eta))) @ features + 1e-3 * np.eye(k)
         np.testing.assert_allclose(region.matrix, fisher, rtol=1e-9, atol=1e-12)
+        assert region.radius == pytest.approx(np.sqrt(chi2.ppf(0.8, k)), rel=1e-12)
     else:
+        np.testing.assert_array_equal(region.center, estimator.kappa_hat)
         gram = features.T @ features + RIDGE * np.eye(k)
         np.testing.assert_allclose(region.matrix, gram, rtol=1e-9, atol=1e-12)
         bound = np.max(np.linalg.norm(features, axis=1))
@@ -300,3 +309,39 @@ def test_contextual_errors(world):
         estimator.confidence_set(40)
     with pytest.raises(ValueError, match="subspaces"):
         LoCoPRS(2, subspaces=(np.zeros(4), np.eye(6)[:, :2]))
+
+
+@pytest.mark.parametrize("confidence", ["wald", "likelihood", "finite", "theory"])
+@pytest.mark.parametrize("estimator_type", ["loco", "full"])
+def test_every_kind_of_contextual_set_contains_its_centre_and_agrees_with_covers(world, confidence,
+                                                                                 estimator_type):
+    """Each context's set contains its own centre ``B_x kappa_0``; ``covers(Theta)`` is membership of
+    ``kappa(Theta)`` in the set of coordinates, so it agrees with the contexts' sets: a covered
+    ``Theta`` gives a member ``Theta^T x`` of every context's set (checked through the support
+    function, which every kind has)."""
+    mdp, rewards, dataset = world
+    estimator = (LoCoPRS(2, confidence=confidence) if estimator_type == "loco"
+                 else FullRankContextual(confidence=confidence)).fit(dataset, mdp)
+    coordinates = estimator.coordinates_
+    rng = np.random.default_rng(8)
+    kappa_0 = estimator.confidence_set(0).center
+    assert estimator.covers(coordinates.matrix(kappa_0))
+    for user in (0, 5):
+        region = estimator.confidence_set(user)
+        assert region.contains(region.theta_hat)
+    # A point along a random direction, inside or outside: covers decides, and members are members.
+    direction = rng.normal(size=coordinates.dimension)
+    region = estimator.confidence_set(0)
+    if confidence in ("wald", "theory"):  # M-norm 2 radius: outside, however large the radius
+        far = 2 * region.radius / np.sqrt(direction @ region.matrix @ direction)
+    else:
+        far = 1e3 / np.linalg.norm(direction)
+    for step, inside in ((1e-3 / np.linalg.norm(direction), True), (far, False)):
+        theta_c = coordinates.matrix(kappa_0 + step * direction)
+        covered = estimator.covers(theta_c)
+        assert covered == inside
+        region = estimator.confidence_set(context=rewards.contexts[3])
+        vector = rng.normal(size=mdp.n_features)
+        if covered:
+            assert region.lower(vector) - 1e-7 <= theta_c.T @ rewards.contexts[3] @ vector \
+                <= region.upper(vector) + 1e-7

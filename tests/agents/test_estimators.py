@@ -134,13 +134,17 @@ def test_final_coordinates_are_stationary(world, name):
     assert estimator.theta_hat.shape == (N_USERS, mdp.n_features)
     for user in range(N_USERS):
         region = estimator.confidence_set(user)
-        # confidence_set(i) is centred at theta_hat[i].
-        np.testing.assert_allclose(region.theta_hat, estimator.theta_hat[user], atol=1e-12)
         rows = slice(None) if name == "pooled" else dataset.users == user
-        grad = coordinate_gradient(region.center, region.basis, region.offset, z[rows], labels[rows], 1.3, RIDGE)
-        at_zero = coordinate_gradient(np.zeros_like(region.center), region.basis, region.offset, z[rows],
-                                      labels[rows], 1.3, RIDGE)
-        assert np.linalg.norm(grad) <= 1e-6 * np.linalg.norm(at_zero)
+        # The point estimate is stationary with the tuned ridge, the set's centre (the inference
+        # refit, a member of the set) with the inference ridge.
+        tuned = region.basis.T @ (estimator.theta_hat[user] - region.offset)
+        np.testing.assert_allclose(region.basis @ tuned + region.offset, estimator.theta_hat[user], atol=1e-12)
+        assert region.contains(region.theta_hat)
+        for center, ridge in ((tuned, RIDGE), (region.center, estimator.inference_ridge_)):
+            grad = coordinate_gradient(center, region.basis, region.offset, z[rows], labels[rows], 1.3, ridge)
+            at_zero = coordinate_gradient(np.zeros_like(center), region.basis, region.offset, z[rows],
+                                          labels[rows], 1.3, ridge)
+            assert np.linalg.norm(grad) <= 1e-6 * np.linalg.norm(at_zero)
     if name == "pooled":
         np.testing.assert_allclose(estimator.theta_hat, estimator.theta_hat[:1].repeat(N_USERS, 0), atol=1e-12)
     assert all(entry["converged"] for entry in estimator.diagnostics.values())
@@ -369,24 +373,28 @@ def test_base_offsets_are_known_not_estimated():
 
 # -- confidence sets -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("radius", ["wald", "theory"])
+@pytest.mark.parametrize("confidence", ["wald", "theory"])
 @pytest.mark.parametrize("name", ["independent", "p-sharelora", "pooled"])
-def test_confidence_set_matrix_and_radius(name, radius):
+def test_confidence_set_matrix_and_radius(name, confidence):
+    """Wald: the Fisher matrix at the set's centre with the inference ridge and the chi-square
+    radius; theory: the Gram matrix with the tuned ridge around the tuned estimate."""
     mdp, rewards, dataset = make_world("dense", seed=11)
-    estimator = ESTIMATORS[name](rewards, ridge=RIDGE, radius=radius, delta=0.05, norm_bound=4.0,
-                                 beta=0.8).fit(dataset, mdp)
+    estimator = ESTIMATORS[name](rewards, ridge=RIDGE, confidence=confidence, delta=0.05, norm_bound=4.0,
+                                 beta=0.8, inference_ridge=1e-3).fit(dataset, mdp)
+    assert estimator.inference_ridge_ == 1e-3
     z = differences(mdp, dataset)
     for user in range(N_USERS):
         region = estimator.confidence_set(user)
         rows = slice(None) if name == "pooled" else dataset.users == user
         coordinates = 0.8 * z[rows] @ region.basis  # beta B^T z
         k = region.dimension
-        if radius == "wald":
+        if confidence == "wald":
             slope = sigmoid(coordinates @ region.center) * sigmoid(-coordinates @ region.center)
-            fisher = (coordinates.T * slope) @ coordinates + RIDGE * np.eye(k)
+            fisher = (coordinates.T * slope) @ coordinates + 1e-3 * np.eye(k)
             np.testing.assert_allclose(region.matrix, fisher, rtol=1e-10, atol=1e-12)
             assert region.radius == pytest.approx(np.sqrt(chi2.ppf(0.95, k)), rel=1e-12)
         else:
+            np.testing.assert_allclose(region.theta_hat, estimator.theta_hat[user], atol=1e-12)
             gram = coordinates.T @ coordinates + RIDGE * np.eye(k)
             np.testing.assert_allclose(region.matrix, gram, rtol=1e-10, atol=1e-12)
             bound = np.max(np.linalg.norm(coordinates, axis=1))
@@ -405,8 +413,15 @@ def test_invalid_configurations_name_the_argument():
         FullRankContextual(ridge=1.0).fit(dataset, mdp)
     with pytest.raises(ValueError, match="contexts"):
         LoCoPRS(1, ridge=1.0).fit(dataset, mdp)
-    with pytest.raises(ValueError, match="radius"):
-        IndependentMLE(radius="bayes")
+    with pytest.raises(ValueError, match="confidence.*'wald', 'likelihood', 'finite', 'theory'.*'bayes'"):
+        IndependentMLE(confidence="bayes")
+    with pytest.raises(TypeError, match="confidence"):
+        IndependentMLE(confidence=0.9)
+    with pytest.raises(TypeError, match="radius"):  # the option's former name
+        IndependentMLE(radius="wald")
+    for inference_ridge in (0.0, -1e-3):
+        with pytest.raises(ValueError, match="inference_ridge"):
+            IndependentMLE(inference_ridge=inference_ridge)
     for delta in (0.0, 1.0, -0.2, 1.5):
         with pytest.raises(ValueError, match="delta"):
             IndependentMLE(delta=delta)
@@ -482,9 +497,9 @@ def test_ridge_selection_names_each_candidates_convergence_warning_and_records_e
 
 @pytest.mark.parametrize("features", ["one_hot", "one_hot_time"])
 @pytest.mark.parametrize("estimator_class", [IndependentMLE, PooledMLE])
-@pytest.mark.parametrize("radius", ["wald", "theory"])
+@pytest.mark.parametrize("confidence", ["wald", "theory"])
 def test_full_dimensional_fits_in_feature_space_equal_the_coordinate_fits(monkeypatch, features, estimator_class,
-                                                                          radius):
+                                                                          confidence):
     """With more than 64 identifiable directions, independent and pooled MLE fit theta = B w from
     the sparse z_j instead of the dense coordinates B^T z_j. The loss only sees B B^T theta and the
     ridge keeps the rest at zero, so the estimates, their certificates and the confidence sets
@@ -495,10 +510,10 @@ def test_full_dimensional_fits_in_feature_space_equal_the_coordinate_fits(monkey
     mdp = random_mdp(25, 3, 3, features=features, seed=4)  # d = 75 or 225
     rewards = low_rank_rewards(mdp.n_features, N_USERS, RANK, mdp=mdp, scale=2.0, seed=5)
     dataset = collect_preferences(mdp, rewards, 40, seed=6)
-    sparse = estimator_class(ridge=0.5, radius=radius).fit(dataset, mdp)
+    sparse = estimator_class(ridge=0.5, confidence=confidence).fit(dataset, mdp)
     assert isinstance(sparse._coordinate_features, agents.estimators._Coordinates)
     monkeypatch.setattr(agents.estimators, "_DENSE_COORDINATES_MAX", 10**6)
-    dense = estimator_class(ridge=0.5, radius=radius).fit(dataset, mdp)
+    dense = estimator_class(ridge=0.5, confidence=confidence).fit(dataset, mdp)
     assert isinstance(dense._coordinate_features, np.ndarray)
     np.testing.assert_allclose(sparse.theta_hat, dense.theta_hat, rtol=0, atol=1e-7)
     # Both in the identifiable span.
@@ -559,3 +574,117 @@ def test_ridge_selection_converges_with_fewer_pairs_than_features(projected, cas
     joint, coordinates = estimator.diagnostics["joint"], estimator.diagnostics["coordinates"]
     assert joint["converged"] and joint["relative_gradient_norm"] <= 1e-6
     assert coordinates["converged"]
+
+
+# -- sets built for inference ----------------------------------------------------------------------
+
+def untied_world(seed=21, n_pairs=40):
+    """A dense world without ties (the likelihood-ratio sets need labels in {0, 1})."""
+    return make_world("dense", seed=seed, n_pairs=n_pairs)
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_set_centre_is_an_independent_small_ridge_fit(name):
+    """The Wald set's centre is the minimiser of the user's coordinate loss with the inference
+    ridge (here 1e-2), found by scipy's trust-region Newton from zero on the raw pairs; the point
+    estimate keeps the tuned ridge. Strong convexity (modulus >= 1e-2) turns the reference's
+    gradient norm into a distance bound."""
+    mdp, rewards, dataset = untied_world()
+    estimator = ESTIMATORS[name](rewards, ridge=RIDGE, inference_ridge=1e-2).fit(dataset, mdp)
+    z, labels = differences(mdp, dataset), dataset.labels
+    for user in range(N_USERS):
+        region = estimator.confidence_set(user)
+        rows = slice(None) if name == "pooled" else dataset.users == user
+        coordinates = z[rows] @ region.basis
+        offsets = np.zeros(coordinates.shape[0])
+        args = (coordinates, labels[rows], offsets, 1.0, 1e-2)
+        result = scipy.optimize.minimize(logistic_objective, np.zeros(region.dimension), args=args,
+                                         jac=logistic_gradient, hess=logistic_hessian, method="trust-exact",
+                                         options={"gtol": 1e-12})
+        distance_bound = np.linalg.norm(logistic_gradient(result.x, *args)) / 1e-2
+        np.testing.assert_allclose(region.center, result.x, rtol=0, atol=1e-6 + distance_bound)
+        assert not np.allclose(region.theta_hat, estimator.theta_hat[user], atol=1e-3)  # not the tuned estimate
+    assert estimator.diagnostics["inference"]["converged"]
+
+
+@pytest.mark.parametrize("confidence", ["wald", "likelihood", "finite", "theory"])
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_every_kind_of_set_contains_its_own_centre(name, confidence):
+    mdp, rewards, dataset = untied_world()
+    estimator = ESTIMATORS[name](rewards, confidence=confidence).fit(dataset, mdp)
+    expected = agents.Ellipsoid if confidence in ("wald", "theory") else agents.LikelihoodRatioSet
+    for user in range(N_USERS):
+        region = estimator.confidence_set(user)
+        assert isinstance(region, expected)
+        assert region.contains(region.theta_hat)
+        assert estimator.confidence_set(user) is region  # built once
+
+
+def test_likelihood_set_levels_and_finite_thresholds():
+    """``"likelihood"``: the set's level is at least Wilks' (the bootstrap only raises it) and is
+    reproducible from the seed. ``"finite"``: the threshold on the unpenalised loss is the
+    finite-sample threshold of the user's pairs (or the centre's loss when that is larger)."""
+    from agents.likelihood_set import finite_sample_likelihood_threshold
+    from lr_mdp_env.theory import wilks_level
+
+    mdp, rewards, dataset = untied_world()
+    z, labels = differences(mdp, dataset), dataset.labels
+    first = IndependentMLE(confidence="likelihood", seed=3).fit(dataset, mdp)
+    second = IndependentMLE(confidence="likelihood", seed=3).fit(dataset, mdp)
+    finite = IndependentMLE(confidence="finite", delta=0.2).fit(dataset, mdp)
+    for user in range(N_USERS):
+        region = first.confidence_set(user)
+        assert region.level >= wilks_level(region.dimension, 0.1) - 1e-12
+        assert second.confidence_set(user).level == region.level
+        assert region.ridge == first.inference_ridge_
+        finite_set = finite.confidence_set(user)
+        rows = dataset.users == user
+        coordinates = z[rows] @ finite_set.basis
+        threshold = finite_sample_likelihood_threshold(coordinates, labels[rows], np.zeros(rows.sum()), 1.0, 0.2)
+        centre_loss = logistic_objective(finite_set.center, coordinates, labels[rows], np.zeros(rows.sum()), 1.0, 0.0)
+        assert finite_set.ridge == 0.0
+        assert finite_set.threshold == pytest.approx(max(threshold, centre_loss), rel=1e-9)
+
+
+def test_bootstrap_levels_match_a_direct_computation():
+    """:func:`bootstrap_likelihood_levels` against a loop over problems and replicates with the same
+    label draws, each replicate minimised by scipy: ``max(chi2_k, quantile of 2 (f_b(truth) - min
+    f_b)) / 2``."""
+    from agents.estimators import bootstrap_likelihood_levels
+
+    rng = np.random.default_rng(4)
+    n_problems, per_problem, k, replicates, ridge, delta = 3, 12, 2, 7, 0.05, 0.2
+    features = rng.normal(size=(n_problems * per_problem, k))
+    offsets = rng.normal(size=n_problems * per_problem) * 0.3
+    groups = np.repeat(np.arange(n_problems), per_problem)
+    truth = rng.normal(size=(n_problems, k))
+    levels = bootstrap_likelihood_levels(features, offsets, groups, n_problems, truth, truth, 1.5, ridge, delta,
+                                         replicates, np.random.default_rng(9))
+    draws = np.random.default_rng(9).random((replicates, features.shape[0]))  # one chunk: the same draws
+    probabilities = sigmoid(offsets + 1.5 * np.sum(features * truth[groups], axis=1))
+    expected = []
+    for problem in range(n_problems):
+        rows = groups == problem
+        statistics = []
+        for replicate in range(replicates):
+            labels = (draws[replicate, rows] < probabilities[rows]).astype(float)
+            args = (features[rows], labels, offsets[rows], 1.5, ridge)
+            result = scipy.optimize.minimize(logistic_objective, truth[problem], args=args, jac=logistic_gradient,
+                                             hess=logistic_hessian, method="trust-exact", options={"gtol": 1e-12})
+            statistics.append(2 * (logistic_objective(truth[problem], *args) - result.fun))
+        quantile = np.quantile(np.maximum(statistics, 0), 1 - delta, method="higher")
+        expected.append(0.5 * max(chi2.ppf(1 - delta, k), quantile))
+    np.testing.assert_allclose(levels, expected, rtol=1e-7, atol=1e-9)
+
+
+def test_likelihood_sets_refuse_ties_and_the_option_is_named():
+    mdp, rewards, dataset = make_world("dense", seed=22, equal=0.3)
+    for confidence in ("likelihood", "finite"):
+        estimator = IndependentMLE(ridge=1.0, confidence=confidence).fit(dataset, mdp)
+        with pytest.raises(ValueError, match=f"confidence='{confidence}' needs labels in"):
+            estimator.confidence_set(0)
+    with pytest.raises(ValueError, match="confidence must be one of .*'bayes'"):
+        agents.make("independent", confidence="bayes")
+    with pytest.raises(TypeError, match="no option 'radius'"):
+        agents.make("independent", radius="wald")
+    assert agents.registry.options("p-sharelora")["confidence"] == "wald"

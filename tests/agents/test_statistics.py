@@ -116,7 +116,7 @@ def test_theory_sets_cover_at_least_the_nominal_level(name, n_pairs, frequency_t
                 probe = OracleSubspaceMLE(rewards.subspace, ridge=1.0).fit(dataset, mdp)
             basis = probe.confidence_set(0).basis
             norm_bound = float(np.max(np.linalg.norm(basis.T @ rewards.theta, axis=0)))
-            common = dict(ridge=1.0, delta=delta, radius="theory", norm_bound=norm_bound)
+            common = dict(ridge=1.0, delta=delta, confidence="theory", norm_bound=norm_bound)
             estimator = (IndependentMLE(**common) if name == "independent"
                          else OracleSubspaceMLE(rewards.subspace, **common)).fit(dataset, mdp)
             hits = coverage(estimator, rewards)

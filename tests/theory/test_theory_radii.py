@@ -1,4 +1,5 @@
-"""The confidence radii of :mod:`lr_mdp_env.theory` against scipy's quantiles and closed forms.
+"""The confidence radii and likelihood-ratio levels of :mod:`lr_mdp_env.theory` against scipy's
+quantiles, closed forms and the published formulas.
 
 ``agents`` re-exports the same functions (one implementation); tests/agents/test_confidence.py
 checks them through that name, with bad-input cases. Here: the formulas' ingredients, each
@@ -70,11 +71,34 @@ def test_theory_radius_without_data_is_its_closed_form(k, delta, ridge, feature_
     assert radius == pytest.approx(expected, rel=1e-9)
 
 
+def published_theory_radius(gram, ridge, delta, feature_bound, norm_bound):
+    """Zhu, Jordan and Jiao (2023, Lemma 3.1) with the constants of Abbasi-Yadkori et al. (2011,
+    Theorem 1) and Li, Lu and Zhou (2017), written from the papers: ``(1 / gamma) (sigma sqrt(2
+    log(1/delta) + log(det M / lambda^k)) + sqrt(lambda) B)`` with the sub-Gaussian constant
+    ``sigma = 1/2`` of a Bernoulli noise and ``gamma = inf_{|x| <= L B} sigmoid'(x)``."""
+    k = gram.shape[0]
+    margin = feature_bound * norm_bound
+    gamma = expit(margin) * expit(-margin)  # sigmoid'(L B), the slope at the end of the range
+    log_det_ratio = np.linalg.slogdet(gram)[1] - k * np.log(ridge)
+    return (0.5 * np.sqrt(2 * np.log(1 / delta) + log_det_ratio) + np.sqrt(ridge) * norm_bound) / gamma
+
+
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 5), n=st.integers(1, 40), delta=st.floats(1e-6, 0.5),
+       ridge=st.floats(0.01, 10.0), bounds=st.tuples(st.floats(0.0, 3.0), st.floats(0.0, 3.0)))
+def test_theory_radius_is_the_published_formula(seed, k, n, delta, ridge, bounds):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, k))
+    gram = ridge * np.eye(k) + z.T @ z
+    expected = published_theory_radius(gram, ridge, delta, *bounds)
+    assert theory.theory_radius(gram, ridge, delta, *bounds) == pytest.approx(expected, rel=1e-9)
+
+
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 5), n=st.integers(1, 40))
-def test_theory_radius_grows_with_information_at_the_log_determinant_rate(seed, k, n):
+def test_theory_radius_grows_with_information_at_most_at_the_log_determinant_rate(seed, k, n):
     """Adding comparisons increases ``M`` in the Loewner order, hence ``log det M``, hence the
     radius (the price of a data-dependent, self-normalised set). Doubling every comparison adds
-    at most ``k log 2`` to the log-determinant ratio (``lambda I + 2 S <= 2 (lambda I + S)``)."""
+    at most ``k log 2`` to the log-determinant ratio (``lambda I + 2 S <= 2 (lambda I + S)``), so the
+    deviation term ``gamma radius - sqrt(lambda) B`` grows by at most that inside its square root."""
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(n, k))
     ridge, delta = 1.0, 0.1
@@ -83,14 +107,43 @@ def test_theory_radius_grows_with_information_at_the_log_determinant_rate(seed, 
     base = theory.theory_radius(gram, ridge, delta, 1.0, 1.0)
     more = theory.theory_radius(doubled, ridge, delta, 1.0, 1.0)
     assert more > base
-    # Invert the formula for the log-determinant ratio: ((radius gamma - sqrt(lambda) B) / 0.5)^2 - 2 log(1/delta).
-    gamma = theory.logistic_curvature(1.0, 1.0)
+    gamma = expit(1.0) * expit(-1.0)
 
-    def log_det_ratio(radius):
-        return ((radius * gamma - 1.0) / 0.5) ** 2 - 2 * np.log(1 / delta)
+    def squared_deviation(radius):  # 2 log(1/delta) + log-determinant ratio, from the radius
+        return ((radius * gamma - 1.0) / 0.5) ** 2
 
-    assert log_det_ratio(base) == pytest.approx(np.linalg.slogdet(gram)[1], rel=1e-8, abs=1e-8)
-    assert log_det_ratio(more) - log_det_ratio(base) <= k * np.log(2) + 1e-8
+    assert squared_deviation(more) - squared_deviation(base) <= k * np.log(2) + 1e-8
+
+
+@given(k=st.integers(1, 300), delta=DELTAS)
+def test_wilks_level_is_half_the_chi_square_quantile(k, delta):
+    level = theory.wilks_level(k, delta)
+    # Through the distribution function, not ppf.
+    assert chi2.cdf(2 * level, k) == pytest.approx(1 - delta, rel=1e-9, abs=1e-12)
+
+
+@given(delta=DELTAS)
+def test_wilks_level_closed_form_in_two_dimensions(delta):
+    # chi^2_2 is exponential with mean 2: its quantile is -2 log(delta), half of it -log(delta).
+    assert theory.wilks_level(2, delta) == pytest.approx(-np.log(delta), rel=1e-9)
+
+
+def test_the_mixture_threshold_is_its_formula_for_every_prior_and_problem():
+    """``min_p [F_p + 1/2 sum_i log(1 + beta^2 g_i / (4 lambda_p))] + log(P / delta)`` with ``g_i`` the
+    eigenvalues of ``G``, recomputed with ``slogdet`` for each problem and prior."""
+    rng = np.random.default_rng(0)
+    minima = rng.uniform(0, 20, size=(4, 3))
+    z = rng.normal(size=(4, 10, 2))
+    grams = np.einsum("uni,unj->uij", z, z)
+    precisions = np.array([0.1, 1.0, 10.0])
+    beta, delta = 1.7, 0.05
+    got = theory.likelihood_mixture_threshold(minima, grams, precisions, beta, delta)
+    for user in range(4):
+        candidates = [minima[user, p] + 0.5 * np.linalg.slogdet(np.eye(2) + beta**2 * grams[user] / (4 * lam))[1]
+                      for p, lam in enumerate(precisions)]
+        assert got[user] == pytest.approx(min(candidates) + np.log(3 / delta), rel=1e-12)
+    single = theory.likelihood_mixture_threshold(minima[0], grams[0], precisions, beta, delta)
+    assert isinstance(single, float) and single == pytest.approx(got[0], rel=1e-12)
 
 
 def test_theory_radius_is_infinite_without_warnings_when_the_curvature_underflows():
@@ -104,6 +157,14 @@ def test_theory_radius_is_infinite_without_warnings_when_the_curvature_underflow
     (lambda: theory.logistic_curvature(-1.0, 1.0), "feature_bound"),
     (lambda: theory.logistic_curvature(1.0, float("nan")), "norm_bound"),
     (lambda: theory.wald_radius(3, 1.5), "delta"),
+    (lambda: theory.wilks_level(0, 0.1), "dimension"),
+    (lambda: theory.wilks_level(2, 0.0), "delta"),
+    (lambda: theory.likelihood_mixture_threshold([1.0, 2.0], np.eye(2), [1.0], 1.0, 0.1), "penalised_minima"),
+    (lambda: theory.likelihood_mixture_threshold([1.0], np.eye(2)[None], [1.0], 1.0, 0.1), "gram"),
+    (lambda: theory.likelihood_mixture_threshold([1.0], -np.eye(2), [1.0], 1.0, 0.1), "gram"),
+    (lambda: theory.likelihood_mixture_threshold([1.0], np.eye(2), [-1.0], 1.0, 0.1), "prior_precisions"),
+    (lambda: theory.likelihood_mixture_threshold([1.0], np.eye(2), [1.0], 1.0, 1.0), "delta"),
+    (lambda: theory.likelihood_mixture_threshold([1.0], np.eye(2), [1.0], 0.0, 0.1), "beta"),
 ])
 def test_bad_arguments_are_named(call, name):
     with pytest.raises(ValueError, match=name):
