@@ -155,7 +155,15 @@ def pessimistic_value(mdp: TabularMDP, confidence_set: Any, reference_features: 
 
 
 def rectangular_bonus(mdp: TabularMDP, sets: Any) -> np.ndarray:
-    """Per-``(h, s, a)`` bonus ``radius ||G phi_id[h, s, a]||_{M^{-1}}`` of each set.
+    """Per-``(h, s, a)`` bonus ``b = theta_hat . phi_id - lower(phi_id)`` of each set.
+
+    ``b[h, s, a]`` is how far the set lets the reward of ``(h, s, a)`` fall below the set's own
+    member ``theta_hat``: its support function on the identifiable features ``phi_id[h, s, a]``.
+    It has closed forms for the structured sets: ``radius ||G phi_id||_{M^{-1}} = radius ||K phi_id||``
+    for an :class:`~agents.Ellipsoid`, ``sum_j radius_j ||K_j phi_id||`` for a set with
+    :meth:`~agents.ConfidenceSet.seminorms` (an ellipsoid plus a ball in the complement of a
+    subspace, say); any other :class:`~agents.ConfidenceSet` is asked for ``lower`` on the
+    ``H S A`` (``S A`` with stationary features) rows of ``phi_id`` in one batch.
 
     ``phi_id`` is the identifiable part of the features: their projection onto the orthogonal
     complement of :func:`~lr_mdp_env.identifiability.unidentified_directions`. Comparisons never
@@ -166,79 +174,12 @@ def rectangular_bonus(mdp: TabularMDP, sets: Any) -> np.ndarray:
     Parameters
     ----------
     mdp : TabularMDP
-    sets : Ellipsoid or sequence of N Ellipsoids
+    sets : ConfidenceSet or sequence of N ConfidenceSets
 
     Returns
     -------
     ndarray, shape (H, S, A) or (N, H, S, A)
-
-    References
-    ----------
-    Jin, Yang and Wang, *Is Pessimism Provably Efficient for Offline RL?*, ICML 2021 (PEVI).
-    """
-    mdp = _check_mdp(mdp)
-    items, batched = _as_sets(mdp, sets, "sets")
-    identifiable = project_identifiable(mdp, mdp.flat_features(), unidentified_directions(mdp))
-    cache: list[tuple[np.ndarray, np.ndarray]] = []  # the sets of one estimator usually share a basis
-    bonus = np.empty((len(items), identifiable.shape[0]))
-    for index, item in enumerate(items):
-        coordinates = next((coords for basis, coords in cache if basis.shape == item.basis.shape
-                            and np.array_equal(basis, item.basis)), None)
-        if coordinates is None:
-            coordinates = identifiable @ item.basis
-            cache.append((item.basis, coordinates))
-        cholesky = np.linalg.cholesky(item.matrix)
-        whitened = scipy.linalg.solve_triangular(cholesky, coordinates.T, lower=True)
-        bonus[index] = item.radius * np.linalg.norm(whitened, axis=0)
-    shape = (mdp.horizon, mdp.n_states, mdp.n_actions)
-    bonus = np.broadcast_to(bonus.reshape((len(items), -1, mdp.n_states, mdp.n_actions)), (len(items),) + shape)
-    return np.array(bonus if batched else bonus[0])
-
-
-@dataclass(frozen=True)
-class RectangularSolution:
-    """Result of :func:`rectangular`.
-
-    Attributes
-    ----------
-    policy : ndarray, shape (H, S, A) or (N, H, S, A)
-        Deterministic policies maximising the penalised reward.
-    value : float or ndarray of shape (N,)
-        Each policy's exact pessimistic objective ``L(pi)`` against its set (in ``mdp``).
-    bonus : ndarray, shape (H, S, A) or (N, H, S, A)
-        The subtracted bonus (see :func:`rectangular_bonus`).
-    """
-
-    policy: np.ndarray
-    value: Any
-    bonus: np.ndarray
-
-
-def rectangular(
-    mdp: TabularMDP, sets: Any, reference_features: Any, *, transition_radius: Any = None
-) -> RectangularSolution:
-    """Rectangular pessimistic value iteration (fast, conservative).
-
-    Backward induction on ``r_hat[h, s, a] - radius ||G phi_id[h, s, a]||_{M^{-1}}``: each
-    ``(h, s, a)`` gets its own worst case, which is never less conservative than the exact
-    objective (its policy's ``L`` is at most :func:`robust_optimize`'s optimum).
-
-    Parameters
-    ----------
-    mdp : TabularMDP
-        The known MDP, or one with estimated transitions (see :func:`empirical_mdp`).
-    sets : Ellipsoid or sequence of N Ellipsoids
-        ``r_hat`` is each set's ``theta_hat``; all users share one batched backward induction.
-    reference_features : array_like, shape (d,) or (N, d)
-        ``d_ref``, used to report each policy's ``L``.
-    transition_radius : float or array_like of shape (H, S, A), optional
-        With estimated transitions, the L1 radius of each row's uncertainty, e.g.
-        ``lr_mdp_env.dynamic_programming.l1_transition_radius(counts, delta)``; the Bellman step
-        then also minimises over the transitions (robust value iteration).
-
-    Returns
-    -------
-    RectangularSolution
+        ``b >= 0`` (``theta_hat`` is a member, so ``lower(phi_id) <= theta_hat . phi_id``).
 
     References
     ----------
@@ -248,15 +189,129 @@ def rectangular(
     """
     mdp = _check_mdp(mdp)
     items, batched = _as_sets(mdp, sets, "sets")
-    reference = _reference_rows(mdp, reference_features, len(items), batched)
-    bonus = rectangular_bonus(mdp, items)
-    estimates = np.stack([item.theta_hat for item in items])
-    policy, _ = backward_induction(mdp, mdp.reward(estimates) - bonus, transition_radius=transition_radius)
-    features = expected_features(mdp, policy)
-    value = np.array([item.lower(f - r) for item, f, r in zip(items, features, reference)])
+    phi_id = project_identifiable(mdp, mdp.flat_features(), unidentified_directions(mdp))
+    coordinates_by_basis: list[tuple[np.ndarray, np.ndarray]] = []  # an estimator's sets usually share G
+    b = np.empty((len(items), phi_id.shape[0]))
+    for index, item in enumerate(items):
+        if isinstance(item, Ellipsoid):
+            if item.dimension == 0:
+                b[index] = 0.0
+                continue
+            g_phi = next((coordinates for basis, coordinates in coordinates_by_basis
+                          if basis.shape == item.basis.shape and np.array_equal(basis, item.basis)), None)
+            if g_phi is None:
+                g_phi = phi_id @ item.basis
+                coordinates_by_basis.append((item.basis, g_phi))
+            k_phi = scipy.linalg.solve_triangular(item.factor, g_phi.T, lower=True)
+            b[index] = item.radius * np.linalg.norm(k_phi, axis=0)
+            continue
+        seminorms = item.seminorms()
+        if seminorms is not None:
+            b[index] = sum((term.radius * term.norm(phi_id) for term in seminorms), np.zeros(phi_id.shape[0]))
+            continue
+        theta_hat = np.asarray(item.theta_hat, dtype=float)
+        lower = np.asarray(item.lower(phi_id), dtype=float)
+        if lower.shape != (phi_id.shape[0],) or not np.all(np.isfinite(lower)):
+            label = f"sets[{index}]" if batched else "sets"
+            raise ValueError(f"{label}.lower must return one finite value per row of a ({phi_id.shape[0]}, "
+                             f"{mdp.n_features}) batch, got shape {lower.shape}")
+        # A member attains at most theta_hat . phi_id: only rounding can make the gap negative.
+        b[index] = np.maximum(phi_id @ theta_hat - lower, 0.0)
+    shape = (mdp.horizon, mdp.n_states, mdp.n_actions)
+    b = np.broadcast_to(b.reshape((len(items), -1, mdp.n_states, mdp.n_actions)), (len(items),) + shape)
+    return np.array(b if batched else b[0])
+
+
+@dataclass(frozen=True)
+class RectangularSolution:
+    """Result of :func:`rectangular`.
+
+    Attributes
+    ----------
+    policy : ndarray, shape (H, S, A) or (N, H, S, A)
+        Deterministic policies maximising the penalised reward, or the reference policy for the
+        users the safeguard fell back on.
+    value : float or ndarray of shape (N,)
+        Each returned policy's exact pessimistic objective ``L(pi)`` against its set (in ``mdp``).
+    bonus : ndarray, shape (H, S, A) or (N, H, S, A)
+        The subtracted bonus (see :func:`rectangular_bonus`).
+    safeguarded : bool or ndarray of shape (N,)
+        Whether the reference policy replaced the rectangular one (``L(pi_rect) < L(ref) = 0``);
+        always ``False`` without ``reference_policy``.
+    """
+
+    policy: np.ndarray
+    value: Any
+    bonus: np.ndarray
+    safeguarded: Any
+
+
+def rectangular(
+    mdp: TabularMDP, sets: Any, reference_features: Any, *, transition_radius: Any = None,
+    reference_policy: Any = None,
+) -> RectangularSolution:
+    """Rectangular pessimistic value iteration (fast, conservative), with a safeguard.
+
+    Backward induction on ``theta_hat . phi[h, s, a] - b[h, s, a]`` with the bonus ``b`` of
+    :func:`rectangular_bonus` (``radius ||G phi_id[h, s, a]||_{M^{-1}}`` for an ellipsoid): each
+    ``(h, s, a)`` gets its own worst case, which is never less conservative than the exact
+    objective (its policy's ``L`` is at most :func:`robust_optimize`'s optimum).
+
+    Being a per-step worst case, the rectangular policy can have ``L(pi) < 0 = L(ref)``: it is
+    then not known to be as good as the reference policy, and on data concentrated on one policy
+    it can be much worse (the bonus of every pair the data rarely show is large, so the penalised
+    reward prefers the pairs that were seen, whether or not they lead anywhere). Given
+    ``reference_policy`` (whose expected features are ``d_ref``), the safeguard returns it for
+    the users with ``L(pi_rect) < 0``. The returned policy then has ``L(pi) >= 0``, and the lower
+    bound ``J(pi) - J(ref) = theta* . (d_pi - d_ref) >= L(pi)`` (docs/theory.md) gives
+    ``J(pi) >= J(ref)`` whenever the truth ``theta*`` is in the set.
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+        The known MDP, or one with estimated transitions (see :func:`empirical_mdp`).
+    sets : ConfidenceSet or sequence of N ConfidenceSets
+        ``theta_hat`` is each set's own; all users share one batched backward induction.
+    reference_features : array_like, shape (d,) or (N, d)
+        ``d_ref``, used to compute each policy's ``L``.
+    transition_radius : float or array_like of shape (H, S, A), optional
+        With estimated transitions, the L1 radius of each row's uncertainty, e.g.
+        ``lr_mdp_env.dynamic_programming.l1_transition_radius(counts, delta)``; the Bellman step
+        then also minimises over the transitions (robust value iteration).
+    reference_policy : array_like, shape (H, S, A) or (N, H, S, A), optional
+        The policy whose expected features in ``mdp`` are ``d_ref``. When given, the safeguard
+        above is on.
+
+    Returns
+    -------
+    RectangularSolution
+
+    References
+    ----------
+    Jin, Yang and Wang, *Is Pessimism Provably Efficient for Offline RL?*, ICML 2021 (PEVI).
+    Zhu, Jordan and Jiao, *Principled Reinforcement Learning with Human Feedback from Pairwise or
+    K-wise Comparisons*, ICML 2023 (the pessimistic objective and its lower bound).
+    """
+    mdp = _check_mdp(mdp)
+    items, batched = _as_sets(mdp, sets, "sets")
+    d_ref = _reference_rows(mdp, reference_features, len(items), batched)
+    reference_policies = _reference_policies(mdp, reference_policy, len(items))
+    b = rectangular_bonus(mdp, items)
+    theta_hat = np.stack([item.theta_hat for item in items])
+    policy, _ = backward_induction(mdp, mdp.reward(theta_hat) - b, transition_radius=transition_radius)
+    d_pi = expected_features(mdp, policy)
+    value = np.array([item.lower(d - r) for item, d, r in zip(items, d_pi, d_ref)])
+    safeguarded = np.zeros(len(items), dtype=bool)
+    if reference_policies is not None:
+        safeguarded = value < 0.0  # L(ref) = lower(0) = 0 for every set
+        users = np.flatnonzero(safeguarded)
+        if users.size:
+            policy[users] = reference_policies[users]
+            g = expected_features(mdp, policy[users]) - d_ref[users]
+            value[users] = [items[i].lower(g_i) for i, g_i in zip(users, g)]
     if not batched:
-        return RectangularSolution(policy[0], float(value[0]), bonus[0])
-    return RectangularSolution(policy, value, bonus)
+        return RectangularSolution(policy[0], float(value[0]), b[0], bool(safeguarded[0]))
+    return RectangularSolution(policy, value, b, safeguarded)
 
 
 def empirical_mdp(mdp: TabularMDP, counts: Any) -> TabularMDP:

@@ -17,7 +17,7 @@ from .estimators import IndependentMLE, OracleSubspaceMLE, PooledMLE, PShareLoRA
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 #: Options of the planner (:class:`PessimisticAgent`); the rest go to the estimator.
-_AGENT_OPTIONS = ("pessimism", "reference", "transitions", "tol")
+_AGENT_OPTIONS = ("pessimism", "reference", "transitions", "tol", "safeguard")
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
