@@ -14,10 +14,13 @@ Two kinds of sets are planned against:
 
 - ``estimator``: the estimator's own ``1 - delta`` sets (``confidence_set(user)``);
 - ``calibrated``: an oracle that shows what the planners do when the sets keep their promise.
-  Each estimator set's shape ``M`` and Wald radius are kept, but its centre is redrawn as the
-  truth's coordinates plus ``N(0, M^{-1})`` noise, the asymptotic law of an unbiased MLE whose
-  Fisher information is ``M``: ``||center - truth||_M^2`` is then chi-square with ``k`` degrees
-  of freedom and the set contains the truth with probability exactly ``1 - delta``.
+  In the coordinates of the estimator's set (its basis ``B``), ``M`` is the Fisher information
+  of the user's comparisons at the truth, ``sum_j p_j (1 - p_j) (B^T z_j)(B^T z_j)^T`` with the
+  true preference probabilities ``p_j``, plus ``I`` (a unit Gaussian prior on each coordinate, so
+  that coordinates the data never see have a finite width); the radius is the Wald radius, and
+  the centre is the truth's coordinates plus ``N(0, M^{-1})`` noise, the asymptotic law of the
+  estimate this ``M`` describes. ``||center - truth||_M^2`` is then chi-square with ``k`` degrees
+  of freedom: the set contains the truth with probability exactly ``1 - delta``.
 
 It prints one ``MEASURED`` line per cell and writes ``docs/pessimism_value.png``.
 
@@ -52,12 +55,21 @@ def chain():
     return world.mdp, world.rewards
 
 
-def calibrated(confidence_set: Ellipsoid, truth: np.ndarray, rng: np.random.Generator) -> Ellipsoid:
-    """``confidence_set`` recentred at the truth's coordinates plus ``N(0, M^{-1})`` noise."""
-    coordinates = np.linalg.lstsq(confidence_set.basis, truth - confidence_set.offset, rcond=None)[0]
-    noise = np.linalg.solve(confidence_set.factor.T, rng.standard_normal(confidence_set.dimension))  # L^-T z
-    return Ellipsoid(offset=confidence_set.offset, basis=confidence_set.basis, center=coordinates + noise,
-                     matrix=confidence_set.matrix, radius=confidence_set.radius, factor=confidence_set.factor)
+def calibrated_sets(dataset, mdp, estimator_sets, theta, delta: float, rng: np.random.Generator) -> list[Ellipsoid]:
+    """The calibrated oracle sets described in the module docstring, one per user."""
+    z = np.asarray(dataset.feature_differences(mdp))
+    weight = np.asarray(dataset.probabilities) * (1 - np.asarray(dataset.probabilities))
+    sets = []
+    for user, estimator_set in enumerate(estimator_sets):
+        basis, offset = estimator_set.basis, estimator_set.offset
+        coordinates = z[dataset.users == user] @ basis
+        matrix = (coordinates.T * weight[dataset.users == user]) @ coordinates + np.eye(basis.shape[1])
+        factor = np.linalg.cholesky(matrix)
+        truth = np.linalg.lstsq(basis, theta[:, user] - offset, rcond=None)[0]
+        noise = np.linalg.solve(factor.T, rng.standard_normal(basis.shape[1]))  # L^-T e ~ N(0, M^-1)
+        sets.append(Ellipsoid(offset=offset, basis=basis, center=truth + noise, matrix=matrix,
+                              radius=agents.wald_radius(basis.shape[1], delta), factor=factor))
+    return sets
 
 
 def values(mdp, rewards, behaviour, n_pairs: int, seed: int, sets_kind: str) -> dict[str, np.ndarray]:
@@ -68,8 +80,7 @@ def values(mdp, rewards, behaviour, n_pairs: int, seed: int, sets_kind: str) -> 
     agent = agents.make("independent", pessimism="exact").fit(dataset, mdp)
     sets = [agent.confidence_set(user) for user in range(rewards.n_users)]
     if sets_kind == "calibrated":
-        rng = np.random.default_rng([seed, 1])
-        sets = [calibrated(s, theta[:, user], rng) for user, s in enumerate(sets)]
+        sets = calibrated_sets(dataset, mdp, sets, theta, agent.estimator.delta, np.random.default_rng([seed, 1]))
     covered = np.array([s.contains(theta[:, user], project=True) for user, s in enumerate(sets)])
     reference_policy = np.broadcast_to(agent.reference_policy, (rewards.n_users, *mdp.transitions.shape[:-1])) \
         if agent.reference_policy.ndim == 3 else agent.reference_policy
