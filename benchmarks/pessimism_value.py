@@ -122,12 +122,16 @@ def main() -> None:
                 worst = {name: float(np.min(np.concatenate([(v[name] - v["behaviour"])[v["covered"]]
                                                             for v in per_replicate]), initial=np.inf))
                          for name in PLANNERS}
+                worst_all = {name: float(np.min([np.min(v[name] - v["behaviour"]) for v in per_replicate]))
+                             for name in PLANNERS}
                 for name in PLANNERS:
                     curves.setdefault((sets_kind, data_name, name), []).append(means[name])
                 print(f"MEASURED pessimism_value sets={sets_kind} data={data_name} n={n_pairs}: J* {optimal_value:.2f}; "
                       + "; ".join(f"{name} {means[name]:.2f}" for name in PLANNERS)
                       + f"; truth in set {covered.sum()}/{covered.size}; min over covered users of J - J(behaviour): "
-                      + ", ".join(f"{name} {worst[name]:.2f}" for name in PLANNERS if name != "behaviour"),
+                      + ", ".join(f"{name} {worst[name]:.2f}" for name in PLANNERS if name != "behaviour")
+                      + "; over all users: "
+                      + ", ".join(f"{name} {worst_all[name]:.2f}" for name in PLANNERS if name != "behaviour"),
                       flush=True)
     plot(curves, arguments.sizes, optimal_value, list(behaviours), arguments.output)
 
