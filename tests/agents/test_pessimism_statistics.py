@@ -279,7 +279,7 @@ def test_exact_pessimism_on_the_chain_converges_at_rate_root_n(chain_runs):
     What is asserted, and why. The bound: ``M`` grows linearly in n at a fixed radius; only
     ``sigmoid'`` at the converging estimate and the ridge move its slope, each by less than 0.01
     on these sizes (the computation of the lemma test above, with ``k = 7`` identifiable
-    coordinates and ``n >= 800``), so it must be within 0.02 plus three bootstrap standard errors
+    coordinates, ``n >= 800`` and the smaller ridge 0.05), so it must be within 0.02 plus three bootstrap standard errors
     of -1/2. The loss: the pessimism lemma guarantees at least the bound's rate, so its slope must
     be at most ``-1/2`` plus three bootstrap standard errors; the hedge says it is not faster by a
     power of n (``w = a h`` is of the order of ``a``, not ``a^2``), so its slope must be above
