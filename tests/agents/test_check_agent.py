@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -115,15 +116,28 @@ class UncheckedAgent(WinCountAgent):
         return self
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClaimedCentreEllipsoid(agents.Ellipsoid):
+    """An ellipsoid that claims the centre of ``center`` but whose membership is that of ``actual``."""
+
+    actual: agents.Ellipsoid | None = None
+
+    def contains(self, theta, *, atol=1e-9, project=False):
+        return self.actual.contains(theta, atol=atol, project=project)
+
+    def distance(self, theta):
+        return self.actual.distance(theta)
+
+
 class OffCentreAgent(PessimisticAgent):
-    """Reports sets whose centre is moved twice the radius away from the estimate theta_hat."""
+    """Reports sets whose claimed centre theta_hat is twice the radius away from the set."""
 
     def confidence_set(self, user=None, *, context=None):
         region = super().confidence_set(user, context=context)
         step = np.zeros(region.dimension)
         step[0] = 2 * region.radius / np.sqrt(region.matrix[0, 0])  # ||step||_M = 2 radius
-        return agents.Ellipsoid(offset=region.offset, basis=region.basis, center=region.center + step,
-                                matrix=region.matrix, radius=region.radius)
+        return ClaimedCentreEllipsoid(offset=region.offset, basis=region.basis, center=region.center + step,
+                                      matrix=region.matrix, radius=region.radius, actual=region)
 
 
 class WorstPolicyAgent(PessimisticAgent):
@@ -222,7 +236,7 @@ def test_a_set_that_excludes_its_own_centre_is_caught():
     error = failure(independent_around(OffCentreAgent))
     assert error.property == "center_in_set"
     message = str(error)
-    assert "does not contain the agent's own estimate `theta_hat[0]`" in message
+    assert "`agent.confidence_set(0)` does not contain its own centre `theta_hat`" in message
     # The centre moved by 2 radius in the set's norm: the reported distance is twice the radius.
     distance = float(re.search(r"its distance (\S+)", message).group(1))
     radius = float(re.search(r"exceeds the radius (\S+)", message).group(1))
