@@ -782,15 +782,25 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
         )
 
         def check(rows: np.ndarray, q: np.ndarray, z: np.ndarray) -> np.ndarray:
+            # An iterate that rounding has made non-finite certifies nothing: those problems stop
+            # here and column generation continues them (robust_optimize's fallback).
+            finite = np.isfinite(q).all(axis=(1, 2, 3)) & np.isfinite(z).all(axis=1)
+            rows, q, z = rows[finite], q[finite], z[finite]
             members = block[rows]
             policies = _policy_of(q)
             g = expected_features(mdp, policies) - run.d_ref[members]
             run.record_policies(members, policies, _structured_lower([block_structures[r] for r in rows], g))
             run.record_duals(members, theta_hat[rows] + np.matmul(adjoints[rows], z[..., None])[..., 0])
-            return run.done(members)
+            done = np.ones(finite.size, dtype=bool)
+            done[finite] = run.done(members)
+            return done
 
-        iterations = interior_point.interior_point(problem, check, tol=run.tol, max_iterations=max_iterations,
-                                                   out_of_time=run.out_of_time)
+        # A Newton system that an ill-conditioned set (a tiny ridge along directions the data never
+        # see) makes singular in floating point raises at the step that meets it, instead of
+        # carrying NaN on: interior_point then certifies its last iterate and stops.
+        with np.errstate(divide="raise", invalid="raise", over="raise"):
+            iterations = interior_point.interior_point(problem, check, tol=run.tol, max_iterations=max_iterations,
+                                                       out_of_time=run.out_of_time)
         run.iterations[block] = iterations
         run.label(block, "interior-point")
 
