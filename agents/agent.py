@@ -96,10 +96,16 @@ class PessimisticAgent:
         pessimism then also takes the worst case over an L1 ball around each row.
     tol : float, default 1e-8
         Relative gap of the exact robust solver.
+    safeguard : bool, default True
+        Rectangular pessimism returns the reference policy for the users whose rectangular
+        policy has ``L(pi) < L(ref) = 0`` (:func:`agents.planning.rectangular`), so that
+        ``J(pi) >= J(ref)`` whenever the truth is in the set. Exact pessimism needs no
+        safeguard: it maximises ``L`` over all policies, the reference among them, so its
+        ``L(pi) >= 0`` up to the solver's certified gap.
     """
 
     def __init__(self, estimator: Any, *, pessimism: str = "exact", reference: Any = "behavior",
-                 transitions: str = "known", tol: float = 1e-8) -> None:
+                 transitions: str = "known", tol: float = 1e-8, safeguard: bool = True) -> None:
         if pessimism not in PESSIMISM:
             raise ValueError(f"pessimism must be one of {PESSIMISM}, got {pessimism!r}")
         if transitions not in TRANSITIONS:
@@ -111,10 +117,13 @@ class PessimisticAgent:
         self.reference = reference
         self.transitions = transitions
         self.tol = check_real("tol", tol, 0.0, strict_minimum=True)
+        if not isinstance(safeguard, (bool, np.bool_)):
+            raise TypeError(f"safeguard must be a bool, got {type(safeguard).__name__}")
+        self.safeguard = bool(safeguard)
 
     def __repr__(self) -> str:
         return (f"PessimisticAgent({type(self.estimator).__name__}, pessimism={self.pessimism!r}, "
-                f"transitions={self.transitions!r})")
+                f"transitions={self.transitions!r}, safeguard={self.safeguard!r})")
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails (or a property's estimator is unfitted).
@@ -217,7 +226,8 @@ class PessimisticAgent:
     def _plan_rectangular_all(self) -> None:
         sets = [self.confidence_set(user) for user in range(self.n_users)]
         solution = planning.rectangular(self.mdp_, sets, self._reference_rows(),
-                                        transition_radius=self.transition_radius_)
+                                        transition_radius=self.transition_radius_,
+                                        reference_policy=self.reference_policy if self.safeguard else None)
         for user, policy in enumerate(solution.policy):
             self._policies[user] = policy
 
@@ -237,7 +247,8 @@ class PessimisticAgent:
             reference = self._reference_rows()[user]
         if self.pessimism == "rectangular":
             return planning.rectangular(self.mdp_, confidence_set, reference,
-                                        transition_radius=self.transition_radius_).policy
+                                        transition_radius=self.transition_radius_,
+                                        reference_policy=reference_policy if self.safeguard else None).policy
         solution = planning.robust_optimize(self.mdp_, confidence_set, reference, self.tol,
                                             reference_policy=reference_policy)
         self._solutions[user if context is None else ("context", np.asarray(context).tobytes())] = solution

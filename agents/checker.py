@@ -27,7 +27,7 @@ from lr_mdp_env.rewards import ContextualRewards, LowRankRewards
 
 from . import registry
 from .agent import Agent
-from .confidence import Ellipsoid
+from .confidence import ConfidenceSet, Ellipsoid
 from .evaluation import evaluate
 
 #: The properties :func:`check_agent` checks, in the order it checks them on each instance.
@@ -35,7 +35,8 @@ PROPERTIES: dict[str, str] = {
     "protocol": "fit(dataset, mdp) returns the agent itself and policy(user) answers for every user",
     "policies": "policy(user) is an (H, S, A) array whose rows are finite, non-negative and sum to 1",
     "mutation": "fit and planning leave every array of the dataset and of the MDP bitwise unchanged",
-    "center_in_set": "confidence_set(user) is an agents.Ellipsoid that contains its own centre theta_hat",
+    "center_in_set": ("confidence_set(user) is an agents.ConfidenceSet that contains its own centre theta_hat, "
+                      "whose lower() is attained by its minimizer()"),
     "lower_bound": "J(pi_hat) - J(ref) >= L(pi_hat) whenever the truth lies in the confidence set",
     "pessimism_lemma": "0 <= J(pi*) - J(pi_hat) <= bound whenever the truth lies in the set (exact pessimism)",
     "determinism": "two agents made alike (with the same seed, if they take one) give identical policies",
@@ -324,9 +325,10 @@ def check_agent(
         MDP is bitwise the same after ``fit`` and after planning as before.
     ``center_in_set``, ``lower_bound``, ``pessimism_lemma``
         For agents exposing ``confidence_set(user)``, ``reference_features`` and ``theta_hat``:
-        the set is an :class:`~agents.Ellipsoid` containing its own centre ``theta_hat`` (which
-        may differ from the point estimate ``theta_hat[user]``: sets are built around an inference
-        refit, docs/confidence_sets.md); by
+        the set is an :class:`~agents.ConfidenceSet` (the set protocol) containing its own centre
+        ``theta_hat`` (which may differ from the point estimate ``theta_hat[user]`` when the set is
+        built around an inference refit), and on a few random directions ``v`` its
+        ``minimizer(v)`` lies in it and attains ``lower(v) <= theta_hat . v <= upper(v)``; by
         :func:`agents.evaluate`, whenever the truth (its projection, for reduced sets) lies in the
         set, ``J(pi_hat) - J(ref) >= L(pi_hat)`` up to the misspecification of the projection,
         and, for agents whose ``pessimism`` attribute is ``"exact"``,
@@ -565,16 +567,13 @@ class _Checker:
             if theta_hat.shape != (dataset.n_users, mdp.n_features):
                 self.fail("center_in_set", f"`agent.theta_hat` has shape {theta_hat.shape}, not (N, d) = "
                           f"{(dataset.n_users, mdp.n_features)}.", instance, agent_seed)
+            directions = np.random.default_rng([agent_seed, 3]).standard_normal((3, mdp.n_features))
             for user in range(dataset.n_users):
                 region = agent.confidence_set(user)
-                if not isinstance(region, Ellipsoid):
+                if not isinstance(region, ConfidenceSet):
                     self.fail("center_in_set", f"`agent.confidence_set({user})` returned {type(region).__name__}, "
-                              "not an agents.Ellipsoid.", instance, agent_seed)
-                if not region.contains(region.theta_hat):
-                    self.fail("center_in_set", f"`agent.confidence_set({user})` does not contain its own centre "
-                              f"`theta_hat`: its distance {region.distance(region.theta_hat):.6g} exceeds the "
-                              f"radius {region.radius:.6g} (or it is off the set's span). A set's theta_hat must "
-                              "be a member of it.", instance, agent_seed)
+                              "not an agents.ConfidenceSet (the set protocol the planners use).", instance, agent_seed)
+                self.set_protocol(region, user, directions, instance, agent_seed)
         if not (self.wanted("lower_bound") or self.wanted("pessimism_lemma")):
             return
         try:
@@ -614,6 +613,40 @@ class _Checker:
                               f"yet the sub-optimality {row.suboptimality:.9g} is outside [0, bound + gap] = "
                               f"[0, {row.bound:.9g} + {gap:.3g}]. The policy does not maximise the pessimistic "
                               "objective of its set.", instance, agent_seed)
+
+    def set_protocol(self, region: ConfidenceSet, user: int, directions: np.ndarray, instance: CheckInstance,
+                     agent_seed: int) -> None:
+        """The facts of the set protocol that the planners rely on, for any kind of set: the set
+        contains its own ``theta_hat`` (the rectangular bonus ``theta_hat . v - lower(v)`` and the
+        exact planner's first answer are taken there), and ``minimizer(v)`` is a member attaining
+        ``lower(v) <= theta_hat . v <= upper(v)`` (the exact planner's certificates and
+        Frank-Wolfe steps are minimisers)."""
+        label = f"`agent.confidence_set({user})`"
+        member = np.asarray(region.theta_hat, dtype=float)
+        if not region.contains(member):
+            where = (f"its distance {region.distance(member):.6g} exceeds the radius {region.radius:.6g} (or it is "
+                     "off the set's span)" if isinstance(region, Ellipsoid) else "contains() says it is outside")
+            self.fail("center_in_set", f"{label} does not contain its own centre `theta_hat`: {where}. A set's "
+                      "theta_hat must be a member of it: the planners start from it.", instance, agent_seed)
+        lower = np.asarray(region.lower(directions), dtype=float)
+        upper = np.asarray(region.upper(directions), dtype=float)
+        minimizers = np.asarray(region.minimizer(directions), dtype=float)
+        centre = directions @ member
+        # Support functions are a few dozen floating-point operations on O(1) numbers: 1e-9
+        # relative to the values involved is far above rounding and far below any real error.
+        scale = 1e-9 * (1.0 + np.abs(centre) + np.abs(lower) + np.abs(upper))
+        for row, v in enumerate(directions):
+            attained = float(minimizers[row] @ v)
+            if not (lower[row] <= centre[row] + scale[row] and centre[row] <= upper[row] + scale[row]):
+                self.fail("center_in_set", f"{label}: lower(v) = {lower[row]:.9g} <= theta_hat . v = {centre[row]:.9g} "
+                          f"<= upper(v) = {upper[row]:.9g} fails for a random v: lower() and upper() are not the "
+                          "extremes of theta . v over a set containing theta_hat.", instance, agent_seed)
+            # The minimiser lies on the boundary, where contains() is as exact as the set's
+            # conditioning allows: the point a millionth of the way back towards theta_hat is asked.
+            inside = region.contains(member + (1 - 1e-6) * (minimizers[row] - member))
+            if abs(attained - lower[row]) > scale[row] or not inside:
+                self.fail("center_in_set", f"{label}: minimizer(v) . v = {attained:.9g} does not attain lower(v) = "
+                          f"{lower[row]:.9g} for a random v, or minimizer(v) is outside the set.", instance, agent_seed)
 
     # -- wrong shapes ----------------------------------------------------------------------------
 

@@ -175,7 +175,7 @@ def column_generation(run: Any, users: np.ndarray, thetas: np.ndarray, adjoints:
     """
     mdp = run.mdp
     n, _, k = adjoints.shape
-    reference = run.reference[users]
+    reference = run.d_ref[users]
     eye = np.eye(mdp.n_actions)
     actions: list[np.ndarray] = []  # per column, (n, H, S) greedy actions
     states: list[np.ndarray] = []  # per column, (n, H, S) state distributions

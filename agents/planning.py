@@ -86,15 +86,15 @@ def _as_sets(mdp: TabularMDP, sets: Any, name: str) -> tuple[list[ConfidenceSet]
 
 def _reference_rows(mdp: TabularMDP, reference_features: Any, n_sets: int, batched: bool) -> np.ndarray:
     """``d_ref`` as ``(n_sets, d)``: one row per set, or one vector shared by all."""
-    reference = as_real_array("reference_features", reference_features, (1, 2) if batched else (1,))
+    d_ref = as_real_array("reference_features", reference_features, (1, 2) if batched else (1,))
     d = mdp.n_features
-    if reference.ndim == 1:
-        if reference.shape != (d,):
-            raise ValueError(f"reference_features must have shape ({d},), got {reference.shape}")
-        return np.broadcast_to(reference, (n_sets, d))
-    if reference.shape != (n_sets, d):
-        raise ValueError(f"reference_features must have shape ({d},) or ({n_sets}, {d}), got {reference.shape}")
-    return reference
+    if d_ref.ndim == 1:
+        if d_ref.shape != (d,):
+            raise ValueError(f"reference_features must have shape ({d},), got {d_ref.shape}")
+        return np.broadcast_to(d_ref, (n_sets, d))
+    if d_ref.shape != (n_sets, d):
+        raise ValueError(f"reference_features must have shape ({d},) or ({n_sets}, {d}), got {d_ref.shape}")
+    return d_ref
 
 
 # -- greedy and the pessimistic objective ------------------------------------------------------
@@ -128,7 +128,7 @@ def pessimistic_value(mdp: TabularMDP, confidence_set: Any, reference_features: 
     Parameters
     ----------
     mdp : TabularMDP
-    confidence_set : Ellipsoid or sequence of N Ellipsoids
+    confidence_set : ConfidenceSet or sequence of N ConfidenceSets
     reference_features : array_like, shape (d,) or (N, d)
     policy : array_like, shape (H, S, A), or (N, H, S, A) with a sequence of sets
 
@@ -143,19 +143,27 @@ def pessimistic_value(mdp: TabularMDP, confidence_set: Any, reference_features: 
     """
     mdp = _check_mdp(mdp)
     sets, batched = _as_sets(mdp, confidence_set, "confidence_set")
-    reference = _reference_rows(mdp, reference_features, len(sets), batched)
-    features = np.atleast_2d(expected_features(mdp, policy))
-    if features.shape[0] != len(sets):
-        raise ValueError(f"policy must hold one policy per set ({len(sets)}), got {features.shape[0]}")
-    values = np.array([item.lower(f - r) for item, f, r in zip(sets, features, reference)])
-    return values if batched else float(values[0])
+    d_ref = _reference_rows(mdp, reference_features, len(sets), batched)
+    d_pi = np.atleast_2d(expected_features(mdp, policy))
+    if d_pi.shape[0] != len(sets):
+        raise ValueError(f"policy must hold one policy per set ({len(sets)}), got {d_pi.shape[0]}")
+    L = np.array([item.lower(g) for item, g in zip(sets, d_pi - d_ref)])
+    return L if batched else float(L[0])
 
 
 # -- rectangular pessimism ---------------------------------------------------------------------
 
 
 def rectangular_bonus(mdp: TabularMDP, sets: Any) -> np.ndarray:
-    """Per-``(h, s, a)`` bonus ``radius ||G phi_id[h, s, a]||_{M^{-1}}`` of each set.
+    """Per-``(h, s, a)`` bonus ``b = theta_hat . phi_id - lower(phi_id)`` of each set.
+
+    ``b[h, s, a]`` is how far the set lets the reward of ``(h, s, a)`` fall below the set's own
+    member ``theta_hat``: its support function on the identifiable features ``phi_id[h, s, a]``.
+    It has closed forms for the structured sets: ``radius ||G phi_id||_{M^{-1}} = radius ||K phi_id||``
+    for an :class:`~agents.Ellipsoid`, ``sum_j radius_j ||K_j phi_id||`` for a set with
+    :meth:`~agents.ConfidenceSet.seminorms` (an ellipsoid plus a ball in the complement of a
+    subspace, say); any other :class:`~agents.ConfidenceSet` is asked for ``lower`` on the
+    ``H S A`` (``S A`` with stationary features) rows of ``phi_id`` in one batch.
 
     ``phi_id`` is the identifiable part of the features: their projection onto the orthogonal
     complement of :func:`~lr_mdp_env.identifiability.unidentified_directions`. Comparisons never
@@ -166,79 +174,12 @@ def rectangular_bonus(mdp: TabularMDP, sets: Any) -> np.ndarray:
     Parameters
     ----------
     mdp : TabularMDP
-    sets : Ellipsoid or sequence of N Ellipsoids
+    sets : ConfidenceSet or sequence of N ConfidenceSets
 
     Returns
     -------
     ndarray, shape (H, S, A) or (N, H, S, A)
-
-    References
-    ----------
-    Jin, Yang and Wang, *Is Pessimism Provably Efficient for Offline RL?*, ICML 2021 (PEVI).
-    """
-    mdp = _check_mdp(mdp)
-    items, batched = _as_sets(mdp, sets, "sets")
-    identifiable = project_identifiable(mdp, mdp.flat_features(), unidentified_directions(mdp))
-    cache: list[tuple[np.ndarray, np.ndarray]] = []  # the sets of one estimator usually share a basis
-    bonus = np.empty((len(items), identifiable.shape[0]))
-    for index, item in enumerate(items):
-        coordinates = next((coords for basis, coords in cache if basis.shape == item.basis.shape
-                            and np.array_equal(basis, item.basis)), None)
-        if coordinates is None:
-            coordinates = identifiable @ item.basis
-            cache.append((item.basis, coordinates))
-        cholesky = np.linalg.cholesky(item.matrix)
-        whitened = scipy.linalg.solve_triangular(cholesky, coordinates.T, lower=True)
-        bonus[index] = item.radius * np.linalg.norm(whitened, axis=0)
-    shape = (mdp.horizon, mdp.n_states, mdp.n_actions)
-    bonus = np.broadcast_to(bonus.reshape((len(items), -1, mdp.n_states, mdp.n_actions)), (len(items),) + shape)
-    return np.array(bonus if batched else bonus[0])
-
-
-@dataclass(frozen=True)
-class RectangularSolution:
-    """Result of :func:`rectangular`.
-
-    Attributes
-    ----------
-    policy : ndarray, shape (H, S, A) or (N, H, S, A)
-        Deterministic policies maximising the penalised reward.
-    value : float or ndarray of shape (N,)
-        Each policy's exact pessimistic objective ``L(pi)`` against its set (in ``mdp``).
-    bonus : ndarray, shape (H, S, A) or (N, H, S, A)
-        The subtracted bonus (see :func:`rectangular_bonus`).
-    """
-
-    policy: np.ndarray
-    value: Any
-    bonus: np.ndarray
-
-
-def rectangular(
-    mdp: TabularMDP, sets: Any, reference_features: Any, *, transition_radius: Any = None
-) -> RectangularSolution:
-    """Rectangular pessimistic value iteration (fast, conservative).
-
-    Backward induction on ``r_hat[h, s, a] - radius ||G phi_id[h, s, a]||_{M^{-1}}``: each
-    ``(h, s, a)`` gets its own worst case, which is never less conservative than the exact
-    objective (its policy's ``L`` is at most :func:`robust_optimize`'s optimum).
-
-    Parameters
-    ----------
-    mdp : TabularMDP
-        The known MDP, or one with estimated transitions (see :func:`empirical_mdp`).
-    sets : Ellipsoid or sequence of N Ellipsoids
-        ``r_hat`` is each set's ``theta_hat``; all users share one batched backward induction.
-    reference_features : array_like, shape (d,) or (N, d)
-        ``d_ref``, used to report each policy's ``L``.
-    transition_radius : float or array_like of shape (H, S, A), optional
-        With estimated transitions, the L1 radius of each row's uncertainty, e.g.
-        ``lr_mdp_env.dynamic_programming.l1_transition_radius(counts, delta)``; the Bellman step
-        then also minimises over the transitions (robust value iteration).
-
-    Returns
-    -------
-    RectangularSolution
+        ``b >= 0`` (``theta_hat`` is a member, so ``lower(phi_id) <= theta_hat . phi_id``).
 
     References
     ----------
@@ -248,15 +189,129 @@ def rectangular(
     """
     mdp = _check_mdp(mdp)
     items, batched = _as_sets(mdp, sets, "sets")
-    reference = _reference_rows(mdp, reference_features, len(items), batched)
-    bonus = rectangular_bonus(mdp, items)
-    estimates = np.stack([item.theta_hat for item in items])
-    policy, _ = backward_induction(mdp, mdp.reward(estimates) - bonus, transition_radius=transition_radius)
-    features = expected_features(mdp, policy)
-    value = np.array([item.lower(f - r) for item, f, r in zip(items, features, reference)])
+    phi_id = project_identifiable(mdp, mdp.flat_features(), unidentified_directions(mdp))
+    coordinates_by_basis: list[tuple[np.ndarray, np.ndarray]] = []  # an estimator's sets usually share G
+    b = np.empty((len(items), phi_id.shape[0]))
+    for index, item in enumerate(items):
+        if isinstance(item, Ellipsoid):
+            if item.dimension == 0:
+                b[index] = 0.0
+                continue
+            g_phi = next((coordinates for basis, coordinates in coordinates_by_basis
+                          if basis.shape == item.basis.shape and np.array_equal(basis, item.basis)), None)
+            if g_phi is None:
+                g_phi = phi_id @ item.basis
+                coordinates_by_basis.append((item.basis, g_phi))
+            k_phi = scipy.linalg.solve_triangular(item.factor, g_phi.T, lower=True)
+            b[index] = item.radius * np.linalg.norm(k_phi, axis=0)
+            continue
+        seminorms = item.seminorms()
+        if seminorms is not None:
+            b[index] = sum((term.radius * term.norm(phi_id) for term in seminorms), np.zeros(phi_id.shape[0]))
+            continue
+        theta_hat = np.asarray(item.theta_hat, dtype=float)
+        lower = np.asarray(item.lower(phi_id), dtype=float)
+        if lower.shape != (phi_id.shape[0],) or not np.all(np.isfinite(lower)):
+            label = f"sets[{index}]" if batched else "sets"
+            raise ValueError(f"{label}.lower must return one finite value per row of a ({phi_id.shape[0]}, "
+                             f"{mdp.n_features}) batch, got shape {lower.shape}")
+        # A member attains at most theta_hat . phi_id: only rounding can make the gap negative.
+        b[index] = np.maximum(phi_id @ theta_hat - lower, 0.0)
+    shape = (mdp.horizon, mdp.n_states, mdp.n_actions)
+    b = np.broadcast_to(b.reshape((len(items), -1, mdp.n_states, mdp.n_actions)), (len(items),) + shape)
+    return np.array(b if batched else b[0])
+
+
+@dataclass(frozen=True)
+class RectangularSolution:
+    """Result of :func:`rectangular`.
+
+    Attributes
+    ----------
+    policy : ndarray, shape (H, S, A) or (N, H, S, A)
+        Deterministic policies maximising the penalised reward, or the reference policy for the
+        users the safeguard fell back on.
+    value : float or ndarray of shape (N,)
+        Each returned policy's exact pessimistic objective ``L(pi)`` against its set (in ``mdp``).
+    bonus : ndarray, shape (H, S, A) or (N, H, S, A)
+        The subtracted bonus (see :func:`rectangular_bonus`).
+    safeguarded : bool or ndarray of shape (N,)
+        Whether the reference policy replaced the rectangular one (``L(pi_rect) < L(ref) = 0``);
+        always ``False`` without ``reference_policy``.
+    """
+
+    policy: np.ndarray
+    value: Any
+    bonus: np.ndarray
+    safeguarded: Any
+
+
+def rectangular(
+    mdp: TabularMDP, sets: Any, reference_features: Any, *, transition_radius: Any = None,
+    reference_policy: Any = None,
+) -> RectangularSolution:
+    """Rectangular pessimistic value iteration (one backward induction, conservative), with a safeguard.
+
+    Backward induction on ``theta_hat . phi[h, s, a] - b[h, s, a]`` with the bonus ``b`` of
+    :func:`rectangular_bonus` (``radius ||G phi_id[h, s, a]||_{M^{-1}}`` for an ellipsoid): each
+    ``(h, s, a)`` gets its own worst case, which is never less conservative than the exact
+    objective (its policy's ``L`` is at most :func:`robust_optimize`'s optimum).
+
+    Being a per-step worst case, the rectangular policy can have ``L(pi) < 0 = L(ref)``: it is
+    then not known to be as good as the reference policy, and on data concentrated on one policy
+    it can be much worse (the bonus of every pair the data rarely show is large, so the penalised
+    reward prefers the pairs that were seen, whether or not they lead anywhere). Given
+    ``reference_policy`` (whose expected features are ``d_ref``), the safeguard returns it for
+    the users with ``L(pi_rect) < 0``. The returned policy then has ``L(pi) >= 0``, and the lower
+    bound ``J(pi) - J(ref) = theta* . (d_pi - d_ref) >= L(pi)`` (docs/theory.md) gives
+    ``J(pi) >= J(ref)`` whenever the truth ``theta*`` is in the set.
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+        The known MDP, or one with estimated transitions (see :func:`empirical_mdp`).
+    sets : ConfidenceSet or sequence of N ConfidenceSets
+        ``theta_hat`` is each set's own; all users share one batched backward induction.
+    reference_features : array_like, shape (d,) or (N, d)
+        ``d_ref``, used to compute each policy's ``L``.
+    transition_radius : float or array_like of shape (H, S, A), optional
+        With estimated transitions, the L1 radius of each row's uncertainty, e.g.
+        ``lr_mdp_env.dynamic_programming.l1_transition_radius(counts, delta)``; the Bellman step
+        then also minimises over the transitions (robust value iteration).
+    reference_policy : array_like, shape (H, S, A) or (N, H, S, A), optional
+        The policy whose expected features in ``mdp`` are ``d_ref``. When given, the safeguard
+        above is on.
+
+    Returns
+    -------
+    RectangularSolution
+
+    References
+    ----------
+    Jin, Yang and Wang, *Is Pessimism Provably Efficient for Offline RL?*, ICML 2021 (PEVI).
+    Zhu, Jordan and Jiao, *Principled Reinforcement Learning with Human Feedback from Pairwise or
+    K-wise Comparisons*, ICML 2023 (the pessimistic objective and its lower bound).
+    """
+    mdp = _check_mdp(mdp)
+    items, batched = _as_sets(mdp, sets, "sets")
+    d_ref = _reference_rows(mdp, reference_features, len(items), batched)
+    reference_policies = _reference_policies(mdp, reference_policy, len(items))
+    b = rectangular_bonus(mdp, items)
+    theta_hat = np.stack([item.theta_hat for item in items])
+    policy, _ = backward_induction(mdp, mdp.reward(theta_hat) - b, transition_radius=transition_radius)
+    d_pi = expected_features(mdp, policy)
+    L = np.array([item.lower(g) for item, g in zip(items, d_pi - d_ref)])
+    safeguarded = np.zeros(len(items), dtype=bool)
+    if reference_policies is not None:
+        safeguarded = L < 0.0  # L(ref) = lower(0) = 0 for every set
+        users = np.flatnonzero(safeguarded)
+        if users.size:
+            policy[users] = reference_policies[users]
+            g = expected_features(mdp, policy[users]) - d_ref[users]
+            L[users] = [items[i].lower(g_i) for i, g_i in zip(users, g)]
     if not batched:
-        return RectangularSolution(policy[0], float(value[0]), bonus[0])
-    return RectangularSolution(policy, value, bonus)
+        return RectangularSolution(policy[0], float(L[0]), b[0], bool(safeguarded[0]))
+    return RectangularSolution(policy, L, b, safeguarded)
 
 
 def empirical_mdp(mdp: TabularMDP, counts: Any) -> TabularMDP:
@@ -436,7 +491,7 @@ def robust_optimize(
     """
     mdp = _check_mdp(mdp)
     items, batched = _as_sets(mdp, confidence_set, "confidence_set")
-    reference = _reference_rows(mdp, reference_features, len(items), batched)
+    d_ref = _reference_rows(mdp, reference_features, len(items), batched)
     tol = check_real("tol", tol, 0.0, strict_minimum=True)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -446,7 +501,7 @@ def robust_optimize(
     if max_seconds is not None:
         deadline = time.perf_counter() + check_real("max_seconds", max_seconds, 0.0, strict_minimum=True)
     policies = _reference_policies(mdp, reference_policy, len(items))
-    run = _Run(mdp, items, reference, policies, tol, deadline)
+    run = _Run(mdp, items, d_ref, policies, tol, deadline)
     run.start()
     groups: dict[Any, list[int]] = {}
     for index, item in enumerate(items):
@@ -535,17 +590,17 @@ def _structure(confidence_set: ConfidenceSet) -> _Structure | None:
     return _Structure(np.asarray(confidence_set.theta_hat, dtype=float), adjoint, tuple(blocks))
 
 
-def _structured_lower(structures: list[_Structure], directions: np.ndarray) -> np.ndarray:
-    """``theta_hat . g - sum_j ||radius_j K_j g||`` for each structure and its row of ``directions``."""
-    values = np.empty(len(structures))
-    for row, (structure, direction) in enumerate(zip(structures, directions)):
-        coordinates = direction @ structure.adjoint
+def _structured_lower(structures: list[_Structure], g: np.ndarray) -> np.ndarray:
+    """``L = theta_hat . g - sum_j ||radius_j K_j g||`` for each structure and its row of ``g``."""
+    L = np.empty(len(structures))
+    for row, (structure, g_row) in enumerate(zip(structures, g)):
+        radius_K_g = g_row @ structure.adjoint  # the blocks radius_j K_j g, stacked
         penalty, start = 0.0, 0
         for size in structure.blocks:
-            penalty += float(np.linalg.norm(coordinates[start:start + size]))
+            penalty += float(np.linalg.norm(radius_K_g[start:start + size]))
             start += size
-        values[row] = structure.theta_hat @ direction - penalty
-    return values
+        L[row] = structure.theta_hat @ g_row - penalty
+    return L
 
 
 def _cheaper_method(mdp: TabularMDP, k: int, n_users: int) -> str:
@@ -556,9 +611,9 @@ def _cheaper_method(mdp: TabularMDP, k: int, n_users: int) -> str:
     (``2 H S^2 (S A)`` and ``H S^3``), the ``z`` block and the coupling (``2 (S A) k^2``,
     ``2 H S (S A) k``, ``2 H S k^2``) and the Schur complement (``k^3 / 3``), about ``100 + 30 H``
     array operations. Column generation: about ``2 k + 10`` pricing steps, each a backward
-    induction and an occupancy (``4 H S^2 A``) and a barrier master over ``t`` columns whose
-    measured cost is about ``1e4 t (k + 1)^2`` operations' worth (some 70 Newton steps with a
-    feasibility search, on arrays too small for BLAS to pay), and about 1000 array operations.
+    induction and an occupancy (``4 H S^2 A``) and a barrier master over ``t`` columns charged
+    ``1e4 t (k + 1)^2`` operations' worth (some 70 Newton steps with a feasibility search, on
+    arrays too small for BLAS to pay), and about 1000 array operations.
     """
     horizon, n_states, n_actions = mdp.horizon, mdp.n_states, mdp.n_actions
     pairs = n_states * n_actions
@@ -582,8 +637,8 @@ class _Run:
     ``tol``.
     """
 
-    def __init__(self, mdp, items, reference, reference_policies, tol, deadline) -> None:
-        self.mdp, self.items, self.reference, self.tol, self.deadline = mdp, items, reference, tol, deadline
+    def __init__(self, mdp, items, d_ref, reference_policies, tol, deadline) -> None:
+        self.mdp, self.items, self.d_ref, self.tol, self.deadline = mdp, items, d_ref, tol, deadline
         self.reference_policies = reference_policies
         n = len(items)
         shape = (mdp.horizon, mdp.n_states, mdp.n_actions)
@@ -599,17 +654,16 @@ class _Run:
         reference policy, ``L = 0``, if given) against the bound at ``theta_hat``, so that even a
         spent budget returns a valid policy with an honest gap."""
         users = np.arange(len(self.items))
-        thetas = np.stack([item.theta_hat for item in self.items])
-        _, policies = self.record_duals(users, thetas)
-        features = expected_features(self.mdp, policies)
-        self.record_policies(users, policies, self.exact_values(users, features))
+        theta_hat = np.stack([item.theta_hat for item in self.items])
+        _, policies = self.record_duals(users, theta_hat)
+        self.record_policies(users, policies, self.exact_values(users, expected_features(self.mdp, policies)))
         if self.reference_policies is not None:
-            features = expected_features(self.mdp, self.reference_policies)
-            self.record_policies(users, np.array(self.reference_policies), self.exact_values(users, features))
+            d_pi = expected_features(self.mdp, self.reference_policies)
+            self.record_policies(users, np.array(self.reference_policies), self.exact_values(users, d_pi))
 
-    def exact_values(self, users: np.ndarray, features: np.ndarray) -> np.ndarray:
+    def exact_values(self, users: np.ndarray, d_pi: np.ndarray) -> np.ndarray:
         """``L = lower(d_pi - d_ref)`` by each set's own support function."""
-        return np.array([float(self.items[i].lower(f - self.reference[i])) for i, f in zip(users, features)])
+        return np.array([float(self.items[i].lower(g)) for i, g in zip(users, d_pi - self.d_ref[users])])
 
     def out_of_time(self) -> bool:
         return time.perf_counter() > self.deadline
@@ -617,23 +671,23 @@ class _Run:
     def done(self, users: np.ndarray) -> np.ndarray:
         return self.upper[users] - self.value[users] <= self.tol * np.maximum(1.0, np.abs(self.value[users]))
 
-    def record_policies(self, users: np.ndarray, policies: np.ndarray, values: np.ndarray) -> None:
-        """Keep ``policies`` ``(m, H, S, A)`` of ``users`` whose exact ``values`` beat the best so far."""
-        better = values > self.value[users]
-        self.value[users[better]] = values[better]
+    def record_policies(self, users: np.ndarray, policies: np.ndarray, L: np.ndarray) -> None:
+        """Keep ``policies`` ``(m, H, S, A)`` of ``users`` whose exact ``L`` beat the best so far."""
+        better = L > self.value[users]
+        self.value[users[better]] = L[better]
         self.policy[users[better]] = policies[better]
 
-    def record_duals(self, users: np.ndarray, thetas: np.ndarray) -> np.ndarray:
-        """Upper bounds ``max_pi theta . (d_pi - d_ref)`` at members ``thetas`` ``(m, d)`` of the sets,
+    def record_duals(self, users: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """Upper bounds ``max_pi theta . (d_pi - d_ref)`` at members ``theta`` ``(m, d)`` of the sets,
         keeping the best; returns the bounds and the greedy policies."""
-        policies, values = backward_induction(self.mdp, _reward_tables(self.mdp, thetas))
-        bounds = values[:, 0] @ self.mdp.initial_distribution - np.einsum("ij,ij->i", thetas, self.reference[users])
+        policies, values = backward_induction(self.mdp, _reward_tables(self.mdp, theta))
+        bounds = values[:, 0] @ self.mdp.initial_distribution - np.einsum("ij,ij->i", theta, self.d_ref[users])
         order = np.argsort(bounds, kind="stable")
         _, first = np.unique(users[order], return_index=True)  # each user's lowest bound
         rows = order[first]
         better = rows[bounds[rows] < self.upper[users[rows]]]
         self.upper[users[better]] = bounds[better]
-        self.certificate[users[better]] = thetas[better]
+        self.certificate[users[better]] = theta[better]
         return bounds, policies
 
     def greedy(self, users: np.ndarray) -> None:
@@ -649,11 +703,11 @@ class _Run:
 
     def solutions(self) -> list[RobustSolution]:
         occupancies = occupancy(self.mdp, self.policy)
-        features = expected_features(self.mdp, self.policy)
+        g = expected_features(self.mdp, self.policy) - self.d_ref
         out = []
         for index, item in enumerate(self.items):
             # The reported value is the set's own lower(), whatever the method used internally.
-            value = float(item.lower(features[index] - self.reference[index]))
+            value = float(item.lower(g[index]))
             upper = float(self.upper[index])
             gap = upper - value
             out.append(RobustSolution(
@@ -664,13 +718,13 @@ class _Run:
         return out
 
 
-def _reward_tables(mdp: TabularMDP, thetas: np.ndarray) -> np.ndarray:
-    """``mdp.reward(thetas)``, ``(n, H, S, A)``; with stationary features a read-only view that
+def _reward_tables(mdp: TabularMDP, theta: np.ndarray) -> np.ndarray:
+    """``mdp.reward(theta)``, ``(n, H, S, A)``; with stationary features a read-only view that
     repeats one ``(S, A)`` table over the steps instead of writing ``H`` copies."""
     if not mdp.stationary_features:
-        return mdp.reward(thetas)
-    table = (thetas @ mdp.flat_features().T).reshape(len(thetas), 1, mdp.n_states, mdp.n_actions)
-    return np.broadcast_to(table, (len(thetas), mdp.horizon, mdp.n_states, mdp.n_actions))
+        return mdp.reward(theta)
+    table = (theta @ mdp.flat_features().T).reshape(len(theta), 1, mdp.n_states, mdp.n_actions)
+    return np.broadcast_to(table, (len(theta), mdp.horizon, mdp.n_states, mdp.n_actions))
 
 
 def _policy_of(occupancy_measure: np.ndarray) -> np.ndarray:
@@ -703,7 +757,7 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
     pairs = n_states * n_actions
     first = _structure(run.items[users[0]])  # the ball sizes are the same for the whole group
     k = first.adjoint.shape[1]
-    features, steps = _feature_map(mdp)
+    phi, steps = _feature_map(mdp)
     transitions = np.asarray(mdp.transitions).reshape(horizon, pairs, n_states)
     # Psi, its coupling operator, L^{-1} C, the k x k system and the value blocks, per user.
     per_user = (2 * steps * pairs * k + horizon * n_states * pairs + 3 * horizon * n_states * k + 3 * k * k
@@ -712,31 +766,41 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
     for start in range(0, len(users), _block_size(per_user)):
         block = users[start:start + _block_size(per_user)]
         block_structures = [_structure(run.items[i]) for i in block]
-        thetas = np.stack([s.theta_hat for s in block_structures])
+        theta_hat = np.stack([s.theta_hat for s in block_structures])
         adjoints = np.stack([s.adjoint for s in block_structures])  # (n, d, k)
-        psi = adjoints[:, None] if features is None else np.matmul(features[None], adjoints[:, None])
+        psi = adjoints[:, None] if phi is None else np.matmul(phi[None], adjoints[:, None])
         if run.reference_policies is None:
             start_occupancy = np.broadcast_to(uniform, (len(block), *uniform.shape))
         else:
             start_occupancy = occupancy(mdp, 0.5 * run.reference_policies[block] + 0.5 / n_actions)
         problem = interior_point.ConicProblem(
             transitions=transitions, initial_distribution=np.asarray(mdp.initial_distribution),
-            reward=mdp.reward(thetas).reshape(len(block), horizon, pairs), features=psi,
-            reference=np.matmul(run.reference[block][:, None, :], adjoints)[:, 0],
+            reward=mdp.reward(theta_hat).reshape(len(block), horizon, pairs), features=psi,
+            reference=np.matmul(run.d_ref[block][:, None, :], adjoints)[:, 0],
             blocks=first.blocks, start=start_occupancy,
-            constant=np.einsum("ij,ij->i", thetas, run.reference[block]),
+            constant=np.einsum("ij,ij->i", theta_hat, run.d_ref[block]),
         )
 
         def check(rows: np.ndarray, q: np.ndarray, z: np.ndarray) -> np.ndarray:
+            # An iterate that rounding has made non-finite certifies nothing: those problems stop
+            # here and column generation continues them (robust_optimize's fallback).
+            finite = np.isfinite(q).all(axis=(1, 2, 3)) & np.isfinite(z).all(axis=1)
+            rows, q, z = rows[finite], q[finite], z[finite]
             members = block[rows]
             policies = _policy_of(q)
-            directions = expected_features(mdp, policies) - run.reference[members]
-            run.record_policies(members, policies, _structured_lower([block_structures[r] for r in rows], directions))
-            run.record_duals(members, thetas[rows] + np.matmul(adjoints[rows], z[..., None])[..., 0])
-            return run.done(members)
+            g = expected_features(mdp, policies) - run.d_ref[members]
+            run.record_policies(members, policies, _structured_lower([block_structures[r] for r in rows], g))
+            run.record_duals(members, theta_hat[rows] + np.matmul(adjoints[rows], z[..., None])[..., 0])
+            done = np.ones(finite.size, dtype=bool)
+            done[finite] = run.done(members)
+            return done
 
-        iterations = interior_point.interior_point(problem, check, tol=run.tol, max_iterations=max_iterations,
-                                                   out_of_time=run.out_of_time)
+        # A Newton system that an ill-conditioned set (a tiny ridge along directions the data never
+        # see) makes singular in floating point raises at the step that meets it, instead of
+        # carrying NaN on: interior_point then certifies its last iterate and stops.
+        with np.errstate(divide="raise", invalid="raise", over="raise"):
+            iterations = interior_point.interior_point(problem, check, tol=run.tol, max_iterations=max_iterations,
+                                                       out_of_time=run.out_of_time)
         run.iterations[block] = iterations
         run.label(block, "interior-point")
 
@@ -772,50 +836,50 @@ def _frank_wolfe(run: _Run, users: np.ndarray, max_iterations: int) -> None:
     """
     mdp = run.mdp
     items = [run.items[i] for i in users]
-    reference = run.reference[users]
+    d_ref = run.d_ref[users]
     if run.reference_policies is None:
         start = greedy(mdp, np.stack([item.theta_hat for item in items]))
     else:
         start = run.reference_policies[users]
     current = occupancy(mdp, start)
-    features = expected_features(mdp, start)
+    d_q = expected_features(mdp, start)
     active = np.arange(len(users))
-    averages = np.zeros((len(users), mdp.n_features))
+    theta_mean = np.zeros((len(users), mdp.n_features))
     grid = np.linspace(0.0, 1.0, 17)
     for iteration in range(max_iterations):
         if not active.size or run.out_of_time():
             break
         members = users[active]
-        directions = features[active] - reference[active]
-        values = np.array([items[i].lower(g) for i, g in zip(active, directions)])
-        run.record_policies(members, _policy_of(current[active]), values)
-        thetas = np.stack([items[i].minimizer(g) for i, g in zip(active, directions)])
+        g = d_q[active] - d_ref[active]
+        L = np.array([items[i].lower(g_i) for i, g_i in zip(active, g)])
+        run.record_policies(members, _policy_of(current[active]), L)
+        theta = np.stack([items[i].minimizer(g_i) for i, g_i in zip(active, g)])
         # The running mean of the minimisers (a member of C: the set is convex) is the dual of
         # the equilibrium this method computes (Abernethy and Wang, 2017): when L is not
         # differentiable at the optimum (e.g. g = 0), minimizer(g_t) oscillates and only the mean
         # certifies. Both are priced in one batched backward induction.
-        averages[active] += (thetas - averages[active]) / (iteration + 1)
-        _, both = run.record_duals(np.concatenate([members, members]), np.concatenate([thetas, averages[active]]))
+        theta_mean[active] += (theta - theta_mean[active]) / (iteration + 1)
+        _, both = run.record_duals(np.concatenate([members, members]), np.concatenate([theta, theta_mean[active]]))
         vertices = both[:active.size]
         run.iterations[members] = iteration + 1
         finished = run.done(members)
-        vertex_features = expected_features(mdp, vertices)
+        d_vertex = expected_features(mdp, vertices)
         vertex_occupancy = occupancy(mdp, vertices)
         steps = np.empty(active.size)
         for row, i in enumerate(active):
             low, high = 0.0, 1.0
             for _ in range(3):  # grid, then two refinements around the best point
                 points = low + (high - low) * grid
-                trial = (1 - points)[:, None] * features[i] + points[:, None] * vertex_features[row]
-                scores = np.asarray(items[i].lower(trial - reference[i]))
-                best = int(np.argmax(scores))
+                d_trial = (1 - points)[:, None] * d_q[i] + points[:, None] * d_vertex[row]
+                L_trial = np.asarray(items[i].lower(d_trial - d_ref[i]))
+                best = int(np.argmax(L_trial))
                 width = (high - low) / (grid.size - 1)
                 low, high = max(0.0, points[best] - width), min(1.0, points[best] + width)
             steps[row] = points[best]
         current[active] = (1 - steps)[:, None, None, None] * current[active] + steps[:, None, None, None] * vertex_occupancy
-        features[active] = (1 - steps)[:, None] * features[active] + steps[:, None] * vertex_features
+        d_q[active] = (1 - steps)[:, None] * d_q[active] + steps[:, None] * d_vertex
         active = active[~finished]
     if active.size:  # the last step's iterate, if the budget ended the run
-        values = np.array([items[i].lower(g) for i, g in zip(active, features[active] - reference[active])])
-        run.record_policies(users[active], _policy_of(current[active]), values)
+        L = np.array([items[i].lower(g_i) for i, g_i in zip(active, d_q[active] - d_ref[active])])
+        run.record_policies(users[active], _policy_of(current[active]), L)
     run.label(users, "frank-wolfe")

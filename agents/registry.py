@@ -19,7 +19,7 @@ _REGISTRY: dict[str, Callable[..., Any]] = {}
 #: Registered names whose agents learn a contextual reward (their data must carry contexts).
 _CONTEXTUAL: set[str] = set()
 #: Options of the planner (:class:`PessimisticAgent`); the rest go to the estimator.
-_AGENT_OPTIONS = ("pessimism", "reference", "transitions", "tol")
+_AGENT_OPTIONS = ("safeguard", "pessimism", "reference", "transitions", "tol")
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
@@ -64,8 +64,9 @@ def make(name: str, **kwargs: Any) -> Any:
 
     - the planner's ``pessimism="exact"`` (or ``"rectangular"``, ``"none"``: greedy),
       ``reference="behavior"`` (the data's behaviour policy; or ``"uniform"``, or a policy
-      array), ``transitions="known"`` (or ``"estimated"``) and ``tol=1e-08`` (relative gap of
-      the exact planner);
+      array), ``transitions="known"`` (or ``"estimated"``), ``tol=1e-08`` (relative gap of
+      the exact planner) and ``safeguard=True`` (rectangular pessimism falls back on the
+      reference policy where its own has ``L(pi) < 0``);
     - the estimator's ``ridge=None`` (chosen from ``ridge_grid`` by held-out log-likelihood),
       ``ridge_grid=(100.0, 10.0, 1.0, 0.1, 0.01)``, ``beta=1.0``, ``confidence="wald"`` (the
       kind of confidence set: ``"wald"``, ``"likelihood"`` (Wilks likelihood ratio), ``"finite"``

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lr_mdp_env
-from agents import Ellipsoid, planning
+from agents import ComplementSeminorm, ConfidenceSet, Ellipsoid, LinearSeminorm, planning
 from lr_mdp_env import backward_induction, evaluate_policy, expected_features, uniform_policy
 from lr_mdp_env.dynamic_programming import check_policy, l1_robust_expectation, l1_transition_radius
 from lr_mdp_env.testing import mdps, policies, probability_arrays, reward_tables
@@ -217,6 +217,189 @@ def test_rectangular_maximises_the_penalised_reward_for_every_user():
         assert achieved == pytest.approx(best[0] @ mdp.initial_distribution, abs=1e-12)
 
 
+# -- rectangular pessimism on any set: the bonus against a conic solver ----------------------------
+
+
+class EllipsoidPlusComplementBall(ConfidenceSet):
+    """``{theta_hat + K^T z + (I - U U^T) e : ||z|| <= radius, ||e|| <= epsilon}``: an ellipsoid
+    widened by a ball orthogonal to ``U`` (the shape of a reduced set that accounts for the
+    error of its subspace), described by its two seminorm terms."""
+
+    def __init__(self, ellipsoid, subspace, epsilon):
+        self.ellipsoid, self.subspace, self.epsilon = ellipsoid, subspace, epsilon
+
+    @property
+    def n_features(self):
+        return self.ellipsoid.n_features
+
+    @property
+    def theta_hat(self):
+        return self.ellipsoid.theta_hat
+
+    def seminorms(self):
+        return (LinearSeminorm(self.ellipsoid.radius, self.ellipsoid.whitening),
+                ComplementSeminorm(self.epsilon, self.subspace))
+
+    def lower(self, vectors):
+        vectors = np.asarray(vectors, dtype=float)
+        projected = vectors - (vectors @ self.subspace) @ self.subspace.T
+        value = self.ellipsoid.lower(vectors) - self.epsilon * np.linalg.norm(projected, axis=-1)
+        return float(value) if np.ndim(value) == 0 else value
+
+    def minimizer(self, vectors):  # not used by the rectangular planner
+        raise NotImplementedError
+
+    def contains(self, theta, *, atol=1e-9):  # not used by the rectangular planner
+        raise NotImplementedError
+
+
+class Box(ConfidenceSet):
+    """``{theta : |theta_i - c_i| <= w_i}``: a set without seminorm structure, known to the planner
+    only through ``lower(v) = c . v - w . |v|``."""
+
+    def __init__(self, center, half_widths):
+        self.center, self.half_widths = np.asarray(center, dtype=float), np.asarray(half_widths, dtype=float)
+
+    @property
+    def n_features(self):
+        return self.center.size
+
+    @property
+    def theta_hat(self):
+        return self.center
+
+    def lower(self, vectors):
+        vectors = np.asarray(vectors, dtype=float)
+        value = vectors @ self.center - np.abs(vectors) @ self.half_widths
+        return float(value) if np.ndim(value) == 0 else value
+
+    def minimizer(self, vectors):
+        return self.center - self.half_widths * np.sign(np.asarray(vectors, dtype=float))
+
+    def contains(self, theta, *, atol=1e-9):
+        return bool(np.all(np.abs(np.asarray(theta) - self.center) <= self.half_widths * (1 + atol) + atol))
+
+
+def conic_membership(kind, confidence_set, theta):
+    """cvxpy constraints saying that the variable ``theta`` lies in ``confidence_set``, written from
+    the set's defining data (never from its ``lower``)."""
+    cp = pytest.importorskip("cvxpy")
+    if kind == "ellipsoid":
+        w = cp.Variable(confidence_set.dimension)
+        root = np.linalg.cholesky(confidence_set.matrix).T  # ||u||_M = ||L^T u||
+        return [theta == confidence_set.offset + confidence_set.basis @ w,
+                cp.norm(root @ (w - confidence_set.center)) <= confidence_set.radius]
+    if kind == "ellipsoid+ball":
+        inner = confidence_set.ellipsoid
+        w, e = cp.Variable(inner.dimension), cp.Variable(confidence_set.n_features)
+        root = np.linalg.cholesky(inner.matrix).T
+        return [theta == inner.offset + inner.basis @ w + e,
+                cp.norm(root @ (w - inner.center)) <= inner.radius,
+                confidence_set.subspace.T @ e == 0, cp.norm(e) <= confidence_set.epsilon]
+    return [cp.abs(theta - confidence_set.center) <= confidence_set.half_widths]
+
+
+def conic_bonus(mdp, kind, confidence_set):
+    """``theta_hat . phi - min_{theta in C} theta . phi`` for every ``(h, s, a)`` by cvxpy, on
+    features without unidentified directions (so ``phi_id = phi``)."""
+    cp = pytest.importorskip("cvxpy")
+    theta = cp.Variable(mdp.n_features)
+    constraints = conic_membership(kind, confidence_set, theta)
+    bonus = []
+    for phi in mdp.flat_features():
+        problem = cp.Problem(cp.Minimize(phi @ theta), constraints)
+        problem.solve(solver="CLARABEL")
+        assert problem.status == "optimal", problem.status
+        bonus.append(confidence_set.theta_hat @ phi - problem.value)
+    return np.array(bonus)
+
+
+def drawn_set(kind, rng, d):
+    if kind == "ellipsoid":
+        return random_ellipsoid(rng, d, int(rng.integers(1, d + 2)), float(rng.uniform(0.1, 2.0)))
+    if kind == "ellipsoid+ball":
+        subspace, _ = np.linalg.qr(rng.normal(size=(d, 1)))
+        return EllipsoidPlusComplementBall(random_ellipsoid(rng, d, 2, float(rng.uniform(0.1, 2.0))), subspace,
+                                           float(rng.uniform(0.05, 1.0)))
+    return Box(rng.normal(size=d), rng.uniform(0.0, 1.0, size=d))
+
+
+SET_KINDS = ("ellipsoid", "ellipsoid+ball", "box")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("kind", SET_KINDS)
+def test_rectangular_bonus_of_every_set_kind_is_its_support_function(kind, seed):
+    mdp = lr_mdp_env.random_mdp(3, 2, 2, features="dense", n_features=4, seed=30 + seed)
+    assert lr_mdp_env.identifiability.unidentified_directions(mdp).shape[1] == 0
+    confidence_set = drawn_set(kind, np.random.default_rng(seed), mdp.n_features)
+    bonus = planning.rectangular_bonus(mdp, confidence_set)
+    expected = conic_bonus(mdp, kind, confidence_set).reshape(bonus.shape[1:]) if mdp.stationary_features \
+        else conic_bonus(mdp, kind, confidence_set).reshape(bonus.shape)
+    # Clarabel's default accuracy (1e-8 relative gap) on O(1) data.
+    np.testing.assert_allclose(bonus, np.broadcast_to(expected, bonus.shape), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", SET_KINDS)
+def test_rectangular_maximises_the_conic_penalised_reward_for_every_set_kind(kind):
+    mdp = lr_mdp_env.random_mdp(3, 2, 3, features="dense", n_features=3, seed=40)
+    rng = np.random.default_rng(41)
+    sets = [drawn_set(kind, rng, mdp.n_features) for _ in range(3)]
+    reference = expected_features(mdp, uniform_policy(mdp))
+    solution = planning.rectangular(mdp, sets, reference)
+    assert not solution.safeguarded.any()  # no reference policy: no safeguard
+    for user, confidence_set in enumerate(sets):
+        bonus = np.broadcast_to(conic_bonus(mdp, kind, confidence_set).reshape(mdp.n_states, mdp.n_actions),
+                                (mdp.horizon, mdp.n_states, mdp.n_actions))
+        penalised = mdp.reward(confidence_set.theta_hat) - bonus
+        _, best = backward_induction(mdp, penalised)
+        achieved = evaluate_policy(mdp, solution.policy[user], penalised)
+        assert achieved == pytest.approx(best[0] @ mdp.initial_distribution, abs=1e-6)
+        assert solution.value[user] == pytest.approx(
+            confidence_set.lower(expected_features(mdp, solution.policy[user]) - reference), abs=1e-12)
+
+
+# -- the safeguard --------------------------------------------------------------------------------
+
+
+def test_the_safeguard_returns_the_reference_policy_when_the_rectangular_policy_has_negative_value():
+    """Two arms with features ``e_1, e_2``; comparisons see only ``e_1 - e_2`` (``phi_id = +-(1, -1) / 2``).
+    The set ``{theta : ||theta - (0.1, 0)|| <= 1}`` slightly prefers arm 1 and rectangular
+    pessimism pulls it (both arms get the same bonus ``1 / sqrt(2)``), but against the uniform
+    reference ``L(arm 1) = 0.05 - ||(0.5, -0.5)|| = 0.05 - 0.707 < 0``: the safeguard returns the
+    reference, with ``L = lower(0) = 0``."""
+    mdp = lr_mdp_env.TabularMDP(np.ones((1, 2, 1)), np.ones(1), horizon=1, features=np.eye(2)[None])
+    ball = Ellipsoid(offset=np.zeros(2), basis=np.eye(2), center=np.array([0.1, 0.0]), matrix=np.eye(2), radius=1.0)
+    uniform = uniform_policy(mdp)
+    reference = expected_features(mdp, uniform)
+    plain = planning.rectangular(mdp, ball, reference)
+    assert np.array_equal(plain.policy[0, 0], [1.0, 0.0])
+    assert plain.value == pytest.approx(0.05 - np.sqrt(0.5), abs=1e-12)
+    assert plain.safeguarded is False
+    guarded = planning.rectangular(mdp, ball, reference, reference_policy=uniform)
+    assert guarded.safeguarded is True
+    assert np.array_equal(guarded.policy, uniform)
+    assert guarded.value == 0.0
+    np.testing.assert_array_equal(guarded.bonus, plain.bonus)
+
+
+@given(planning_problems(), st.integers(0, 2**32 - 1))
+def test_the_safeguarded_policy_is_never_worse_than_the_reference_when_the_truth_is_in_the_set(problem, seed):
+    """The lower-bound fact: ``J(pi) - J(ref) >= L(pi) >= 0`` for the returned policy, whatever the
+    rectangular policy was; users the safeguard left alone keep the rectangular policy."""
+    mdp, ellipsoid, reference_policy, reference = problem
+    truth = point_in_set(np.random.default_rng(seed), ellipsoid)
+    plain = planning.rectangular(mdp, ellipsoid, reference)
+    guarded = planning.rectangular(mdp, ellipsoid, reference, reference_policy=reference_policy)
+    assert guarded.safeguarded == (plain.value < 0)
+    expected_policy = reference_policy if guarded.safeguarded else plain.policy
+    np.testing.assert_array_equal(guarded.policy, expected_policy)
+    scale = 1.0 + np.abs(truth) @ (np.abs(reference) + np.abs(expected_features(mdp, guarded.policy)))
+    assert guarded.value >= -1e-12 * scale
+    gain = truth @ (expected_features(mdp, guarded.policy) - reference)
+    assert gain >= guarded.value - 1e-9 * scale
+
+
 # -- the L1-robust Bellman step -----------------------------------------------------------------
 
 
@@ -395,3 +578,26 @@ def test_planner_arguments_are_checked(small):
         l1_transition_radius(np.ones((2, 3)), 1.5)
     with pytest.raises(ValueError, match="counts"):
         planning.empirical_mdp(mdp, np.ones((2, 3, 2)))
+
+
+def test_pessimistic_agents_safeguard_rectangular_planning_by_default():
+    """On data concentrated on each user's optimal policy the rectangular policies of some users
+    have ``L < 0``; with the default safeguard every user's ``L(pi) >= 0`` (``evaluate``'s
+    ``lower_bound``), and those users get their behaviour policy."""
+    import agents
+
+    world = lr_mdp_env.envs.chain.chain_world(n_states=4, horizon=5, n_actions=3, n_users=4, distractor=0.5,
+                                              model_seed=1)
+    behaviour = lr_mdp_env.collection.epsilon_optimal_policies(world.mdp, world.rewards, epsilon=0.1)
+    dataset = lr_mdp_env.collect_preferences(world.mdp, world.rewards, 60, behavior=behaviour, seed=3)
+    reports = {}
+    for safeguard in (False, True):
+        agent = agents.make("independent", ridge=1.0, pessimism="rectangular", safeguard=safeguard)
+        reports[safeguard] = agents.evaluate(agent.fit(dataset, world.mdp), world.mdp, world.rewards)
+    unsafe = reports[False]["lower_bound"].to_numpy() < 0
+    assert unsafe.any()  # the instance exercises the safeguard
+    assert (reports[True]["lower_bound"] >= -1e-12).all()
+    np.testing.assert_allclose(reports[True]["value"][unsafe], reports[True]["reference_value"][unsafe], rtol=1e-12)
+    np.testing.assert_array_equal(reports[True]["value"][~unsafe], reports[False]["value"][~unsafe])
+    with pytest.raises(TypeError, match="safeguard"):
+        agents.make("independent", safeguard="yes")
