@@ -31,6 +31,7 @@ from lr_mdp_env._validation import as_real_array, check_int
 from .confidence import ConfidenceSet, Ellipsoid, wald_radius
 from .data import ComparisonData
 from .estimators import (
+    _DENSE_COORDINATES_MAX,
     LIKELIHOOD_BOOTSTRAP_REPLICATES,
     RewardEstimator,
     binary_labels,
@@ -169,8 +170,8 @@ class _ContextualEstimator(RewardEstimator):
                 if self.confidence == "wald":
                     parts = ellipsoid_parts(fishers[0], solutions[0], wald_radius(k, self.delta))
                 else:
-                    level = None
-                    if self.confidence == "likelihood":
+                    level = None  # Wilks' level beyond 64 coordinates: the bootstrap refits k x k problems
+                    if self.confidence == "likelihood" and k <= _DENSE_COORDINATES_MAX:
                         binary_labels(self._data.labels, self.confidence)  # refuse ties before the bootstrap
                         level = bootstrap_likelihood_levels(
                             self._features, self._data.offsets, np.zeros(self._data.n_pairs, dtype=np.int64), 1,

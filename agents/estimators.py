@@ -102,8 +102,9 @@ class RewardEstimator:
         - ``"likelihood"``: ``f(w) + inference_ridge/2 ||w||^2 <= min + level``, the level
           Wilks' ``chi2_k(1 - delta) / 2`` or, where larger, the ``1 - delta`` quantile of the
           likelihood-ratio statistic in a parametric bootstrap at the tuned estimate
-          (:func:`bootstrap_likelihood_levels`; Wilks' level alone covers 16% at nominal 90% with
-          1.5 pairs per coordinate). Asymptotic; follows the likelihood's shape.
+          (:func:`bootstrap_likelihood_levels`, for ``k <= 64`` coordinates; Wilks' level alone
+          covers 16% at nominal 90% with 1.5 pairs per coordinate). Asymptotic; follows the
+          likelihood's shape; still under-covers at about 3 pairs per coordinate.
         - ``"finite"``: ``f(w) <= c``, with ``c`` a threshold valid for every ``n`` under the
           Bradley-Terry model (a mixture-martingale bound, no norm bound or curvature factor):
           ``P(theta* in C) >= 1 - delta`` even for adaptively collected pairs.
@@ -147,8 +148,9 @@ class RewardEstimator:
         The ridge of the inference refit behind the sets.
     fisher_ : ndarray of shape (n_problems, k, k), or None
         ``M_b = beta^2 sum_j sigmoid'(eta_j) x_j x_j^T + ridge_ I`` of each coordinate problem at
-        the tuned estimate (one problem for :class:`PooledMLE`, one per user otherwise); ``None``
-        for ``k > 64`` coordinates, where the sets form theirs per user when asked.
+        the tuned estimate (one problem for :class:`PooledMLE` and the contextual estimators, one
+        per user otherwise); ``None`` for user-indexed estimators with ``k > 64`` coordinates,
+        where the sets form theirs per user when asked.
     ridge_scores_ : dict
         Held-out mean log-likelihood of each candidate ridge fitted (the scan from the largest
         ridge down stops at the first score below the best: :func:`agents.tuning.select_ridge`;
