@@ -48,18 +48,18 @@ DEFAULT_PRIOR_PRECISIONS = tuple(float(10.0**e) for e in np.arange(-2.0, 2.01, 0
 _MAX_OUTER = 200
 _MAX_INNER = 80
 _MAX_BACKTRACK = 60
-# Relative accuracy of the threshold crossing: an error eps in f(w) = c moves lower(v) by
-# eps / t, which is eps / (2 level) of the set's half-width for a quadratic loss.
-_CROSSING_TOLERANCE = 1e-11
+# Accuracy of the boundary point: an error eps in f(w) = c moves lower(v) by eps / nu, which is
+# eps / (2 level) of the set's half-width for a quadratic loss.
+_BOUNDARY_TOLERANCE = 1e-11
 # Below this Newton decrement (relative to the level) full steps are taken without a line search:
 # the objective's change is then at its rounding error, which an Armijo test cannot resolve, and the
 # logistic loss is well inside Newton's quadratic convergence region.
 _FULL_STEP_DECREMENT = 1e-8
 # A point inside the set is also accepted once its value is within this fraction of the half-width
-# of the minimum (|q| / nu, the first-order error), where f is too flat to meet the crossing tolerance.
+# of the minimum (|q| / nu, the first-order error), where f is too flat to meet the boundary tolerance.
 _CERTIFIED_TOLERANCE = 1e-9
 # A step taken at a decrement this small leaves one of about its square: an error in f far below the
-# crossing tolerance.
+# boundary tolerance.
 _DECREMENT_TOLERANCE = 1e-14
 # Components of g = B^T v below this fraction of ||g|| along directions the loss does not see are
 # rounding, not a direction of unboundedness.
@@ -87,7 +87,7 @@ class LikelihoodRatioSet(ConfidenceSet):
         ``>= 0``; with ``ridge = 0`` the set is unbounded along directions the data do not see or
         separate, and ``lower`` is ``-inf`` there.
     center : array_like, shape (k,)
-        A member, usually the minimiser of ``f``: ``f(center) <= threshold`` is required.
+        A member, usually the minimiser of ``f`` (``threshold = f(center) + level``, so it is one).
     level : float
         ``>= 0``: :func:`lr_mdp_env.theory.wilks_level` for the asymptotic set, or
         ``threshold - f(center)`` for an absolute threshold such as
@@ -95,10 +95,10 @@ class LikelihoodRatioSet(ConfidenceSet):
 
     Notes
     -----
-    ``lower`` solves all vectors of a batch at once to a relative accuracy of about ``1e-10`` of
-    the set's half-width along them (coarser by ``1e-13 |threshold| / level`` when the loss is
-    large against the level, the rounding of ``f``) and raises :class:`RuntimeError` if some
-    vector fails. It is
+    ``lower`` solves all vectors of a batch at once, to within ``1e-9`` of the set's half-width
+    along each (its minimiser meets ``f = threshold`` to ``1e-11 max(1, level)`` plus the rounding
+    of ``f``, or lies inside the set with a first-order error ``|f - threshold| / nu`` below that
+    fraction), and raises :class:`RuntimeError` naming the number of vectors that failed. It is
     ``-inf`` where the set is unbounded along ``-v``: with ``ridge = 0``, when ``B^T v`` has a
     component along which no comparison varies, or when some direction ``u`` with ``g . u < 0``
     separates the data (``s_j x_j . u >= 0`` for every ``j``; a linear programme per vector,
@@ -369,7 +369,7 @@ class LikelihoodRatioSet(ConfidenceSet):
             moving &= ~unbounded
         values[unbounded] = -np.inf
         if moving.any():
-            solution = self._crossing(reduced[moving])
+            solution = self._boundary_points(reduced[moving])
             coordinates[moving] = self._base + solution @ self._row_space.T
         finite = ~unbounded
         values[finite] = np.einsum("bk,bk->b", directions[finite], coordinates[finite])
@@ -381,7 +381,7 @@ class LikelihoodRatioSet(ConfidenceSet):
         return _Loss(self._reduced_features, self._labels, self._reduced_offsets, self._beta, self._ridge,
                      constant=0.5 * self._ridge * float(self._base @ self._base))
 
-    def _crossing(self, directions: np.ndarray) -> np.ndarray:
+    def _boundary_points(self, directions: np.ndarray) -> np.ndarray:
         """The minimiser of ``g . a`` over ``f(a) <= c`` for each reduced ``g`` (``(b, r)``).
 
         Parametrised by the value ``s = g . a``: ``q(s) = min {f(a) : g . a = s} - c`` is convex in
@@ -400,7 +400,7 @@ class LikelihoodRatioSet(ConfidenceSet):
             origin = np.tile(self._minimum.point[0], (b, 1))
             hessian = self._minimum.hessian[0]
             spread = c - float(self._minimum.loss[0])
-            if spread <= _CROSSING_TOLERANCE * scale:  # the set is one point of these coordinates
+            if spread <= _BOUNDARY_TOLERANCE * scale:  # the set is one point of these coordinates
                 return origin
         else:  # no minimiser: start from the anchor (or the centre)
             anchor = self._reduced_center if self._anchor is None else self._anchor
@@ -418,7 +418,7 @@ class LikelihoodRatioSet(ConfidenceSet):
         inside = origin_value.copy()  # q < 0 there
         outside = np.full(b, -np.inf)  # q > 0 there
         half_width = np.einsum("br,r->b", directions, self._reduced_center) - value
-        tolerance = _CROSSING_TOLERANCE * scale + 1e-13 * abs(c)
+        tolerance = _BOUNDARY_TOLERANCE * scale + 1e-13 * abs(c)
         inside_point = origin.copy()
         result = np.empty_like(start)
         done = np.zeros(b, dtype=bool)

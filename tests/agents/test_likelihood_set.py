@@ -507,3 +507,25 @@ def test_finite_sample_width_shrinks_like_root_n_up_to_the_log_of_its_level():
     print(f"MEASURED finite_sample_width_slope[k={k}, n={list(sizes)}]: {slope:.3f} "
           f"(window [{-0.5 - 0.02:.3f}, {upper + 0.02:.3f}]), widths {np.round(widths, 4).tolist()}")
     assert -0.5 - 0.02 <= slope <= upper + 0.02
+
+
+def test_finite_sample_sets_of_nearly_separable_data_match_a_conic_solver():
+    """Two pairs per coordinate, no ridge, centred at a near-MLE of separable data (far out, every
+    logit saturated): the support function starts from a ridge path point inside the set and still
+    agrees with cvxpy where it is finite."""
+    k, n, users = 4, 8, 6
+    truths, features, labels, offsets = simulated_users(k, n, users, seed=402)
+    thresholds = thresholds_for(features, labels, offsets)
+    _, finite = likelihood_sets(features, labels, offsets, finite_thresholds=thresholds)
+    rng = np.random.default_rng(3)
+    compared = 0
+    for region in finite:
+        assert np.linalg.norm(region.center) > 0  # centres of separable data are far out
+        vectors = rng.normal(size=(4, k))
+        lower = region.lower(vectors)
+        for vector, value in zip(vectors, lower):
+            if np.isfinite(value):
+                scale = max(1.0, abs(value - vector @ region.theta_hat))
+                assert value == pytest.approx(conic_lower(region, vector, box=1e4), abs=1e-6 * scale)
+                compared += 1
+    assert compared >= 4
