@@ -314,6 +314,8 @@ class LikelihoodRatioSet(ConfidenceSet):
     def _separable(self) -> bool:
         """Whether some ``u != 0`` has ``s_j x_j . u >= 0`` for all ``j`` (a linear programme)."""
         signed = (2 * self._labels - 1)[:, None] * self._reduced_features
+        if signed.shape[1] == 0:  # no coordinate the loss depends on
+            return False
         if signed.shape[0] == 0:
             return True
         result = scipy.optimize.linprog(-signed.sum(axis=0), A_ub=-signed, b_ub=np.zeros(len(signed)),

@@ -221,6 +221,15 @@ def test_directions_the_data_do_not_see_are_unbounded_without_ridge():
     assert np.isfinite(ridged.lower(np.array([1.0, -1.0])))
 
 
+def test_data_that_see_nothing_leave_the_whole_span():
+    region = LikelihoodRatioSet(offset=np.ones(3), basis=np.eye(3)[:, :2], features=np.zeros((4, 2)),
+                                labels=np.array([0, 1, 1, 0.0]), offsets=np.zeros(4), beta=1.0, ridge=0.0,
+                                center=np.zeros(2), level=1.0)
+    assert region.lower(np.array([0.0, 1.0, 5.0])) == -np.inf
+    assert region.lower(np.array([0.0, 0.0, 5.0])) == pytest.approx(5.0)  # the offset's direction only
+    assert region.contains(np.array([1e6, -1e6, 1.0])) and not region.contains(np.array([0.0, 0.0, 2.0]))
+
+
 def test_level_zero_at_the_minimiser_is_a_point():
     region, rng = random_problem(4, 3, 30, 0.5, level=0.0)
     vectors = rng.normal(size=(4, region.n_features))
