@@ -31,13 +31,14 @@ from lr_mdp_env._validation import as_real_array, check_int
 from .confidence import ConfidenceSet, Ellipsoid, wald_radius
 from .data import ComparisonData
 from .estimators import (
+    _DENSE_COORDINATES_MAX,
     LIKELIHOOD_BOOTSTRAP_REPLICATES,
     RewardEstimator,
-    binary_labels,
+    _binary_labels,
+    _ellipsoid_parts,
+    _likelihood_parts,
+    _theory_set_matrix,
     bootstrap_likelihood_levels,
-    ellipsoid_parts,
-    likelihood_parts,
-    theory_set_matrix,
 )
 from .factorized import fit_factored
 from .likelihood_set import LikelihoodRatioSet
@@ -161,22 +162,22 @@ class _ContextualEstimator(RewardEstimator):
             if self.confidence == "theory":
                 norm_bound = self.norm_bound if self.norm_bound is not None else \
                     2.0 * float(np.linalg.norm(self.kappa_hat)) or 1.0
-                matrix, center, radius = theory_set_matrix(self._features, self.kappa_hat, self.beta, self.ridge_,
+                matrix, center, radius = _theory_set_matrix(self._features, self.kappa_hat, self.beta, self.ridge_,
                                                            self.delta, norm_bound)
-                parts = ellipsoid_parts(matrix, center, radius)
+                parts = _ellipsoid_parts(matrix, center, radius)
             else:
                 solutions, fishers = self._inference_fit()
                 if self.confidence == "wald":
-                    parts = ellipsoid_parts(fishers[0], solutions[0], wald_radius(k, self.delta))
+                    parts = _ellipsoid_parts(fishers[0], solutions[0], wald_radius(k, self.delta))
                 else:
-                    level = None
-                    if self.confidence == "likelihood":
-                        binary_labels(self._data.labels, self.confidence)  # refuse ties before the bootstrap
+                    level = None  # Wilks' level beyond 64 coordinates: the bootstrap refits k x k problems
+                    if self.confidence == "likelihood" and k <= _DENSE_COORDINATES_MAX:
+                        _binary_labels(self._data.labels, self.confidence)  # refuse ties before the bootstrap
                         level = bootstrap_likelihood_levels(
                             self._features, self._data.offsets, np.zeros(self._data.n_pairs, dtype=np.int64), 1,
                             self.kappa_hat[None], solutions, self.beta, self.inference_ridge_, self.delta,
                             LIKELIHOOD_BOOTSTRAP_REPLICATES, self._bootstrap_generator(), self.tol)[0]
-                    parts = likelihood_parts(self.confidence, self._features, self._data.labels, self._data.offsets,
+                    parts = _likelihood_parts(self.confidence, self._features, self._data.labels, self._data.offsets,
                                              solutions[0], self.beta, self.inference_ridge_, self.delta, level)
             self._contextual_parts = parts
         return self._contextual_parts

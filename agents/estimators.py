@@ -48,6 +48,15 @@ DEFAULT_INFERENCE_RIDGE = 1e-4
 def check_confidence(confidence: Any) -> str:
     """Validate the ``confidence`` option (one of :data:`CONFIDENCE_SETS`).
 
+    Parameters
+    ----------
+    confidence : str
+
+    Returns
+    -------
+    str
+        ``confidence`` itself.
+
     Raises
     ------
     TypeError
@@ -62,7 +71,7 @@ def check_confidence(confidence: Any) -> str:
     return confidence
 
 
-def binary_labels(labels: np.ndarray, confidence: str) -> np.ndarray:
+def _binary_labels(labels: np.ndarray, confidence: str) -> np.ndarray:
     """``labels`` if they are all 0 or 1 (what the likelihood-ratio sets' loss is written for)."""
     if not np.all((labels == 0) | (labels == 1)):
         raise ValueError(f"confidence={confidence!r} needs labels in {{0, 1}}; the data have ties (0.5): "
@@ -102,8 +111,9 @@ class RewardEstimator:
         - ``"likelihood"``: ``f(w) + inference_ridge/2 ||w||^2 <= min + level``, the level
           Wilks' ``chi2_k(1 - delta) / 2`` or, where larger, the ``1 - delta`` quantile of the
           likelihood-ratio statistic in a parametric bootstrap at the tuned estimate
-          (:func:`bootstrap_likelihood_levels`; Wilks' level alone covers 16% at nominal 90% with
-          1.5 pairs per coordinate). Asymptotic; follows the likelihood's shape.
+          (:func:`bootstrap_likelihood_levels`, for ``k <= 64`` coordinates; Wilks' level alone
+          covers 16% at nominal 90% with 1.5 pairs per coordinate). Asymptotic; follows the
+          likelihood's shape; still under-covers at about 3 pairs per coordinate.
         - ``"finite"``: ``f(w) <= c``, with ``c`` a threshold valid for every ``n`` under the
           Bradley-Terry model (a mixture-martingale bound, no norm bound or curvature factor):
           ``P(theta* in C) >= 1 - delta`` even for adaptively collected pairs.
@@ -147,8 +157,9 @@ class RewardEstimator:
         The ridge of the inference refit behind the sets.
     fisher_ : ndarray of shape (n_problems, k, k), or None
         ``M_b = beta^2 sum_j sigmoid'(eta_j) x_j x_j^T + ridge_ I`` of each coordinate problem at
-        the tuned estimate (one problem for :class:`PooledMLE`, one per user otherwise); ``None``
-        for ``k > 64`` coordinates, where the sets form theirs per user when asked.
+        the tuned estimate (one problem for :class:`PooledMLE` and the contextual estimators, one
+        per user otherwise); ``None`` for user-indexed estimators with ``k > 64`` coordinates,
+        where the sets form theirs per user when asked.
     ridge_scores_ : dict
         Held-out mean log-likelihood of each candidate ridge fitted (the scan from the largest
         ridge down stops at the first score below the best: :func:`agents.tuning.select_ridge`;
@@ -402,7 +413,7 @@ class RewardEstimator:
             center = self._solution[problem]
             norm_bound = self.norm_bound if self.norm_bound is not None else \
                 2.0 * float(np.max(np.linalg.norm(self._solution, axis=1), initial=0.0)) or 1.0
-            return ellipsoid_parts(*theory_set_matrix(features, center, self.beta, self.ridge_, self.delta, norm_bound))
+            return _ellipsoid_parts(*_theory_set_matrix(features, center, self.beta, self.ridge_, self.delta, norm_bound))
         solutions, fishers = self._inference_fit()
         center = solutions[problem]
         if self.confidence == "wald":
@@ -410,13 +421,13 @@ class RewardEstimator:
                 matrix = fishers[problem]
             else:
                 features, _, offsets = self._problem_pairs(problem)
-                matrix = fisher_matrix(features, offsets, center, self.beta, self.inference_ridge_)
-            return ellipsoid_parts(matrix, center, self._wald_radius(center.shape[0]))
+                matrix = _fisher_matrix(features, offsets, center, self.beta, self.inference_ridge_)
+            return _ellipsoid_parts(matrix, center, self._wald_radius(center.shape[0]))
         features, labels, offsets = self._problem_pairs(problem)
         threshold = None
         if isinstance(self._coordinate_features, np.ndarray):
             threshold = (self._finite_thresholds() if self.confidence == "finite" else self._likelihood_levels())[problem]
-        return likelihood_parts(self.confidence, features, labels, offsets, center, self.beta,
+        return _likelihood_parts(self.confidence, features, labels, offsets, center, self.beta,
                                 self.inference_ridge_, self.delta, threshold)
 
     def _likelihood_levels(self) -> np.ndarray:
@@ -424,7 +435,7 @@ class RewardEstimator:
         ``(n_problems,)``, in batched solves (when the pairs' coordinates are formed: ``k <= 64``;
         beyond, the Wilks level)."""
         if self._levels is None:
-            binary_labels(self._data.labels, self.confidence)  # refuse ties before the bootstrap
+            _binary_labels(self._data.labels, self.confidence)  # refuse ties before the bootstrap
             solutions, _ = self._inference_fit()
             self._levels = bootstrap_likelihood_levels(
                 self._coordinate_features, self._data.offsets, self._groups, self._solution.shape[0], self._solution,
@@ -443,7 +454,7 @@ class RewardEstimator:
         """The finite-sample thresholds of every coordinate problem, ``(n_problems,)``, in one
         batched call (when the pairs' coordinates are formed: ``k <= 64``)."""
         if self._thresholds is None:
-            labels = binary_labels(self._data.labels, self.confidence)
+            labels = _binary_labels(self._data.labels, self.confidence)
             self._thresholds = finite_sample_likelihood_threshold(
                 self._coordinate_features, labels, self._data.offsets, self.beta, self.delta,
                 groups=self._groups, n_problems=self._solution.shape[0])
@@ -460,7 +471,7 @@ def _symmetric(matrix: np.ndarray) -> np.ndarray:
     return 0.5 * (matrix + matrix.T)
 
 
-def fisher_matrix(features: np.ndarray, offsets: np.ndarray, center: np.ndarray, beta: float, ridge: float
+def _fisher_matrix(features: np.ndarray, offsets: np.ndarray, center: np.ndarray, beta: float, ridge: float
                   ) -> np.ndarray:
     """``beta^2 sum_j sigmoid'(eta_j) x_j x_j^T + ridge I`` at ``center`` (``eta_j = offset_j + beta x_j . center``)."""
     eta = offsets + beta * features @ center
@@ -468,7 +479,7 @@ def fisher_matrix(features: np.ndarray, offsets: np.ndarray, center: np.ndarray,
     return _symmetric(beta**2 * (features.T * slope) @ features + ridge * np.eye(center.shape[0]))
 
 
-def theory_set_matrix(features: np.ndarray, center: np.ndarray, beta: float, ridge: float, delta: float,
+def _theory_set_matrix(features: np.ndarray, center: np.ndarray, beta: float, ridge: float, delta: float,
                       norm_bound: float) -> tuple[np.ndarray, np.ndarray, float]:
     """``(M, center, radius)`` of the self-normalised set: the Gram matrix
     ``beta^2 sum_j x_j x_j^T + ridge I`` and :func:`agents.confidence.theory_radius`."""
@@ -551,14 +562,14 @@ def bootstrap_likelihood_levels(features: np.ndarray, offsets: np.ndarray, group
     return 0.5 * np.maximum(chi2.ppf(1.0 - delta, k), quantile)
 
 
-def ellipsoid_parts(matrix: np.ndarray, center: np.ndarray, radius: float) -> dict[str, Any]:
+def _ellipsoid_parts(matrix: np.ndarray, center: np.ndarray, radius: float) -> dict[str, Any]:
     """Keyword arguments of an :class:`Ellipsoid` whose matrix is factored once (a matrix shared
     by many sets: the users of a pooled fit, the contexts of a contextual one)."""
     matrix = _symmetric(matrix)
     return {"center": center, "matrix": matrix, "radius": radius, "factor": Ellipsoid.checked_factor(matrix)}
 
 
-def likelihood_parts(confidence: str, features: np.ndarray, labels: np.ndarray, offsets: np.ndarray,
+def _likelihood_parts(confidence: str, features: np.ndarray, labels: np.ndarray, offsets: np.ndarray,
                      center: np.ndarray, beta: float, ridge: float, delta: float,
                      threshold: float | None = None) -> dict[str, Any]:
     """Keyword arguments (besides ``offset`` and ``basis``) of the likelihood-ratio set of one
@@ -571,7 +582,7 @@ def likelihood_parts(confidence: str, features: np.ndarray, labels: np.ndarray, 
     level is Wilks'."""
     from lr_mdp_env import theory
 
-    labels = binary_labels(labels, confidence)
+    labels = _binary_labels(labels, confidence)
     k = center.shape[0]
     common = {"features": features, "labels": labels, "offsets": offsets, "beta": beta, "center": center}
     if confidence == "likelihood":

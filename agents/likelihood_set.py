@@ -18,11 +18,11 @@ labels, few comparisons). Two levels are provided (docs/theory.md, Likelihood-ra
   ``exp(L B)`` factor.
 
 The support function ``lower(v) = min_{theta in C} theta . v`` has no closed form. With
-``g = B^T v`` and ``c`` the threshold, its minimiser is a point ``w(t) = argmin f(w) + t g . w``
-of the tilted path with ``f(w(t)) = c`` (the KKT conditions, ``t`` the inverse multiplier). The
-root in ``tau = t^2`` is found by safeguarded Newton steps (``d f(w(t)) / d tau = g^T H^{-1} g / 2``,
-exact in one step for a quadratic loss), each inner problem by damped Newton steps, all vectors of
-a batch advancing together.
+``g = B^T v`` and ``c`` the threshold, it is the smaller root ``s`` of
+``q(s) = min {f(w) : g . w = s} - c``, a convex function of ``s`` whose slope is minus the
+multiplier of the hyperplane. The root is found by safeguarded Newton steps on ``s`` (started
+from the quadratic model of ``f``, exact for a quadratic loss), each ``q(s)`` by
+equality-constrained damped Newton steps, all vectors of a batch advancing together.
 """
 
 from __future__ import annotations
@@ -48,15 +48,18 @@ DEFAULT_PRIOR_PRECISIONS = tuple(float(10.0**e) for e in np.arange(-2.0, 2.01, 0
 _MAX_OUTER = 200
 _MAX_INNER = 80
 _MAX_BACKTRACK = 60
-# Relative accuracy of the threshold crossing: an error eps in f(w) = c moves lower(v) by
-# eps / t, which is eps / (2 level) of the set's half-width for a quadratic loss.
-_CROSSING_TOLERANCE = 1e-11
+# Accuracy of the boundary point: an error eps in f(w) = c moves lower(v) by eps / nu, which is
+# eps / (2 level) of the set's half-width for a quadratic loss.
+_BOUNDARY_TOLERANCE = 1e-11
 # Below this Newton decrement (relative to the level) full steps are taken without a line search:
 # the objective's change is then at its rounding error, which an Armijo test cannot resolve, and the
 # logistic loss is well inside Newton's quadratic convergence region.
 _FULL_STEP_DECREMENT = 1e-8
+# A point inside the set is also accepted once its value is within this fraction of the half-width
+# of the minimum (|q| / nu, the first-order error), where f is too flat to meet the boundary tolerance.
+_CERTIFIED_TOLERANCE = 1e-9
 # A step taken at a decrement this small leaves one of about its square: an error in f far below the
-# crossing tolerance.
+# boundary tolerance.
 _DECREMENT_TOLERANCE = 1e-14
 # Components of g = B^T v below this fraction of ||g|| along directions the loss does not see are
 # rounding, not a direction of unboundedness.
@@ -84,7 +87,7 @@ class LikelihoodRatioSet(ConfidenceSet):
         ``>= 0``; with ``ridge = 0`` the set is unbounded along directions the data do not see or
         separate, and ``lower`` is ``-inf`` there.
     center : array_like, shape (k,)
-        A member, usually the minimiser of ``f``: ``f(center) <= threshold`` is required.
+        A member, usually the minimiser of ``f`` (``threshold = f(center) + level``, so it is one).
     level : float
         ``>= 0``: :func:`lr_mdp_env.theory.wilks_level` for the asymptotic set, or
         ``threshold - f(center)`` for an absolute threshold such as
@@ -92,10 +95,10 @@ class LikelihoodRatioSet(ConfidenceSet):
 
     Notes
     -----
-    ``lower`` solves all vectors of a batch at once to a relative accuracy of about ``1e-10`` of
-    the set's half-width along them (coarser by ``1e-13 |threshold| / level`` when the loss is
-    large against the level, the rounding of ``f``) and raises :class:`RuntimeError` if some
-    vector fails. It is
+    ``lower`` solves all vectors of a batch at once, to within ``1e-9`` of the set's half-width
+    along each (its minimiser meets ``f = threshold`` to ``1e-11 max(1, level)`` plus the rounding
+    of ``f``, or lies inside the set with a first-order error ``|f - threshold| / nu`` below that
+    fraction), and raises :class:`RuntimeError` naming the number of vectors that failed. It is
     ``-inf`` where the set is unbounded along ``-v``: with ``ridge = 0``, when ``B^T v`` has a
     component along which no comparison varies, or when some direction ``u`` with ``g . u < 0``
     separates the data (``s_j x_j . u >= 0`` for every ``j``; a linear programme per vector,
@@ -281,18 +284,38 @@ class LikelihoodRatioSet(ConfidenceSet):
         self._reduced_features = self._features @ row_space
         self._reduced_offsets = self._offsets + self._beta * (self._features @ self._base)
         self._reduced_center = row_space.T @ self._center
-        self._bounded = self._ridge > 0 or (row_space.shape[1] == k and not self._separable())
-        self._minimum = None
-        if self._bounded and row_space.shape[1] > 0:
-            minimum = self._inner(np.zeros((1, row_space.shape[1])), np.zeros(1), self._reduced_center[None],
-                                  np.full(1, -np.inf), max(1.0, self._level))
+        # Coercive in the reduced coordinates: no direction separates the data there.
+        self._coercive = self._ridge > 0 or not self._separable()
+        self._bounded = self._coercive and row_space.shape[1] == k
+        self._minimum = self._anchor = None
+        scale = max(1.0, self._level)
+        if row_space.shape[1] == 0:
+            return
+        if self._coercive:
+            minimum = _damped_newton(self._reduced_loss, self._reduced_center[None], None, scale)
             if not minimum.converged[0]:
                 raise RuntimeError("could not minimise the loss: the data may be nearly separable")
             self._minimum = minimum
+        elif self._level > 0:
+            # No minimiser: the support function starts from the minimiser a_eps of f + eps/2 ||a||^2
+            # for the largest eps of a grid with f(a_eps) <= threshold - level / 2: a point deep in
+            # the set where the logits are not saturated (the centre of separable data may be far out).
+            start = np.zeros((1, row_space.shape[1]))
+            for epsilon in 10.0 ** np.arange(0.0, -13.0, -1.0):  # usually stops at the first few
+                ridged = _Loss(self._reduced_features, self._labels, self._reduced_offsets, self._beta, epsilon)
+                anchor = _damped_newton(ridged, start, None, scale)
+                if not anchor.converged[0]:
+                    break
+                start = anchor.point
+                if self._reduced_loss.loss(start)[0] <= self._threshold - 0.5 * self._level:
+                    self._anchor = start[0]
+                    break
 
     def _separable(self) -> bool:
         """Whether some ``u != 0`` has ``s_j x_j . u >= 0`` for all ``j`` (a linear programme)."""
         signed = (2 * self._labels - 1)[:, None] * self._reduced_features
+        if signed.shape[1] == 0:  # no coordinate the loss depends on
+            return False
         if signed.shape[0] == 0:
             return True
         result = scipy.optimize.linprog(-signed.sum(axis=0), A_ub=-signed, b_ub=np.zeros(len(signed)),
@@ -322,9 +345,8 @@ class LikelihoodRatioSet(ConfidenceSet):
         to it, as the least-squares solution is); ``-inf``-free: the loss is bounded below by 0."""
         features = self._features @ kernel
         offsets = self._offsets + self._beta * (self._features @ point)
-        problem = _TiltedLoss(features, self._labels, offsets, self._beta, self._ridge)
-        result = _damped_newton(problem, np.zeros((1, kernel.shape[1])), np.zeros((1, kernel.shape[1])),
-                                np.zeros(1), np.full(1, -np.inf), max(1.0, self._level))
+        problem = _Loss(features, self._labels, offsets, self._beta, self._ridge)
+        result = _damped_newton(problem, np.zeros((1, kernel.shape[1])), None, max(1.0, self._level))
         return float(result.loss[0]) + 0.5 * self._ridge * float(point @ point)
 
     # -- the support function -------------------------------------------------------------------
@@ -344,123 +366,130 @@ class LikelihoodRatioSet(ConfidenceSet):
         norms = np.linalg.norm(directions, axis=1)
         unbounded = np.linalg.norm(directions - reduced @ self._row_space.T, axis=1) > _DIRECTION_TOLERANCE * norms
         moving = ~unbounded & (norms > 0)
-        if not self._bounded and moving.any():
+        if not self._coercive and moving.any():
             unbounded[moving] = self._unbounded_along(reduced[moving])
             moving &= ~unbounded
         values[unbounded] = -np.inf
         if moving.any():
-            solution = self._crossing(reduced[moving])
+            solution = self._boundary_points(reduced[moving])
             coordinates[moving] = self._base + solution @ self._row_space.T
         finite = ~unbounded
         values[finite] = np.einsum("bk,bk->b", directions[finite], coordinates[finite])
         return values, coordinates
 
     @cached_property
-    def _reduced_loss(self) -> _TiltedLoss:
+    def _reduced_loss(self) -> _Loss:
         """``f(base + V a)`` as a function of the reduced coordinates ``a``."""
-        return _TiltedLoss(self._reduced_features, self._labels, self._reduced_offsets, self._beta, self._ridge,
-                           constant=0.5 * self._ridge * float(self._base @ self._base))
+        return _Loss(self._reduced_features, self._labels, self._reduced_offsets, self._beta, self._ridge,
+                     constant=0.5 * self._ridge * float(self._base @ self._base))
 
-    def _inner(self, directions: np.ndarray, tilts: np.ndarray, start: np.ndarray, floors: np.ndarray,
-               scale: float) -> _NewtonResult:
-        return _damped_newton(self._reduced_loss, start, directions, tilts, floors, scale)
+    def _boundary_points(self, directions: np.ndarray) -> np.ndarray:
+        """The minimiser of ``g . a`` over ``f(a) <= c`` for each reduced ``g`` (``(b, r)``).
 
-    def _crossing(self, directions: np.ndarray) -> np.ndarray:
-        """The point ``w(t)`` of the tilted path with ``f(w(t)) = c`` for each reduced ``g`` (``(b, r)``)."""
+        Parametrised by the value ``s = g . a``: ``q(s) = min {f(a) : g . a = s} - c`` is convex in
+        ``s`` with slope ``-nu`` (``nu`` the multiplier of the hyperplane, ``grad f = -nu g`` at its
+        minimiser), and the answer is the smaller root of ``q``. Each ``q(s)`` is an
+        equality-constrained Newton solve, well posed for every ``s`` (also far outside the set,
+        unlike a path parametrised by the multiplier, which ends where the data nearly separate).
+        Newton steps ``s + q / nu`` approach the root monotonically from outside, where ``q > 0``;
+        a bracket and bisection guard them.
+        """
         b = len(directions)
         c = self._threshold
         scale = max(1.0, self._level)
+        loss = self._reduced_loss
         if self._minimum is not None:
-            minimum = self._minimum
-            floor_loss = float(minimum.loss[0])
-            spread = c - floor_loss
-            if spread <= _CROSSING_TOLERANCE * scale:  # the set is one point of these coordinates
-                return np.tile(minimum.point[0], (b, 1))
-            solved = _solve(np.broadcast_to(minimum.hessian[0], (b,) + minimum.hessian.shape[1:]), directions)
-            tau = spread / (0.5 * np.einsum("br,br->b", directions, solved))
-            # The path's tangent at t = 0 is -H^{-1} g: the first guess of w(t) (exact for a quadratic loss).
-            start = minimum.point[0] - np.sqrt(tau)[:, None] * solved
-        else:  # no minimiser: start from the centre's quadratic model
-            floor_loss = 0.0  # the logistic terms are positive
-            hessian = self._reduced_loss.hessian(self._reduced_center[None])[0]
-            solved = _solve(np.broadcast_to(hessian, (b,) + hessian.shape), directions)
-            tau = max(self._level, 0.5) / (0.5 * np.einsum("br,br->b", directions, solved))
-            start = np.tile(self._reduced_center, (b, 1))
-        tolerance = _CROSSING_TOLERANCE * scale + 1e-13 * abs(c)
-        lower_tau, upper_tau = np.zeros(b), np.full(b, np.inf)
-        lower_point = np.tile(self._reduced_center if self._minimum is None else self._minimum.point[0], (b, 1))
-        dual_bound = np.full(b, -np.inf)  # a lower bound on min g . w over the set (weak duality)
-        previous_gap = np.full(b, np.inf)
-        last_converged = lower_point.copy()
-        predicted = np.full(b, self._minimum is not None)  # the first start is a tangent guess
+            origin = np.tile(self._minimum.point[0], (b, 1))
+            hessian = self._minimum.hessian[0]
+            spread = c - float(self._minimum.loss[0])
+            if spread <= _BOUNDARY_TOLERANCE * scale:  # the set is one point of these coordinates
+                return origin
+        else:  # no minimiser: start from the anchor (or the centre)
+            anchor = self._reduced_center if self._anchor is None else self._anchor
+            origin = np.tile(anchor, (b, 1))
+            hessian = loss.hessian(anchor[None])[0]
+            spread = max(c - float(loss.loss(anchor[None])[0]), 1e-3 * scale)
+        # The quadratic model at the origin: the minimiser of g . a over f <= c is
+        # origin - sqrt(2 spread / G) H^{-1} g with G = g^T H^{-1} g (exact for a quadratic loss).
+        solved = _solve(np.broadcast_to(hessian, (b,) + hessian.shape), directions)
+        spread_per_g = np.sqrt(2 * spread / np.einsum("br,br->b", directions, solved))
+        start = origin - spread_per_g[:, None] * solved
+        value = np.einsum("br,br->b", directions, start)
+        origin_value = np.einsum("br,br->b", directions, origin)
+        first_distance = origin_value - value
+        inside = origin_value.copy()  # q < 0 there
+        outside = np.full(b, -np.inf)  # q > 0 there
+        half_width = np.einsum("br,r->b", directions, self._reduced_center) - value
+        tolerance = _BOUNDARY_TOLERANCE * scale + 1e-13 * abs(c)
+        inside_point = origin.copy()
         result = np.empty_like(start)
         done = np.zeros(b, dtype=bool)
         for _ in range(_MAX_OUTER):
             active = np.flatnonzero(~done)
             if active.size == 0:
                 return result
-            tilt = np.sqrt(tau[active])
-            floors = floor_loss + tilt * dual_bound[active]
-            inner = self._inner(directions[active], tilt, start[active], floors, scale)
-            gap = inner.loss - c
-            converged = inner.converged
-            crossed = converged & (np.abs(gap) <= tolerance)
-            below = converged & ~crossed & (gap < 0)
-            # A Newton run that failed from a tangent guess, without a certificate, is retried at the
-            # same t from the last converged point before its failure counts.
-            retry = ~converged & ~inner.certified & predicted[active]
-            above = ~crossed & ~below & ~retry  # above the threshold, or the inner problem has no minimiser
-            result[active[crossed]] = inner.point[crossed]
-            done[active[crossed]] = True
-            rows = active[below]
-            lower_tau[rows] = tau[rows]
-            lower_point[rows] = inner.point[below]
-            dual_bound[rows] = (np.einsum("br,br->b", directions[rows], inner.point[below])
-                                + gap[below] / tilt[below])
-            upper_tau[active[above]] = tau[active[above]]
-            start[active[~converged]] = lower_point[active[~converged]]
-            start[active[retry]] = last_converged[active[retry]]
-            # Safeguarded Newton in tau: the Newton point if it is inside the bracket and the
-            # previous step at least halved the gap, else the bracket's midpoint.
-            solved = _solve(inner.hessian[converged], directions[active[converged]])  # -dw/dt = H^{-1} g
-            slope = np.full(active.size, np.nan)
-            slope[converged] = 0.5 * np.einsum("br,br->b", directions[active[converged]], solved)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                newton = tau[active] - gap / slope
-            lo, hi = lower_tau[active], upper_tau[active]
-            fast = converged & (np.abs(gap) <= 0.5 * previous_gap[active])
-            inside = fast & (newton > lo) & (newton < hi)
-            midpoint = np.where(np.isfinite(hi), 0.5 * (lo + hi), 4.0 * tau[active])
-            tau[active] = np.where(retry, tau[active],
-                                   np.where(inside | (converged & ~np.isfinite(previous_gap[active]) & (newton > lo)
-                                                      & (newton < hi)), newton, midpoint))
-            previous_gap[active] = np.where(converged, np.abs(gap), previous_gap[active])
-            # Warm start on the path's tangent: w(t') ~ w(t) - (t' - t) H^{-1} g.
-            start[active[converged]] = (inner.point[converged]
-                                        - (np.sqrt(tau[active[converged]]) - tilt[converged])[:, None] * solved)
-            last_converged[active[converged]] = inner.point[converged]
-            predicted[active] = converged
-            collapsed = np.isfinite(hi) & (hi - lo <= 1e-15 * hi)
-            if np.any(collapsed & ~done[active]):
+            inner = _damped_newton(loss, start[active], directions[active], scale)
+            # A hyperplane whose Newton run fails (far outside, where the logits saturate) is
+            # treated as outside: the search retreats towards the inside point. A wrong guess can
+            # only empty the bracket (an error below), never give a wrong answer, since an answer
+            # needs a converged run on the boundary.
+            failed = ~inner.converged
+            gap = np.where(failed, np.inf, inner.loss - c)
+            normal_squares = np.einsum("br,br->b", directions[active], directions[active])
+            multiplier = -np.einsum("br,br->b", inner.gradient, directions[active]) / normal_squares
+            # The value's error is about |q| / nu: stop when it is small against the half-width, and
+            # the point is a member (f within the tolerance of c).
+            with np.errstate(divide="ignore", invalid="ignore"):
+                error = np.abs(gap) / multiplier
+            finished = ~failed & ((np.abs(gap) <= tolerance) | (
+                (gap <= 0) & (multiplier > 0) & (error <= _CERTIFIED_TOLERANCE * np.abs(half_width[active]))))
+            result[active[finished]] = inner.point[finished]
+            done[active[finished]] = True
+            s = value[active]
+            rows = active[~failed & (gap < 0)]
+            inside_point[rows] = inner.point[~failed & (gap < 0)]
+            inside[active] = np.where(gap < 0, np.minimum(inside[active], s), inside[active])
+            outside[active] = np.where(gap > 0, np.maximum(outside[active], s), outside[active])
+            lo, hi = outside[active], inside[active]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                newton = s + gap / multiplier
+            usable = ~failed & (multiplier > 0) & (newton > lo) & (newton < hi)
+            # Bisect the bracket; without an outside point yet, double the distance from the origin.
+            doubled = s - np.maximum(origin_value[active] - s, first_distance[active])
+            new_value = np.where(usable, newton, np.where(np.isfinite(lo), 0.5 * (lo + hi), doubled))
+            if np.any(~done[active] & np.isfinite(lo) & (hi - lo <= 1e-15 * np.maximum(np.abs(hi), np.abs(lo)))):
                 break
+            # Warm start on the tangent of the curve of minimisers: da/ds = H^{-1} g / (g^T H^{-1} g).
+            tangent = _solve(inner.hessian, directions[active])
+            tangent /= np.einsum("br,br->b", directions[active], tangent)[:, None]
+            moved = inner.point + (new_value - s)[:, None] * tangent
+            # Otherwise from the last inside point, moved straight onto the new hyperplane.
+            anchor = inside_point[active]
+            shift = (new_value - np.einsum("br,br->b", directions[active], anchor)) / normal_squares
+            fallback = anchor + shift[:, None] * directions[active]
+            start[active] = np.where((~failed & np.all(np.isfinite(moved), axis=1))[:, None], moved, fallback)
+            value[active] = new_value
         failed = int((~done).sum())
         raise RuntimeError(
-            f"lower: the threshold crossing was not found for {failed} of {b} vectors (the set may be unbounded "
-            "with an infimum that is not attained, or the data nearly separable)"
+            f"lower: the boundary point was not found for {failed} of {b} vectors (the set may be unbounded with an "
+            "infimum that is not attained, or the data nearly separable)"
         )
 
 
 def _solve(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """``A^{-1} b`` batched; the pseudo-inverse where a Hessian is singular (saturated logits)."""
+    """``A^{-1} b`` batched; the pseudo-inverse where a matrix is singular (saturated logits)."""
+    finite = np.all(np.isfinite(matrices), axis=(1, 2)) & np.all(np.isfinite(vectors), axis=1)
+    solution = np.full(vectors.shape, np.nan)  # rows with overflowed entries: no step, caught by the caller
     try:
-        return np.linalg.solve(matrices, vectors[..., None])[..., 0]
+        solution[finite] = np.linalg.solve(matrices[finite], vectors[finite][..., None])[..., 0]
     except np.linalg.LinAlgError:
-        return np.einsum("bij,bj->bi", np.linalg.pinv(matrices, hermitian=True), vectors)
+        solution[finite] = np.einsum("bij,bj->bi", np.linalg.pinv(matrices[finite], hermitian=True), vectors[finite])
+    return solution
 
 
-class _TiltedLoss:
-    """``h(a) = f(a) + t g . a`` with ``f(a) = sum_j [softplus(eta_j) - y_j eta_j] + ridge/2 ||a||^2 +
-    constant``, ``eta_j = o_j + beta x_j . a``, for a batch of ``(g, t)``."""
+class _Loss:
+    """``f(a) = sum_j [softplus(eta_j) - y_j eta_j] + ridge/2 ||a||^2 + constant``,
+    ``eta_j = o_j + beta x_j . a``, for a batch of points."""
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, offsets: np.ndarray, beta: float, ridge: float,
                  constant: float = 0.0) -> None:
@@ -494,49 +523,51 @@ class _TiltedLoss:
 
 
 class _NewtonResult:
-    """The end of :func:`_damped_newton`: points, ``f`` and its Hessian there, and which converged."""
+    """The end of :func:`_damped_newton`: points, ``f``, its gradient and Hessian, which converged."""
 
-    def __init__(self, point: np.ndarray, loss: np.ndarray, hessian: np.ndarray, converged: np.ndarray,
-                 certified: np.ndarray) -> None:
-        self.point, self.loss, self.hessian, self.converged = point, loss, hessian, converged
-        self.certified = certified  # objective below the floor: the minimiser, if any, is outside the set
+    def __init__(self, point: np.ndarray, loss: np.ndarray, gradient: np.ndarray, hessian: np.ndarray,
+                 converged: np.ndarray) -> None:
+        self.point, self.loss, self.gradient, self.hessian, self.converged = point, loss, gradient, hessian, converged
 
 
-def _damped_newton(problem: _TiltedLoss, start: np.ndarray, directions: np.ndarray, tilts: np.ndarray,
-                   floors: np.ndarray, scale: float) -> _NewtonResult:
-    """Minimise ``f(a) + t_b g_b . a`` for every ``b`` by damped Newton steps (Armijo backtracking).
+def _damped_newton(problem: _Loss, start: np.ndarray, normals: np.ndarray | None, scale: float) -> _NewtonResult:
+    """Minimise ``f`` from each start, on the hyperplane ``normal_b . a = normal_b . start_b`` when
+    ``normals`` are given, by damped Newton steps (Armijo backtracking), all problems together.
 
-    A problem stops as converged after a full step taken at a Newton decrement below
-    ``_DECREMENT_TOLERANCE * scale``; as failed when its objective falls below ``floors[b]`` (a
-    certificate that its minimiser, if any, lies outside the set: see ``_crossing``), when the line
-    search fails or after ``_MAX_INNER`` steps.
+    The constrained step solves the bordered system ``[[H, n], [n^T, 0]] [da; nu] = [-grad f; 0]``.
+    A problem has converged after a full step taken at a Newton decrement below
+    ``_DECREMENT_TOLERANCE * scale``; it fails when its Newton system is singular, its line search
+    fails, or after ``_MAX_INNER`` steps.
     """
-    with np.errstate(over="ignore", invalid="ignore"):  # diverging paths are detected, not warned about
-        return _damped_newton_steps(problem, start, directions, tilts, floors, scale)
+    with np.errstate(over="ignore", invalid="ignore"):  # diverging problems are detected, not warned about
+        return _damped_newton_steps(problem, start, normals, scale)
 
 
-def _damped_newton_steps(problem: _TiltedLoss, start: np.ndarray, directions: np.ndarray, tilts: np.ndarray,
-                         floors: np.ndarray, scale: float) -> _NewtonResult:
+def _damped_newton_steps(problem: _Loss, start: np.ndarray, normals: np.ndarray | None,
+                         scale: float) -> _NewtonResult:
     point = start.copy()
-    b = len(point)
+    b, r = point.shape
     running = np.ones(b, dtype=bool)
     converged = np.zeros(b, dtype=bool)
-    certified = np.zeros(b, dtype=bool)
-    margin = 1e-12 * np.maximum(1.0, np.abs(np.where(np.isfinite(floors), floors, 0.0)))
     for _ in range(_MAX_INNER):
         rows = np.flatnonzero(running)
         if rows.size == 0:
             break
         loss, gradient, hessian = problem.derivatives(point[rows])
-        tilt = tilts[rows, None] * directions[rows]
-        objective = loss + np.einsum("br,br->b", tilt, point[rows])
-        gradient = gradient + tilt
-        step = -_solve(hessian, gradient)
+        if normals is None:
+            system, right = hessian, -gradient
+        else:
+            system = np.zeros((rows.size, r + 1, r + 1))
+            system[:, :r, :r] = hessian
+            system[:, :r, r] = system[:, r, :r] = normals[rows]
+            right = np.concatenate([-gradient, np.zeros((rows.size, 1))], axis=1)
+        solution = _solve(system, right)
+        # A (numerically) singular system, where every logit is saturated, gives no Newton step:
+        # such a problem fails instead of passing for converged.
+        residual = np.linalg.norm(np.einsum("bij,bj->bi", system, solution) - right, axis=1)
+        solvable = residual <= 1e-6 * np.linalg.norm(right, axis=1) + 1e-300
+        step = solution[:, :r]
         decrement = -np.einsum("br,br->b", gradient, step)
-        # A (numerically) singular Hessian, where every logit is saturated far out on a path with no
-        # minimiser, gives no Newton step: such a problem fails instead of passing for converged.
-        residual = np.linalg.norm(np.einsum("bij,bj->bi", hessian, step) + gradient, axis=1)
-        solvable = residual <= 1e-6 * np.linalg.norm(gradient, axis=1) + 1e-300
         final = solvable & (decrement <= _DECREMENT_TOLERANCE * scale)
         size = np.where(solvable, 1.0, 0.0)  # a problem without a Newton step stays where it is, and stops
         accepted = ~solvable | (decrement <= _FULL_STEP_DECREMENT * scale)
@@ -545,21 +576,16 @@ def _damped_newton_steps(problem: _TiltedLoss, start: np.ndarray, directions: np
             if pending.size == 0:
                 break
             trial = point[rows[pending]] + size[pending, None] * step[pending]
-            value = problem.loss(trial) + np.einsum("br,br->b", tilt[pending], trial)
-            ok = value <= objective[pending] - 0.25 * size[pending] * decrement[pending]
+            ok = problem.loss(trial) <= loss[pending] - 0.25 * size[pending] * decrement[pending]
             accepted[pending[ok]] = True
             size[pending[~ok]] *= 0.5
         point[rows[accepted]] += size[accepted, None] * step[accepted]
         converged[rows[final]] = True
-        new_objective = problem.loss(point[rows]) + np.einsum("br,br->b", tilt, point[rows])
-        below_floor = new_objective < floors[rows] - margin[rows]
-        diverged = ~np.all(np.isfinite(point[rows]), axis=1) | ~np.isfinite(new_objective)
-        converged[rows[below_floor | diverged]] = False
-        certified[rows[below_floor]] = True
-        running[rows[final | ~accepted | below_floor | diverged | ~solvable]] = False
-    loss = problem.loss(point)
-    hessian = problem.hessian(point)
-    return _NewtonResult(point, loss, hessian, converged, certified)
+        diverged = ~np.all(np.isfinite(point[rows]), axis=1)
+        converged[rows[diverged]] = False
+        running[rows[final | ~accepted | diverged | ~solvable]] = False
+    loss, gradient, hessian = problem.derivatives(point)
+    return _NewtonResult(point, loss, gradient, hessian, converged)
 
 
 def finite_sample_likelihood_threshold(

@@ -688,3 +688,14 @@ def test_likelihood_sets_refuse_ties_and_the_option_is_named():
     with pytest.raises(TypeError, match="no option 'radius'"):
         agents.make("independent", radius="wald")
     assert agents.registry.options("p-sharelora")["confidence"] == "wald"
+
+
+def test_a_fixed_ridge_below_the_inference_ridge_is_the_refit():
+    """With ``ridge`` below ``inference_ridge`` the tuned fit already suits inference: no refit, the
+    set is centred at the point estimate."""
+    mdp, rewards, dataset = untied_world()
+    estimator = IndependentMLE(ridge=1e-5).fit(dataset, mdp)
+    assert estimator.inference_ridge_ == 1e-5
+    for user in range(N_USERS):
+        np.testing.assert_allclose(estimator.confidence_set(user).theta_hat, estimator.theta_hat[user], atol=1e-12)
+    assert "inference" not in estimator.diagnostics

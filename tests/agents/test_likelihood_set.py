@@ -221,6 +221,15 @@ def test_directions_the_data_do_not_see_are_unbounded_without_ridge():
     assert np.isfinite(ridged.lower(np.array([1.0, -1.0])))
 
 
+def test_data_that_see_nothing_leave_the_whole_span():
+    region = LikelihoodRatioSet(offset=np.ones(3), basis=np.eye(3)[:, :2], features=np.zeros((4, 2)),
+                                labels=np.array([0, 1, 1, 0.0]), offsets=np.zeros(4), beta=1.0, ridge=0.0,
+                                center=np.zeros(2), level=1.0)
+    assert region.lower(np.array([0.0, 1.0, 5.0])) == -np.inf
+    assert region.lower(np.array([0.0, 0.0, 5.0])) == pytest.approx(5.0)  # the offset's direction only
+    assert region.contains(np.array([1e6, -1e6, 1.0])) and not region.contains(np.array([0.0, 0.0, 2.0]))
+
+
 def test_level_zero_at_the_minimiser_is_a_point():
     region, rng = random_problem(4, 3, 30, 0.5, level=0.0)
     vectors = rng.normal(size=(4, region.n_features))
@@ -507,3 +516,25 @@ def test_finite_sample_width_shrinks_like_root_n_up_to_the_log_of_its_level():
     print(f"MEASURED finite_sample_width_slope[k={k}, n={list(sizes)}]: {slope:.3f} "
           f"(window [{-0.5 - 0.02:.3f}, {upper + 0.02:.3f}]), widths {np.round(widths, 4).tolist()}")
     assert -0.5 - 0.02 <= slope <= upper + 0.02
+
+
+def test_finite_sample_sets_of_nearly_separable_data_match_a_conic_solver():
+    """Two pairs per coordinate, no ridge, centred at a near-MLE of separable data (far out, every
+    logit saturated): the support function starts from a ridge path point inside the set and still
+    agrees with cvxpy where it is finite."""
+    k, n, users = 4, 8, 6
+    truths, features, labels, offsets = simulated_users(k, n, users, seed=402)
+    thresholds = thresholds_for(features, labels, offsets)
+    _, finite = likelihood_sets(features, labels, offsets, finite_thresholds=thresholds)
+    rng = np.random.default_rng(3)
+    compared = 0
+    for region in finite:
+        assert np.linalg.norm(region.center) > 0  # centres of separable data are far out
+        vectors = rng.normal(size=(4, k))
+        lower = region.lower(vectors)
+        for vector, value in zip(vectors, lower):
+            if np.isfinite(value):
+                scale = max(1.0, abs(value - vector @ region.theta_hat))
+                assert value == pytest.approx(conic_lower(region, vector, box=1e4), abs=1e-6 * scale)
+                compared += 1
+    assert compared >= 4
