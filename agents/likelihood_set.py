@@ -516,8 +516,11 @@ class _Loss:
 
     def _hessian(self, probabilities: np.ndarray) -> np.ndarray:
         weights = self.beta**2 * probabilities * (1.0 - probabilities)
-        hessian = (self.features.T * weights[:, None, :]) @ self.features  # batched BLAS products
+        # One matrix product for the whole batch: rows (b, i) of the weighted features times X.
+        b, m = weights.shape
         r = self.features.shape[1]
+        weighted = self.features.T * weights[:, None, :]  # (b, r, m), C-contiguous
+        hessian = (weighted.reshape(b * r, m) @ self.features).reshape(b, r, r)
         hessian[:, np.arange(r), np.arange(r)] += self.ridge
         return hessian
 
