@@ -419,15 +419,16 @@ class LikelihoodRatioSet(ConfidenceSet):
         first_distance = origin_value - value
         inside = origin_value.copy()  # q < 0 there
         outside = np.full(b, -np.inf)  # q > 0 there
-        half_width = np.einsum("br,r->b", directions, self._reduced_center) - value
+        center_value = np.einsum("br,r->b", directions, self._reduced_center)
         tolerance = _BOUNDARY_TOLERANCE * scale + 1e-13 * abs(c)
         inside_point = origin.copy()
         result = np.empty_like(start)
         done = np.zeros(b, dtype=bool)
+        stuck = np.zeros(b, dtype=bool)  # an empty bracket: the search failed for this vector
         for _ in range(_MAX_OUTER):
-            active = np.flatnonzero(~done)
+            active = np.flatnonzero(~done & ~stuck)
             if active.size == 0:
-                return result
+                break
             inner = _damped_newton(loss, start[active], directions[active], scale)
             # A hyperplane whose Newton run fails (far outside, where the logits saturate) is
             # treated as outside: the search retreats towards the inside point. A wrong guess can
@@ -437,15 +438,16 @@ class LikelihoodRatioSet(ConfidenceSet):
             gap = np.where(failed, np.inf, inner.loss - c)
             normal_squares = np.einsum("br,br->b", directions[active], directions[active])
             multiplier = -np.einsum("br,br->b", inner.gradient, directions[active]) / normal_squares
-            # The value's error is about |q| / nu: stop when it is small against the half-width, and
-            # the point is a member (f within the tolerance of c).
+            s = value[active]
+            # The value's error is about |q| / nu: stop when f is within the tolerance of c, or when
+            # the point is inside and that error is small against the half-width g . center - s.
             with np.errstate(divide="ignore", invalid="ignore"):
                 error = np.abs(gap) / multiplier
+            half_width = np.maximum(center_value[active] - s, 0.0)
             finished = ~failed & ((np.abs(gap) <= tolerance) | (
-                (gap <= 0) & (multiplier > 0) & (error <= _CERTIFIED_TOLERANCE * np.abs(half_width[active]))))
+                (gap <= 0) & (multiplier > 0) & (error <= _CERTIFIED_TOLERANCE * half_width)))
             result[active[finished]] = inner.point[finished]
             done[active[finished]] = True
-            s = value[active]
             rows = active[~failed & (gap < 0)]
             inside_point[rows] = inner.point[~failed & (gap < 0)]
             inside[active] = np.where(gap < 0, np.minimum(inside[active], s), inside[active])
@@ -457,18 +459,20 @@ class LikelihoodRatioSet(ConfidenceSet):
             # Bisect the bracket; without an outside point yet, double the distance from the origin.
             doubled = s - np.maximum(origin_value[active] - s, first_distance[active])
             new_value = np.where(usable, newton, np.where(np.isfinite(lo), 0.5 * (lo + hi), doubled))
-            if np.any(~done[active] & np.isfinite(lo) & (hi - lo <= 1e-15 * np.maximum(np.abs(hi), np.abs(lo)))):
-                break
+            stuck[active] = ~done[active] & np.isfinite(lo) & (hi - lo <= 1e-15 * np.maximum(np.abs(hi), np.abs(lo)))
             # Warm start on the tangent of the curve of minimisers: da/ds = H^{-1} g / (g^T H^{-1} g).
-            tangent = _solve(inner.hessian, directions[active])
-            tangent /= np.einsum("br,br->b", directions[active], tangent)[:, None]
-            moved = inner.point + (new_value - s)[:, None] * tangent
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tangent = _solve(inner.hessian, directions[active])
+                tangent /= np.einsum("br,br->b", directions[active], tangent)[:, None]
+                moved = inner.point + (new_value - s)[:, None] * tangent
             # Otherwise from the last inside point, moved straight onto the new hyperplane.
             anchor = inside_point[active]
             shift = (new_value - np.einsum("br,br->b", directions[active], anchor)) / normal_squares
             fallback = anchor + shift[:, None] * directions[active]
             start[active] = np.where((~failed & np.all(np.isfinite(moved), axis=1))[:, None], moved, fallback)
             value[active] = new_value
+        if np.all(done):
+            return result
         failed = int((~done).sum())
         raise RuntimeError(
             f"lower: the boundary point was not found for {failed} of {b} vectors (the set may be unbounded with an "
@@ -516,8 +520,11 @@ class _Loss:
 
     def _hessian(self, probabilities: np.ndarray) -> np.ndarray:
         weights = self.beta**2 * probabilities * (1.0 - probabilities)
-        hessian = (self.features.T * weights[:, None, :]) @ self.features  # batched BLAS products
+        # One matrix product for the whole batch: rows (b, i) of the weighted features times X.
+        b, m = weights.shape
         r = self.features.shape[1]
+        weighted = self.features.T * weights[:, None, :]  # (b, r, m), C-contiguous
+        hessian = (weighted.reshape(b * r, m) @ self.features).reshape(b, r, r)
         hessian[:, np.arange(r), np.arange(r)] += self.ridge
         return hessian
 
