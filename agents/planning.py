@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+import scipy.optimize
+import scipy.sparse
 
 from lr_mdp_env import TabularMDP
 from lr_mdp_env._validation import as_real_array, check_int, check_real
@@ -352,11 +354,14 @@ def empirical_mdp(mdp: TabularMDP, counts: Any) -> TabularMDP:
 
 # -- exact robust optimisation -----------------------------------------------------------------
 
-METHODS = ("auto", "interior-point", "column-generation", "frank-wolfe")
+METHODS = ("auto", "interior-point", "column-generation", "cutting-plane", "frank-wolfe")
 
 #: Memory of one block of users' solver arrays, in float64 elements (about 800 MB): users are
 #: solved in blocks whose largest arrays (``Psi``, the Newton system, the columns) fit in it.
 _BLOCK_ELEMENTS = 100_000_000
+
+#: Methods for any ConfidenceSet (they use only ``lower`` and ``minimizer``).
+_GENERAL_METHODS = ("cutting-plane", "frank-wolfe")
 
 
 @dataclass(frozen=True)
@@ -439,6 +444,14 @@ def robust_optimize(
       at once by a barrier method on its ``k + 1`` dual variables. Its pricing steps grow with
       ``k`` (about ``2 k``) but each costs one batched backward induction, so it is the method of
       choice for sets of small dimension in large MDPs.
+    - ``"cutting-plane"`` (any :class:`~agents.ConfidenceSet`, using only ``lower`` and
+      ``minimizer``; the choice of ``"auto"`` for sets without seminorms): Kelley's outer
+      approximation. The members ``theta_1..theta_t`` found so far replace ``C`` in a linear
+      program over the occupancy polytope, ``max_q min_j theta_j . (d_q - d_ref)`` (solved by
+      HiGHS), whose value bounds the optimum from above; its optimal multipliers mix the
+      ``theta_j`` into a member of ``C`` that certifies that bound by one backward induction, and
+      ``minimizer(d_q - d_ref)`` is the next cut. Few cuts are needed for sets of small dimension
+      (likelihood-ratio sets of reduced estimators); each costs one linear program per user.
     - ``"frank-wolfe"`` (any :class:`~agents.ConfidenceSet`, using only ``lower`` and
       ``minimizer``): the conditional gradient method on the occupancy polytope with a line
       search; ``minimizer(g)`` is a supergradient of ``L`` and a member of ``C``, so each step's
@@ -461,11 +474,11 @@ def robust_optimize(
         the uniform policy), is the first column of column generation and the start of
         Frank-Wolfe: the point ``g = 0`` (``L = 0``), often optimal for large radii, is then
         available from the start.
-    method : {"auto", "interior-point", "column-generation", "frank-wolfe"}, default "auto"
-        Seminorm methods fall back to Frank-Wolfe for sets without seminorms.
+    method : {"auto", "interior-point", "column-generation", "cutting-plane", "frank-wolfe"}, default "auto"
+        Seminorm methods fall back to the cutting-plane method for sets without seminorms.
     max_iterations : int, optional
         Iteration budget per problem (default 200 interior-point steps, ``100 + 10 k`` pricing
-        steps, 20000 Frank-Wolfe steps).
+        steps, 200 cuts, 20000 Frank-Wolfe steps).
     max_seconds : float, optional
         Time budget of the whole call. Problems still open when it runs out return their best
         certified policy so far.
@@ -487,7 +500,8 @@ def robust_optimize(
     Optimization 2(4), 1992; Nesterov and Todd, SIAM Journal on Optimization 8(2), 1998 (the
     interior-point method). Von Hohenbalken, *Simplicial decomposition in nonlinear programming
     algorithms*, Mathematical Programming 13, 1977 (column generation). Frank and Wolfe,
-    *An algorithm for quadratic programming*, Naval Research Logistics Quarterly 3, 1956.
+    *An algorithm for quadratic programming*, Naval Research Logistics Quarterly 3, 1956. Kelley,
+    *The cutting-plane method for solving convex programs*, Journal of the SIAM 8(4), 1960.
     """
     mdp = _check_mdp(mdp)
     items, batched = _as_sets(mdp, confidence_set, "confidence_set")
@@ -507,13 +521,16 @@ def robust_optimize(
     for index, item in enumerate(items):
         # The dense maps are rebuilt block by block by the solvers: only the ball sizes are kept
         # here (all users' maps at once could take gigabytes).
-        structure = None if method == "frank-wolfe" else _structure(item)
-        key = "frank-wolfe" if structure is None else ("greedy" if not structure.blocks else structure.blocks)
+        structure = None if method in _GENERAL_METHODS else _structure(item)
+        general = method if method in _GENERAL_METHODS else "cutting-plane"
+        key = general if structure is None else ("greedy" if not structure.blocks else structure.blocks)
         groups.setdefault(key, []).append(index)
     for key, users in groups.items():
         users = np.array(users)
         if key == "frank-wolfe":
             _frank_wolfe(run, users, max_iterations or 20_000)
+        elif key == "cutting-plane":
+            _cutting_plane(run, users, max_iterations or 200)
         elif key == "greedy":
             run.greedy(users)
         else:
@@ -883,3 +900,62 @@ def _frank_wolfe(run: _Run, users: np.ndarray, max_iterations: int) -> None:
         L = np.array([items[i].lower(g_i) for i, g_i in zip(active, d_q[active] - d_ref[active])])
         run.record_policies(users[active], _policy_of(current[active]), L)
     run.label(users, "frank-wolfe")
+
+
+def _occupancy_polytope(mdp: TabularMDP) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
+    """Flow constraints ``A q = b`` of the occupancy measures ``q`` (flattened ``(H, S, A)``):
+    ``sum_a q_0(s, a) = rho(s)`` and ``sum_a q_{h+1}(s', a) = sum_{s, a} P_h(s' | s, a) q_h(s, a)``."""
+    H, S, A = mdp.horizon, mdp.n_states, mdp.n_actions
+    sum_over_actions = scipy.sparse.kron(scipy.sparse.eye(S), np.ones((1, A)))
+    blocks = [[None] * H for _ in range(H)]
+    for h in range(H):
+        blocks[h][h] = sum_over_actions
+        if h:
+            blocks[h][h - 1] = -scipy.sparse.csr_matrix(mdp.transitions[h - 1].reshape(S * A, S).T)
+    right = np.zeros(H * S)
+    right[:S] = mdp.initial_distribution
+    return scipy.sparse.bmat(blocks, format="csr"), right
+
+
+def _cutting_plane(run: _Run, users: np.ndarray, max_iterations: int) -> None:
+    """Kelley's cutting-plane method for sets known only through ``lower`` and ``minimizer``.
+
+    The master ``max_{q, tau} tau`` subject to ``tau <= theta_j . (Phi^T q - d_ref)`` for the cuts
+    ``theta_j`` and ``q`` in the occupancy polytope is a linear program; its value is at least
+    the optimum (the cuts are members of ``C``). Its multipliers ``lambda_j`` (non-negative,
+    summing to one) mix the cuts into ``theta_bar = sum_j lambda_j theta_j``, a member of ``C``
+    at which one backward induction gives exactly that value: the certificate. The master's
+    occupancy gives the primal policy (its exact ``L`` is recorded) and the next cut
+    ``minimizer(d_q - d_ref)``.
+    """
+    mdp = run.mdp
+    flow, right = _occupancy_polytope(mdp)
+    n_occupancy = flow.shape[1]
+    equality = scipy.sparse.hstack([flow, scipy.sparse.csr_matrix((flow.shape[0], 1))], format="csr")
+    objective = np.zeros(n_occupancy + 1)
+    objective[-1] = -1.0
+    bounds = [(0, None)] * n_occupancy + [(None, None)]
+    starts = run.policy[users]
+    for row, user in enumerate(users):
+        item, d_ref = run.items[user], run.d_ref[user]
+        cuts = [item.theta_hat, item.minimizer(expected_features(mdp, starts[row]) - d_ref)]
+        for iteration in range(max_iterations):
+            if run.done(np.array([user]))[0] or run.out_of_time():
+                break
+            thetas = np.stack(cuts)
+            rewards = _reward_tables(mdp, thetas).reshape(len(cuts), n_occupancy)
+            inequality = np.hstack([-rewards, np.ones((len(cuts), 1))])
+            result = scipy.optimize.linprog(objective, A_ub=inequality, b_ub=-(thetas @ d_ref), A_eq=equality,
+                                            b_eq=right, bounds=bounds, method="highs")
+            run.iterations[user] = iteration + 1
+            if result.status != 0:  # numerical trouble in the master: keep the certified best so far
+                break
+            weights = np.maximum(-result.ineqlin.marginals, 0.0)
+            if weights.sum() > 0:
+                run.record_duals(np.array([user]), ((weights / weights.sum()) @ thetas)[None])
+            q = np.maximum(result.x[:n_occupancy], 0.0).reshape(mdp.horizon, mdp.n_states, mdp.n_actions)
+            policy = _policy_of(q)
+            g = expected_features(mdp, policy) - d_ref
+            run.record_policies(np.array([user]), policy[None], np.array([float(item.lower(g))]))
+            cuts.append(item.minimizer(g))
+    run.label(users, "cutting-plane")
