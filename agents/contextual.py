@@ -106,7 +106,6 @@ class _ContextualEstimator(RewardEstimator):
         if data.contexts is None:
             raise ValueError("the dataset has no contexts: contextual estimators need contextual data "
                              "(collect_preferences with ContextualRewards)")
-        self._dense_differences = None
 
     def _coordinates(self, data: ComparisonData, ridge: float) -> tuple[BilinearCoordinates, np.ndarray | None]:
         """The coordinates, and a ``Theta_c`` in their span to start the ridge MLE from (or ``None``)."""

@@ -30,9 +30,10 @@ from scipy.stats import chi2
 from lr_mdp_env import FeaturePreferenceDataset, PreferenceDataset, TabularMDP
 from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real
 from lr_mdp_env.identifiability import identifiable_basis, unidentified_directions
+from lr_mdp_env.rewards import base_matrix
 
 from .confidence import ConfidenceSet, Ellipsoid, theory_radius, wald_radius
-from .data import ComparisonData, base_matrix, comparison_data
+from .data import ComparisonData, comparison_data
 from .exceptions import not_fitted
 from .factorized import FactoredFit, fit_factored
 from .likelihood_set import LikelihoodRatioSet, finite_sample_likelihood_threshold
@@ -256,7 +257,7 @@ class RewardEstimator:
         else:
             self._hidden = unidentified_directions(mdp)
             self._identifiable = identifiable_basis(mdp, self._hidden)
-        self._base = np.zeros((d, data.n_users)) if self.base is None else np.array(base_matrix(self.base, d, data.n_users))
+        self._base = base_matrix(self.base, d, data.n_users)
         self._prepare(data, mdp)
         self.diagnostics: dict[str, dict] = {}
         if self.ridge is None:
