@@ -20,6 +20,7 @@ what comparisons never see, e.g. the all-ones direction of one-hot features (doc
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ from lr_mdp_env._validation import as_generator, as_real_array, check_int, check
 from lr_mdp_env.identifiability import identifiable_basis, unidentified_directions
 
 from .confidence import Ellipsoid, theory_radius, wald_radius
+from .subspace_error import (SubspaceErrorSet, check_subspace_error, coordinate_bound, epsilon_from_sine,
+                             sharelora_sine_bound, subspace_error_seed)
 from .data import ComparisonData, base_matrix, comparison_data
 from .exceptions import not_fitted
 from .factorized import FactoredFit, fit_factored
@@ -268,8 +271,14 @@ class RewardEstimator:
             feature_bound = float(self.beta * np.max(np.linalg.norm(features, axis=1), initial=0.0))
             norm_bound = self.norm_bound if self.norm_bound is not None else \
                 2.0 * float(np.max(np.linalg.norm(self._centers, axis=1), initial=0.0)) or 1.0
-            radius = theory_radius(matrix, ridge, self.delta, feature_bound, norm_bound)
+            radius = theory_radius(matrix, ridge, self._set_delta, feature_bound, norm_bound)
         return self._symmetric(matrix), radius
+
+    @property
+    def _set_delta(self) -> float:
+        """Level of the sets built in the estimator's coordinates (reduced estimators that add the
+        subspace error keep ``delta / 2`` of it for that error)."""
+        return self.delta
 
     @staticmethod
     def _symmetric(matrix: np.ndarray) -> np.ndarray:
@@ -278,7 +287,7 @@ class RewardEstimator:
     def _wald_radius(self, k: int) -> float:
         """:func:`wald_radius` of ``k`` coordinates, computed once (every user's set shares it)."""
         if k not in self._wald_radii:
-            self._wald_radii[k] = wald_radius(k, self.delta)
+            self._wald_radii[k] = wald_radius(k, self._set_delta)
         return self._wald_radii[k]
 
 
@@ -344,11 +353,27 @@ class PShareLoRA(RewardEstimator):
     2. ``U_hat``: top-``r`` left singular vectors of ``U W^T``.
     3. Personal refit: ``w_i`` = ridge MLE with features ``U_hat^T z`` and its Fisher matrix ``M_i``.
     4. Confidence set ``C_i = {Theta_0[:, i] + U_hat w : ||w - w_hat_i||_{M_i} <= radius_i}``.
+    5. With ``subspace_error="bootstrap"`` (default), plus the subspace error: the set of user
+       ``i`` is the :class:`~agents.subspace_error.SubspaceErrorSet` ``C_i + {e : e orthogonal
+       to U_hat (and to the unidentified directions), ||e|| <= epsilon_i}``, with
+       ``epsilon_i = tan(a) max_{theta in C_i} ||U_hat^T (theta - Theta_0[:, i])||``, where
+       ``sin(a)`` bounds the sine of the largest principal angle between ``U*`` and ``U_hat``
+       at level ``1 - delta / 2`` by a parametric bootstrap of step 1
+       (:func:`~agents.subspace_error.sharelora_sine_bound`), and ``C_i`` is built at level
+       ``1 - delta / 2``: the truth itself, not only its projection, is in the set with
+       probability at least ``1 - delta`` when both hold (union bound). Computed when a set is
+       first asked for.
 
     Parameters
     ----------
     rank : int
         ``r``.
+    subspace_error : {"bootstrap", "ignore"}, default "bootstrap"
+        ``"ignore"``: the set is ``C_i`` at level ``1 - delta``, which covers only the projection of
+        the truth onto ``U_hat``'s span (the truth itself almost never).
+    n_bootstrap : int, default 19
+        Refits of the bootstrap; at least ``ceil(2 / delta) - 1`` (19 for ``delta = 0.1``) for a
+        finite ``epsilon``.
     **kwargs
         As :class:`RewardEstimator`.
 
@@ -359,9 +384,11 @@ class PShareLoRA(RewardEstimator):
     Low-Rank Adaptation of Large Language Models*, ICLR 2022.
     """
 
-    def __init__(self, rank: int, **kwargs: Any) -> None:
+    def __init__(self, rank: int, *, subspace_error: str = "bootstrap", n_bootstrap: int = 19, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rank = check_int("rank", rank, minimum=1)
+        self.subspace_error = check_subspace_error(subspace_error)
+        self.n_bootstrap = check_int("n_bootstrap", n_bootstrap, minimum=1)
 
     def _prepare(self, data: ComparisonData, mdp: TabularMDP) -> None:
         if self.rank > min(data.n_features, data.n_users):
@@ -386,3 +413,24 @@ class PShareLoRA(RewardEstimator):
         self.subspace = np.linalg.qr(subspace)[0]
         # The joint fit's users, theta_i = U w_i, in the new basis: close to the refit's answer.
         self._fit_coordinates(data, self.subspace, ridge, initial=factored.left @ (factored.right.T @ self.subspace))
+
+    # -- the subspace error (agents.subspace_error): a wrapper around the set in U_hat's span ----------
+
+    @property
+    def _set_delta(self) -> float:
+        return self.delta if self.subspace_error == "ignore" else self.delta / 2
+
+    def _build_set(self, user: int) -> Ellipsoid | SubspaceErrorSet:
+        inner = self._reduced_set(user) if hasattr(self, "_reduced_set") else super()._build_set(user)
+        if self.subspace_error == "ignore":
+            return inner
+        if "sine_bound_" not in self.__dict__:
+            self.sine_bound_ = sharelora_sine_bound(self, n_bootstrap=self.n_bootstrap, level=1 - self.delta / 2,
+                                                    seed=subspace_error_seed(self.seed))
+        offset = self._base[:, user]
+        epsilon = epsilon_from_sine(self.sine_bound_, coordinate_bound(inner, offset, self.subspace))
+        if not np.isfinite(epsilon):
+            raise ValueError(f"the bootstrap bound on the subspace angle is {self.sine_bound_:.3g}: U_hat is not "
+                             f"identified at level delta/2 = {self.delta / 2:g} (raise n_bootstrap to at least "
+                             f"{math.ceil(2 / self.delta) - 1}, or collect more pairs)")
+        return SubspaceErrorSet(inner, np.hstack([self.subspace, self._hidden]), epsilon)

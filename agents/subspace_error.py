@@ -36,11 +36,14 @@ from .factorized import FactoredFit, fit_factored
 __all__ = [
     "SUBSPACE_ERRORS",
     "SubspaceErrorSet",
-    "bootstrap_subspace_errors",
+    "bootstrap_refits",
     "check_subspace_error",
-    "loco_subspace_error",
-    "order_statistic_quantile",
-    "sharelora_subspace_errors",
+    "coordinate_bound",
+    "loco_dropped_block_bound",
+    "order_statistic",
+    "sharelora_sine_bound",
+    "sine",
+    "subspace_error_seed",
 ]
 
 #: Values of the reduced estimators' ``subspace_error`` option.
@@ -339,3 +342,183 @@ def _ball_least_squares(matrix: np.ndarray, target: np.ndarray, radius: float) -
     mu = scipy.optimize.brentq(lambda value: step_norm(value) - radius, 0.0, high, xtol=1e-14 * max(high, 1.0),
                                rtol=1e-14)
     return math.sqrt(outside + dropped + residual_at(mu))
+
+
+# -- calibration of epsilon ----------------------------------------------------------------------------
+
+def check_subspace_error(value: Any) -> str:
+    """Validate the ``subspace_error`` option of the reduced estimators."""
+    if value not in SUBSPACE_ERRORS:
+        raise ValueError(f"subspace_error must be one of {SUBSPACE_ERRORS}, got {value!r}")
+    return value
+
+
+def order_statistic(samples: Any, level: float) -> np.ndarray | float:
+    """The ``ceil(level (B + 1))``-th smallest of ``B`` samples along the first axis.
+
+    If the statistic of the truth and the ``B`` bootstrap samples were exchangeable, the truth's
+    would exceed it with probability at most ``1 - level`` (the rank argument of Monte Carlo
+    tests; Davison and Hinkley 1997, section 4.2). ``inf`` when ``ceil(level (B + 1)) > B``
+    (too few samples for the level).
+
+    Parameters
+    ----------
+    samples : array_like, shape (B, ...)
+    level : float in (0, 1)
+
+    Returns
+    -------
+    float or ndarray of shape ``samples.shape[1:]``
+
+    References
+    ----------
+    Davison and Hinkley, *Bootstrap Methods and their Application*, Cambridge 1997.
+    """
+    samples = np.asarray(samples, dtype=float)
+    if samples.ndim == 0 or samples.shape[0] == 0:
+        raise ValueError("samples must have at least one sample along the first axis")
+    level = check_real("level", level, 0.0, 1.0, strict_minimum=True)
+    count = samples.shape[0]
+    rank = math.ceil(level * (count + 1) - 1e-12)
+    if rank > count:
+        return _as_value(np.full(samples.shape[1:], math.inf))
+    return _as_value(np.sort(samples, axis=0)[rank - 1])
+
+
+def sine(subspace: np.ndarray, estimate: np.ndarray) -> float:
+    """``||(I - Q Q^T) U||_2`` with ``Q`` an orthonormal basis of ``range(estimate)``: the sine of
+    the largest principal angle between the orthonormal columns ``U = subspace`` and ``estimate``."""
+    basis = np.linalg.qr(np.asarray(estimate, dtype=float))[0]
+    residual = subspace - basis @ (basis.T @ subspace)
+    return float(np.linalg.norm(residual, ord=2)) if residual.size else 0.0
+
+
+def bootstrap_refits(contexts: Any, features: Any, rank: int, *, world: tuple[np.ndarray, np.ndarray],
+                     start: tuple[np.ndarray, np.ndarray], statistic: Callable[[FactoredFit], Any],
+                     offsets: np.ndarray | None = None, beta: float = 1.0, ridge: float = 1.0,
+                     balance: float = 0.0, hidden: np.ndarray | None = None, n_bootstrap: int = 19,
+                     seed: Any = None) -> np.ndarray:
+    """Parametric bootstrap of the joint rank-``r`` fit: relabel every pair from the fitted world,
+    refit, and evaluate ``statistic`` on each refit.
+
+    In the world ``Theta = A B^T`` the pair ``j`` has logit ``offset_j + beta x_j^T A B^T z_j``;
+    each replicate draws every label from ``Bernoulli(sigmoid(logit_j))`` (same pairs, same
+    contexts), and :func:`agents.factorized.fit_factored` refits from ``start`` (the fit of the
+    real data) to a relative tolerance ``1e-3`` of the resampling gradient.
+
+    Parameters
+    ----------
+    contexts : ndarray or sparse matrix, shape (n, d_x)
+        ``x_j`` (the one-hot users for P-ShareLoRA).
+    features : ndarray or sparse matrix, shape (n, d)
+    rank : int
+    world : (ndarray (d_x, r), ndarray (d, r))
+        Factors ``(A, B)`` of the fitted world.
+    start : (ndarray (d_x, r), ndarray (d, r))
+        Starting factors of every refit.
+    statistic : callable
+        ``FactoredFit -> array``, evaluated on each refit.
+    offsets, beta, ridge, balance, hidden
+        As :func:`agents.factorized.fit_factored` (those of the original fit).
+    n_bootstrap : int, default 19
+    seed : int, Generator or SeedSequence, optional
+        Every label is drawn from one generator derived from it.
+
+    Returns
+    -------
+    ndarray, shape (n_bootstrap, ...)
+        The statistics, one row per replicate.
+
+    References
+    ----------
+    Efron and Tibshirani, *An Introduction to the Bootstrap*, Chapman & Hall 1993, chapter 6
+    (parametric bootstrap).
+    """
+    n_bootstrap = check_int("n_bootstrap", n_bootstrap, minimum=1)
+    rng = as_generator(seed)
+    labels_shape = features.shape[0]
+    offsets = np.zeros(labels_shape) if offsets is None else np.asarray(offsets, dtype=float)
+    left, right = (np.asarray(factor, dtype=float) for factor in world)
+    logits = offsets + beta * np.sum(np.asarray(contexts @ left) * np.asarray(features @ right), axis=1)
+    probabilities = expit(logits)
+    results = []
+    for _ in range(n_bootstrap):  # each replicate is one joint fit, itself vectorised over pairs
+        labels = (rng.random(labels_shape) < probabilities).astype(float)
+        refit = fit_factored(contexts, features, labels, rank, initial=start, offsets=offsets, beta=beta,
+                             ridge=ridge, balance=balance, hidden=hidden, tol=_BOOTSTRAP_TOL)
+        results.append(np.asarray(statistic(refit), dtype=float))
+    return np.stack(results)
+
+
+def subspace_error_seed(seed: Any) -> Any:
+    """The seed of the bootstrap labels, derived from an estimator's ``seed`` so that they are
+    independent of the draws its ridge selection makes from the same seed."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, np.random.SeedSequence):
+        return seed.spawn(1)[0]
+    if seed is None:
+        return None
+    return np.random.SeedSequence(int(seed), spawn_key=(0x5B5,))
+
+
+def sharelora_sine_bound(estimator: Any, *, n_bootstrap: int, level: float, seed: Any = None) -> float:
+    """Bootstrap bound ``s`` on ``sin angle(U*, U_hat)`` for a fitted :class:`~agents.PShareLoRA`.
+
+    The world is the joint fit ``U W^T`` of the real data; each replicate's statistic is
+    ``||(I - P_b) U_hat||_2``, the sine of the largest principal angle between ``U_hat`` (the
+    world's subspace) and the replicate's; ``s`` is their :func:`order_statistic` at ``level``.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``, or ``inf`` when ``n_bootstrap`` is too small for ``level``.
+    """
+    data, fit = estimator._data, estimator.joint_fit
+    subspace = np.asarray(estimator.subspace)
+    samples = bootstrap_refits(
+        data.user_indicator(), data.differences, estimator.rank, world=(fit.left, fit.right),
+        start=(fit.left, fit.right), statistic=lambda refit: sine(subspace, refit.right),
+        offsets=data.offsets, beta=estimator.beta, ridge=estimator.ridge_, hidden=estimator._hidden,
+        n_bootstrap=n_bootstrap, seed=seed)
+    return order_statistic(samples, level)
+
+
+def coordinate_bound(inner: ConfidenceSet, offset: np.ndarray, subspace: np.ndarray) -> float:
+    """``sqrt(sum_k max_{t in inner} (u_k . (t - offset))^2)``: an upper bound on
+    ``||U^T (t - offset)||`` over the inner set, from its support function along the columns
+    ``u_k`` of ``U`` (exact for a ball, at most ``sqrt(r)`` times too large otherwise)."""
+    directions = np.asarray(subspace, dtype=float).T
+    shift = directions @ offset
+    highest = np.asarray(inner.upper(directions), dtype=float) - shift
+    lowest = shift - np.asarray(inner.lower(directions), dtype=float)
+    return float(np.sqrt(np.sum(np.maximum(highest, lowest) ** 2)))
+
+
+def epsilon_from_sine(sine_bound: float, coordinate_norm: float) -> float:
+    """``tan(angle) ||U_hat^T (theta* - offset)||``: for ``theta* - offset`` in ``range(U*)``,
+    ``||(I - P) x|| <= sin ||x||`` and ``||P x|| >= cos ||x||`` (``P`` the projector on
+    ``U_hat``, ``sin`` and ``cos`` of the largest principal angle), so
+    ``||(I - P)(theta* - offset)|| <= tan ||P (theta* - offset)||``. ``inf`` when the sine bound
+    reaches 1 (the subspace is not identified at this level)."""
+    if not sine_bound < 1:
+        return math.inf
+    return float(sine_bound / math.sqrt(1.0 - sine_bound**2) * coordinate_norm)
+
+
+def loco_dropped_block_bound(estimator: Any, *, n_bootstrap: int, level: float, seed: Any = None) -> float:
+    """Bootstrap bound ``s`` on ``sin angle(U*, U_hat) sin angle(V*, V_hat)`` for a fitted
+    :class:`~agents.LoCoPRS`: the dropped block of the truth obeys
+    ``||U_perp^T Theta* V_perp||_2 <= s sigma_1(Theta*)``.
+
+    The world is the rank-``r`` fit ``U V^T`` of the real data; each replicate's statistic is the
+    product of the two sines between the world's subspaces and the replicate's.
+    """
+    data, fit = estimator._data, estimator.joint_fit
+    left, right = np.asarray(estimator.context_subspace), np.asarray(estimator.subspace)
+    samples = bootstrap_refits(
+        data.contexts, data.differences, estimator.rank, world=(fit.left, fit.right), start=(fit.left, fit.right),
+        statistic=lambda refit: sine(left, refit.left) * sine(right, refit.right), offsets=data.offsets,
+        beta=estimator.beta, ridge=estimator.ridge_, balance=estimator.balance, hidden=estimator._hidden,
+        n_bootstrap=n_bootstrap, seed=seed)
+    return order_statistic(samples, level)
