@@ -395,6 +395,7 @@ class PShareLoRA(RewardEstimator):
             raise ValueError(f"rank={self.rank} exceeds min(d, N) = {min(data.n_features, data.n_users)}")
 
     def _fit(self, data: ComparisonData, ridge: float) -> None:
+        self.__dict__.pop("sine_bound_", None)  # calibrated again for the new fit
         # Every fit starts from the spectral start of its own data (no warm start along the ridge
         # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
         factored = fit_factored(

@@ -39,6 +39,8 @@ __all__ = [
     "bootstrap_refits",
     "check_subspace_error",
     "coordinate_bound",
+    "epsilon_from_product",
+    "epsilon_from_sine",
     "loco_dropped_block_bound",
     "order_statistic",
     "sharelora_sine_bound",
@@ -504,6 +506,16 @@ def epsilon_from_sine(sine_bound: float, coordinate_norm: float) -> float:
     if not sine_bound < 1:
         return math.inf
     return float(sine_bound / math.sqrt(1.0 - sine_bound**2) * coordinate_norm)
+
+
+def epsilon_from_product(sine_bound: float, norm_bound: float) -> float:
+    """``s / (1 - s) * norm_bound``: if ``||D||_2 <= s sigma_1(Theta)`` for the dropped block ``D`` of
+    ``Theta = Pi Theta + U_perp D V_perp^T`` and ``||Pi Theta||_2 <= norm_bound``, then
+    ``sigma_1(Theta) <= norm_bound + s sigma_1(Theta)`` and ``||D||_2 <= s / (1 - s) norm_bound``.
+    ``inf`` when ``s >= 1``."""
+    if not sine_bound < 1:
+        return math.inf
+    return float(sine_bound / (1.0 - sine_bound) * norm_bound)
 
 
 def loco_dropped_block_bound(estimator: Any, *, n_bootstrap: int, level: float, seed: Any = None) -> float:
