@@ -27,7 +27,7 @@ from lr_mdp_env.rewards import ContextualRewards, LowRankRewards
 
 from . import registry
 from .agent import Agent
-from .confidence import Ellipsoid
+from .confidence import ConfidenceSet, Ellipsoid
 from .contextual import FullRankContextual, LoCoPRS
 from .evaluation import evaluate
 
@@ -36,7 +36,7 @@ PROPERTIES: dict[str, str] = {
     "protocol": "fit(dataset, mdp) returns the agent itself and policy(user) answers for every user",
     "policies": "policy(user) is an (H, S, A) array whose rows are finite, non-negative and sum to 1",
     "mutation": "fit and planning leave every array of the dataset and of the MDP bitwise unchanged",
-    "center_in_set": "confidence_set(user) is an agents.Ellipsoid that contains the estimate theta_hat[user]",
+    "center_in_set": "confidence_set(user) is an agents.ConfidenceSet that contains the estimate theta_hat[user]",
     "lower_bound": "J(pi_hat) - J(ref) >= L(pi_hat) whenever the truth lies in the confidence set",
     "pessimism_lemma": "0 <= J(pi*) - J(pi_hat) <= bound whenever the truth lies in the set (exact pessimism)",
     "determinism": "two agents made alike (with the same seed, if they take one) give identical policies",
@@ -327,7 +327,7 @@ def check_agent(
         MDP is bitwise the same after ``fit`` and after planning as before.
     ``center_in_set``, ``lower_bound``, ``pessimism_lemma``
         For agents exposing ``confidence_set(user)``, ``reference_features`` and ``theta_hat``:
-        the set is an :class:`~agents.Ellipsoid` containing ``theta_hat[user]``; by
+        the set is an :class:`~agents.ConfidenceSet` containing ``theta_hat[user]``; by
         :func:`agents.evaluate`, whenever the truth (its projection, for reduced sets) lies in the
         set, ``J(pi_hat) - J(ref) >= L(pi_hat)`` up to the misspecification of the projection,
         and, for agents whose ``pessimism`` attribute is ``"exact"``,
@@ -567,14 +567,15 @@ class _Checker:
                           f"{(dataset.n_users, mdp.n_features)}.", instance, agent_seed)
             for user in range(dataset.n_users):
                 region = agent.confidence_set(user)
-                if not isinstance(region, Ellipsoid):
+                if not isinstance(region, ConfidenceSet):
                     self.fail("center_in_set", f"`agent.confidence_set({user})` returned {type(region).__name__}, "
-                              "not an agents.Ellipsoid.", instance, agent_seed)
+                              "not an agents.ConfidenceSet.", instance, agent_seed)
                 if not region.contains(theta_hat[user]):
+                    detail = (f": its distance {region.distance(theta_hat[user]):.6g} exceeds the radius "
+                              f"{region.radius:.6g} (or it is off the set's span)") if isinstance(region, Ellipsoid) else ""
                     self.fail("center_in_set", f"`agent.confidence_set({user})` does not contain the agent's own "
-                              f"estimate `theta_hat[{user}]`: its distance {region.distance(theta_hat[user]):.6g} "
-                              f"exceeds the radius {region.radius:.6g} (or it is off the set's span). The set "
-                              "must be centred at the estimate it is built around.", instance, agent_seed)
+                              f"estimate `theta_hat[{user}]`{detail}. The set must be centred at the estimate it is "
+                              "built around.", instance, agent_seed)
         if not (self.wanted("lower_bound") or self.wanted("pessimism_lemma")):
             return
         try:

@@ -182,6 +182,9 @@ def rectangular_bonus(mdp: TabularMDP, sets: Any) -> np.ndarray:
     cache: list[tuple[np.ndarray, np.ndarray]] = []  # the sets of one estimator usually share a basis
     bonus = np.empty((len(items), identifiable.shape[0]))
     for index, item in enumerate(items):
+        if not isinstance(item, Ellipsoid):  # any set of the protocol: the bonus is theta_hat . phi - lower(phi)
+            bonus[index] = identifiable @ item.theta_hat - item.lower(identifiable)
+            continue
         coordinates = next((coords for basis, coords in cache if basis.shape == item.basis.shape
                             and np.array_equal(basis, item.basis)), None)
         if coordinates is None:
