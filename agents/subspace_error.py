@@ -156,7 +156,9 @@ class SubspaceErrorSet(ConfidenceSet):
         vectors = np.asarray(vectors, dtype=float)
         error = self.complement(vectors)
         norms = np.linalg.norm(error, axis=-1, keepdims=True)
-        direction = np.divide(error, norms, out=np.zeros_like(error), where=norms > 0)
+        # A complement part at rounding level (v in range(U)) has no direction worth following.
+        significant = norms > 1e-12 * np.linalg.norm(vectors, axis=-1, keepdims=True)
+        direction = np.divide(error, norms, out=np.zeros_like(error), where=significant)
         return np.asarray(self.inner.minimizer(vectors), dtype=float) - self.epsilon * direction
 
     def seminorms(self) -> tuple[Seminorm, ...] | None:
