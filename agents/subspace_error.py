@@ -12,10 +12,11 @@ so that the truth is in ``C`` when its projection is in the inner set and its di
 subspace is at most ``epsilon``. Its support function is the inner set's minus
 ``epsilon ||(I - U U^T) v||``: the agent's own pessimism then pays for the subspace error.
 
-``epsilon`` is calibrated by a parametric bootstrap of the joint rank-``r`` fit
-(:func:`bootstrap_subspace_errors`, :func:`sharelora_subspace_errors`,
-:func:`loco_subspace_error`), with the level ``delta`` split between the inner set
-(``delta / 2``) and the subspace (``delta / 2``) by a union bound.
+``epsilon`` comes from a bound on the principal angles between the true and the estimated
+subspaces, calibrated by a parametric bootstrap of the joint rank-``r`` fit
+(:func:`bootstrap_refits`, :func:`sharelora_sine_bound`, :func:`loco_dropped_block_bound`), with
+the level ``delta`` split between the inner set (``delta / 2``) and the angle (``delta / 2``) by a
+union bound; docs/algorithms.md ("The subspace error") derives the radii.
 """
 
 from __future__ import annotations
@@ -190,9 +191,9 @@ class SubspaceErrorSet(ConfidenceSet):
         - Inner sets with ``offset`` and ``basis`` inside ``range(U)`` (the split is unique):
           ``t = offset + U U^T (theta - offset)`` must be in the inner set, and the answer is
           ``||(I - U U^T)(theta - offset)||``.
-        - Other inner sets: Frank-Wolfe on ``min ||theta - t||^2`` over
-          ``{t in inner : U^T t = U^T theta}`` is not available through the protocol, so
-          ``NotImplementedError`` is raised; :meth:`contains` then uses the distance to ``C``.
+        - Other inner sets: the protocol gives no way to restrict ``t`` to ``U^T t = U^T theta``,
+          so ``NotImplementedError`` is raised; :meth:`contains` then measures the distance from
+          ``theta`` to ``C`` itself by Frank-Wolfe, whose linear oracle is :meth:`minimizer`.
 
         References
         ----------
