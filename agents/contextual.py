@@ -28,12 +28,12 @@ from lr_mdp_env import TabularMDP
 from lr_mdp_env._validation import as_real_array, check_int
 
 from .confidence import Ellipsoid, theory_radius, wald_radius
-from .subspace_error import (SubspaceErrorSet, check_subspace_error, epsilon_from_product, loco_dropped_block_bound,
-                             subspace_error_seed)
 from .data import ComparisonData
 from .estimators import RewardEstimator
 from .factorized import fit_factored
 from .logistic import fit_logistic
+from .subspace_error import (SubspaceErrorSet, check_subspace_error, epsilon_from_product, loco_dropped_block_bound,
+                             subspace_error_seed)
 
 
 def _complete(basis: np.ndarray) -> np.ndarray:

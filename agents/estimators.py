@@ -32,12 +32,12 @@ from lr_mdp_env._validation import as_generator, as_real_array, check_int, check
 from lr_mdp_env.identifiability import identifiable_basis, unidentified_directions
 
 from .confidence import Ellipsoid, theory_radius, wald_radius
-from .subspace_error import (SubspaceErrorSet, check_subspace_error, coordinate_bound, epsilon_from_sine,
-                             sharelora_sine_bound, subspace_error_seed)
 from .data import ComparisonData, base_matrix, comparison_data
 from .exceptions import not_fitted
 from .factorized import FactoredFit, fit_factored
 from .logistic import LogisticFit, fit_logistic
+from .subspace_error import (SubspaceErrorSet, check_subspace_error, coordinate_bound, epsilon_from_sine,
+                             sharelora_sine_bound, subspace_error_seed)
 from .tuning import DEFAULT_RIDGE_GRID, convergence_warnings_labelled, select_ridge
 
 RADII = ("wald", "theory")
