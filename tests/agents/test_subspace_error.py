@@ -263,6 +263,14 @@ def test_coverage_and_evaluate_test_the_full_truth(user_world):
     assert np.all(report["misspecification"] == 0) and np.all(report["bound"] > 0)
 
 
+def test_too_few_refits_for_the_level_are_refused(user_world):
+    """The bound is the ceil((1 - delta / 2)(B + 1))-th of B replicates: B = 18 < 19 at delta = 0.1."""
+    mdp, rewards, dataset = user_world
+    estimator = PShareLoRA(2, ridge=1.0, n_bootstrap=18).fit(dataset, mdp)
+    with pytest.raises(ValueError, match="raise n_bootstrap to at least 19"):
+        estimator.confidence_set(0)
+
+
 def test_an_exact_subspace_has_no_error():
     """With ``rank = d`` the estimated subspace is all of ``R^d``: ``epsilon = 0``."""
     mdp = random_mdp(3, 2, 3, features="dense", n_features=4, seed=1)
