@@ -28,6 +28,7 @@ from .factorized import FactoredFit, fit_factored, spectral_start
 from .logistic import ConvergenceWarning, LogisticFit, fit_logistic
 from .metrics import coverage, estimation_report, preference_accuracy, reward_errors, subspace_distance
 from .registry import make, register, registered
+from .subspace_error import SubspaceErrorSet
 from .tuning import DEFAULT_RIDGE_GRID, select_ridge
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "PooledMLE",
     "RewardEstimator",
     "Seminorm",
+    "SubspaceErrorSet",
     "comparison_data",
     "coverage",
     "estimation_report",

@@ -21,6 +21,7 @@ vector ``v`` to the RTV features of ``(x, v)``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,8 @@ from .estimators import (
 from .factorized import fit_factored
 from .likelihood_set import LikelihoodRatioSet
 from .logistic import fit_logistic
+from .subspace_error import (SubspaceErrorSet, check_subspace_error, epsilon_from_product, loco_dropped_block_bound,
+                             subspace_error_seed)
 from .tuning import convergence_warnings_labelled
 
 
@@ -162,22 +165,22 @@ class _ContextualEstimator(RewardEstimator):
                 norm_bound = self.norm_bound if self.norm_bound is not None else \
                     2.0 * float(np.linalg.norm(self.kappa_hat)) or 1.0
                 matrix, center, radius = _theory_set_matrix(self._features, self.kappa_hat, self.beta, self.ridge_,
-                                                           self.delta, norm_bound)
+                                                           self._set_delta, norm_bound)
                 parts = _ellipsoid_parts(matrix, center, radius)
             else:
                 solutions, fishers = self._inference_fit()
                 if self.confidence == "wald":
-                    parts = _ellipsoid_parts(fishers[0], solutions[0], wald_radius(k, self.delta))
+                    parts = _ellipsoid_parts(fishers[0], solutions[0], wald_radius(k, self._set_delta))
                 else:
                     level = None  # Wilks' level beyond 64 coordinates: the bootstrap refits k x k problems
                     if self.confidence == "likelihood" and k <= _DENSE_COORDINATES_MAX:
                         _binary_labels(self._data.labels, self.confidence)  # refuse ties before the bootstrap
                         level = bootstrap_likelihood_levels(
                             self._features, self._data.offsets, np.zeros(self._data.n_pairs, dtype=np.int64), 1,
-                            self.kappa_hat[None], solutions, self.beta, self.inference_ridge_, self.delta,
+                            self.kappa_hat[None], solutions, self.beta, self.inference_ridge_, self._set_delta,
                             LIKELIHOOD_BOOTSTRAP_REPLICATES, self._bootstrap_generator(), self.tol)[0]
                     parts = _likelihood_parts(self.confidence, self._features, self._data.labels, self._data.offsets,
-                                             solutions[0], self.beta, self.inference_ridge_, self.delta, level)
+                                             solutions[0], self.beta, self.inference_ridge_, self._set_delta, level)
             self._contextual_parts = parts
         return self._contextual_parts
 
@@ -242,6 +245,19 @@ class LoCoPRS(_ContextualEstimator):
     2. ``U_hat, V_hat`` from its SVD, completed to ``[U_hat U_perp]``, ``[V_hat V_perp]``.
     3. RTV to ``k = (d_x + d) r - r^2`` coordinates (module docstring).
     4. Ridge MLE in them, and a set around their inference refit (``confidence``).
+    5. With ``subspace_error="bootstrap"`` (default), plus the dropped block: RTV leaves out
+       ``D = U_perp^T Theta_c* V_perp``, which moves ``theta*(x)`` by
+       ``V_perp D^T U_perp^T x``, a vector orthogonal to ``V_hat`` of norm at most
+       ``||D||_2 ||U_perp^T x||``. The set of a context ``x`` is the
+       :class:`~agents.subspace_error.SubspaceErrorSet` of that set (built at level
+       ``1 - delta / 2``) and the ball of radius ``epsilon ||U_perp^T x||`` orthogonal to
+       ``V_hat`` (and to the unidentified directions), where
+       ``||D||_2 <= s sigma_1(Theta_c*) <= s / (1 - s) (sigma_1(Theta_c_hat) + radius ||M^{-1/2}||_2)
+       = epsilon``, ``s`` bounding ``sin angle(U*, U_hat) sin angle(V*, V_hat)`` at level
+       ``1 - delta / 2`` by a parametric bootstrap of step 1
+       (:func:`~agents.subspace_error.loco_dropped_block_bound`); the second inequality holds when
+       the blocks of the truth are in the ellipsoid (``||Pi Theta_c*||_2 <= ||kappa*||``). With
+       known ``subspaces`` nothing is dropped and ``epsilon = 0``.
 
     Parameters
     ----------
@@ -250,6 +266,11 @@ class LoCoPRS(_ContextualEstimator):
         ``mu``.
     subspaces : (ndarray, ndarray), optional
         Known ``(U*, V*)``: skips step 1 (the oracle-subspace contextual baseline).
+    subspace_error : {"bootstrap", "ignore"}, default "bootstrap"
+        ``"ignore"``: the ellipsoid alone at level ``1 - delta``, which covers only the truth's
+        projection onto the RTV coordinates.
+    n_bootstrap : int, default 19
+        Refits of the bootstrap (at least ``ceil(2 / delta) - 1`` for a finite ``epsilon``).
     **kwargs
         As :class:`agents.estimators.RewardEstimator`.
 
@@ -259,9 +280,12 @@ class LoCoPRS(_ContextualEstimator):
     Feedback*, arXiv:2412.19436.
     """
 
-    def __init__(self, rank: int, *, balance: float = 1.0, subspaces: Any = None, **kwargs: Any) -> None:
+    def __init__(self, rank: int, *, balance: float = 1.0, subspaces: Any = None, subspace_error: str = "bootstrap",
+                 n_bootstrap: int = 19, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rank = check_int("rank", rank, minimum=1)
+        self.subspace_error = check_subspace_error(subspace_error)
+        self.n_bootstrap = check_int("n_bootstrap", n_bootstrap, minimum=1)
         self.balance = float(balance)
         self.subspaces = None
         if subspaces is not None:
@@ -285,15 +309,78 @@ class LoCoPRS(_ContextualEstimator):
                                 beta=self.beta, ridge=ridge, balance=self.balance, hidden=self._hidden,
                                 tol=self._joint_tol)
         self._record("joint", factored)
+        self.joint_fit = factored
         q_left, r_left = np.linalg.qr(factored.left)
         q_right, r_right = np.linalg.qr(factored.right)
         small_left, _, small_right_t = np.linalg.svd(r_left @ r_right.T)
         return q_left @ small_left[:, : self.rank], q_right @ small_right_t[: self.rank].T, factored.matrix
 
     def _coordinates(self, data: ComparisonData, ridge: float) -> tuple[BilinearCoordinates, np.ndarray | None]:
+        self.__dict__.pop("dropped_block_epsilon_", None)  # calibrated again for the new fit
         context_subspace, feature_subspace, rank_r_fit = self._low_rank_subspaces(data, ridge)
         self.context_subspace, self.subspace = context_subspace, feature_subspace
         return rtv_coordinates(context_subspace, feature_subspace), rank_r_fit
+
+    # -- the dropped block (agents.subspace_error): a wrapper around the per-context ellipsoid ----------
+
+    @property
+    def _set_delta(self) -> float:
+        return self.delta if self.subspace_error == "ignore" else self.delta / 2
+
+    def _dropped_block_epsilon(self) -> float:
+        """``epsilon`` bounding ``||U_perp^T Theta_c* V_perp||_2`` (class docstring, step 5), computed once."""
+        if "dropped_block_epsilon_" not in self.__dict__:
+            if self.subspaces is not None:
+                self.dropped_block_epsilon_ = 0.0
+            else:
+                self.sine_bound_ = loco_dropped_block_bound(
+                    self, n_bootstrap=self.n_bootstrap, level=1 - self.delta / 2, seed=subspace_error_seed(self.seed))
+                spread = self._coordinate_spread()
+                norm_bound = float(np.linalg.norm(self.theta_c_hat, ord=2)) + spread
+                self.dropped_block_epsilon_ = epsilon_from_product(self.sine_bound_, norm_bound)
+                if not np.isfinite(self.dropped_block_epsilon_):
+                    raise ValueError(
+                        f"the bootstrap bound on the product of the subspace sines is {self.sine_bound_:.3g}: the "
+                        f"subspaces are not identified at level delta/2 = {self.delta / 2:g} (raise n_bootstrap to at "
+                        f"least {math.ceil(2 / self.delta) - 1}, or collect more pairs)")
+        return self.dropped_block_epsilon_
+
+    def _coordinate_spread(self) -> float:
+        """An upper bound on ``||kappa - kappa_0||_2`` over the set of ``kappa`` (centre ``kappa_0``):
+        ``radius ||M^{-1/2}||_2`` for an ellipsoid; for another set, the half-diagonal of its
+        bounding box (the support function along every coordinate axis)."""
+        parts = self._shared_set_parts()
+        if self.confidence in ("wald", "theory"):
+            return parts["radius"] / float(np.sqrt(np.linalg.eigvalsh(parts["matrix"])[0]))
+        k = self.coordinates_.dimension
+        coordinate_set = LikelihoodRatioSet(offset=np.zeros(k), basis=np.eye(k), **parts)
+        axes = np.eye(k)
+        reach = np.maximum(np.asarray(coordinate_set.upper(axes)) - parts["center"],
+                           parts["center"] - np.asarray(coordinate_set.lower(axes)))
+        return float(np.linalg.norm(reach))
+
+    def confidence_set(self, user: int | None = None, *, context: Any = None) -> ConfidenceSet:
+        inner = super().confidence_set(user, context=context)
+        if self.subspace_error == "ignore":
+            return inner
+        context = self.user_contexts[user] if context is None else as_real_array("context", context, (1,))
+        outside = context - self.context_subspace @ (self.context_subspace.T @ context)  # U_perp U_perp^T x
+        epsilon = self._dropped_block_epsilon() * float(np.linalg.norm(outside))
+        return SubspaceErrorSet(inner, np.hstack([self.subspace, self._hidden]), epsilon)
+
+    def covers(self, theta_c: Any) -> bool:
+        """Whether the truth ``Theta_c*`` (its identifiable part) is covered: its RTV blocks are in the
+        ellipsoid and its dropped block ``U_perp^T Theta_c* V_perp`` has spectral norm at most
+        ``epsilon``; then ``theta*(x)`` is in the set of every context ``x``. With
+        ``subspace_error="ignore"``, the blocks alone (coverage of the projection)."""
+        covered = super().covers(theta_c)
+        if self.subspace_error == "ignore":
+            return covered
+        theta_c = as_real_array("theta_c", theta_c, (2,))
+        theta_c = theta_c - (theta_c @ self._hidden) @ self._hidden.T
+        outside = theta_c - self.context_subspace @ (self.context_subspace.T @ theta_c)
+        dropped = outside - (outside @ self.subspace) @ self.subspace.T
+        return bool(covered and np.linalg.norm(dropped, ord=2) <= self._dropped_block_epsilon() * (1 + 1e-12))
 
 
 def rtv_coordinates(context_subspace: np.ndarray, feature_subspace: np.ndarray) -> BilinearCoordinates:
@@ -309,3 +396,4 @@ def rtv_coordinates(context_subspace: np.ndarray, feature_subspace: np.ndarray) 
     if context_complement.shape[1]:
         blocks.append((context_complement, feature_subspace))
     return BilinearCoordinates(blocks)
+

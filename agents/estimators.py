@@ -20,6 +20,7 @@ what comparisons never see, e.g. the all-ones direction of one-hot features (doc
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,8 @@ from .exceptions import not_fitted
 from .factorized import FactoredFit, fit_factored
 from .likelihood_set import LikelihoodRatioSet, finite_sample_likelihood_threshold
 from .logistic import LogisticFit, bernoulli_losses, fit_logistic
+from .subspace_error import (SubspaceErrorSet, check_subspace_error, coordinate_bound, epsilon_from_sine,
+                             sharelora_sine_bound, subspace_error_seed)
 from .tuning import DEFAULT_RIDGE_GRID, convergence_warnings_labelled, select_ridge
 
 #: Values of the estimators' ``confidence`` option (:class:`RewardEstimator`).
@@ -378,8 +381,18 @@ class RewardEstimator:
         """
         user = check_int("user", user, minimum=0, maximum=self.theta_hat.shape[0] - 1)
         if user not in self._sets:
-            self._sets[user] = self._reduced_set(user)
+            self._sets[user] = self._build_set(user)
         return self._sets[user]
+
+    def _build_set(self, user: int) -> ConfidenceSet:
+        """User ``user``'s set: the set in the basis' span (reduced estimators may add to it)."""
+        return self._reduced_set(user)
+
+    @property
+    def _set_delta(self) -> float:
+        """Level of the sets built in the estimator's coordinates (reduced estimators that add the
+        subspace error keep ``delta / 2`` of it for that error)."""
+        return self.delta
 
     def _problem(self, user: int) -> int:
         """The coordinate problem whose set user ``user`` has (all users share one when pooled)."""
@@ -414,7 +427,7 @@ class RewardEstimator:
             center = self._solution[problem]
             norm_bound = self.norm_bound if self.norm_bound is not None else \
                 2.0 * float(np.max(np.linalg.norm(self._solution, axis=1), initial=0.0)) or 1.0
-            return _ellipsoid_parts(*_theory_set_matrix(features, center, self.beta, self.ridge_, self.delta, norm_bound))
+            return _ellipsoid_parts(*_theory_set_matrix(features, center, self.beta, self.ridge_, self._set_delta, norm_bound))
         solutions, fishers = self._inference_fit()
         center = solutions[problem]
         if self.confidence == "wald":
@@ -429,7 +442,7 @@ class RewardEstimator:
         if isinstance(self._coordinate_features, np.ndarray):
             threshold = (self._finite_thresholds() if self.confidence == "finite" else self._likelihood_levels())[problem]
         return _likelihood_parts(self.confidence, features, labels, offsets, center, self.beta,
-                                self.inference_ridge_, self.delta, threshold)
+                                self.inference_ridge_, self._set_delta, threshold)
 
     def _likelihood_levels(self) -> np.ndarray:
         """The bootstrap-calibrated levels of every coordinate problem's likelihood-ratio set,
@@ -440,7 +453,7 @@ class RewardEstimator:
             solutions, _ = self._inference_fit()
             self._levels = bootstrap_likelihood_levels(
                 self._coordinate_features, self._data.offsets, self._groups, self._solution.shape[0], self._solution,
-                solutions, self.beta, self.inference_ridge_, self.delta, LIKELIHOOD_BOOTSTRAP_REPLICATES,
+                solutions, self.beta, self.inference_ridge_, self._set_delta, LIKELIHOOD_BOOTSTRAP_REPLICATES,
                 self._bootstrap_generator(), self.tol)
         return self._levels
 
@@ -457,14 +470,14 @@ class RewardEstimator:
         if self._thresholds is None:
             labels = _binary_labels(self._data.labels, self.confidence)
             self._thresholds = finite_sample_likelihood_threshold(
-                self._coordinate_features, labels, self._data.offsets, self.beta, self.delta,
+                self._coordinate_features, labels, self._data.offsets, self.beta, self._set_delta,
                 groups=self._groups, n_problems=self._solution.shape[0])
         return self._thresholds
 
     def _wald_radius(self, k: int) -> float:
         """:func:`wald_radius` of ``k`` coordinates, computed once (every user's set shares it)."""
         if k not in self._wald_radii:
-            self._wald_radii[k] = wald_radius(k, self.delta)
+            self._wald_radii[k] = wald_radius(k, self._set_delta)
         return self._wald_radii[k]
 
 
@@ -658,11 +671,27 @@ class PShareLoRA(RewardEstimator):
     4. Confidence set in ``U_hat``'s span from the ``r``-dimensional inference refit of each user
        (:class:`RewardEstimator`, ``confidence``), e.g. ``{Theta_0[:, i] + U_hat w : ||w - w_0||_{M_i} <= radius}``:
        a set for the projection of the truth onto that span.
+    5. With ``subspace_error="bootstrap"`` (default), plus the subspace error: the set of user
+       ``i`` is the :class:`~agents.subspace_error.SubspaceErrorSet` ``C_i + {e : e orthogonal
+       to U_hat (and to the unidentified directions), ||e|| <= epsilon_i}``, with
+       ``epsilon_i = tan(a) max_{theta in C_i} ||U_hat^T (theta - Theta_0[:, i])||``, where
+       ``sin(a)`` bounds the sine of the largest principal angle between ``U*`` and ``U_hat``
+       at level ``1 - delta / 2`` by a parametric bootstrap of step 1
+       (:func:`~agents.subspace_error.sharelora_sine_bound`), and ``C_i`` is built at level
+       ``1 - delta / 2``: the truth itself, not only its projection, is in the set with
+       probability at least ``1 - delta`` when both hold (union bound). Computed when a set is
+       first asked for.
 
     Parameters
     ----------
     rank : int
         ``r``.
+    subspace_error : {"bootstrap", "ignore"}, default "bootstrap"
+        ``"ignore"``: the set is ``C_i`` at level ``1 - delta``, which covers only the projection of
+        the truth onto ``U_hat``'s span (the truth itself almost never).
+    n_bootstrap : int, default 19
+        Refits of the bootstrap; at least ``ceil(2 / delta) - 1`` (19 for ``delta = 0.1``) for a
+        finite ``epsilon``.
     **kwargs
         As :class:`RewardEstimator`.
 
@@ -673,15 +702,18 @@ class PShareLoRA(RewardEstimator):
     Low-Rank Adaptation of Large Language Models*, ICLR 2022.
     """
 
-    def __init__(self, rank: int, **kwargs: Any) -> None:
+    def __init__(self, rank: int, *, subspace_error: str = "bootstrap", n_bootstrap: int = 19, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rank = check_int("rank", rank, minimum=1)
+        self.subspace_error = check_subspace_error(subspace_error)
+        self.n_bootstrap = check_int("n_bootstrap", n_bootstrap, minimum=1)
 
     def _prepare(self, data: ComparisonData, mdp: TabularMDP) -> None:
         if self.rank > min(data.n_features, data.n_users):
             raise ValueError(f"rank={self.rank} exceeds min(d, N) = {min(data.n_features, data.n_users)}")
 
     def _fit(self, data: ComparisonData, ridge: float) -> None:
+        self.__dict__.pop("sine_bound_", None)  # calibrated again for the new fit
         # Every fit starts from the spectral start of its own data (no warm start along the ridge
         # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
         factored = fit_factored(
@@ -700,3 +732,24 @@ class PShareLoRA(RewardEstimator):
         self.subspace = np.linalg.qr(subspace)[0]
         # The joint fit's users, theta_i = U w_i, in the new basis: close to the refit's answer.
         self._fit_coordinates(data, self.subspace, ridge, initial=factored.left @ (factored.right.T @ self.subspace))
+
+    # -- the subspace error (agents.subspace_error): a wrapper around the set in U_hat's span ----------
+
+    @property
+    def _set_delta(self) -> float:
+        return self.delta if self.subspace_error == "ignore" else self.delta / 2
+
+    def _build_set(self, user: int) -> ConfidenceSet:
+        inner = self._reduced_set(user)
+        if self.subspace_error == "ignore":
+            return inner
+        if "sine_bound_" not in self.__dict__:
+            self.sine_bound_ = sharelora_sine_bound(self, n_bootstrap=self.n_bootstrap, level=1 - self.delta / 2,
+                                                    seed=subspace_error_seed(self.seed))
+        offset = self._base[:, user]
+        epsilon = epsilon_from_sine(self.sine_bound_, coordinate_bound(inner, offset, self.subspace))
+        if not np.isfinite(epsilon):
+            raise ValueError(f"the bootstrap bound on the subspace angle is {self.sine_bound_:.3g}: U_hat is not "
+                             f"identified at level delta/2 = {self.delta / 2:g} (raise n_bootstrap to at least "
+                             f"{math.ceil(2 / self.delta) - 1}, or collect more pairs)")
+        return SubspaceErrorSet(inner, np.hstack([self.subspace, self._hidden]), epsilon)

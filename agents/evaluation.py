@@ -21,10 +21,12 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
     Columns: ``user``, ``value`` ``J_i(pi_hat_i)``, ``optimal_value`` ``J_i(pi*_i)``,
     ``reference_value`` ``J_i(ref)``, ``suboptimality``; and for agents exposing
     ``confidence_set`` and ``reference_features``: ``lower_bound`` ``L(pi_hat_i)``,
-    ``truth_in_set`` (of the truth's projection for reduced sets), ``coverage_term``
+    ``truth_in_set`` (of the truth's projection for reduced sets with ``subspace_error="ignore"``,
+    of the truth itself otherwise), ``coverage_term``
     ``||G (d_pi*_i - d_ref)||_{M^{-1}}``, ``misspecification``
     ``2 max_pi |(theta*_i - theta*_proj) . (d_pi - d_ref)|`` and ``bound``
-    ``2 radius coverage_term + misspecification`` (the pessimism lemma: when ``truth_in_set``,
+    ``2 radius coverage_term + misspecification`` (for sets other than ellipsoids, the set's width
+    along ``d_pi*_i - d_ref`` plus misspecification; the pessimism lemma: when ``truth_in_set``,
     ``suboptimality <= bound`` for exact pessimism), computed by :mod:`lr_mdp_env.theory`
     (:func:`~lr_mdp_env.theory.misspecification_term`, :func:`~lr_mdp_env.theory.pessimism_bound`).
     Missing quantities are ``NaN``.
@@ -69,17 +71,21 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
     if reference is not None and hasattr(agent, "confidence_set"):
         sets = [agent.confidence_set(user) for user in range(n_users)]
         residuals = np.empty((n_users, mdp.n_features))
+        half_widths = np.empty(n_users)
         for user, confidence_set in enumerate(sets):
             diagnostics["lower_bound"][user] = confidence_set.lower(features[user] - reference[user])
-            diagnostics["coverage_term"][user] = confidence_set.dual_norm(optimal_features[user] - reference[user])
+            # 2 radius ||G g*||_{M^{-1}} for an ellipsoid; any set of the protocol: its width along g*.
+            half_widths[user] = 0.5 * confidence_set.width(optimal_features[user] - reference[user])
+            if hasattr(confidence_set, "dual_norm"):
+                diagnostics["coverage_term"][user] = confidence_set.dual_norm(optimal_features[user] - reference[user])
             in_set[user] = bool(confidence_set.contains(theta[:, user], project=True))
+            # Sets with a subspace error (agents.SubspaceErrorSet) test the truth itself: no residual.
+            spanned = hasattr(confidence_set, "basis") and hasattr(confidence_set, "offset")
             residuals[user] = theta[:, user] - theory.affine_projection(
-                theta[:, user], confidence_set.offset, confidence_set.basis)
+                theta[:, user], confidence_set.offset, confidence_set.basis) if spanned else 0.0
         # One batched pair of backward inductions for all users' misspecification terms.
         diagnostics["misspecification"] = theory.misspecification_term(mdp, residuals, reference)
-        diagnostics["bound"] = theory.pessimism_bound(
-            [confidence_set.radius for confidence_set in sets], diagnostics["coverage_term"],
-            diagnostics["misspecification"])
+        diagnostics["bound"] = theory.pessimism_bound(1.0, half_widths, diagnostics["misspecification"])
     for name in ("lower_bound", "coverage_term", "misspecification", "bound"):
         report[name] = diagnostics[name]
     report.insert(report.columns.get_loc("coverage_term"), "truth_in_set", in_set)

@@ -426,7 +426,10 @@ def interior_point(
         if not rows.size or out_of_time():
             break
         try:
-            _mehrotra_step(state, degree)
+            # Near a degenerate optimum (a ball term at its apex) rounding can zero a slack or
+            # overflow a cone's scaling: raised here, such a step ends the method like an indefinite factor.
+            with np.errstate(divide="raise", over="raise", invalid="raise"):
+                _mehrotra_step(state, degree)
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
             # Rounding has made a factor indefinite: the last iterate is as good as it gets.
             check(rows, state.q, state.z)

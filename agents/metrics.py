@@ -85,11 +85,15 @@ def preference_accuracy(estimator: Any, dataset: Any, mdp: TabularMDP | None = N
 
 
 def coverage(estimator: Any, rewards: LowRankRewards | ContextualRewards) -> np.ndarray:
-    """For every user, whether the truth's projection onto the set's span lies in the set.
+    """For every user, whether the truth lies in the user's confidence set.
 
-    For user-indexed estimators the set of user ``i`` is checked against ``Theta*[:, i]``
-    (projected onto ``offset + range(basis)``: for reduced sets, the projection of the truth).
-    For contextual estimators, the blocks of ``Theta_c*`` in the estimator's coordinates.
+    For user-indexed estimators the set of user ``i`` is checked against ``Theta*[:, i]``,
+    projected onto the set's affine span: for sets that carry the subspace error (the default
+    of P-ShareLoRA, :class:`~agents.subspace_error.SubspaceErrorSet`) that span leaves out only
+    the unidentified directions, so the truth itself is tested; for a reduced set without it
+    (``subspace_error="ignore"``), only the truth's projection onto ``offset + range(U_hat)``.
+    For contextual estimators, ``estimator.covers(Theta_c*)`` (LoCo-PRS by default: the RTV
+    blocks and the dropped block of the truth).
     """
     if isinstance(rewards, ContextualRewards) and hasattr(estimator, "covers"):
         return np.array([estimator.covers(rewards.theta_c)])

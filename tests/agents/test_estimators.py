@@ -120,7 +120,8 @@ ESTIMATORS = {
     "pooled": lambda rewards, **kw: PooledMLE(**kw),
     "independent": lambda rewards, **kw: IndependentMLE(**kw),
     "oracle": lambda rewards, **kw: OracleSubspaceMLE(rewards.subspace, **kw),
-    "p-sharelora": lambda rewards, **kw: PShareLoRA(RANK, **kw),
+    # The Ellipsoid in U_hat's span; the default set adds the subspace error (tests/agents/test_subspace_error.py).
+    "p-sharelora": lambda rewards, **kw: PShareLoRA(RANK, subspace_error="ignore", **kw),
 }
 
 

@@ -139,7 +139,7 @@ def test_coverage_is_one_bool_per_user():
     rewards = low_rank_rewards(mdp.n_features, 8, 2, mdp=mdp, scale=2.0, seed=8)
     dataset = collect_preferences(mdp, rewards, 40, seed=9)
     for estimator in (IndependentMLE(ridge=1.0, delta=0.5), OracleSubspaceMLE(rewards.subspace, ridge=1.0),
-                      PShareLoRA(2, ridge=1.0, delta=0.5)):
+                      PShareLoRA(2, ridge=1.0, delta=0.5, subspace_error="ignore")):
         estimator.fit(dataset, mdp)
         covered = coverage(estimator, rewards)
         assert covered.shape == (8,) and covered.dtype == bool
