@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -287,13 +287,14 @@ class Ellipsoid(ConfidenceSet):
         return float(value) if np.ndim(value) == 0 else value
 
     @cached_property
-    def range_factors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Thin SVD of ``basis`` cut at its numerical rank ``rho``: ``(U_r (d, rho), s (rho,),
-        V_r (k, rho))`` with ``basis = U_r diag(s) V_r^T``.
+    def range_factors(self) -> RangeFactors:
+        """Thin SVD of ``basis`` cut at its numerical rank ``rho``: ``basis = U_r diag(s) V_r^T``.
 
         A factorisation of size ``min(d, k)``: ``O(d k min(d, k))`` once per set, never a
         ``d x d`` matrix when ``d >> k``. Singular values below ``max(d, k) eps s_max`` (the
-        least-squares cut-off of LAPACK) count as zero.
+        least-squares cut-off of LAPACK) count as zero. A basis with orthonormal columns (every
+        built-in estimator's, up to ``1e-10``) is its own factor: ``U_r = basis``, ``s = 1``,
+        ``V_r = I``, after one ``k x k`` Gram product.
         """
         return _range_factors(self.basis)
 
@@ -304,7 +305,7 @@ class Ellipsoid(ConfidenceSet):
         if theta.shape != self.offset.shape:
             raise ValueError(f"theta must have shape {self.offset.shape}, got {theta.shape}")
         residual = theta - self.theta_hat
-        left, _, _ = self.range_factors
+        left = self.range_factors.left
         along = residual @ left
         return along, residual - left @ along
 
@@ -342,7 +343,31 @@ class Ellipsoid(ConfidenceSet):
         if not project and np.linalg.norm(off_span) > atol * max(1.0, np.linalg.norm(theta)):
             return False
         distance = _coordinate_distances(self.range_factors, along[None], self.matrix[None], self.factor[None])[0]
-        return bool(distance <= self.radius * (1 + 1e-12) + 1e-12)
+        return bool(_within(distance, self.radius))
+
+    @staticmethod
+    def batch_contains(sets: Sequence[Ellipsoid], thetas: Any, *, atol: float = 1e-9, project: bool = False
+                       ) -> np.ndarray:
+        """:meth:`contains` of ``thetas[i]`` in ``sets[i]`` for many sets at once (see
+        :meth:`span_distances`).
+
+        Parameters
+        ----------
+        sets : sequence of Ellipsoid
+        thetas : array_like, shape (len(sets), d)
+        atol : float, default 1e-9
+        project : bool, default False
+
+        Returns
+        -------
+        ndarray of bool, shape (len(sets),)
+        """
+        distances, off_span = Ellipsoid.span_distances(sets, thetas)
+        inside = _within(distances, np.array([item.radius for item in sets]))
+        if not project:
+            scale = np.maximum(1.0, np.linalg.norm(np.asarray(thetas, dtype=float), axis=1))
+            inside &= np.linalg.norm(off_span, axis=1) <= atol * scale
+        return inside
 
     @staticmethod
     def span_distances(sets: Sequence[Ellipsoid], thetas: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -381,13 +406,14 @@ class Ellipsoid(ConfidenceSet):
         distances = np.empty(len(sets))
         off_span = np.empty(thetas.shape)
         for members, factors in _groups_by_basis(sets):
-            left = factors[0]
+            left = factors.left
             centres = np.stack([sets[i].center for i in members])
             offsets = np.stack([sets[i].offset for i in members])
             residual = thetas[members] - offsets - centres @ sets[members[0]].basis.T
             along = residual @ left
             off_span[members] = residual - along @ left.T
-            for block in _blocks(len(members), sets[members[0]].dimension):
+            shared = all(_same_array(sets[i].matrix, sets[members[0]].matrix) for i in members[1:])
+            for block in [range(len(members))] if shared else _blocks(len(members), sets[members[0]].dimension):
                 chosen = [members[i] for i in block]
                 matrices = _stacked([sets[i].matrix for i in chosen])
                 cholesky = _stacked([sets[i].factor for i in chosen])
@@ -432,30 +458,56 @@ class Ellipsoid(ConfidenceSet):
         return norms
 
 
-def _range_factors(basis: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _within(distance: Any, radius: Any) -> Any:
+    """Membership rule: ``distance <= radius`` up to rounding of the distance."""
+    return distance <= radius * (1 + 1e-12) + 1e-12
+
+
+class RangeFactors(NamedTuple):
+    """``basis = left diag(singular) right^T`` cut at the numerical rank (see
+    :attr:`Ellipsoid.range_factors`); ``right`` is ``None`` for the identity (orthonormal columns)."""
+
+    left: np.ndarray
+    singular: np.ndarray
+    right: np.ndarray | None
+
+
+# Columns whose Gram matrix is the identity within this are treated as exactly orthonormal.
+_ORTHONORMAL_TOL = 1e-10
+
+
+def _range_factors(basis: np.ndarray) -> RangeFactors:
     """See :attr:`Ellipsoid.range_factors`."""
     d, k = basis.shape
     if k == 0 or d == 0:
-        return np.zeros((d, 0)), np.zeros(0), np.zeros((k, 0))
+        return RangeFactors(np.zeros((d, 0)), np.zeros(0), np.zeros((k, 0)))
+    if k <= d:
+        gram = basis.T @ basis
+        gram[np.diag_indices(k)] -= 1.0
+        if np.max(np.abs(gram)) <= _ORTHONORMAL_TOL:
+            return RangeFactors(basis, np.ones(k), None)
     left, singular, right_t = np.linalg.svd(basis, full_matrices=False)
     rank = int(np.count_nonzero(singular > max(d, k) * np.finfo(float).eps * singular[0]))
-    return left[:, :rank], singular[:rank], right_t[:rank].T
+    return RangeFactors(left[:, :rank], singular[:rank], right_t[:rank].T)
 
 
-def _coordinate_distances(factors: tuple[np.ndarray, np.ndarray, np.ndarray], along: np.ndarray,
-                          matrices: np.ndarray, cholesky: np.ndarray) -> np.ndarray:
+def _coordinate_distances(factors: RangeFactors, along: np.ndarray, matrices: np.ndarray, cholesky: np.ndarray
+                          ) -> np.ndarray:
     """Distances of :meth:`Ellipsoid.distance` from the span coordinates ``U_r^T u`` of ``m``
     residuals ``(m, rho)``, with the sets' matrices and Cholesky factors ``(m or 1, k, k)``."""
-    _, singular, right = factors
-    k, rank = right.shape
+    k = matrices.shape[-1]
+    rank = factors.singular.shape[0]
     if rank == 0:  # a point, or a zero basis: the projection is the centre itself
         return np.zeros(along.shape[0])
-    target = along / singular  # V_r^T (w - center)
+    target = along / factors.singular  # V_r^T (w - center)
     if rank == k:  # injective: w - center = V_r b, its M-norm directly
-        steps = target @ right.T
-        squared = np.einsum("mi,mij,mj->m", steps, np.broadcast_to(matrices, (steps.shape[0], k, k)), steps)
+        steps = target if factors.right is None else target @ factors.right.T
+        if matrices.shape[0] == 1:  # one matrix for all (a pooled fit): one product
+            squared = np.sum((steps @ matrices[0]) * steps, axis=-1)
+        else:
+            squared = np.sum((steps[:, None, :] @ matrices)[:, 0] * steps, axis=-1)
     else:  # min ||x||_M subject to V_r^T x = b: b^T (V_r^T M^{-1} V_r)^{-1} b
-        whitened = _lower_solve(cholesky, right[None])  # L^{-1} V_r, (m, k, rho)
+        whitened = _lower_solve(cholesky, factors.right[None])  # L^{-1} V_r, (m, k, rho)
         gram = np.swapaxes(whitened, -1, -2) @ whitened  # V_r^T M^{-1} V_r, (m, rho, rho)
         gram = np.broadcast_to(gram, (target.shape[0], rank, rank))
         squared = np.einsum("mi,mi->m", target, np.linalg.solve(gram, target[..., None])[..., 0])
