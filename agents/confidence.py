@@ -185,9 +185,9 @@ class Ellipsoid(ConfidenceSet):
 
     def __post_init__(self) -> None:
         offset = as_real_array("offset", self.offset, (1,))
-        basis = as_real_array("basis", self.basis, (2,))
+        basis = _real_matrix("basis", self.basis)
         center = as_real_array("center", self.center, (1,))
-        matrix = as_real_array("matrix", self.matrix, (2,))
+        matrix = _real_matrix("matrix", self.matrix)
         d, k = basis.shape
         if offset.shape != (d,):
             raise ValueError(f"offset must have shape ({d},) to match basis {basis.shape}, got {offset.shape}")
@@ -199,7 +199,7 @@ class Ellipsoid(ConfidenceSet):
         if self.factor is not None:
             # Many sets share one matrix (every context of a contextual estimator): its owner
             # factors it once and vouches for it.
-            cholesky = as_real_array("factor", self.factor, (2,))
+            cholesky = _real_matrix("factor", self.factor)
             if cholesky.shape != matrix.shape:
                 raise ValueError(f"factor must have the shape of matrix {matrix.shape}, got {cholesky.shape}")
         else:
@@ -456,6 +456,16 @@ class Ellipsoid(ConfidenceSet):
                 whitened = _lower_solve(cholesky, coordinates[block][..., None])
                 norms[chosen] = np.linalg.norm(whitened[..., 0], axis=-1)
         return norms
+
+
+def _real_matrix(name: str, value: Any) -> np.ndarray:
+    """:func:`~lr_mdp_env._validation.as_real_array` for a matrix, with a one-pass test first:
+    every user's set of an estimator shares its basis (and a pooled fit its matrix), ``d x k``
+    entries checked again for each set. A float64 matrix whose sum is finite has only finite
+    entries; anything else gets the full check and its message."""
+    if isinstance(value, np.ndarray) and value.dtype == np.float64 and value.ndim == 2 and np.isfinite(value.sum()):
+        return value
+    return as_real_array(name, value, (2,))
 
 
 def _within(distance: Any, radius: Any) -> Any:

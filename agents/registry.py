@@ -58,7 +58,8 @@ def make(name: str, **kwargs: Any) -> Any:
     - the estimator's ``ridge=None`` (chosen from ``ridge_grid`` by held-out log-likelihood),
       ``ridge_grid=(100.0, 10.0, 1.0, 0.1, 0.01)``, ``beta=1.0``, ``radius="wald"`` (or
       ``"theory"``), ``delta=0.1``, ``norm_bound=None`` (a data-driven guess), ``base=None``
-      (no known base reward) and ``seed=0`` (of the ridge-selection split).
+      (no known base reward), ``seed=0`` (of the ridge-selection split) and ``progress=True``
+      (a bar over the fits on a terminal; ``False``: none).
 
     ``agents.options(name)`` lists the options of any registered name with their defaults.
 
