@@ -173,7 +173,8 @@ class Ellipsoid(ConfidenceSet):
     radius : float
     factor : ndarray, shape (k, k), optional
         The lower Cholesky factor of ``matrix``, when the caller has it (a matrix shared by many
-        sets is factored once); otherwise ``matrix`` is checked and factored here.
+        sets is factored once): the caller has checked both, and only their shapes are checked
+        here. Otherwise ``matrix`` is checked and factored here.
     """
 
     offset: np.ndarray
@@ -187,7 +188,8 @@ class Ellipsoid(ConfidenceSet):
         offset = as_real_array("offset", self.offset, (1,))
         basis = _real_matrix("basis", self.basis)
         center = as_real_array("center", self.center, (1,))
-        matrix = _real_matrix("matrix", self.matrix)
+        # A given factor is its owner's word for the matrix too (see below): shapes only.
+        matrix = _real_matrix("matrix", self.matrix) if self.factor is None else np.asarray(self.matrix, dtype=float)
         d, k = basis.shape
         if offset.shape != (d,):
             raise ValueError(f"offset must have shape ({d},) to match basis {basis.shape}, got {offset.shape}")
@@ -197,9 +199,11 @@ class Ellipsoid(ConfidenceSet):
                 f"got {center.shape} and {matrix.shape}"
             )
         if self.factor is not None:
-            # Many sets share one matrix (every context of a contextual estimator): its owner
-            # factors it once and vouches for it.
-            cholesky = _real_matrix("factor", self.factor)
+            # Many sets share one matrix (every context of a contextual estimator, every user of
+            # a pooled fit): its owner checks and factors it once and vouches for both.
+            cholesky = np.asarray(self.factor, dtype=float)
+            if cholesky.ndim != 2:
+                raise ValueError(f"factor must have 2 axes, got shape {cholesky.shape}")
             if cholesky.shape != matrix.shape:
                 raise ValueError(f"factor must have the shape of matrix {matrix.shape}, got {cholesky.shape}")
         else:
@@ -425,7 +429,8 @@ class Ellipsoid(ConfidenceSet):
         """:meth:`dual_norm` of ``vectors[i]`` for ``sets[i]``, many sets at once.
 
         Sets sharing one ``basis`` array map their vectors to coordinates in one product; the
-        triangular solves with each set's factor are batched (``O(k^2)`` per set).
+        triangular solves with each set's factor are batched (``O(k^2)`` per set), and sets
+        sharing one factor (a pooled fit) take one solve for all.
 
         Parameters
         ----------
@@ -436,26 +441,52 @@ class Ellipsoid(ConfidenceSet):
         -------
         ndarray, shape (len(sets),)
         """
+        return Ellipsoid._batch_support(sets, vectors)[1]
+
+    @staticmethod
+    def batch_lower(sets: Sequence[Ellipsoid], vectors: Any) -> np.ndarray:
+        """:meth:`lower` of ``vectors[i]`` for ``sets[i]``, many sets at once:
+        ``offset . v + center . G v - radius ||G v||_{M^{-1}}``, from the coordinates ``G v`` of
+        :meth:`batch_dual_norm` (no ``theta_hat`` in feature space per set).
+
+        Parameters
+        ----------
+        sets : sequence of Ellipsoid
+        vectors : array_like, shape (len(sets), d)
+
+        Returns
+        -------
+        ndarray, shape (len(sets),)
+        """
+        centre_values, dual_norms = Ellipsoid._batch_support(sets, vectors)
+        return centre_values - np.array([item.radius for item in sets]) * dual_norms
+
+    @staticmethod
+    def _batch_support(sets: Sequence[Ellipsoid], vectors: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(theta_hat_i . v_i, ||G_i v_i||_{M_i^{-1}})`` for every set (see :meth:`batch_lower`)."""
         sets = list(sets)
         if not all(isinstance(item, Ellipsoid) for item in sets):
             raise TypeError("sets must be a sequence of Ellipsoid")
         vectors = as_real_array("vectors", vectors, (2,))
         if not sets:
-            return np.zeros(0)
+            return np.zeros(0), np.zeros(0)
         if vectors.shape != (len(sets), sets[0].n_features):
             raise ValueError(f"vectors must have shape ({len(sets)}, d={sets[0].n_features}), got {vectors.shape}")
+        centre_values = np.einsum("nd,nd->n", vectors, np.stack([item.offset for item in sets]))
         norms = np.zeros(len(sets))
         for members, _ in _groups_by_basis(sets, factor=False):
             basis = sets[members[0]].basis
             if basis.shape[1] == 0:
                 continue
             coordinates = vectors[members] @ basis
-            for block in _blocks(len(members), basis.shape[1]):
+            centre_values[members] += np.einsum("nk,nk->n", coordinates, np.stack([sets[i].center for i in members]))
+            shared = all(_same_array(sets[i].factor, sets[members[0]].factor) for i in members[1:])
+            for block in [range(len(members))] if shared else _blocks(len(members), basis.shape[1]):
                 chosen = [members[i] for i in block]
                 cholesky = _stacked([sets[i].factor for i in chosen])
                 whitened = _lower_solve(cholesky, coordinates[block][..., None])
                 norms[chosen] = np.linalg.norm(whitened[..., 0], axis=-1)
-        return norms
+        return centre_values, norms
 
 
 def _real_matrix(name: str, value: Any) -> np.ndarray:
@@ -530,7 +561,7 @@ def _lower_solve(cholesky: np.ndarray, right_hand: np.ndarray) -> np.ndarray:
     if cholesky.shape[0] == 1:  # one factor: one triangular solve for every right-hand side
         m, k, j = right_hand.shape
         columns = np.moveaxis(right_hand, 0, 1).reshape(k, m * j)
-        solved = scipy.linalg.solve_triangular(cholesky[0], columns, lower=True)
+        solved = scipy.linalg.solve_triangular(cholesky[0], columns, lower=True, check_finite=False)
         return np.moveaxis(solved.reshape(k, m, j), 1, 0)
     return np.linalg.solve(cholesky, np.broadcast_to(right_hand, (cholesky.shape[0],) + right_hand.shape[1:]))
 

@@ -121,9 +121,7 @@ def _diagnostics(mdp: TabularMDP, sets: list, thetas: np.ndarray, gaps: np.ndarr
     widths = np.full(n_users, np.nan)
     if chosen:
         radii = np.array([item.radius for item in chosen])
-        centres = np.stack([item.theta_hat for item in chosen])
-        diagnostics["lower_bound"][ellipsoids] = (np.sum(gaps[ellipsoids] * centres, axis=1)
-                                                  - radii * Ellipsoid.batch_dual_norm(chosen, gaps[ellipsoids]))
+        diagnostics["lower_bound"][ellipsoids] = Ellipsoid.batch_lower(chosen, gaps[ellipsoids])
         diagnostics["coverage_term"][ellipsoids] = Ellipsoid.batch_dual_norm(chosen, optimal_gaps[ellipsoids])
         distances, residuals[ellipsoids] = Ellipsoid.span_distances(chosen, thetas[ellipsoids])
         in_set[ellipsoids] = within_radius(distances, radii)  # contains(theta, project=True)

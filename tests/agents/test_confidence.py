@@ -188,6 +188,9 @@ def test_batched_distances_and_dual_norms_equal_each_sets_own(seed, d, k, defici
     distances, off_span = Ellipsoid.span_distances(sets, thetas)
     vectors = rng.normal(size=(len(sets), d))
     dual_norms = Ellipsoid.batch_dual_norm(sets, vectors)
+    lowers = Ellipsoid.batch_lower(sets, vectors)
+    for item, vector, lower in zip(sets, vectors, lowers):
+        assert lower == pytest.approx(item.lower(vector), rel=1e-9, abs=1e-9)
     for item, theta, vector, distance, off, norm in zip(sets, thetas, vectors, distances, off_span, dual_norms):
         rounding = rounding_scale(item)
         assert distance == pytest.approx(dxd_distance(item, theta), rel=rounding, abs=1e-9)
@@ -212,6 +215,13 @@ def test_batched_operations_of_sets_with_many_coordinates():
     vectors = rng.normal(size=(3, d))
     np.testing.assert_allclose(Ellipsoid.batch_dual_norm(sets, vectors),
                                [item.dual_norm(vector) for item, vector in zip(sets, vectors)], rtol=1e-10)
+    # One matrix and factor shared by all sets (a pooled fit): one solve for all, same answers.
+    pooled = [Ellipsoid(offset=item.offset, basis=basis, center=item.center, matrix=sets[0].matrix, radius=2.0,
+                        factor=sets[0].factor) for item in sets]
+    np.testing.assert_allclose(Ellipsoid.batch_lower(pooled, vectors),
+                               [item.lower(vector) for item, vector in zip(pooled, vectors)], rtol=1e-10)
+    np.testing.assert_allclose(Ellipsoid.span_distances(pooled, thetas)[0],
+                               [dxd_distance(item, theta) for item, theta in zip(pooled, thetas)], rtol=1e-8)
 
 
 def test_set_operations_never_form_a_feature_space_square():
