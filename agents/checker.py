@@ -21,6 +21,7 @@ import scipy
 
 import lr_mdp_env
 from lr_mdp_env import PreferenceDataset, TabularMDP
+from lr_mdp_env._progress import progress_bar
 from lr_mdp_env._validation import check_int
 from lr_mdp_env.dynamic_programming import check_policy
 from lr_mdp_env.rewards import ContextualRewards, LowRankRewards
@@ -309,6 +310,7 @@ def check_agent(
     options: Mapping[str, Any] | Callable[[CheckInstance], Mapping[str, Any]] | None = None,
     contextual: bool | None = None,
     skip: Sequence[str] = (),
+    progress: bool = True,
 ) -> CheckReport:
     """Check that an agent follows the protocol of docs/algorithms.md, Agents and the facts of docs/theory.md.
 
@@ -372,6 +374,9 @@ def check_agent(
         registered with ``contextual=True`` and agents around the contextual estimators).
     skip : sequence of str
         Properties not to check (any of :data:`PROPERTIES` but ``protocol``).
+    progress : bool, default True
+        A bar over the instances on a terminal once the check runs a couple of seconds
+        (``lr_mdp_env._progress``); ``False``: none. Nothing is printed otherwise.
 
     Returns
     -------
@@ -425,8 +430,10 @@ def check_agent(
     if skip:
         where += f", skip={tuple(skip)!r}"
     checker = _Checker(source, skipped, where, instances)
-    for instance, agent_seed in zip(instances, agent_seeds):
-        checker.check_instance(instance, agent_seed)
+    with progress_bar(len(instances), f"check_agent {source.description}", progress, unit="instance") as bar:
+        for instance, agent_seed in zip(instances, agent_seeds):
+            checker.check_instance(instance, agent_seed)
+            bar.update()
     if "wrong_shape" not in skipped:
         checker.check_wrong_shapes(instances[0], agent_seeds[0])
     passed = tuple(name for name in PROPERTIES if name not in skipped)
@@ -577,7 +584,7 @@ class _Checker:
         if not (self.wanted("lower_bound") or self.wanted("pessimism_lemma")):
             return
         try:
-            report = evaluate(agent, mdp, instance.rewards)
+            report = evaluate(agent, mdp, instance.rewards, progress=False)
         except (ValueError, TypeError) as error:
             self.fail("policies", f"`agents.evaluate(agent, mdp, rewards)` refused the agent's policies: {error}",
                       instance, agent_seed)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -174,7 +174,8 @@ class Ellipsoid(ConfidenceSet):
     radius : float
     factor : ndarray, shape (k, k), optional
         The lower Cholesky factor of ``matrix``, when the caller has it (a matrix shared by many
-        sets is factored once); otherwise ``matrix`` is checked and factored here.
+        sets is factored once): the caller has checked both, and only their shapes are checked
+        here. Otherwise ``matrix`` is checked and factored here.
     """
 
     offset: np.ndarray
@@ -186,9 +187,10 @@ class Ellipsoid(ConfidenceSet):
 
     def __post_init__(self) -> None:
         offset = as_real_array("offset", self.offset, (1,))
-        basis = as_real_array("basis", self.basis, (2,))
+        basis = _real_matrix("basis", self.basis)
         center = as_real_array("center", self.center, (1,))
-        matrix = as_real_array("matrix", self.matrix, (2,))
+        # A given factor is its owner's word for the matrix too (see below): shapes only.
+        matrix = _real_matrix("matrix", self.matrix) if self.factor is None else np.asarray(self.matrix, dtype=float)
         d, k = basis.shape
         if offset.shape != (d,):
             raise ValueError(f"offset must have shape ({d},) to match basis {basis.shape}, got {offset.shape}")
@@ -198,9 +200,11 @@ class Ellipsoid(ConfidenceSet):
                 f"got {center.shape} and {matrix.shape}"
             )
         if self.factor is not None:
-            # Many sets share one matrix (every context of a contextual estimator): its owner
-            # factors it once and vouches for it.
-            cholesky = as_real_array("factor", self.factor, (2,))
+            # Many sets share one matrix (every context of a contextual estimator, every user of
+            # a pooled fit): its owner checks and factors it once and vouches for both.
+            cholesky = np.asarray(self.factor, dtype=float)
+            if cholesky.ndim != 2:
+                raise ValueError(f"factor must have 2 axes, got shape {cholesky.shape}")
             if cholesky.shape != matrix.shape:
                 raise ValueError(f"factor must have the shape of matrix {matrix.shape}, got {cholesky.shape}")
         else:
@@ -273,9 +277,8 @@ class Ellipsoid(ConfidenceSet):
         coordinates = self.coordinates(vectors)
         if self.dimension == 0:  # a single point: no direction to move in
             return np.zeros(coordinates.shape[:-1])
-        # Columns (k, m) for any number of leading axes: solve treats a 3-D right-hand side as a batch.
-        columns = np.reshape(coordinates, (-1, coordinates.shape[-1])).T
-        whitened = np.linalg.solve(self.factor, columns)
+        columns = np.reshape(coordinates, (-1, coordinates.shape[-1])).T  # (k, m), any leading axes
+        whitened = scipy.linalg.solve_triangular(self.factor, columns, lower=True)
         return np.sqrt(np.sum(whitened**2, axis=0)).reshape(coordinates.shape[:-1])
 
     def lower(self, vectors: Any) -> np.ndarray | float:
@@ -288,30 +291,51 @@ class Ellipsoid(ConfidenceSet):
         value = np.asarray(vectors, dtype=float) @ self.theta_hat + self.radius * self.dual_norm(vectors)
         return float(value) if np.ndim(value) == 0 else value
 
-    def _image_residual(self, theta: Any) -> tuple[np.ndarray, np.ndarray]:
-        """``u = theta - theta_hat`` and its least-squares part in ``range(basis)``."""
+    @cached_property
+    def range_factors(self) -> RangeFactors:
+        """Thin SVD of ``basis`` cut at its numerical rank ``rho``: ``basis = U_r diag(s) V_r^T``.
+
+        A factorisation of size ``min(d, k)``: ``O(d k min(d, k))`` once per set, never a
+        ``d x d`` matrix when ``d >> k``. Singular values below ``max(d, k) eps s_max`` (the
+        least-squares cut-off of LAPACK) count as zero. A basis with orthonormal columns (every
+        built-in estimator's, up to ``1e-10``) is its own factor: ``U_r = basis``, ``s = 1``,
+        ``V_r = I``, after one ``k x k`` Gram product.
+        """
+        return _range_factors(self.basis)
+
+    def _span_coordinates(self, theta: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``u = theta - theta_hat`` in the set's frame: ``(U_r^T u, u - U_r U_r^T u)``, the
+        coordinates of its projection onto ``range(basis)`` and the part off the span."""
         theta = as_real_array("theta", theta, (1,))
         if theta.shape != self.offset.shape:
             raise ValueError(f"theta must have shape {self.offset.shape}, got {theta.shape}")
         residual = theta - self.theta_hat
-        if self.dimension == 0:
-            return residual, np.zeros_like(residual)
-        in_range = self.basis @ np.linalg.lstsq(self.basis, residual, rcond=None)[0]
-        return residual, in_range
+        left = self.range_factors.left
+        along = residual @ left
+        return along, residual - left @ along
+
+    def _image_residual(self, theta: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``u = theta - theta_hat`` and its orthogonal projection onto ``range(basis)``."""
+        _, off_span = self._span_coordinates(theta)
+        residual = np.asarray(theta, dtype=float) - self.theta_hat
+        return residual, residual - off_span
 
     def distance(self, theta: Any) -> float:
         """Smallest ``||w - center||_M`` over coordinates ``w`` that map to ``theta``'s projection
-        onto the affine span ``offset + range(basis)``: ``sqrt(u^T (B M^{-1} B^T)^+ u)``.
+        onto the affine span ``offset + range(basis)``.
 
-        This is the quantity compared with the radius; it is correct also when ``basis`` is not
-        injective (the RTV basis of a context has more columns than rows).
+        This is the quantity compared with the radius; it equals ``sqrt(u^T (B M^{-1} B^T)^+ u)``
+        (``u = theta - theta_hat``) but is computed in the set's ``k`` coordinates from the thin SVD
+        ``B = U_r diag(s) V_r^T`` (:attr:`range_factors`): the coordinates ``w - center`` reaching
+        the projection are those with ``V_r^T (w - center) = b = diag(s)^{-1} U_r^T u``. For an
+        injective basis (``rho = k``) they are unique, ``w - center = V_r b`` (the least-squares
+        coordinates), and the distance is ``||V_r b||_M``; otherwise (the RTV basis of a context
+        has more columns than rows) the smallest ``M``-norm among them is
+        ``sqrt(b^T (V_r^T M^{-1} V_r)^{-1} b)``, from a ``rho x rho`` system.
         """
-        _, in_range = self._image_residual(theta)
-        if self.dimension == 0:  # the projection onto a point is the point itself
-            return 0.0
-        whitened_basis = np.linalg.solve(self.factor, self.basis.T)  # L^{-1} B^T, M = L L^T
-        image = whitened_basis.T @ whitened_basis  # B M^{-1} B^T
-        return float(np.sqrt(max(in_range @ np.linalg.pinv(image, hermitian=True) @ in_range, 0.0)))
+        along, _ = self._span_coordinates(theta)
+        return float(_coordinate_distances(self.range_factors, along[None], self.matrix[None],
+                                           self.factor[None])[0])
 
     def contains(self, theta: Any, *, atol: float = 1e-9, project: bool = False) -> bool:
         """Whether ``theta`` is in the set.
@@ -320,7 +344,272 @@ class Ellipsoid(ConfidenceSet):
         ``offset + range(basis)`` is (coverage of the truth's projection for reduced sets);
         otherwise ``theta`` must also lie on that span within ``atol`` relative.
         """
-        residual, in_range = self._image_residual(theta)
-        if not project and np.linalg.norm(residual - in_range) > atol * max(1.0, np.linalg.norm(theta)):
+        along, off_span = self._span_coordinates(theta)
+        if not project and np.linalg.norm(off_span) > atol * max(1.0, np.linalg.norm(theta)):
             return False
-        return self.distance(theta) <= self.radius * (1 + 1e-12) + 1e-12
+        distance = _coordinate_distances(self.range_factors, along[None], self.matrix[None], self.factor[None])[0]
+        return bool(_within(distance, self.radius))
+
+    @staticmethod
+    def batch_contains(sets: Sequence[Ellipsoid], thetas: Any, *, atol: float = 1e-9, project: bool = False
+                       ) -> np.ndarray:
+        """:meth:`contains` of ``thetas[i]`` in ``sets[i]`` for many sets at once (see
+        :meth:`span_distances`).
+
+        Parameters
+        ----------
+        sets : sequence of Ellipsoid
+        thetas : array_like, shape (len(sets), d)
+        atol : float, default 1e-9
+        project : bool, default False
+
+        Returns
+        -------
+        ndarray of bool, shape (len(sets),)
+        """
+        distances, off_span = Ellipsoid.span_distances(sets, thetas)
+        inside = _within(distances, np.array([item.radius for item in sets]))
+        if not project:
+            scale = np.maximum(1.0, np.linalg.norm(np.asarray(thetas, dtype=float), axis=1))
+            inside &= np.linalg.norm(off_span, axis=1) <= atol * scale
+        return inside
+
+    @staticmethod
+    def span_distances(sets: Sequence[Ellipsoid], thetas: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`distance` of ``thetas[i]`` to ``sets[i]`` for many sets at once, and the part
+        of each ``thetas[i] - theta_hat_i`` off the set's span.
+
+        Sets that share one ``basis`` array (every user's set of a user-indexed estimator) share
+        one thin SVD of it, and their distances are computed together in their ``k``
+        coordinates; no ``d x d`` matrix is formed and no per-set factorisation of size ``d``.
+
+        Parameters
+        ----------
+        sets : sequence of Ellipsoid
+        thetas : array_like, shape (len(sets), d)
+
+        Returns
+        -------
+        distances : ndarray, shape (len(sets),)
+            The distance of each point's projection onto its set's affine span, as
+            :meth:`distance`; ``theta`` is in the set's projection-coverage sense
+            (``contains(theta, project=True)``) when it is at most the radius.
+        off_span : ndarray, shape (len(sets), d)
+            ``theta - offset - P (theta - offset)`` with ``P`` the orthogonal projector onto
+            ``range(basis)``: ``theta`` minus its projection onto the affine span (zero for a
+            full-dimensional set).
+        """
+        sets = list(sets)
+        if not all(isinstance(item, Ellipsoid) for item in sets):
+            raise TypeError("sets must be a sequence of Ellipsoid")
+        thetas = as_real_array("thetas", thetas, (2,))
+        if not sets:
+            return np.zeros(0), np.zeros((0, thetas.shape[-1]))
+        d = sets[0].n_features
+        if thetas.shape != (len(sets), d) or any(item.n_features != d for item in sets):
+            raise ValueError(f"thetas must have shape ({len(sets)}, d) matching the sets' d, got {thetas.shape}")
+        distances = np.empty(len(sets))
+        off_span = np.empty(thetas.shape)
+        for members, factors in _groups_by_basis(sets):
+            left = factors.left
+            centres = np.stack([sets[i].center for i in members])
+            offsets = np.stack([sets[i].offset for i in members])
+            residual = thetas[members] - offsets - centres @ sets[members[0]].basis.T
+            along = residual @ left
+            off_span[members] = residual - along @ left.T
+            shared = all(_same_array(sets[i].matrix, sets[members[0]].matrix) for i in members[1:])
+            for block in [range(len(members))] if shared else _blocks(len(members), sets[members[0]].dimension):
+                chosen = [members[i] for i in block]
+                matrices = _stacked([sets[i].matrix for i in chosen])
+                cholesky = _stacked([sets[i].factor for i in chosen])
+                distances[chosen] = _coordinate_distances(factors, along[block], matrices, cholesky)
+        return distances, off_span
+
+    @staticmethod
+    def batch_dual_norm(sets: Sequence[Ellipsoid], vectors: Any) -> np.ndarray:
+        """:meth:`dual_norm` of ``vectors[i]`` for ``sets[i]``, many sets at once.
+
+        Sets sharing one ``basis`` array map their vectors to coordinates in one product; the
+        triangular solves with each set's factor are batched (``O(k^2)`` per set), and sets
+        sharing one factor (a pooled fit) take one solve for all.
+
+        Parameters
+        ----------
+        sets : sequence of Ellipsoid
+        vectors : array_like, shape (len(sets), d)
+
+        Returns
+        -------
+        ndarray, shape (len(sets),)
+        """
+        return Ellipsoid._batch_support(sets, vectors)[1]
+
+    @staticmethod
+    def batch_lower(sets: Sequence[Ellipsoid], vectors: Any) -> np.ndarray:
+        """:meth:`lower` of ``vectors[i]`` for ``sets[i]``, many sets at once:
+        ``offset . v + center . G v - radius ||G v||_{M^{-1}}``, from the coordinates ``G v`` of
+        :meth:`batch_dual_norm` (no ``theta_hat`` in feature space per set).
+
+        Parameters
+        ----------
+        sets : sequence of Ellipsoid
+        vectors : array_like, shape (len(sets), d)
+
+        Returns
+        -------
+        ndarray, shape (len(sets),)
+        """
+        centre_values, dual_norms = Ellipsoid._batch_support(sets, vectors)
+        return centre_values - np.array([item.radius for item in sets]) * dual_norms
+
+    @staticmethod
+    def _batch_support(sets: Sequence[Ellipsoid], vectors: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(theta_hat_i . v_i, ||G_i v_i||_{M_i^{-1}})`` for every set (see :meth:`batch_lower`)."""
+        sets = list(sets)
+        if not all(isinstance(item, Ellipsoid) for item in sets):
+            raise TypeError("sets must be a sequence of Ellipsoid")
+        vectors = as_real_array("vectors", vectors, (2,))
+        if not sets:
+            return np.zeros(0), np.zeros(0)
+        if vectors.shape != (len(sets), sets[0].n_features):
+            raise ValueError(f"vectors must have shape ({len(sets)}, d={sets[0].n_features}), got {vectors.shape}")
+        centre_values = np.einsum("nd,nd->n", vectors, np.stack([item.offset for item in sets]))
+        norms = np.zeros(len(sets))
+        for members, _ in _groups_by_basis(sets, factor=False):
+            basis = sets[members[0]].basis
+            if basis.shape[1] == 0:
+                continue
+            coordinates = vectors[members] @ basis
+            centre_values[members] += np.einsum("nk,nk->n", coordinates, np.stack([sets[i].center for i in members]))
+            shared = all(_same_array(sets[i].factor, sets[members[0]].factor) for i in members[1:])
+            for block in [range(len(members))] if shared else _blocks(len(members), basis.shape[1]):
+                chosen = [members[i] for i in block]
+                cholesky = _stacked([sets[i].factor for i in chosen])
+                whitened = _lower_solve(cholesky, coordinates[block][..., None])
+                norms[chosen] = np.linalg.norm(whitened[..., 0], axis=-1)
+        return centre_values, norms
+
+
+def _real_matrix(name: str, value: Any) -> np.ndarray:
+    """:func:`~lr_mdp_env._validation.as_real_array` for a matrix, with a one-pass test first:
+    every user's set of an estimator shares its basis (and a pooled fit its matrix), ``d x k``
+    entries checked again for each set. A float64 matrix whose sum is finite has only finite
+    entries; anything else gets the full check and its message."""
+    if isinstance(value, np.ndarray) and value.dtype == np.float64 and value.ndim == 2 and np.isfinite(value.sum()):
+        return value
+    return as_real_array(name, value, (2,))
+
+
+def _within(distance: Any, radius: Any) -> Any:
+    """Membership rule: ``distance <= radius`` up to rounding of the distance."""
+    return distance <= radius * (1 + 1e-12) + 1e-12
+
+
+class RangeFactors(NamedTuple):
+    """``basis = left diag(singular) right^T`` cut at the numerical rank (see
+    :attr:`Ellipsoid.range_factors`); ``right`` is ``None`` for the identity (orthonormal columns)."""
+
+    left: np.ndarray
+    singular: np.ndarray
+    right: np.ndarray | None
+
+
+# Columns whose Gram matrix is the identity within this are treated as exactly orthonormal.
+_ORTHONORMAL_TOL = 1e-10
+
+
+def _range_factors(basis: np.ndarray) -> RangeFactors:
+    """See :attr:`Ellipsoid.range_factors`."""
+    d, k = basis.shape
+    if k == 0 or d == 0:
+        return RangeFactors(np.zeros((d, 0)), np.zeros(0), np.zeros((k, 0)))
+    if k <= d:
+        gram = basis.T @ basis
+        gram[np.diag_indices(k)] -= 1.0
+        if np.max(np.abs(gram)) <= _ORTHONORMAL_TOL:
+            return RangeFactors(basis, np.ones(k), None)
+    left, singular, right_t = np.linalg.svd(basis, full_matrices=False)
+    rank = int(np.count_nonzero(singular > max(d, k) * np.finfo(float).eps * singular[0]))
+    return RangeFactors(left[:, :rank], singular[:rank], right_t[:rank].T)
+
+
+def _coordinate_distances(factors: RangeFactors, along: np.ndarray, matrices: np.ndarray, cholesky: np.ndarray
+                          ) -> np.ndarray:
+    """Distances of :meth:`Ellipsoid.distance` from the span coordinates ``U_r^T u`` of ``m``
+    residuals ``(m, rho)``, with the sets' matrices and Cholesky factors ``(m or 1, k, k)``."""
+    k = matrices.shape[-1]
+    rank = factors.singular.shape[0]
+    if rank == 0:  # a point, or a zero basis: the projection is the centre itself
+        return np.zeros(along.shape[0])
+    target = along / factors.singular  # V_r^T (w - center)
+    if rank == k:  # injective: w - center = V_r b, its M-norm directly
+        steps = target if factors.right is None else target @ factors.right.T
+        if matrices.shape[0] == 1:  # one matrix for all (a pooled fit): one product
+            squared = np.sum((steps @ matrices[0]) * steps, axis=-1)
+        else:
+            squared = np.sum((steps[:, None, :] @ matrices)[:, 0] * steps, axis=-1)
+    else:  # min ||x||_M subject to V_r^T x = b: b^T (V_r^T M^{-1} V_r)^{-1} b
+        whitened = _lower_solve(cholesky, factors.right[None])  # L^{-1} V_r, (m, k, rho)
+        gram = np.swapaxes(whitened, -1, -2) @ whitened  # V_r^T M^{-1} V_r, (m, rho, rho)
+        gram = np.broadcast_to(gram, (target.shape[0], rank, rank))
+        squared = np.einsum("mi,mi->m", target, np.linalg.solve(gram, target[..., None])[..., 0])
+    return np.sqrt(np.maximum(squared, 0.0))
+
+
+def _lower_solve(cholesky: np.ndarray, right_hand: np.ndarray) -> np.ndarray:
+    """``L_i^{-1} X_i`` for stacked lower factors ``(m, k, k)`` (or one, ``(1, k, k)``) and
+    right-hand sides ``(m, k, j)`` (or one shared, ``(1, k, j)``): shape ``(m, k, j)``."""
+    if cholesky.shape[0] == 1:  # one factor: one triangular solve for every right-hand side
+        m, k, j = right_hand.shape
+        columns = np.moveaxis(right_hand, 0, 1).reshape(k, m * j)
+        solved = scipy.linalg.solve_triangular(cholesky[0], columns, lower=True, check_finite=False)
+        return np.moveaxis(solved.reshape(k, m, j), 1, 0)
+    return np.linalg.solve(cholesky, np.broadcast_to(right_hand, (cholesky.shape[0],) + right_hand.shape[1:]))
+
+
+# Sets of up to this many coordinates are stacked into batched numpy calls; larger ones one by one.
+_BATCHED_K_MAX = 64
+# Stacked blocks hold at most this many matrix entries (a few tens of MB).
+_BLOCK_ENTRIES = 2**22
+
+
+def _blocks(n: int, k: int) -> list[range]:
+    """Consecutive index blocks whose stacked ``k x k`` matrices fit in :data:`_BLOCK_ENTRIES`."""
+    size = n if k <= _BATCHED_K_MAX else 1
+    size = max(1, min(size, _BLOCK_ENTRIES // max(1, k * k)))
+    return [range(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _stacked(arrays: list[np.ndarray]) -> np.ndarray:
+    """``(m, k, k)`` from the sets' matrices, ``(1, k, k)`` when all are one array (a pooled fit)."""
+    first = arrays[0]
+    if all(_same_array(item, first) for item in arrays[1:]):
+        return first[None]
+    return np.stack(arrays)
+
+
+def _same_array(first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether two arrays are views of the same memory with the same layout."""
+    return (first.shape == second.shape and first.strides == second.strides
+            and first.__array_interface__["data"][0] == second.__array_interface__["data"][0])
+
+
+def _groups_by_basis(sets: list[Ellipsoid], factor: bool = True
+                     ) -> list[tuple[list[int], tuple[np.ndarray, np.ndarray, np.ndarray] | None]]:
+    """Indices of the sets sharing one basis array, with that basis's thin SVD (once per group)."""
+    groups: dict[tuple, list[int]] = {}
+    for index, item in enumerate(sets):
+        basis = item.basis
+        key = (basis.__array_interface__["data"][0], basis.shape, basis.strides)
+        groups.setdefault(key, []).append(index)
+    result = []
+    for members in groups.values():
+        first = sets[members[0]]
+        factors = None
+        if factor:
+            # One SVD per shared basis, kept on the first set so that later calls reuse it.
+            factors = first.range_factors
+            for index in members[1:]:
+                sets[index].__dict__.setdefault("range_factors", factors)
+        result.append((members, factors))
+    return result

@@ -29,6 +29,7 @@ from scipy.special import expit
 from scipy.stats import chi2
 
 from lr_mdp_env import FeaturePreferenceDataset, PreferenceDataset, TabularMDP
+from lr_mdp_env._progress import progress_bar
 from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real
 from lr_mdp_env.identifiability import identifiable_basis, unidentified_directions
 from lr_mdp_env.rewards import base_matrix
@@ -149,6 +150,9 @@ class RewardEstimator:
         ``min(100 tol, 1e-4)``, ``1e-6`` by default: its last digits cost the most
         conjugate-gradient steps, and an error of that size in the factors is far below their
         statistical error.
+    progress : bool, default True
+        A bar over the fits (ridge candidates and the final fit) on a terminal once ``fit``
+        runs a couple of seconds; ``False``: none. Nothing is printed otherwise.
 
     Attributes (after ``fit``)
     --------------------------
@@ -212,6 +216,7 @@ class RewardEstimator:
         base: Any = None,
         seed: int | None = 0,
         tol: float = 1e-8,
+        progress: bool = True,
     ) -> None:
         self.ridge = None if ridge is None else check_real("ridge", ridge, 0.0, strict_minimum=True)
         self.ridge_grid = tuple(check_real("ridge_grid entry", value, 0.0, strict_minimum=True) for value in ridge_grid)
@@ -228,6 +233,10 @@ class RewardEstimator:
         as_generator(seed)  # refuses what cannot seed the ridge-selection split, here rather than in fit
         self.seed = seed
         self.tol = check_real("tol", tol, 0.0, strict_minimum=True)
+        # -- progress (lr_mdp_env._progress): a bar over the ridge candidates and the final fit
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be True or False, got {type(progress).__name__}")
+        self.progress = progress
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: before fit, what fit sets is "not fitted yet".
@@ -263,14 +272,19 @@ class RewardEstimator:
         self._base = base_matrix(self.base, d, data.n_users)
         self._prepare(data, mdp)
         self.diagnostics: dict[str, dict] = {}
-        if self.ridge is None:
-            self.ridge_, self.ridge_scores_ = select_ridge(self, data, self.ridge_grid, seed=self.seed)
-        else:
-            self.ridge_, self.ridge_scores_ = self.ridge, {}
-        self.inference_ridge_ = min(self.ridge_, self.inference_ridge)
-        chosen = "fixed" if self.ridge is not None else "selected"
-        with convergence_warnings_labelled(f"fit with the {chosen} ridge lambda={self.ridge_:g}"):
-            self._fit(data, self.ridge_)
+        n_fits = 1 if self.ridge is not None else len(self.ridge_grid) + 1
+        with progress_bar(n_fits, f"fitting {type(self).__name__}", self.progress, unit="fit") as bar:
+            if self.ridge is None:
+                self.ridge_, self.ridge_scores_ = select_ridge(self, data, self.ridge_grid, seed=self.seed,
+                                                               progress=bar)
+            else:
+                self.ridge_, self.ridge_scores_ = self.ridge, {}
+            self.inference_ridge_ = min(self.ridge_, self.inference_ridge)
+            chosen = "fixed" if self.ridge is not None else "selected"
+            bar.set_postfix_str(f"final fit, lambda={self.ridge_:g}", refresh=False)
+            with convergence_warnings_labelled(f"fit with the {chosen} ridge lambda={self.ridge_:g}"):
+                self._fit(data, self.ridge_)
+            bar.update(bar.total - bar.n)
         self._data = data
         self._sets: dict[int, ConfidenceSet] = {}
         self._set_parts: dict[int, dict[str, Any]] = {}  # per coordinate problem

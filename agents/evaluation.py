@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from lr_mdp_env import TabularMDP, backward_induction, expected_features, theory
+from lr_mdp_env._progress import progress_bar
 from lr_mdp_env.dynamic_programming import check_policy
-from lr_mdp_env.rewards import ContextualRewards, LowRankRewards
+from lr_mdp_env.identifiability import project_identifiable
+from lr_mdp_env.rewards import ContextualRewards, LowRankRewards, reward_matrix
 
 from .agent import Agent
+from .confidence import Ellipsoid
+from .confidence import _within as within_radius
 
 
-def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRewards | Any) -> pd.DataFrame:
+def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRewards | Any, *,
+             progress: bool = True) -> pd.DataFrame:
     """One row per user: exact values of the agent's policy and, when it has them, the
     pessimism diagnostics of its confidence set.
 
@@ -29,7 +35,13 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
     along ``d_pi*_i - d_ref`` plus misspecification; the pessimism lemma: when ``truth_in_set``,
     ``suboptimality <= bound`` for exact pessimism), computed by :mod:`lr_mdp_env.theory`
     (:func:`~lr_mdp_env.theory.misspecification_term`, :func:`~lr_mdp_env.theory.pessimism_bound`).
+    For sets other than ellipsoids the bound is the lemma's general form
+    ``width(d_pi*_i - d_ref) + misspecification`` and ``coverage_term`` is ``NaN``.
     Missing quantities are ``NaN``.
+
+    All users go through batched dynamic programming; ellipsoids' set operations are batched
+    in their own coordinates (:meth:`agents.Ellipsoid.span_distances`,
+    :meth:`agents.Ellipsoid.batch_dual_norm`).
 
     Parameters
     ----------
@@ -39,54 +51,109 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
         The true model.
     rewards : LowRankRewards, ContextualRewards or array_like of shape (d, N)
         The users' true parameters.
+    progress : bool, default True
+        A bar over the stages (planning, optimal policies, diagnostics) on a terminal once the
+        call runs a couple of seconds; ``False``: none. Nothing is printed otherwise.
 
     Returns
     -------
     pandas.DataFrame
+
+    References
+    ----------
+    Zhu, Jordan and Jiao, *Principled Reinforcement Learning with Human Feedback from Pairwise or
+    K-wise Comparisons*, ICML 2023 (the pessimism lemma). Liu et al., arXiv:2503.19201, and
+    Lee, Sun and Liu, arXiv:2412.19436 (reduced sets and their misspecification).
     """
     if not isinstance(agent, Agent):
         raise TypeError(f"agent must have fit(dataset, mdp) and policy(user), got {type(agent).__name__}")
-    theta = np.asarray(rewards.theta if isinstance(rewards, (LowRankRewards, ContextualRewards)) else rewards, dtype=float)
-    if theta.ndim != 2 or theta.shape[0] != mdp.n_features:
-        raise ValueError(f"rewards must give Theta of shape (d={mdp.n_features}, N), got {theta.shape}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {type(progress).__name__}")
+    theta = reward_matrix(rewards, mdp.n_features)
     n_users = theta.shape[1]
-    policies = agent.policies() if hasattr(agent, "policies") else np.stack([agent.policy(i) for i in range(n_users)])
-    policies = check_policy(mdp, policies, "agent's policies")
-    if policies.shape[0] != n_users:
-        raise ValueError(f"the agent has policies for {policies.shape[0]} users but rewards have {n_users}")
-    optimal_policies, _ = backward_induction(mdp, mdp.reward(theta.T))
-    features = expected_features(mdp, policies)
-    optimal_features = expected_features(mdp, optimal_policies)
-    value = np.sum(features * theta.T, axis=1)
-    optimal_value = np.sum(optimal_features * theta.T, axis=1)
-    report = pd.DataFrame({"user": np.arange(n_users), "value": value, "optimal_value": optimal_value})
     reference = getattr(agent, "reference_features", None)
-    if reference is not None:  # d_ref is (d,) or, for per-user behaviours, (N, d)
-        reference = np.broadcast_to(np.asarray(reference, dtype=float), (n_users, mdp.n_features))
-    report["reference_value"] = np.sum(theta.T * reference, axis=1) if reference is not None else np.nan
-    report["suboptimality"] = optimal_value - value
-    diagnostics = {name: np.full(n_users, np.nan) for name in
-                   ("lower_bound", "coverage_term", "misspecification", "bound")}
-    in_set = np.full(n_users, np.nan, dtype=object)
-    if reference is not None and hasattr(agent, "confidence_set"):
-        sets = [agent.confidence_set(user) for user in range(n_users)]
-        residuals = np.empty((n_users, mdp.n_features))
-        half_widths = np.empty(n_users)
-        for user, confidence_set in enumerate(sets):
-            diagnostics["lower_bound"][user] = confidence_set.lower(features[user] - reference[user])
-            # 2 radius ||G g*||_{M^{-1}} for an ellipsoid; any set of the protocol: its width along g*.
-            half_widths[user] = 0.5 * confidence_set.width(optimal_features[user] - reference[user])
-            if hasattr(confidence_set, "dual_norm"):
-                diagnostics["coverage_term"][user] = confidence_set.dual_norm(optimal_features[user] - reference[user])
-            in_set[user] = bool(confidence_set.contains(theta[:, user], project=True))
-            # Sets with a subspace error (agents.SubspaceErrorSet) test the truth itself: no residual.
-            spanned = hasattr(confidence_set, "basis") and hasattr(confidence_set, "offset")
-            residuals[user] = theta[:, user] - theory.affine_projection(
-                theta[:, user], confidence_set.offset, confidence_set.basis) if spanned else 0.0
-        # One batched pair of backward inductions for all users' misspecification terms.
-        diagnostics["misspecification"] = theory.misspecification_term(mdp, residuals, reference)
-        diagnostics["bound"] = theory.pessimism_bound(1.0, half_widths, diagnostics["misspecification"])
+    with_sets = reference is not None and hasattr(agent, "confidence_set")
+    with progress_bar(4 if with_sets else 3, "evaluate", progress, unit="stage") as bar:
+        bar.set_postfix_str("planning", refresh=False)
+        policies = agent.policies() if hasattr(agent, "policies") else np.stack([agent.policy(i) for i in range(n_users)])
+        policies = check_policy(mdp, policies, "agent's policies")
+        if policies.shape[0] != n_users:
+            raise ValueError(f"the agent has policies for {policies.shape[0]} users but rewards have {n_users}")
+        bar.update()
+        bar.set_postfix_str("optimal policies", refresh=False)
+        optimal_policies, _ = backward_induction(mdp, mdp.reward(theta.T))
+        bar.update()
+        bar.set_postfix_str("expected features", refresh=False)
+        features = expected_features(mdp, np.concatenate([policies, optimal_policies]))
+        features, optimal_features = features[:n_users], features[n_users:]
+        bar.update()
+        value = np.sum(features * theta.T, axis=1)
+        optimal_value = np.sum(optimal_features * theta.T, axis=1)
+        report = pd.DataFrame({"user": np.arange(n_users), "value": value, "optimal_value": optimal_value})
+        if reference is not None:  # d_ref is (d,) or, for per-user behaviours, (N, d)
+            reference = np.broadcast_to(np.asarray(reference, dtype=float), (n_users, mdp.n_features))
+        report["reference_value"] = np.sum(theta.T * reference, axis=1) if reference is not None else np.nan
+        report["suboptimality"] = optimal_value - value
+        diagnostics = {name: np.full(n_users, np.nan) for name in
+                       ("lower_bound", "coverage_term", "misspecification", "bound")}
+        in_set = np.full(n_users, np.nan, dtype=object)
+        if with_sets:
+            bar.set_postfix_str("pessimism diagnostics", refresh=False)
+            sets = [agent.confidence_set(user) for user in range(n_users)]
+            in_set[:] = _diagnostics(mdp, sets, theta.T, features - reference, optimal_features - reference,
+                                     reference, diagnostics)
+            bar.update()
     for name in ("lower_bound", "coverage_term", "misspecification", "bound"):
         report[name] = diagnostics[name]
     report.insert(report.columns.get_loc("coverage_term"), "truth_in_set", in_set)
     return report
+
+
+def _diagnostics(mdp: TabularMDP, sets: list, thetas: np.ndarray, gaps: np.ndarray, optimal_gaps: np.ndarray,
+                 reference: np.ndarray, diagnostics: dict[str, np.ndarray]) -> np.ndarray:
+    """Fill ``diagnostics`` for every user's set; returns ``truth_in_set``. ``gaps`` are
+    ``d_pi_hat - d_ref`` and ``optimal_gaps`` ``d_pi* - d_ref``, ``(N, d)``."""
+    n_users = len(sets)
+    ellipsoids = np.array([isinstance(item, Ellipsoid) for item in sets], dtype=bool)
+    chosen = [sets[i] for i in np.flatnonzero(ellipsoids)]
+    in_set = np.zeros(n_users, dtype=bool)
+    residuals = np.zeros(thetas.shape)  # theta*_i minus its projection onto the set's affine span
+    widths = np.full(n_users, np.nan)
+    if chosen:
+        radii = np.array([item.radius for item in chosen])
+        diagnostics["lower_bound"][ellipsoids] = Ellipsoid.batch_lower(chosen, gaps[ellipsoids])
+        diagnostics["coverage_term"][ellipsoids] = Ellipsoid.batch_dual_norm(chosen, optimal_gaps[ellipsoids])
+        distances, residuals[ellipsoids] = Ellipsoid.span_distances(chosen, thetas[ellipsoids])
+        in_set[ellipsoids] = within_radius(distances, radii)  # contains(theta, project=True)
+    for user in np.flatnonzero(~ellipsoids):
+        item = sets[user]
+        diagnostics["lower_bound"][user] = item.lower(gaps[user])
+        widths[user] = item.width(optimal_gaps[user])
+        in_set[user] = bool(item.contains(thetas[user], project=True)) if _takes_project(item) \
+            else bool(item.contains(thetas[user]))
+        if hasattr(item, "offset") and hasattr(item, "basis"):
+            residuals[user] = thetas[user] - theory.affine_projection(thetas[user], item.offset, item.basis)
+    # Residuals along directions comparisons never see change no policy's value (e . d_pi is the
+    # same for every policy): only users with an identifiable residual, beyond rounding, need the
+    # two backward inductions of the exact term (full-dimensional sets have none).
+    identifiable = project_identifiable(mdp, residuals)
+    scale = np.maximum(1.0, np.linalg.norm(thetas, axis=1))
+    needed = np.linalg.norm(identifiable, axis=1) > 1e-12 * scale
+    diagnostics["misspecification"][:] = 0.0
+    if np.any(needed):
+        diagnostics["misspecification"][needed] = theory.misspecification_term(
+            mdp, residuals[needed], reference[needed])
+    if chosen:
+        diagnostics["bound"][ellipsoids] = theory.pessimism_bound(
+            [item.radius for item in chosen], diagnostics["coverage_term"][ellipsoids],
+            diagnostics["misspecification"][ellipsoids])
+    diagnostics["bound"][~ellipsoids] = widths[~ellipsoids] + diagnostics["misspecification"][~ellipsoids]
+    return in_set
+
+
+def _takes_project(confidence_set: Any) -> bool:
+    """Whether the set's ``contains`` has the ``project`` option (sets in a reduced span)."""
+    try:
+        return "project" in inspect.signature(confidence_set.contains).parameters
+    except (TypeError, ValueError):
+        return False

@@ -7,7 +7,7 @@ the truth and the estimate first.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,7 @@ from lr_mdp_env import PreferenceDataset, TabularMDP, principal_angle_distance
 from lr_mdp_env.identifiability import project_identifiable, unidentified_directions
 from lr_mdp_env.rewards import ContextualRewards, LowRankRewards
 
+from .confidence import Ellipsoid
 from .data import comparison_data
 
 
@@ -98,7 +99,31 @@ def coverage(estimator: Any, rewards: LowRankRewards | ContextualRewards) -> np.
     if isinstance(rewards, ContextualRewards) and hasattr(estimator, "covers"):
         return np.array([estimator.covers(rewards.theta_c)])
     theta = rewards.theta
-    return np.array([estimator.confidence_set(i).contains(theta[:, i], project=True) for i in range(theta.shape[1])])
+    sets = [estimator.confidence_set(i) for i in range(theta.shape[1])]
+    return set_membership(sets, theta.T)
+
+
+def set_membership(sets: Sequence[Any], thetas: Any) -> np.ndarray:
+    """``sets[i].contains(thetas[i], project=True)`` for every ``i``: ellipsoids all at once in
+    their own coordinates (:meth:`agents.Ellipsoid.batch_contains`), other sets one by one.
+
+    Parameters
+    ----------
+    sets : sequence of ConfidenceSet
+    thetas : array_like, shape (len(sets), d)
+
+    Returns
+    -------
+    ndarray of bool, shape (len(sets),)
+    """
+    thetas = np.asarray(thetas, dtype=float)
+    inside = np.zeros(len(sets), dtype=bool)
+    ellipsoids = [index for index, item in enumerate(sets) if isinstance(item, Ellipsoid)]
+    if ellipsoids:
+        inside[ellipsoids] = Ellipsoid.batch_contains([sets[i] for i in ellipsoids], thetas[ellipsoids], project=True)
+    for index in sorted(set(range(len(sets))) - set(ellipsoids)):
+        inside[index] = bool(sets[index].contains(thetas[index], project=True))
+    return inside
 
 
 def estimation_report(estimator: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRewards,

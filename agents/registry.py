@@ -76,7 +76,8 @@ def make(name: str, **kwargs: Any) -> Any:
       (finite-sample likelihood ratio) or ``"theory"`` (self-normalised ellipsoid, vacuous in
       practice); docs/confidence_sets.md), ``delta=0.1``, ``norm_bound=None`` (for ``"theory"``;
       a data-driven guess), ``inference_ridge=0.0001`` (of the refit the sets are built around),
-      ``base=None`` (no known base reward) and ``seed=0`` (of the ridge-selection split).
+      ``base=None`` (no known base reward), ``seed=0`` (of the ridge-selection split) and
+      ``progress=True`` (a bar over the fits on a terminal; ``False``: none).
 
     ``agents.options(name)`` lists the options of any registered name with their defaults.
 

@@ -9,6 +9,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from scipy.special import log_expit
 
+from lr_mdp_env._progress import progress_bar
 from lr_mdp_env.dataset import held_out_mask
 
 from .data import ComparisonData
@@ -31,7 +32,7 @@ def log_likelihood(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def select_ridge(estimator: Any, data: ComparisonData, grid: Sequence[float], *, seed: Any = None,
-                 stop_at_downturn: bool = True) -> tuple[float, dict[float, float]]:
+                 stop_at_downturn: bool = True, progress: Any = True) -> tuple[float, dict[float, float]]:
     """Choose ``lambda`` from ``grid`` by held-out preference log-likelihood.
 
     Each user's pairs are split 80/20 (seeded); the estimator is fitted on the 80% with the
@@ -56,6 +57,10 @@ def select_ridge(estimator: Any, data: ComparisonData, grid: Sequence[float], *,
     seed : int, optional
     stop_at_downturn : bool, default True
         Stop the scan at the first downturn; ``False`` scores every candidate.
+    progress : bool or tqdm bar, default True
+        A bar over the candidates on a terminal once the scan runs a couple of seconds
+        (:func:`lr_mdp_env._progress.progress_bar`), ``False`` none; or a caller's open bar,
+        advanced once per candidate fitted (the estimators' bar over candidates and final fit).
 
     Returns
     -------
@@ -68,16 +73,24 @@ def select_ridge(estimator: Any, data: ComparisonData, grid: Sequence[float], *,
     train_data, held_out_data = data.subset(train), data.subset(held_out)
     scores: dict[float, float] = {}
     candidates: dict[float, dict] = {}
-    for ridge in sorted(grid, reverse=True):
-        estimator.diagnostics = {}
-        with convergence_warnings_labelled(f"ridge selection, candidate lambda={ridge:g}"):
-            estimator._fit(train_data, ridge)
-        score = float(np.mean(log_likelihood(estimator.pair_logits(held_out_data), held_out_data.labels)))
-        turned_down = bool(scores) and score < max(scores.values())
-        scores[ridge] = score
-        candidates[ridge] = {"held_out_log_likelihood": score, **estimator.diagnostics}
-        if stop_at_downturn and turned_down:
-            break
+    own_bar = isinstance(progress, bool)
+    bar = progress_bar(len(grid), "ridge selection", progress, unit="fit") if own_bar else progress
+    try:
+        for ridge in sorted(grid, reverse=True):
+            bar.set_postfix_str(f"lambda={ridge:g}", refresh=False)
+            estimator.diagnostics = {}
+            with convergence_warnings_labelled(f"ridge selection, candidate lambda={ridge:g}"):
+                estimator._fit(train_data, ridge)
+            bar.update()
+            score = float(np.mean(log_likelihood(estimator.pair_logits(held_out_data), held_out_data.labels)))
+            turned_down = bool(scores) and score < max(scores.values())
+            scores[ridge] = score
+            candidates[ridge] = {"held_out_log_likelihood": score, **estimator.diagnostics}
+            if stop_at_downturn and turned_down:
+                break
+    finally:
+        if own_bar:
+            bar.close()
     estimator.diagnostics = {"ridge_selection": candidates}
     best = max(scores, key=lambda ridge: (scores[ridge], ridge))
     return best, scores

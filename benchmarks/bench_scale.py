@@ -12,11 +12,18 @@ of taking the machine down):
   ``sklearn per-user``: scikit-learn's ``LogisticRegression`` (lbfgs, ``C = 1 / ridge``, no
   intercept, tol 1e-6) fitted to each user's comparisons in the full dimension, from the sparse
   feature differences (with ``--select``: over the same grid and split, plus the refit);
-- ``loco-prs joint``: LoCo-RLHF's rank-5 factored fit (contexts of dimension 10, one per user).
+- ``loco-prs joint``: LoCo-RLHF's rank-5 factored fit (contexts of dimension 10, one per user);
+- ``report <estimator>``: :func:`agents.estimation_report` of that estimator's fit (reward errors,
+  coverage of every user's set, subspace distance);
+- ``greedy planning``, ``rect. planning``: every user's policy from P-ShareLoRA's fit, greedy and
+  with rectangular pessimism (the estimator is not refitted);
+- ``evaluate greedy``, ``evaluate rect.``: :func:`agents.evaluate` of those agents (exact values,
+  optimal policies, pessimism diagnostics; the policies already planned).
 
 Stages are the entries of ``STAGES``: a name and a function of the cell's state (a dict holding
 ``mdp``, ``rewards``, ``dataset`` and the options), so later stages (planning, evaluation) are
-appended there. For every stage the script prints wall-clock seconds and the peak resident memory
+appended there; a stage that needs an earlier one (a fit, a planned agent) fails with a note
+when that one was not run. For every stage the script prints wall-clock seconds and the peak resident memory
 of the process during the stage (``VmHWM``, reset before each stage), then the exponents of
 ``time ~ N^a`` (at each d) and ``time ~ d^b`` (at each N) fitted by least squares on log-log
 axes, and draws both on log-log axes into ``--figure``.
@@ -74,8 +81,67 @@ def _estimator(name: str) -> Callable[[dict], None]:
             "p-sharelora": lambda: agents.PShareLoRA(RANK, ridge=ridge),
         }[name]().fit(state["dataset"], state["mdp"])
         state.setdefault("notes", {})[name] = {"ridge": estimator.ridge_, **estimator.diagnostics}
+        state.setdefault("fitted", {})[name] = estimator
 
     return fit
+
+
+class _AlreadyFitted:
+    """An estimator fitted by an earlier stage, whose ``fit`` is a no-op: the planning stages
+    time the planner alone."""
+
+    def __init__(self, estimator: Any) -> None:
+        self._estimator = estimator
+
+    def fit(self, dataset: Any, mdp: Any) -> Any:
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._estimator, name)
+
+
+def _fitted(state: dict, name: str) -> Any:
+    if name not in state.get("fitted", {}):
+        raise RuntimeError(f"needs the {name!r} stage first")
+    return state["fitted"][name]
+
+
+def _report(name: str) -> Callable[[dict], None]:
+    def report(state: dict) -> None:
+        import agents
+
+        estimator = _fitted(state, name)
+        table = agents.estimation_report(estimator, state["mdp"], state["rewards"])
+        state.setdefault("notes", {}).setdefault(f"report {name}", {})["coverage"] = float(table["truth_in_set"].mean())
+
+    return report
+
+
+def _planning(pessimism: str) -> Callable[[dict], None]:
+    """P-ShareLoRA's sets (fitted by its stage) planned greedily or with rectangular pessimism."""
+    def plan(state: dict) -> None:
+        import agents
+
+        agent = agents.PessimisticAgent(_AlreadyFitted(_fitted(state, "p-sharelora")), pessimism=pessimism)
+        agent.fit(state["dataset"], state["mdp"])
+        agent.policies()
+        state.setdefault("agents", {})[pessimism] = agent
+
+    return plan
+
+
+def _evaluate(pessimism: str) -> Callable[[dict], None]:
+    """``agents.evaluate`` of the agent planned by the planning stage (its policies cached)."""
+    def evaluate(state: dict) -> None:
+        import agents
+
+        if pessimism not in state.get("agents", {}):
+            raise RuntimeError(f"needs the {pessimism!r} planning stage first")
+        table = agents.evaluate(state["agents"][pessimism], state["mdp"], state["rewards"], progress=False)
+        state.setdefault("notes", {}).setdefault(f"evaluate {pessimism}", {})["suboptimality"] = float(
+            table["suboptimality"].mean())
+
+    return evaluate
 
 
 def _sklearn_per_user(state: dict) -> None:
@@ -146,6 +212,15 @@ STAGES: list[tuple[str, Callable[[dict], None]]] = [
     ("p-sharelora", _estimator("p-sharelora")),
     ("sklearn per-user", _sklearn_per_user),
     ("loco-prs joint", _loco_joint),
+    ("report p-sharelora", _report("p-sharelora")),
+    ("report oracle-subspace", _report("oracle-subspace")),
+    ("report pooled", _report("pooled")),
+    ("greedy planning", _planning("none")),
+    ("rect. planning", _planning("rectangular")),
+    ("evaluate greedy", _evaluate("none")),
+    ("evaluate rect.", _evaluate("rectangular")),
+    # Last: its 1000 full-dimensional sets (k = d - 1 each) may not fit the cell's memory.
+    ("report independent", _report("independent")),
 ]
 
 
@@ -189,13 +264,17 @@ def run_cell(options: dict) -> dict:
             if name not in options["stages"]:
                 continue
             _reset_peak_memory()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 stage(state)
             except MemoryError:
                 results[name] = {"error": "out of memory"}
                 break
-            results[name] = {"seconds": time.perf_counter() - start, "peak_mb": _peak_memory_mb()}
+            except RuntimeError as error:  # an earlier stage it needs was not run
+                results[name] = {"error": str(error)}
+                continue
+            results[name] = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
+                             "peak_mb": _peak_memory_mb()}
     finally:
         if limits is not None:
             limits.unregister()
@@ -237,7 +316,7 @@ def report(grid: dict, users: tuple[int, ...], features: tuple[int, ...], stages
     cells = [(n, d) for d in features for n in users]
     print("\nwall-clock seconds / peak resident memory (MB) during the stage")
     header = "".join(f"{f'N={n} d={d}':>22s}" for n, d in cells)
-    print(f"{'stage':18s}{header}")
+    print(f"{'stage':24s}{header}")
     for stage in stages:
         row = ""
         for cell in cells:
@@ -247,8 +326,13 @@ def report(grid: dict, users: tuple[int, ...], features: tuple[int, ...], stages
             elif stage in entry and "seconds" in entry[stage]:
                 row += f"{entry[stage]['seconds']:>12.2f} /{entry[stage]['peak_mb']:>7.0f}"
             else:
-                row += f"{entry.get(stage, {}).get('error', '-'):>22s}"
-        print(f"{stage:18s}{row}")
+                row += f"{entry.get(stage, {}).get('error', '-')[:20]:>22s}"
+        print(f"{stage:24s}{row}")
+    print("\nprocess CPU seconds during the stage (less sensitive than wall-clock to a loaded machine)")
+    print(f"{'stage':24s}" + "".join(f"{f'N={n} d={d}':>14s}" for n, d in cells))
+    for stage in stages:
+        print(f"{stage:24s}" + "".join(
+            f"{grid.get(cell, {}).get(stage, {}).get('cpu_seconds', float('nan')):>14.2f}" for cell in cells))
     print("\nP-ShareLoRA / scikit-learn per-user fits, same cell:",
           ", ".join(f"N={n} d={d}: {grid[(n, d)]['p-sharelora']['seconds'] / grid[(n, d)]['sklearn per-user']['seconds']:.2f}"
                     for n, d in cells if "seconds" in grid.get((n, d), {}).get("p-sharelora", {})
@@ -258,7 +342,7 @@ def report(grid: dict, users: tuple[int, ...], features: tuple[int, ...], stages
         by_users = [fitted_exponent(*_series(grid, stage, "N", d, users)) for d in features]
         by_features = [fitted_exponent(*_series(grid, stage, "d", n, features)) for n in users]
         text = lambda values: ", ".join("-" if value is None else f"{value:.2f}" for value in values)  # noqa: E731
-        print(f"  {stage:18s} a = {text(by_users):22s} (d = {', '.join(map(str, features))}) | "
+        print(f"  {stage:24s} a = {text(by_users):22s} (d = {', '.join(map(str, features))}) | "
               f"b = {text(by_features)} (N = {', '.join(map(str, users))})")
     print("\nconvergence (relative gradient norm of every fit; P-ShareLoRA's L-BFGS and Newton steps):")
     for n, d in cells:

@@ -162,12 +162,13 @@ class TabularMDP:
             raise ValueError(
                 f"theta must have {self.n_features} features on its last axis, got shape {theta.shape}"
             )
+        # One 2-D product, users first: a stacked (S, A, d) x (d, N) product is not one BLAS call.
+        cells = (self.n_states, self.n_actions)
+        table = theta @ self.flat_features().T  # (.., S A) or (.., H S A)
         if self.stationary_features:
-            table = self.features[0] @ theta.T  # (S, A) or (S, A, N)
-            table = np.moveaxis(table, -1, 0) if theta.ndim == 2 else table
-            return np.broadcast_to(table[..., None, :, :], theta.shape[:-1] + (self.horizon,) + table.shape[-2:]).copy()
-        table = self.features @ theta.T  # (H, S, A) or (H, S, A, N)
-        return np.moveaxis(table, -1, 0).copy() if theta.ndim == 2 else table
+            table = table.reshape(theta.shape[:-1] + cells)
+            return np.broadcast_to(table[..., None, :, :], theta.shape[:-1] + (self.horizon,) + cells).copy()
+        return table.reshape(theta.shape[:-1] + (self.horizon,) + cells)
 
     def visit_counts(self, states: np.ndarray, actions: np.ndarray) -> scipy.sparse.csr_matrix:
         """Sparse ``(n, H S A)`` matrix counting each trajectory's visits to ``(h, s, a)``.

@@ -114,13 +114,15 @@ def evaluate_cell(config: SweepConfig, cell: Cell) -> dict[str, float]:
     if "seed" not in arguments and agents.registry.takes(spec.name, "seed"):
         # Not keyed by the agent: agents that differ only in their planner fit the same estimate.
         arguments["seed"] = cell_seed(config, _AGENT, replicate, setting.index)
+    if "progress" not in arguments and "progress" in (agents.registry.options(spec.name) or {}):
+        arguments["progress"] = False  # the sweep's bar counts the cells; no bars from inside them
     agent = agents.make(spec.name, **arguments)
     start = time.perf_counter()
     agent.fit(dataset, mdp)
     evaluated, truth = _evaluation_target(agent, rewards, dict(setting.evaluation),
                                           np.random.SeedSequence(config.seed, spawn_key=(_EVALUATION, replicate,
                                                                                          setting.index)))
-    report = agents.evaluate(evaluated, mdp, truth)
+    report = agents.evaluate(evaluated, mdp, truth, progress=False)
     seconds = time.perf_counter() - start
     summary = {
         "n_pairs": dataset.n_pairs,

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Iterator, TextIO
+
+from lr_mdp_env._progress import progress_bar
 
 import pandas as pd
 
@@ -82,7 +83,9 @@ def run_sweep(
     overwrite : bool, default False
         Discard results of a different configuration found in ``out``.
     progress : bool or text stream, default False
-        Show a progress bar (``True``: on standard error, when it is a terminal).
+        Show a progress bar over the cells with the failures so far (``True``: on standard
+        error; a stream: on it), drawn only on a terminal and once the sweep runs a couple of
+        seconds (:func:`lr_mdp_env._progress.progress_bar`).
 
     Returns
     -------
@@ -106,9 +109,7 @@ def run_sweep(
     done = store.completed()
     pending = [cell for cell in config.cells() if cell.cell_id not in done]
     total = len(config.cells())
-    if progress is True:  # a bar redrawn with carriage returns only makes sense on a terminal
-        progress = sys.stderr if sys.stderr.isatty() else None
-    bar = ProgressBar(len(pending), stream=progress or None)
+    bar = progress_bar(len(pending), "sweep", progress, unit="cell")
     start = time.perf_counter()
     failed, last_table = 0, time.perf_counter()
     results = {"serial": _serial, "processes": _processes, "dask": _dask}[engine](config, pending, workers, scheduler)
@@ -116,7 +117,8 @@ def run_sweep(
         for cell, row in results:
             store.record(row)
             failed += row["status"] != "ok"
-            bar.update(failed)
+            bar.set_postfix_str(f"{failed} failed", refresh=False)
+            bar.update()
             if time.perf_counter() - last_table > TABLE_INTERVAL:
                 store.write_table()
                 last_table = time.perf_counter()
@@ -240,45 +242,3 @@ def _result_or_error(future: Any, config: SweepConfig, cell: Cell) -> dict[str, 
         return future.result()
     except Exception as error:  # noqa: BLE001 - e.g. a worker process killed by the OS
         return error_row(config, cell, f"{type(error).__name__}: {error} (the worker running this cell died)")
-
-
-class ProgressBar:
-    """``[#####-----] 12/40 cells  1 failed  0.8 cells/s  35 s left`` on one refreshed line."""
-
-    def __init__(self, total: int, stream: TextIO | None, width: int = 30,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        self.total, self.stream, self.width, self.clock = total, stream, width, clock
-        self.done, self.failed, self.start = 0, 0, clock()
-        self._render()
-
-    def update(self, failed: int) -> None:
-        self.done += 1
-        self.failed = failed
-        self._render()
-
-    def line(self) -> str:
-        filled = self.width * self.done // max(self.total, 1)
-        elapsed = self.clock() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.done) / rate if rate > 0 else float("nan")
-        remaining = "--" if left != left else _duration(left)
-        return (f"[{'#' * filled}{'-' * (self.width - filled)}] {self.done}/{self.total} cells  "
-                f"{self.failed} failed  {rate:.2f} cells/s  {remaining} left")
-
-    def _render(self) -> None:
-        if self.stream is not None:
-            self.stream.write("\r" + self.line())
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.stream is not None:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"

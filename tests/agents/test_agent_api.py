@@ -141,7 +141,7 @@ def test_evaluate_rejects_bad_arguments(world):
     agent = agents.make("pooled", pessimism="none", ridge=1.0).fit(dataset, mdp)
     with pytest.raises(ValueError, match=r"the agent has policies for 6 users but rewards have 3"):
         agents.evaluate(agent, mdp, rewards.theta[:, :3])
-    with pytest.raises(ValueError, match=r"rewards must give Theta of shape \(d=18, N\)"):
+    with pytest.raises(ValueError, match=r"rewards have 5 features but the MDP has n_features=18"):
         agents.evaluate(agent, mdp, np.zeros((5, 6)))
 
 

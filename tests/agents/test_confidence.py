@@ -118,8 +118,9 @@ def test_contains_agrees_with_distance_and_radius(seed, shape, deficient):
     # The centre is always a member, at distance zero, whatever the radius.
     assert ellipsoid.contains(ellipsoid.theta_hat)
     assert ellipsoid.distance(ellipsoid.theta_hat) <= 1e-9 * (1 + np.linalg.norm(ellipsoid.theta_hat))
-    # Rounding: the distance goes through the pseudo-inverse of B M^{-1} B^T, whose relative
-    # error is about eps cond(B)^2 cond(M) (cond(B) on the nonzero singular values).
+    # Rounding: the reference goes through the pseudo-inverse of B M^{-1/2}, whose relative error
+    # is about eps cond(B)^2 cond(M) (cond(B) on the nonzero singular values); the set's own
+    # route (thin SVD of B, a rho x rho system) is no worse.
     singular = np.linalg.svd(ellipsoid.basis, compute_uv=False)
     condition = singular[0] / singular[singular > 1e-10 * singular[0]].min()
     rounding = 1e-9 + 100 * np.finfo(float).eps * condition**2 * np.linalg.cond(ellipsoid.matrix)
@@ -134,6 +135,122 @@ def test_contains_agrees_with_distance_and_radius(seed, shape, deficient):
         if abs(distance - ellipsoid.radius) > rounding * ellipsoid.radius:
             assert ellipsoid.contains(theta) == (distance <= ellipsoid.radius)
             assert ellipsoid.contains(theta, project=True) == (distance <= ellipsoid.radius)
+
+
+def dxd_distance(ellipsoid, theta):
+    """The feature-space formula ``sqrt(P u . (B M^{-1} B^T)^+ P u)`` with the ``d x d`` matrix
+    ``B M^{-1} B^T`` (``u = theta - theta_hat``, ``P`` the projector onto ``range(B)``)."""
+    u = theta - ellipsoid.theta_hat
+    image = ellipsoid.basis @ np.linalg.solve(ellipsoid.matrix, ellipsoid.basis.T)
+    projector = ellipsoid.basis @ np.linalg.pinv(ellipsoid.basis, rcond=1e-10)
+    projected = projector @ u
+    return float(np.sqrt(max(projected @ np.linalg.pinv(image, rcond=1e-10, hermitian=True) @ projected, 0.0)))
+
+
+def rounding_scale(ellipsoid):
+    """Relative rounding of both distance routes: about eps cond(B)^2 cond(M) (see above)."""
+    singular = np.linalg.svd(ellipsoid.basis, compute_uv=False)
+    condition = singular[0] / singular[singular > 1e-10 * singular[0]].min()
+    return 1e-9 + 100 * np.finfo(float).eps * condition**2 * np.linalg.cond(ellipsoid.matrix)
+
+
+@given(seed=st.integers(0, 2**32 - 1), shape=shapes, deficient=st.booleans())
+def test_distance_in_coordinates_equals_the_feature_space_formula(seed, shape, deficient):
+    """Injective (k <= d), onto (k > d) and rank-deficient bases; points on and off the span."""
+    rng = np.random.default_rng(seed)
+    d, k = shape
+    rank = max(1, min(d, k) - 1) if deficient else None
+    ellipsoid = random_ellipsoid(rng, d, k, rank=rank)
+    rounding = rounding_scale(ellipsoid)
+    for theta in (ellipsoid.theta_hat + rng.normal(size=d), ellipsoid.theta_hat + 5 * rng.normal(size=d)):
+        assert ellipsoid.distance(theta) == pytest.approx(dxd_distance(ellipsoid, theta), rel=rounding, abs=1e-9)
+        residual, in_range = ellipsoid._image_residual(theta)
+        projector = ellipsoid.basis @ np.linalg.pinv(ellipsoid.basis, rcond=1e-10)
+        np.testing.assert_allclose(in_range, projector @ residual, atol=1e-8 * (1 + np.linalg.norm(residual)))
+
+
+@given(seed=st.integers(0, 2**32 - 1), d=st.integers(1, 6), k=st.integers(1, 8), deficient=st.booleans())
+def test_batched_distances_and_dual_norms_equal_each_sets_own(seed, d, k, deficient):
+    """Sets sharing a basis (one estimator's users), one shared matrix (a pooled fit) and sets
+    with their own bases, in one call."""
+    rng = np.random.default_rng(seed)
+    rank = max(1, min(d, k) - 1) if deficient else None
+    first = random_ellipsoid(rng, d, k, rank=rank)
+    shared_matrix = [Ellipsoid(offset=rng.normal(size=d), basis=first.basis, center=rng.normal(size=k),
+                               matrix=first.matrix, radius=1.0, factor=first.factor) for _ in range(3)]
+    own_matrix = []
+    for _ in range(3):
+        other = random_ellipsoid(rng, d, k, rank=rank)
+        own_matrix.append(Ellipsoid(offset=other.offset, basis=first.basis, center=other.center,
+                                    matrix=other.matrix, radius=other.radius))
+    sets = [first, *shared_matrix, *own_matrix, random_ellipsoid(rng, d, k), random_ellipsoid(rng, d, k + 1)]
+    thetas = np.stack([item.theta_hat for item in sets]) + rng.normal(size=(len(sets), d))
+    distances, off_span = Ellipsoid.span_distances(sets, thetas)
+    vectors = rng.normal(size=(len(sets), d))
+    dual_norms = Ellipsoid.batch_dual_norm(sets, vectors)
+    lowers = Ellipsoid.batch_lower(sets, vectors)
+    for item, vector, lower in zip(sets, vectors, lowers):
+        assert lower == pytest.approx(item.lower(vector), rel=1e-9, abs=1e-9)
+    for item, theta, vector, distance, off, norm in zip(sets, thetas, vectors, distances, off_span, dual_norms):
+        rounding = rounding_scale(item)
+        assert distance == pytest.approx(dxd_distance(item, theta), rel=rounding, abs=1e-9)
+        residual, in_range = item._image_residual(theta)
+        np.testing.assert_allclose(off, residual - in_range, atol=1e-8 * (1 + np.linalg.norm(residual)))
+        assert norm == pytest.approx(float(item.dual_norm(vector)), rel=1e-9, abs=1e-12)
+
+
+def test_batched_operations_of_sets_with_many_coordinates():
+    """Above the stacking threshold (k > 64) the sets are handled one at a time: same answers."""
+    rng = np.random.default_rng(11)
+    d, k = 90, 70
+    basis = np.linalg.qr(rng.normal(size=(d, k)))[0]
+    sets = []
+    for _ in range(3):
+        root = rng.normal(size=(k, k)) / np.sqrt(k)
+        sets.append(Ellipsoid(offset=rng.normal(size=d), basis=basis, center=rng.normal(size=k),
+                              matrix=root @ root.T + np.eye(k), radius=2.0))
+    thetas = rng.normal(size=(3, d))
+    distances, _ = Ellipsoid.span_distances(sets, thetas)
+    np.testing.assert_allclose(distances, [dxd_distance(item, theta) for item, theta in zip(sets, thetas)], rtol=1e-8)
+    vectors = rng.normal(size=(3, d))
+    np.testing.assert_allclose(Ellipsoid.batch_dual_norm(sets, vectors),
+                               [item.dual_norm(vector) for item, vector in zip(sets, vectors)], rtol=1e-10)
+    # One matrix and factor shared by all sets (a pooled fit): one solve for all, same answers.
+    pooled = [Ellipsoid(offset=item.offset, basis=basis, center=item.center, matrix=sets[0].matrix, radius=2.0,
+                        factor=sets[0].factor) for item in sets]
+    np.testing.assert_allclose(Ellipsoid.batch_lower(pooled, vectors),
+                               [item.lower(vector) for item, vector in zip(pooled, vectors)], rtol=1e-10)
+    np.testing.assert_allclose(Ellipsoid.span_distances(pooled, thetas)[0],
+                               [dxd_distance(item, theta) for item, theta in zip(pooled, thetas)], rtol=1e-8)
+
+
+def test_set_operations_never_form_a_feature_space_square():
+    """d = 200,000 and k = 3: a d x d matrix would hold 320 GB; the set works in its 3 coordinates."""
+    rng = np.random.default_rng(12)
+    d = 200_000
+    basis = np.linalg.qr(rng.normal(size=(d, 3)))[0]
+    ellipsoid = Ellipsoid(offset=np.zeros(d), basis=basis, center=np.zeros(3), matrix=np.diag([1.0, 4.0, 9.0]),
+                          radius=1.0)
+    w = np.array([0.3, 0.2, 0.1])
+    theta = basis @ w + 1e-3 * rng.normal(size=d)  # mostly on the span, a little off it
+    # Orthonormal basis: the coordinates of the projection are B^T theta, at M-distance sqrt(w' M w).
+    coordinates = basis.T @ theta
+    assert ellipsoid.distance(theta) == pytest.approx(np.sqrt(coordinates @ ellipsoid.matrix @ coordinates), rel=1e-10)
+    assert ellipsoid.contains(theta, project=True) and not ellipsoid.contains(theta)
+    distances, off_span = Ellipsoid.span_distances([ellipsoid, ellipsoid], np.stack([theta, 2 * theta]))
+    np.testing.assert_allclose(distances, [ellipsoid.distance(theta), ellipsoid.distance(2 * theta)], rtol=1e-10)
+    np.testing.assert_allclose(off_span[0], theta - basis @ coordinates, atol=1e-12)
+
+
+def test_batched_operations_reject_bad_input():
+    rng = np.random.default_rng(13)
+    ellipsoid = random_ellipsoid(rng, 3, 2)
+    with pytest.raises(TypeError, match="sets"):
+        Ellipsoid.span_distances([ellipsoid, "not a set"], np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="thetas"):
+        Ellipsoid.span_distances([ellipsoid], np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="vectors"):
+        Ellipsoid.batch_dual_norm([ellipsoid], np.zeros((1, 4)))
 
 
 def test_points_off_the_span_need_projection():

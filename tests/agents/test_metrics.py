@@ -181,3 +181,78 @@ def test_estimation_report_collects_the_metrics():
     for name, value in accuracy.items():
         assert np.all(report[name] == value)
     assert report.attrs["unidentified_directions"] == 1
+
+
+def test_batched_membership_equals_each_sets_own_test():
+    """Ellipsoids of several estimators (shared basis, pooled shared matrix) and a set of another
+    kind in one call: each answer is that set's own ``contains(theta, project=True)``."""
+    from agents import ConfidenceSet, PooledMLE
+    from agents.metrics import set_membership
+
+    class Ball(ConfidenceSet):
+        """``{theta : ||theta - c|| <= r}``, a set that is not an ellipsoid."""
+
+        def __init__(self, centre, radius):
+            self.centre, self.radius = centre, radius
+
+        n_features = property(lambda self: self.centre.shape[0])
+        theta_hat = property(lambda self: self.centre)
+
+        def lower(self, vectors):
+            vectors = np.asarray(vectors, dtype=float)
+            return vectors @ self.centre - self.radius * np.linalg.norm(vectors, axis=-1)
+
+        def minimizer(self, vectors):
+            vectors = np.asarray(vectors, dtype=float)
+            return self.centre - self.radius * vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+        def contains(self, theta, *, atol=1e-9, project=False):
+            return bool(np.linalg.norm(theta - self.centre) <= self.radius)
+
+    mdp = make_mdp("one_hot", seed=17)
+    rewards = low_rank_rewards(mdp.n_features, 10, 2, mdp=mdp, scale=2.0, seed=18)
+    dataset = collect_preferences(mdp, rewards, 40, seed=19)
+    sets, thetas = [], []
+    for estimator in (IndependentMLE(ridge=1.0, delta=0.05), PooledMLE(ridge=1.0, delta=0.05),
+                      PShareLoRA(2, ridge=1.0, delta=0.05), OracleSubspaceMLE(rewards.subspace, ridge=1.0)):
+        estimator.fit(dataset, mdp)
+        sets += [estimator.confidence_set(user) for user in range(10)]
+        thetas += list(rewards.theta.T)
+    sets += [Ball(rewards.theta[:, 0], 1.0), Ball(rewards.theta[:, 0] + 2.0, 1.0)]
+    thetas += [rewards.theta[:, 0], rewards.theta[:, 0]]
+    expected = [item.contains(theta, project=True) for item, theta in zip(sets, thetas)]
+    assert 0 < sum(expected) < len(expected)  # both answers occur: the comparison can fail
+    np.testing.assert_array_equal(set_membership(sets, np.array(thetas)), expected)
+
+
+@pytest.mark.parametrize("name, pessimism", [("p-sharelora", "rectangular"), ("independent", "none"),
+                                              ("oracle-subspace", "rectangular")])
+def test_evaluate_diagnostics_equal_the_per_user_formulas(name, pessimism):
+    """evaluate's batched diagnostics against each user's set, one at a time, through the set
+    protocol and lr_mdp_env.theory (the pessimism lemma's terms)."""
+    import agents
+    from lr_mdp_env import expected_features, theory
+
+    mdp = make_mdp("dense", seed=20)
+    rewards = low_rank_rewards(mdp.n_features, 6, 2, mdp=mdp, scale=2.0, seed=21)
+    dataset = collect_preferences(mdp, rewards, 30, seed=22)
+    options = {"rank": 2} if name == "p-sharelora" else {"subspace": rewards.subspace} if name == "oracle-subspace" else {}
+    agent = agents.make(name, pessimism=pessimism, ridge=1.0, **options).fit(dataset, mdp)
+    report = agents.evaluate(agent, mdp, rewards)
+    policies = agent.policies()
+    optimal, _ = agents.planning.greedy(mdp, rewards.theta.T), None
+    features, optimal_features = expected_features(mdp, policies), expected_features(mdp, optimal)
+    reference = np.broadcast_to(agent.reference_features, features.shape)
+    for user in range(6):
+        region, theta = agent.confidence_set(user), rewards.theta[:, user]
+        coverage_term = region.dual_norm(optimal_features[user] - reference[user])
+        residual = theta - theory.affine_projection(theta, region.offset, region.basis)
+        misspecification = theory.misspecification_term(mdp, residual, reference[user])
+        row = report.iloc[user]
+        assert row["lower_bound"] == pytest.approx(region.lower(features[user] - reference[user]), rel=1e-8, abs=1e-10)
+        assert row["coverage_term"] == pytest.approx(coverage_term, rel=1e-8, abs=1e-12)
+        assert row["truth_in_set"] == region.contains(theta, project=True)
+        assert row["misspecification"] == pytest.approx(misspecification, rel=1e-8, abs=1e-10)
+        assert row["bound"] == pytest.approx(2 * region.radius * coverage_term + misspecification, rel=1e-8, abs=1e-10)
+    if name == "p-sharelora":  # a reduced set: the truth is not in its span, the term is not 0
+        assert report["misspecification"].max() > 1e-6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -14,7 +15,6 @@ import pytest
 import lr_mdp_experiments as experiments
 from lr_mdp_experiments import store as store_module
 from lr_mdp_experiments.cell import METRIC_COLUMNS, RECORD_COLUMNS, cell_seed
-from lr_mdp_experiments.sweep import ProgressBar
 
 
 def _deterministic(table: pd.DataFrame) -> pd.DataFrame:
@@ -166,22 +166,21 @@ def test_bad_engine_arguments_are_named(tmp_path, tiny_config_text, engine, work
     assert not (tmp_path / "cells").exists()
 
 
-def test_progress_bar_reports_cells_failures_and_time_left():
-    times = iter([0.0, 0.0, 10.0, 20.0])  # start, first render, two updates
-    lines = []
+def test_progress_bar_counts_cells_on_a_terminal_only(tmp_path, tiny_config_text, monkeypatch):
+    """The sweep's bar (lr_mdp_env._progress) on a stream that is a terminal; none on one that is not."""
+    from lr_mdp_env import _progress
 
-    class Stream:
-        def write(self, text):
-            lines.append(text)
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
 
-        def flush(self):
-            pass
-
-    bar = ProgressBar(4, Stream(), width=8, clock=lambda: next(times))
-    bar.update(failed=0)  # 1 cell in 10 s: 3 left take 30 s
-    assert lines[-1] == "\r[##------] 1/4 cells  0 failed  0.10 cells/s  30 s left"
-    bar.update(failed=1)
-    assert lines[-1] == "\r[####----] 2/4 cells  1 failed  0.10 cells/s  20 s left"
+    monkeypatch.setattr(_progress, "DELAY_SECONDS", 0.0)
+    config = experiments.parse_config(tiny_config_text())
+    terminal, plain = Terminal(), io.StringIO()
+    experiments.run_sweep(config, tmp_path / "a", engine="serial", progress=terminal)
+    experiments.run_sweep(config, tmp_path / "b", engine="serial", progress=plain)
+    assert "sweep" in terminal.getvalue() and "/12" in terminal.getvalue()
+    assert plain.getvalue() == ""
 
 
 def test_a_running_dask_scheduler_gives_the_same_table(tmp_path, tiny_config_text):
