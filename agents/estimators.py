@@ -46,6 +46,8 @@ from .tuning import DEFAULT_RIDGE_GRID, convergence_warnings_labelled, select_ri
 
 #: Values of the estimators' ``confidence`` option (:class:`RewardEstimator`).
 CONFIDENCE_SETS = ("wald", "likelihood", "finite", "theory")
+#: Memory that the sets kept by an estimator may take (bytes); beyond it sets are rebuilt on demand.
+SET_CACHE_BYTES = 512 * 2**20
 #: Ridge of the inference refit behind the ``"wald"``, ``"likelihood"`` and ``"finite"`` sets.
 DEFAULT_INFERENCE_RIDGE = 1e-4
 
@@ -391,12 +393,25 @@ class RewardEstimator:
         An :class:`~agents.confidence.Ellipsoid`
         ``{Theta_0[:, i] + B w : ||w - w_0||_M <= radius}`` for ``"wald"`` and ``"theory"``, a
         :class:`~agents.likelihood_set.LikelihoodRatioSet` for ``"likelihood"`` and
-        ``"finite"``. Built when first asked for, then kept.
+        ``"finite"``. Built when first asked for, then kept, unless every user's set together
+        would exceed ``SET_CACHE_BYTES`` (full-dimensional sets of many users at large ``d``: each
+        holds a ``k x k`` matrix and its factor); those are rebuilt on each call, so that no
+        ``k x k`` matrix is kept for all users at once.
         """
         user = check_int("user", user, minimum=0, maximum=self.theta_hat.shape[0] - 1)
-        if user not in self._sets:
-            self._sets[user] = self._build_set(user)
-        return self._sets[user]
+        if user in self._sets:
+            return self._sets[user]
+        confidence_set = self._build_set(user)
+        if self._sets_fit_in_cache():
+            self._sets[user] = confidence_set
+        return confidence_set
+
+    def _sets_fit_in_cache(self) -> bool:
+        """Whether all users' sets (two ``k x k`` arrays per coordinate problem) fit in
+        :data:`SET_CACHE_BYTES`."""
+        k = self._basis.shape[1]
+        n_problems = 1 if self._pooled else self.theta_hat.shape[0]
+        return 16 * k * k * n_problems <= SET_CACHE_BYTES
 
     def _build_set(self, user: int) -> ConfidenceSet:
         """User ``user``'s set: the set in the basis' span (reduced estimators may add to it)."""
@@ -421,9 +436,12 @@ class RewardEstimator:
         if k == 0:  # nothing identifiable: the set is the single point offset
             return Ellipsoid(offset=offset, basis=self._basis, center=np.zeros(0), matrix=np.zeros((0, 0)), radius=0.0)
         problem = self._problem(user)
-        if problem not in self._set_parts:
-            self._set_parts[problem] = self._set_parts_of(problem)
-        parts = self._set_parts[problem]
+        if problem in self._set_parts:
+            parts = self._set_parts[problem]
+        else:
+            parts = self._set_parts_of(problem)
+            if self._sets_fit_in_cache():
+                self._set_parts[problem] = parts
         if self.confidence in ("wald", "theory"):
             return Ellipsoid(offset=offset, basis=self._basis, **parts)
         return LikelihoodRatioSet(offset=offset, basis=self._basis, **parts)

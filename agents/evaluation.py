@@ -99,14 +99,37 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
         in_set = np.full(n_users, np.nan, dtype=object)
         if with_sets:
             bar.set_postfix_str("pessimism diagnostics", refresh=False)
-            sets = [agent.confidence_set(user) for user in range(n_users)]
-            in_set[:] = _diagnostics(mdp, sets, theta.T, features - reference, optimal_features - reference,
-                                     reference, diagnostics)
+            start = 0
+            while start < n_users:
+                # Users in blocks whose sets fit in SETS_BYTES: full-dimensional sets of many
+                # users at large d hold a k x k matrix each, too many to keep at once.
+                first = agent.confidence_set(start)
+                block = max(1, SETS_BYTES // _set_bytes(first))
+                users = np.arange(start, min(n_users, start + block))
+                sets = [first] + [agent.confidence_set(user) for user in users[1:]]
+                block_diagnostics = {name: values[users] for name, values in diagnostics.items()}
+                in_set[users] = _diagnostics(mdp, sets, theta.T[users], features[users] - reference[users],
+                                             optimal_features[users] - reference[users], reference[users],
+                                             block_diagnostics)
+                for name, values in block_diagnostics.items():
+                    diagnostics[name][users] = values
+                start = users[-1] + 1
             bar.update()
     for name in ("lower_bound", "coverage_term", "misspecification", "bound"):
         report[name] = diagnostics[name]
     report.insert(report.columns.get_loc("coverage_term"), "truth_in_set", in_set)
     return report
+
+
+#: Memory the confidence sets of one block of users may take in :func:`evaluate` (bytes).
+SETS_BYTES = 256 * 2**20
+
+
+def _set_bytes(confidence_set: Any) -> int:
+    """The memory of a set's arrays (at least 1): what a block of such sets costs."""
+    arrays = [value for value in vars(confidence_set).values() if isinstance(value, np.ndarray)] \
+        if hasattr(confidence_set, "__dict__") else []
+    return max(1, sum(array.nbytes for array in arrays))
 
 
 def _diagnostics(mdp: TabularMDP, sets: list, thetas: np.ndarray, gaps: np.ndarray, optimal_gaps: np.ndarray,

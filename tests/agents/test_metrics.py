@@ -256,3 +256,24 @@ def test_evaluate_diagnostics_equal_the_per_user_formulas(name, pessimism):
         assert row["bound"] == pytest.approx(2 * region.radius * coverage_term + misspecification, rel=1e-8, abs=1e-10)
     if name == "p-sharelora":  # a reduced set: the truth is not in its span, the term is not 0
         assert report["misspecification"].max() > 1e-6
+
+
+def test_evaluate_in_blocks_of_users_equals_one_block(monkeypatch):
+    """With a memory budget for one set at a time (full-dimensional sets at large d), evaluate
+    goes through the users in blocks and the estimator keeps no sets: the report is unchanged."""
+    import pandas as pd
+
+    import agents
+    import agents.estimators
+    import agents.evaluation
+    mdp = random_mdp(5, 3, 4, seed=3)
+    rewards = low_rank_rewards(mdp.n_features, 6, 2, seed=4, mdp=mdp)
+    dataset = collect_preferences(mdp, rewards, 30, seed=5)
+    agent = agents.make("independent", ridge=1.0, pessimism="rectangular").fit(dataset, mdp)
+    whole = agents.evaluate(agent, mdp, rewards, progress=False)
+    monkeypatch.setattr(agents.evaluation, "SETS_BYTES", 1)
+    monkeypatch.setattr(agents.estimators, "SET_CACHE_BYTES", 0)
+    fresh = agents.make("independent", ridge=1.0, pessimism="rectangular").fit(dataset, mdp)
+    assert fresh.estimator.confidence_set(0) is not fresh.estimator.confidence_set(0)  # not kept
+    blocks = agents.evaluate(fresh, mdp, rewards, progress=False)
+    pd.testing.assert_frame_equal(whole, blocks, check_exact=False, rtol=1e-10, atol=1e-12)
