@@ -269,8 +269,9 @@ class LoCoPRS(_ContextualEstimator):
     subspace_error : {"bootstrap", "ignore"}, default "bootstrap"
         ``"ignore"``: the ellipsoid alone at level ``1 - delta``, which covers only the truth's
         projection onto the RTV coordinates.
-    n_bootstrap : int, default 19
-        Refits of the bootstrap (at least ``ceil(2 / delta) - 1`` for a finite ``epsilon``).
+    n_bootstrap : int, optional
+        Refits of the bootstrap. Default ``max(19, ceil(2 / delta) - 1)``: at least
+        ``ceil(2 / delta) - 1`` are needed for a finite ``epsilon`` at level ``1 - delta / 2``.
     **kwargs
         As :class:`agents.estimators.RewardEstimator`.
 
@@ -281,11 +282,12 @@ class LoCoPRS(_ContextualEstimator):
     """
 
     def __init__(self, rank: int, *, balance: float = 1.0, subspaces: Any = None, subspace_error: str = "bootstrap",
-                 n_bootstrap: int = 19, **kwargs: Any) -> None:
+                 n_bootstrap: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rank = check_int("rank", rank, minimum=1)
         self.subspace_error = check_subspace_error(subspace_error)
-        self.n_bootstrap = check_int("n_bootstrap", n_bootstrap, minimum=1)
+        self.n_bootstrap = max(19, math.ceil(2 / self.delta) - 1) if n_bootstrap is None else \
+            check_int("n_bootstrap", n_bootstrap, minimum=1)
         self.balance = float(balance)
         self.subspaces = None
         if subspaces is not None:

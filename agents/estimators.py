@@ -721,9 +721,9 @@ class PShareLoRA(RewardEstimator):
     subspace_error : {"bootstrap", "ignore"}, default "bootstrap"
         ``"ignore"``: the set is ``C_i`` at level ``1 - delta``, which covers only the projection of
         the truth onto ``U_hat``'s span (the truth itself almost never).
-    n_bootstrap : int, default 19
-        Refits of the bootstrap; at least ``ceil(2 / delta) - 1`` (19 for ``delta = 0.1``) for a
-        finite ``epsilon``.
+    n_bootstrap : int, optional
+        Refits of the bootstrap. Default ``max(19, ceil(2 / delta) - 1)``: at least
+        ``ceil(2 / delta) - 1`` are needed for a finite ``epsilon`` at level ``1 - delta / 2``.
     **kwargs
         As :class:`RewardEstimator`.
 
@@ -734,11 +734,12 @@ class PShareLoRA(RewardEstimator):
     Low-Rank Adaptation of Large Language Models*, ICLR 2022.
     """
 
-    def __init__(self, rank: int, *, subspace_error: str = "bootstrap", n_bootstrap: int = 19, **kwargs: Any) -> None:
+    def __init__(self, rank: int, *, subspace_error: str = "bootstrap", n_bootstrap: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rank = check_int("rank", rank, minimum=1)
         self.subspace_error = check_subspace_error(subspace_error)
-        self.n_bootstrap = check_int("n_bootstrap", n_bootstrap, minimum=1)
+        self.n_bootstrap = max(19, math.ceil(2 / self.delta) - 1) if n_bootstrap is None else \
+            check_int("n_bootstrap", n_bootstrap, minimum=1)
 
     def _prepare(self, data: ComparisonData, mdp: TabularMDP) -> None:
         if self.rank > min(data.n_features, data.n_users):

@@ -60,9 +60,9 @@ def make(name: str, **kwargs: Any) -> Any:
     Built-in names (each a :class:`PessimisticAgent` around an estimator) and their required
     arguments: ``pooled``, ``independent``, ``p-sharelora`` (``rank=``; also
     ``subspace_error="bootstrap"``, or ``"ignore"`` for a set that covers only the truth's
-    projection onto the estimated subspace, and ``n_bootstrap=19``), ``loco-prs`` (``rank=``;
-    also ``balance=1.0``, ``subspaces=None``, ``subspace_error="bootstrap"``,
-    ``n_bootstrap=19``), ``oracle-subspace`` (``subspace=``,
+    projection onto the estimated subspace, and ``n_bootstrap=None`` (``max(19, ceil(2 / delta) - 1)`` refits)),
+    ``loco-prs`` (``rank=``; also ``balance=1.0``, ``subspaces=None``, ``subspace_error="bootstrap"``,
+    ``n_bootstrap=None`` (``max(19, ceil(2 / delta) - 1)`` refits)), ``oracle-subspace`` (``subspace=``,
     the true ``U*``), ``full-rank``. Every built-in name takes, with these defaults:
 
     - the planner's ``pessimism="exact"`` (or ``"rectangular"``, ``"none"``: greedy),

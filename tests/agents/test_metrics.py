@@ -226,7 +226,7 @@ def test_batched_membership_equals_each_sets_own_test():
 
 
 @pytest.mark.parametrize("name, pessimism", [("p-sharelora", "rectangular"), ("independent", "none"),
-                                              ("oracle-subspace", "rectangular")])
+                                              ("oracle-subspace", "rectangular"), ("p-sharelora-default", "none")])
 def test_evaluate_diagnostics_equal_the_per_user_formulas(name, pessimism):
     """evaluate's batched diagnostics against each user's set, one at a time, through the set
     protocol and lr_mdp_env.theory (the pessimism lemma's terms)."""
@@ -236,8 +236,10 @@ def test_evaluate_diagnostics_equal_the_per_user_formulas(name, pessimism):
     mdp = make_mdp("dense", seed=20)
     rewards = low_rank_rewards(mdp.n_features, 6, 2, mdp=mdp, scale=2.0, seed=21)
     dataset = collect_preferences(mdp, rewards, 30, seed=22)
-    options = {"rank": 2} if name == "p-sharelora" else {"subspace": rewards.subspace} if name == "oracle-subspace" else {}
-    agent = agents.make(name, pessimism=pessimism, ridge=1.0, **options).fit(dataset, mdp)
+    options = {"rank": 2, "subspace_error": "ignore"} if name == "p-sharelora" else \
+        {"rank": 2} if name == "p-sharelora-default" else \
+        {"subspace": rewards.subspace} if name == "oracle-subspace" else {}
+    agent = agents.make(name.removesuffix("-default"), pessimism=pessimism, ridge=1.0, **options).fit(dataset, mdp)
     report = agents.evaluate(agent, mdp, rewards)
     policies = agent.policies()
     optimal, _ = agents.planning.greedy(mdp, rewards.theta.T), None
@@ -245,6 +247,14 @@ def test_evaluate_diagnostics_equal_the_per_user_formulas(name, pessimism):
     reference = np.broadcast_to(agent.reference_features, features.shape)
     for user in range(6):
         region, theta = agent.confidence_set(user), rewards.theta[:, user]
+        if name == "p-sharelora-default":  # a set with the subspace error: the lemma's general form
+            row = report.iloc[user]
+            assert row["lower_bound"] == pytest.approx(region.lower(features[user] - reference[user]), rel=1e-8,
+                                                       abs=1e-10)
+            assert np.isnan(row["coverage_term"]) and row["misspecification"] == 0.0
+            assert row["bound"] == pytest.approx(region.width(optimal_features[user] - reference[user]), rel=1e-8)
+            assert row["truth_in_set"] == region.contains(theta)
+            continue
         coverage_term = region.dual_norm(optimal_features[user] - reference[user])
         residual = theta - theory.affine_projection(theta, region.offset, region.basis)
         misspecification = theory.misspecification_term(mdp, residual, reference[user])

@@ -395,3 +395,12 @@ def test_loco_sets_cover_the_full_truth(pairs):
           f"({covered / total:.3f}, nominal {1 - DELTA}) median_epsilon_over_dropped={ratio:.2f}")
     assert clopper_pearson_upper(covered, total) >= 1 - DELTA
     assert ratio < 10
+
+
+@pytest.mark.parametrize("delta, expected", [(0.1, 19), (0.05, 39), (0.3, 19)])
+def test_default_number_of_refits_gives_a_finite_bound_at_every_delta(delta, expected):
+    """The order statistic ceil((1 - delta/2)(B + 1)) exists only for B >= ceil(2/delta) - 1."""
+    from agents import LoCoPRS, PShareLoRA
+    assert PShareLoRA(2, delta=delta).n_bootstrap == expected
+    assert LoCoPRS(2, delta=delta).n_bootstrap == expected
+    assert PShareLoRA(2, delta=delta, n_bootstrap=5).n_bootstrap == 5
