@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import scipy.optimize
 
-from lr_mdp_env._validation import as_real_array, check_int, check_real, frozen
+from lr_mdp_env._validation import as_real_array, check_real, frozen
 from lr_mdp_env.theory import likelihood_mixture_threshold
 
 from .confidence import ConfidenceSet, _as_value
-from .logistic import bernoulli_losses, bernoulli_losses_and_probabilities, fit_logistic
+from .logistic import bernoulli_losses, bernoulli_losses_and_probabilities, check_groups, fit_logistic
 
 __all__ = ["DEFAULT_PRIOR_PRECISIONS", "LikelihoodRatioSet", "finite_sample_likelihood_threshold"]
 
@@ -671,18 +671,7 @@ def finite_sample_likelihood_threshold(
     if precisions.size == 0 or np.any(precisions <= 0):
         raise ValueError("prior_precisions must be a non-empty sequence of positive numbers")
     batched = groups is not None
-    if groups is None:
-        groups = np.zeros(n, dtype=np.int64)
-    groups = np.asarray(groups)
-    if groups.shape != (n,) or (n and groups.dtype.kind not in "iu"):
-        raise TypeError(f"groups must be an integer array of shape ({n},), got {groups.dtype} {groups.shape}")
-    if n and groups.min() < 0:
-        raise ValueError("groups must be non-negative")
-    if n_problems is None:
-        n_problems = int(groups.max()) + 1 if n else 1
-    n_problems = check_int("n_problems", n_problems, minimum=1)
-    if n and groups.max() >= n_problems:
-        raise ValueError(f"groups has problem {groups.max()} but n_problems={n_problems}")
+    groups, n_problems = check_groups(groups, n_problems, n)
     n_priors = precisions.size
     # One ridge problem per (user, prior): the data repeated once per prior.
     expanded = (groups[None, :] * n_priors + np.arange(n_priors)[:, None]).ravel()

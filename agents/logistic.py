@@ -235,6 +235,35 @@ class _SparseProblems(_PaddedProblems):
         raise NotImplementedError("sparse layouts are built for one design")
 
 
+
+def check_groups(groups: Any, n_problems: int | None, n_pairs: int) -> tuple[np.ndarray, int]:
+    """Validate the problem index of each pair: ``groups`` (default: all pairs in problem 0) as an
+    ``int64`` array of shape ``(n_pairs,)`` with values below ``n_problems`` (default: the largest
+    plus one).
+
+    Raises
+    ------
+    TypeError
+        If ``groups`` is not an integer array of that shape.
+    ValueError
+        If a group is negative or not below ``n_problems``.
+    """
+    n = n_pairs
+    if groups is None:
+        groups = np.zeros(n, dtype=np.int64)
+    groups = np.asarray(groups)
+    if groups.shape != (n,) or (n and groups.dtype.kind not in "iu"):
+        raise TypeError(f"groups must be an integer array of shape ({n},), got {groups.dtype} {groups.shape}")
+    groups = groups.astype(np.int64, copy=False)
+    if n and groups.min() < 0:
+        raise ValueError("groups must be non-negative")
+    if n_problems is None:
+        n_problems = int(groups.max()) + 1 if n else 1
+    n_problems = check_int("n_problems", n_problems, minimum=1)
+    if n and groups.max() >= n_problems:
+        raise ValueError(f"groups has problem {groups.max()} but n_problems={n_problems}")
+    return groups, n_problems
+
 def fit_logistic(
     features: Any,
     labels: Any,
@@ -308,19 +337,7 @@ def fit_logistic(
         raise ValueError(f"labels must have shape ({n},) to match features, got {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 1):
         raise ValueError("labels must lie in [0, 1]")
-    if groups is None:
-        groups = np.zeros(n, dtype=np.int64)
-    groups = np.asarray(groups)
-    if groups.shape != (n,) or (n and groups.dtype.kind not in "iu"):
-        raise TypeError(f"groups must be an integer array of shape ({n},), got {groups.dtype} {groups.shape}")
-    groups = groups.astype(np.int64, copy=False)
-    if n and groups.min() < 0:
-        raise ValueError("groups must be non-negative")
-    if n_problems is None:
-        n_problems = int(groups.max()) + 1 if n else 1
-    n_problems = check_int("n_problems", n_problems, minimum=1)
-    if n and groups.max() >= n_problems:
-        raise ValueError(f"groups has problem {groups.max()} but n_problems={n_problems}")
+    groups, n_problems = check_groups(groups, n_problems, n)
     offsets = np.zeros(n) if offsets is None else as_real_array("offsets", offsets, (1,))
     if offsets.shape != (n,):
         raise ValueError(f"offsets must have shape ({n},), got {offsets.shape}")
