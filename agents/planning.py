@@ -938,13 +938,13 @@ def _cutting_plane(run: _Run, users: np.ndarray, max_iterations: int) -> None:
     starts = run.policy[users]
     for row, user in enumerate(users):
         item, d_ref = run.items[user], run.d_ref[user]
-        cuts = [item.theta_hat, item.minimizer(expected_features(mdp, starts[row]) - d_ref)]
+        thetas = np.stack([item.theta_hat, item.minimizer(expected_features(mdp, starts[row]) - d_ref)])
+        # Each cut's row of the master (-theta_j . phi over q, then tau), formed once when it is added.
+        inequality = np.hstack([-_reward_tables(mdp, thetas).reshape(len(thetas), n_occupancy),
+                                np.ones((len(thetas), 1))])
         for iteration in range(max_iterations):
             if run.done(np.array([user]))[0] or run.out_of_time():
                 break
-            thetas = np.stack(cuts)
-            rewards = _reward_tables(mdp, thetas).reshape(len(cuts), n_occupancy)
-            inequality = np.hstack([-rewards, np.ones((len(cuts), 1))])
             result = scipy.optimize.linprog(objective, A_ub=inequality, b_ub=-(thetas @ d_ref), A_eq=equality,
                                             b_eq=right, bounds=bounds, method="highs")
             run.iterations[user] = iteration + 1
@@ -957,5 +957,7 @@ def _cutting_plane(run: _Run, users: np.ndarray, max_iterations: int) -> None:
             policy = _policy_of(q)
             g = expected_features(mdp, policy) - d_ref
             run.record_policies(np.array([user]), policy[None], np.array([float(item.lower(g))]))
-            cuts.append(item.minimizer(g))
+            cut = item.minimizer(g)
+            thetas = np.vstack([thetas, cut])
+            inequality = np.vstack([inequality, np.append(-_reward_tables(mdp, cut[None]).ravel(), 1.0)])
     run.label(users, "cutting-plane")
