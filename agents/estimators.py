@@ -21,6 +21,7 @@ what comparisons never see, e.g. the all-ones direction of one-hot features (doc
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,8 @@ from .exceptions import not_fitted
 from .factorized import FactoredFit, fit_factored
 from .likelihood_set import LikelihoodRatioSet, finite_sample_likelihood_threshold
 from .logistic import LogisticFit, bernoulli_losses, fit_logistic
-from .subspace_error import (SubspaceErrorSet, check_subspace_error, coordinate_bound, epsilon_from_sine,
-                             sharelora_sine_bound, subspace_error_seed)
+from .subspace_error import (MAX_IDENTIFIED_SINE, SubspaceErrorSet, SubspaceNotIdentifiedWarning, check_subspace_error,
+                             coordinate_bound, epsilon_from_sine, pair_span, sharelora_sine_bound, subspace_error_seed)
 from .tuning import DEFAULT_RIDGE_GRID, convergence_warnings_labelled, select_ridge
 
 #: Values of the estimators' ``confidence`` option (:class:`RewardEstimator`).
@@ -713,6 +714,21 @@ class PShareLoRA(RewardEstimator):
        ``1 - delta / 2``: the truth itself, not only its projection, is in the set with
        probability at least ``1 - delta`` when both hold (union bound). Computed when a set is
        first asked for.
+    6. Identification check: when the bootstrap bound reaches ``max_sine``, ``U_hat`` is not
+       identified by the data (the true angle was 0.93-1.0 in such worlds, and the likelihood
+       fit in ``U_hat``'s span no longer targets the projection of the truth, so ``C_i`` misses
+       it). Every user's set is then the full-dimensional Wald set of the independent fit with
+       the inference ridge ``lambda_0``, at level ``1 - delta / 2``: in an orthonormal basis
+       ``S_i`` of the span of the user's pairs it is the ellipsoid
+       ``{||a - a_0||_{M_S} <= rho}`` (``M_S = S_i^T F_i S_i + lambda_0 I``, ``F_i`` the Fisher
+       matrix, ``rho = sqrt(chi2_k(1 - delta / 2))`` with ``k`` the identifiable dimension),
+       plus the ball ``||e|| <= rho / sqrt(lambda_0)`` orthogonal to ``S_i`` (where
+       ``M = lambda_0 I`` and the centre is 0): a :class:`~agents.subspace_error.SubspaceErrorSet`
+       containing that ellipsoid. It does not use ``U_hat``; where the user's pairs do not reach,
+       it is as wide as the inference ridge allows, which is the honest answer when neither the
+       user's data nor the shared subspace inform a direction. ``subspace_identified_`` says which
+       case holds, and a :class:`~agents.subspace_error.SubspaceNotIdentifiedWarning` is issued.
+       The bootstrap stops at the first replicate that decides it (one refit with the defaults).
 
     Parameters
     ----------
@@ -724,29 +740,48 @@ class PShareLoRA(RewardEstimator):
     n_bootstrap : int, optional
         Refits of the bootstrap. Default ``max(19, ceil(2 / delta) - 1)``: at least
         ``ceil(2 / delta) - 1`` are needed for a finite ``epsilon`` at level ``1 - delta / 2``.
+    max_sine : float in (0, 1], default 0.5
+        Bootstrap bound on the sine at and above which the subspace counts as not identified
+        (step 6; :data:`~agents.subspace_error.MAX_IDENTIFIED_SINE`). ``1``: fall back only when
+        the bound reaches 1.
     **kwargs
         As :class:`RewardEstimator`.
+
+    Attributes (after the first set)
+    --------------------------------
+    sine_bound_ : float
+        The bootstrap bound on the sine (a lower bound on it, ``>= max_sine``, when the bootstrap
+        stopped early).
+    subspace_identified_ : bool
+        ``sine_bound_ < max_sine``: the sets use ``U_hat`` (steps 4-5) or fall back (step 6).
 
     References
     ----------
     Liu, Wang, Li, Shen and Yang, *A Shared Low-Rank Adaptation Approach to Personalized RLHF*,
     arXiv:2503.19201, 2025. Hu et al., *LoRA:
-    Low-Rank Adaptation of Large Language Models*, ICLR 2022.
+    Low-Rank Adaptation of Large Language Models*, ICLR 2022. Wedin, *Perturbation bounds in
+    connection with singular value decomposition*, BIT 1972 (the angle of an estimated subspace
+    is small only when the signal's smallest singular value dominates the error). Davison and
+    Hinkley, *Bootstrap Methods and their Application*, Cambridge 1997, section 4.2 (the order
+    statistic). Wald and the inference ridge: :class:`RewardEstimator`.
     """
 
-    def __init__(self, rank: int, *, subspace_error: str = "bootstrap", n_bootstrap: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, rank: int, *, subspace_error: str = "bootstrap", n_bootstrap: int | None = None,
+                 max_sine: float = MAX_IDENTIFIED_SINE, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rank = check_int("rank", rank, minimum=1)
         self.subspace_error = check_subspace_error(subspace_error)
         self.n_bootstrap = max(19, math.ceil(2 / self.delta) - 1) if n_bootstrap is None else \
             check_int("n_bootstrap", n_bootstrap, minimum=1)
+        self.max_sine = check_real("max_sine", max_sine, 0.0, 1.0, strict_minimum=True)
 
     def _prepare(self, data: ComparisonData, mdp: TabularMDP) -> None:
         if self.rank > min(data.n_features, data.n_users):
             raise ValueError(f"rank={self.rank} exceeds min(d, N) = {min(data.n_features, data.n_users)}")
 
     def _fit(self, data: ComparisonData, ridge: float) -> None:
-        self.__dict__.pop("sine_bound_", None)  # calibrated again for the new fit
+        for name in ("sine_bound_", "subspace_identified_", "_fallback"):  # calibrated again for the new fit
+            self.__dict__.pop(name, None)
         # Every fit starts from the spectral start of its own data (no warm start along the ridge
         # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
         factored = fit_factored(
@@ -773,16 +808,85 @@ class PShareLoRA(RewardEstimator):
         return self.delta if self.subspace_error == "ignore" else self.delta / 2
 
     def _build_set(self, user: int) -> ConfidenceSet:
-        inner = self._reduced_set(user)
         if self.subspace_error == "ignore":
-            return inner
-        if "sine_bound_" not in self.__dict__:
-            self.sine_bound_ = sharelora_sine_bound(self, n_bootstrap=self.n_bootstrap, level=1 - self.delta / 2,
-                                                    seed=subspace_error_seed(self.seed))
+            return self._reduced_set(user)
+        self._calibrate_subspace_error()
+        if not self.subspace_identified_:
+            return self._fallback_set(user)
+        inner = self._reduced_set(user)
         offset = self._base[:, user]
         epsilon = epsilon_from_sine(self.sine_bound_, coordinate_bound(inner, offset, self.subspace))
-        if not np.isfinite(epsilon):
-            raise ValueError(f"the bootstrap bound on the subspace angle is {self.sine_bound_:.3g}: U_hat is not "
-                             f"identified at level delta/2 = {self.delta / 2:g} (raise n_bootstrap to at least "
-                             f"{math.ceil(2 / self.delta) - 1}, or collect more pairs)")
         return SubspaceErrorSet(inner, np.hstack([self.subspace, self._hidden]), epsilon)
+
+    def _calibrate_subspace_error(self) -> None:
+        """``sine_bound_`` and ``subspace_identified_`` (class docstring, steps 5-6), once per fit."""
+        if "sine_bound_" in self.__dict__:
+            return
+        bound = sharelora_sine_bound(self, n_bootstrap=self.n_bootstrap, level=1 - self.delta / 2,
+                                     seed=subspace_error_seed(self.seed), stop_at=self.max_sine)
+        if not np.isfinite(bound):
+            raise ValueError(f"n_bootstrap={self.n_bootstrap} refits give no bound on the subspace angle at level "
+                             f"1 - delta/2 = {1 - self.delta / 2:g} (raise n_bootstrap to at least "
+                             f"{math.ceil(2 / self.delta) - 1})")
+        self.sine_bound_ = float(bound)
+        self.subspace_identified_ = bool(bound < self.max_sine)
+        if not self.subspace_identified_:
+            warnings.warn(
+                f"the bootstrap bound on the sine of the subspace angle is at least {bound:.3g} >= max_sine = "
+                f"{self.max_sine:g}: U_hat is not identified by the data, and every user's set is the "
+                "full-dimensional Wald set of the independent fit (wide wherever the user's own pairs do not reach)",
+                SubspaceNotIdentifiedWarning, stacklevel=4)
+
+    def _sets_fit_in_cache(self) -> bool:
+        if self.__dict__.get("subspace_identified_", True):
+            return super()._sets_fit_in_cache()
+        width = self._fallback_parts()[1]  # the fallback sets hold a (d, m) basis and two (m, m) matrices
+        d, m = self._data.n_features, int(np.max(width, initial=0))
+        return 8 * (d * m + 2 * m * m) * self.theta_hat.shape[0] <= SET_CACHE_BYTES
+
+    # -- the fallback when U_hat is not identified (class docstring, step 6) ---------------------------
+
+    def _user_pairs(self) -> list[np.ndarray]:
+        """The rows of each user's pairs."""
+        users = self._data.users
+        order = np.argsort(users, kind="stable")
+        return np.split(order, np.cumsum(np.bincount(users, minlength=self._data.n_users))[:-1])
+
+    def _fallback_parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The independent fit with the inference ridge, every user in the orthonormal basis of the
+        span of their own pairs (:func:`~agents.subspace_error.pair_span`), batched in one
+        :func:`agents.logistic.fit_logistic` solve (the coordinates padded with zeros to the
+        widest basis; the ridge keeps the padding at zero): centres ``(N, m_max)`` and widths
+        ``(N,)``. The bases themselves are formed again per set (``d x m`` each)."""
+        if "_fallback" not in self.__dict__:
+            data, rows = self._data, self._user_pairs()
+            coordinates = [np.asarray(data.differences[index] @ pair_span(data.differences[index]))
+                           for index in rows]
+            width = np.array([block.shape[1] for block in coordinates], dtype=np.int64)
+            padded = np.zeros((data.n_pairs, int(np.max(width, initial=0))))
+            for index, block in zip(rows, coordinates):
+                padded[index, : block.shape[1]] = block
+            with convergence_warnings_labelled(f"full-dimensional fallback refit with ridge {self.inference_ridge_:g}"):
+                fit = fit_logistic(padded, data.labels, groups=data.users, n_problems=data.n_users,
+                                   offsets=data.offsets, beta=self.beta, ridge=self.inference_ridge_,
+                                   tol=self.tol, fisher=False)
+            self._record("fallback", fit)
+            self._fallback = (fit.theta, width)
+        return self._fallback
+
+    def _fallback_set(self, user: int) -> SubspaceErrorSet:
+        """The full-dimensional Wald set of user ``user``'s independent fit (class docstring, step 6)."""
+        centres, width = self._fallback_parts()
+        data, offset = self._data, self._base[:, user]
+        rows = np.flatnonzero(data.users == user)
+        basis = pair_span(data.differences[rows])
+        k = self._identifiable.shape[1]
+        radius = float(self._wald_radius(k)) if k else 0.0
+        if basis.shape[1] == 0:
+            inner = Ellipsoid(offset=offset, basis=basis, center=np.zeros(0), matrix=np.zeros((0, 0)), radius=0.0)
+        else:
+            center = centres[user, : width[user]]
+            features = np.asarray(data.differences[rows] @ basis)
+            matrix = _fisher_matrix(features, data.offsets[rows], center, self.beta, self.inference_ridge_)
+            inner = Ellipsoid(offset=offset, basis=basis, center=center, matrix=matrix, radius=radius)
+        return SubspaceErrorSet(inner, np.hstack([basis, self._hidden]), radius / math.sqrt(self.inference_ridge_))

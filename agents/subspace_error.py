@@ -35,7 +35,9 @@ from .confidence import ComplementSeminorm, ConfidenceSet, LinearSeminorm, Semin
 from .factorized import FactoredFit, fit_factored
 
 __all__ = [
+    "MAX_IDENTIFIED_SINE",
     "SUBSPACE_ERRORS",
+    "SubspaceNotIdentifiedWarning",
     "SubspaceErrorSet",
     "bootstrap_refits",
     "check_subspace_error",
@@ -44,6 +46,7 @@ __all__ = [
     "epsilon_from_sine",
     "loco_dropped_block_bound",
     "order_statistic",
+    "pair_span",
     "sharelora_sine_bound",
     "sine",
     "subspace_error_seed",
@@ -51,6 +54,17 @@ __all__ = [
 
 #: Values of the reduced estimators' ``subspace_error`` option.
 SUBSPACE_ERRORS = ("bootstrap", "ignore")
+#: Default ``max_sine`` of :class:`~agents.PShareLoRA`: beyond this bootstrap bound on the sine of
+#: the largest principal angle, ``U_hat`` is treated as not identified and the user's set falls
+#: back to the full-dimensional one (docs/confidence_sets.md, "The subspace error"). Below it
+#: ``tan(a) <= 0.58``: the in-span fit is close to the projection of the truth, which the set in
+#: ``U_hat``'s span is built for.
+MAX_IDENTIFIED_SINE = 0.5
+
+
+class SubspaceNotIdentifiedWarning(UserWarning):
+    """The bootstrap bound on the subspace angle reached ``max_sine``: the estimated subspace is not
+    identified by the data, and the sets fall back to ones that do not use it."""
 
 # Relative tolerance of the bootstrap refits: each starts from the fit of the real data, where the
 # gradient under the resampled labels is the resampling noise itself; a thousandfold reduction of it
@@ -390,6 +404,27 @@ def order_statistic(samples: Any, level: float) -> np.ndarray | float:
     return _as_value(np.sort(samples, axis=0)[rank - 1])
 
 
+def pair_span(differences: Any) -> np.ndarray:
+    """Orthonormal basis ``(d, m')`` of the span of the rows ``z_j`` of ``differences`` (``(m, d)``,
+    dense or sparse): the Gram matrix ``Z Z^T`` (cheap for sparse one-hot differences) gives the
+    rank and ``Z^T V Lambda^{-1/2}``, made orthonormal to rounding by a QR factorisation. Directions
+    whose Gram eigenvalue is below ``1e-10`` of the largest carry no information at working
+    precision and are left out. Every column lies in the row span, hence orthogonal to any
+    direction all the ``z_j`` are orthogonal to (the unidentified ones)."""
+    dense_rows = not hasattr(differences, "tocsr")
+    gram = differences @ differences.T
+    gram = np.asarray(gram if dense_rows else gram.toarray(), dtype=float)
+    d = differences.shape[1]
+    if gram.size == 0:
+        return np.zeros((d, 0))
+    values, vectors = np.linalg.eigh(0.5 * (gram + gram.T))
+    kept = values > 1e-10 * max(float(values[-1]), 1e-300)
+    if not np.any(kept):
+        return np.zeros((d, 0))
+    basis = np.asarray(differences.T @ (vectors[:, kept] / np.sqrt(values[kept])), dtype=float)
+    return np.linalg.qr(basis)[0]
+
+
 def sine(subspace: np.ndarray, estimate: np.ndarray) -> float:
     """``||(I - Q Q^T) U||_2`` with ``Q`` an orthonormal basis of ``range(estimate)``: the sine of
     the largest principal angle between the orthonormal columns ``U = subspace`` and ``estimate``."""
@@ -402,7 +437,7 @@ def bootstrap_refits(contexts: Any, features: Any, rank: int, *, world: tuple[np
                      start: tuple[np.ndarray, np.ndarray], statistic: Callable[[FactoredFit], Any],
                      offsets: np.ndarray | None = None, beta: float = 1.0, ridge: float = 1.0,
                      balance: float = 0.0, hidden: np.ndarray | None = None, n_bootstrap: int = 19,
-                     seed: Any = None) -> np.ndarray:
+                     seed: Any = None, stop: Callable[[np.ndarray], bool] | None = None) -> np.ndarray:
     """Parametric bootstrap of the joint rank-``r`` fit: relabel every pair from the fitted world,
     refit, and evaluate ``statistic`` on each refit.
 
@@ -428,11 +463,14 @@ def bootstrap_refits(contexts: Any, features: Any, rank: int, *, world: tuple[np
     n_bootstrap : int, default 19
     seed : int, Generator or SeedSequence, optional
         Every label is drawn from one generator derived from it.
+    stop : callable, optional
+        ``statistics so far (b, ...) -> bool``, asked after each replicate: ``True`` ends the
+        bootstrap there (when the answer is already decided, e.g. :func:`sharelora_sine_bound`).
 
     Returns
     -------
-    ndarray, shape (n_bootstrap, ...)
-        The statistics, one row per replicate.
+    ndarray, shape (b, ...)
+        The statistics, one row per replicate (``b = n_bootstrap`` unless ``stop`` ended it).
 
     References
     ----------
@@ -452,6 +490,8 @@ def bootstrap_refits(contexts: Any, features: Any, rank: int, *, world: tuple[np
         refit = fit_factored(contexts, features, labels, rank, initial=start, offsets=offsets, beta=beta,
                              ridge=ridge, balance=balance, hidden=hidden, tol=_BOOTSTRAP_TOL)
         results.append(np.asarray(statistic(refit), dtype=float))
+        if stop is not None and stop(np.stack(results)):
+            break
     return np.stack(results)
 
 
@@ -467,12 +507,29 @@ def subspace_error_seed(seed: Any) -> Any:
     return np.random.SeedSequence(int(seed), spawn_key=(0x5B5,))
 
 
-def sharelora_sine_bound(estimator: Any, *, n_bootstrap: int, level: float, seed: Any = None) -> float:
+def sharelora_sine_bound(estimator: Any, *, n_bootstrap: int, level: float, seed: Any = None,
+                         stop_at: float | None = None) -> float:
     """Bootstrap bound ``s`` on ``sin angle(U*, U_hat)`` for a fitted :class:`~agents.PShareLoRA`.
 
     The world is the joint fit ``U W^T`` of the real data; each replicate's statistic is
     ``||(I - P_b) U_hat||_2``, the sine of the largest principal angle between ``U_hat`` (the
     world's subspace) and the replicate's; ``s`` is their :func:`order_statistic` at ``level``.
+
+    Parameters
+    ----------
+    estimator : PShareLoRA
+        Fitted.
+    n_bootstrap : int
+    level : float in (0, 1)
+    seed : int, Generator or SeedSequence, optional
+    stop_at : float, optional
+        Stop refitting as soon as the answer is known to be at least ``stop_at``: the
+        ``k``-th smallest of ``B`` samples (``k = ceil(level (B + 1))``) is ``>= stop_at`` once
+        ``B - k + 1`` of them are, whatever the others. With the default ``B = 19`` at
+        ``level = 0.95`` (``k = 19``) one replicate at or above ``stop_at`` decides, so an
+        unidentified subspace costs one refit instead of 19. The value returned then is the
+        order statistic with the missing replicates counted as 0: a lower bound on the full
+        bootstrap's, and itself ``>= stop_at``.
 
     Returns
     -------
@@ -481,11 +538,18 @@ def sharelora_sine_bound(estimator: Any, *, n_bootstrap: int, level: float, seed
     """
     data, fit = estimator._data, estimator.joint_fit
     subspace = np.asarray(estimator.subspace)
+    rank = math.ceil(level * (n_bootstrap + 1) - 1e-12)
+    stop = None
+    if stop_at is not None and rank <= n_bootstrap:
+        needed = n_bootstrap - rank + 1
+        stop = lambda samples: int(np.sum(samples >= stop_at)) >= needed  # noqa: E731
     samples = bootstrap_refits(
         data.user_indicator(), data.differences, estimator.rank, world=(fit.left, fit.right),
         start=(fit.left, fit.right), statistic=lambda refit: sine(subspace, refit.right),
         offsets=data.offsets, beta=estimator.beta, ridge=estimator.ridge_, hidden=estimator._hidden,
-        n_bootstrap=n_bootstrap, seed=seed)
+        n_bootstrap=n_bootstrap, seed=seed, stop=stop)
+    if samples.shape[0] < n_bootstrap:  # stopped early: the missing replicates count as 0
+        samples = np.concatenate([samples, np.zeros(n_bootstrap - samples.shape[0])])
     return order_statistic(samples, level)
 
 
