@@ -17,6 +17,13 @@ subspaces, calibrated by a parametric bootstrap of the joint rank-``r`` fit
 (:func:`bootstrap_refits`, :func:`sharelora_sine_bound`, :func:`loco_dropped_block_bound`), with
 the level ``delta`` split between the inner set (``delta / 2``) and the angle (``delta / 2``) by a
 union bound; docs/algorithms.md ("The subspace error") derives the radii.
+
+Where the subspace is not identified the bootstrap understates the angle (the fitted world looks
+better identified than the truth), so P-ShareLoRA checks the bound against ``max_sine``
+(:data:`MAX_IDENTIFIED_SINE`) and, above it, falls back to the full-dimensional Wald set of the
+independent fit, held as a :class:`SubspaceErrorSet` around the span of each user's pairs
+(:func:`pair_span`); the bootstrap stops as soon as the answer is decided (docs/confidence_sets.md,
+"The subspace error").
 """
 
 from __future__ import annotations
@@ -495,6 +502,26 @@ def bootstrap_refits(contexts: Any, features: Any, rank: int, *, world: tuple[np
     return np.stack(results)
 
 
+def _stop_when_decided(n_bootstrap: int, level: float, stop_at: float | None) -> Callable[[np.ndarray], bool] | None:
+    """The ``stop`` of :func:`bootstrap_refits` that ends it once the :func:`order_statistic` of all
+    ``B`` replicates is known to be ``>= stop_at``: the ``k``-th smallest (``k = ceil(level
+    (B + 1))``) is, as soon as ``B - k + 1`` samples are."""
+    rank = math.ceil(level * (n_bootstrap + 1) - 1e-12)
+    if stop_at is None or rank > n_bootstrap:
+        return None
+    needed = n_bootstrap - rank + 1
+    return lambda samples: int(np.sum(samples >= stop_at)) >= needed
+
+
+def _stopped_order_statistic(samples: np.ndarray, n_bootstrap: int, level: float) -> float:
+    """:func:`order_statistic` of ``n_bootstrap`` replicates of which only ``samples`` were drawn,
+    the missing ones counted as 0: a lower bound on the full bootstrap's value (and ``>= stop_at``
+    when :func:`_stop_when_decided` ended it)."""
+    if samples.shape[0] < n_bootstrap:
+        samples = np.concatenate([samples, np.zeros(n_bootstrap - samples.shape[0])])
+    return order_statistic(samples, level)
+
+
 def subspace_error_seed(seed: Any) -> Any:
     """The seed of the bootstrap labels, derived from an estimator's ``seed`` so that they are
     independent of the draws its ridge selection makes from the same seed."""
@@ -538,19 +565,12 @@ def sharelora_sine_bound(estimator: Any, *, n_bootstrap: int, level: float, seed
     """
     data, fit = estimator._data, estimator.joint_fit
     subspace = np.asarray(estimator.subspace)
-    rank = math.ceil(level * (n_bootstrap + 1) - 1e-12)
-    stop = None
-    if stop_at is not None and rank <= n_bootstrap:
-        needed = n_bootstrap - rank + 1
-        stop = lambda samples: int(np.sum(samples >= stop_at)) >= needed  # noqa: E731
     samples = bootstrap_refits(
         data.user_indicator(), data.differences, estimator.rank, world=(fit.left, fit.right),
         start=(fit.left, fit.right), statistic=lambda refit: sine(subspace, refit.right),
         offsets=data.offsets, beta=estimator.beta, ridge=estimator.ridge_, hidden=estimator._hidden,
-        n_bootstrap=n_bootstrap, seed=seed, stop=stop)
-    if samples.shape[0] < n_bootstrap:  # stopped early: the missing replicates count as 0
-        samples = np.concatenate([samples, np.zeros(n_bootstrap - samples.shape[0])])
-    return order_statistic(samples, level)
+        n_bootstrap=n_bootstrap, seed=seed, stop=_stop_when_decided(n_bootstrap, level, stop_at))
+    return _stopped_order_statistic(samples, n_bootstrap, level)
 
 
 def coordinate_bound(inner: ConfidenceSet, offset: np.ndarray, subspace: np.ndarray) -> float:
@@ -585,13 +605,16 @@ def epsilon_from_product(sine_bound: float, norm_bound: float) -> float:
     return float(sine_bound / (1.0 - sine_bound) * norm_bound)
 
 
-def loco_dropped_block_bound(estimator: Any, *, n_bootstrap: int, level: float, seed: Any = None) -> float:
+def loco_dropped_block_bound(estimator: Any, *, n_bootstrap: int, level: float, seed: Any = None,
+                             stop_at: float | None = 1.0) -> float:
     """Bootstrap bound ``s`` on ``sin angle(U*, U_hat) sin angle(V*, V_hat)`` for a fitted
     :class:`~agents.LoCoPRS`: the dropped block of the truth obeys
     ``||U_perp^T Theta* V_perp||_2 <= s sigma_1(Theta*)``.
 
     The world is the rank-``r`` fit ``U V^T`` of the real data; each replicate's statistic is the
-    product of the two sines between the world's subspaces and the replicate's.
+    product of the two sines between the world's subspaces and the replicate's. ``stop_at`` as in
+    :func:`sharelora_sine_bound`: by default the bootstrap stops once the bound is known to reach
+    1, where ``epsilon_from_product`` has no finite answer whatever the other replicates.
     """
     data, fit = estimator._data, estimator.joint_fit
     left, right = np.asarray(estimator.context_subspace), np.asarray(estimator.subspace)
@@ -599,5 +622,5 @@ def loco_dropped_block_bound(estimator: Any, *, n_bootstrap: int, level: float, 
         data.contexts, data.differences, estimator.rank, world=(fit.left, fit.right), start=(fit.left, fit.right),
         statistic=lambda refit: sine(left, refit.left) * sine(right, refit.right), offsets=data.offsets,
         beta=estimator.beta, ridge=estimator.ridge_, balance=estimator.balance, hidden=estimator._hidden,
-        n_bootstrap=n_bootstrap, seed=seed)
-    return order_statistic(samples, level)
+        n_bootstrap=n_bootstrap, seed=seed, stop=_stop_when_decided(n_bootstrap, level, stop_at))
+    return _stopped_order_statistic(samples, n_bootstrap, level)

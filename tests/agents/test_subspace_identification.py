@@ -148,7 +148,7 @@ def clopper_pearson_upper(covered, total, confidence=0.99):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("epsilon, pairs", [(0.05, 50), (0.05, 200), (1.0, 50), (1.0, 200)])
+@pytest.mark.parametrize("epsilon, pairs", [(0.05, 50), (0.05, 200), (0.3, 200), (0.6, 200), (1.0, 50), (1.0, 200)])
 def test_sharelora_covers_with_concentrated_data(epsilon, pairs):
     """The world of ``lr-mdp reproduce pessimism`` (20 users of rank 2, one-hot ``d = 18``), each
     user's pairs from their own epsilon-optimal policy, 8 worlds (160 users): the fraction of users
@@ -195,4 +195,28 @@ def test_sharelora_covers_an_unidentified_world():
         assert sine(np.linalg.svd(truth.T, full_matrices=False)[0][:, :3], estimator.subspace) > 0.9
     print(f"MEASURED subspace-identification unidentified n_i=10 d=100 covered={covered}/{total} "
           f"({covered / total:.3f}, nominal {1 - DELTA}) first_set_seconds={max(seconds):.2f}")
+    assert clopper_pearson_upper(covered, total) >= 1 - DELTA
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pairs", [10, 100])
+def test_loco_sets_cover_with_few_contexts(pairs):
+    """LoCo-PRS with 12 contexts (users), six worlds (72 contexts): the dropped-block bound must
+    cover at least ``1 - delta`` within the 99% Clopper-Pearson interval where the subspaces are
+    barely identified (10 pairs) and where they are (100 pairs); the 120-context case is in
+    tests/agents/test_subspace_error.py."""
+    from agents import LoCoPRS
+    from lr_mdp_env import contextual_rewards
+
+    covered, total = 0, 0
+    for seed in range(6):
+        mdp = random_mdp(5, 3, 2, features="dense", n_features=6, seed=50 + seed)
+        rewards = contextual_rewards(6, 4, 2, n_users=12, mdp=mdp, scale=2.0, seed=60 + seed)
+        dataset = collect_preferences(mdp, rewards, pairs, seed=70 + seed)
+        estimator = LoCoPRS(2, delta=DELTA, seed=seed, progress=False).fit(dataset, mdp)
+        truth = project_identifiable(mdp, rewards.theta.T)
+        in_set = [estimator.confidence_set(user).contains(truth[user]) for user in range(rewards.n_users)]
+        covered, total = covered + int(np.sum(in_set)), total + len(in_set)
+    print(f"MEASURED subspace-identification loco contexts=12 pairs={pairs} covered={covered}/{total} "
+          f"({covered / total:.3f}, nominal {1 - DELTA})")
     assert clopper_pearson_upper(covered, total) >= 1 - DELTA
