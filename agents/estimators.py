@@ -740,7 +740,7 @@ class PShareLoRA(RewardEstimator):
     n_bootstrap : int, optional
         Refits of the bootstrap. Default ``max(19, ceil(2 / delta) - 1)``: at least
         ``ceil(2 / delta) - 1`` are needed for a finite ``epsilon`` at level ``1 - delta / 2``.
-    max_sine : float in (0, 1], default 0.5
+    max_sine : float in (0, 1], default 0.4
         Bootstrap bound on the sine at and above which the subspace counts as not identified
         (step 6; :data:`~agents.subspace_error.MAX_IDENTIFIED_SINE`). ``1``: fall back only when
         the bound reaches 1.

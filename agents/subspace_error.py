@@ -64,9 +64,9 @@ SUBSPACE_ERRORS = ("bootstrap", "ignore")
 #: Default ``max_sine`` of :class:`~agents.PShareLoRA`: beyond this bootstrap bound on the sine of
 #: the largest principal angle, ``U_hat`` is treated as not identified and the user's set falls
 #: back to the full-dimensional one (docs/confidence_sets.md, "The subspace error"). Below it
-#: ``tan(a) <= 0.58``: the in-span fit is close to the projection of the truth, which the set in
+#: ``tan(a) <= 0.44``: the in-span fit is close to the projection of the truth, which the set in
 #: ``U_hat``'s span is built for.
-MAX_IDENTIFIED_SINE = 0.5
+MAX_IDENTIFIED_SINE = 0.4
 
 
 class SubspaceNotIdentifiedWarning(UserWarning):
