@@ -728,7 +728,8 @@ class PShareLoRA(RewardEstimator):
        it is as wide as the inference ridge allows, which is the honest answer when neither the
        user's data nor the shared subspace inform a direction. ``subspace_identified_`` says which
        case holds, and a :class:`~agents.subspace_error.SubspaceNotIdentifiedWarning` is issued.
-       The bootstrap stops at the first replicate that decides it (one refit with the defaults).
+       The bootstrap stops at the first replicate that decides it (one refit with the defaults);
+       the fallback's refit, batched over users, is in ``diagnostics["fallback"]``.
 
     Parameters
     ----------
