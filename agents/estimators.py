@@ -42,7 +42,8 @@ from .factorized import FactoredFit, fit_factored
 from .likelihood_set import LikelihoodRatioSet, finite_sample_likelihood_threshold
 from .logistic import LogisticFit, bernoulli_losses, fit_logistic
 from .subspace_error import (MAX_IDENTIFIED_SINE, SubspaceErrorSet, SubspaceNotIdentifiedWarning, check_subspace_error,
-                             coordinate_bound, epsilon_from_sine, pair_span, sharelora_sine_bound, subspace_error_seed)
+                             coordinate_bound, epsilon_from_sine, pair_span, sharelora_sine_bound, split_half_sine,
+                             subspace_error_seed)
 from .tuning import DEFAULT_RIDGE_GRID, convergence_warnings_labelled, select_ridge
 
 #: Values of the estimators' ``confidence`` option (:class:`RewardEstimator`).
@@ -714,10 +715,14 @@ class PShareLoRA(RewardEstimator):
        ``1 - delta / 2``: the truth itself, not only its projection, is in the set with
        probability at least ``1 - delta`` when both hold (union bound). Computed when a set is
        first asked for.
-    6. Identification check: when the bootstrap bound reaches ``max_sine``, ``U_hat`` is not
-       identified by the data (the true angle was 0.93-1.0 in such worlds, and the likelihood
-       fit in ``U_hat``'s span no longer targets the projection of the truth, so ``C_i`` misses
-       it). Every user's set is then the full-dimensional Wald set of the independent fit with
+    6. Identification check: ``U_hat`` counts as not identified by the data when the bootstrap
+       bound reaches ``max_sine``, or when two joint fits on the two halves of the users (even
+       and odd index, independent data) disagree by a sine of at least ``min(1, 2 max_sine)``
+       (:func:`~agents.subspace_error.split_half_sine`; then one of them is at least
+       ``max_sine`` from the truth). The second check does not rely on the fitted world, which
+       near non-identification looks better identified than the truth (bootstrap bounds of
+       0.52-0.56 were measured against true sines of 0.92-0.999). There the likelihood fit in
+       ``U_hat``'s span no longer targets the projection of the truth, so ``C_i`` misses it. Every user's set is then the full-dimensional Wald set of the independent fit with
        the inference ridge ``lambda_0``, at level ``1 - delta / 2``: in an orthonormal basis
        ``S_i`` of the span of the user's pairs it is the ellipsoid
        ``{||a - a_0||_{M_S} <= rho}`` (``M_S = S_i^T F_i S_i + lambda_0 I``, ``F_i`` the Fisher
@@ -753,8 +758,13 @@ class PShareLoRA(RewardEstimator):
     sine_bound_ : float
         The bootstrap bound on the sine (a lower bound on it, ``>= max_sine``, when the bootstrap
         stopped early).
+    split_sine_ : float
+        :func:`~agents.subspace_error.split_half_sine` (computed only when ``sine_bound_ <
+        max_sine``; ``nan`` otherwise, or when a half has fewer users than the rank, in which
+        case only the bootstrap decides).
     subspace_identified_ : bool
-        ``sine_bound_ < max_sine``: the sets use ``U_hat`` (steps 4-5) or fall back (step 6).
+        ``sine_bound_ < max_sine`` and ``split_sine_ < min(1, 2 max_sine)``: the sets use
+        ``U_hat`` (steps 4-5) or fall back (step 6).
 
     References
     ----------
@@ -781,7 +791,7 @@ class PShareLoRA(RewardEstimator):
             raise ValueError(f"rank={self.rank} exceeds min(d, N) = {min(data.n_features, data.n_users)}")
 
     def _fit(self, data: ComparisonData, ridge: float) -> None:
-        for name in ("sine_bound_", "subspace_identified_", "_fallback"):  # calibrated again for the new fit
+        for name in ("sine_bound_", "split_sine_", "subspace_identified_", "_fallback"):  # calibrated again
             self.__dict__.pop(name, None)
         # Every fit starts from the spectral start of its own data (no warm start along the ridge
         # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
@@ -830,13 +840,17 @@ class PShareLoRA(RewardEstimator):
                              f"1 - delta/2 = {1 - self.delta / 2:g} (raise n_bootstrap to at least "
                              f"{math.ceil(2 / self.delta) - 1})")
         self.sine_bound_ = float(bound)
-        self.subspace_identified_ = bool(bound < self.max_sine)
+        self.split_sine_ = split_half_sine(self) if bound < self.max_sine else math.nan
+        split_limit = min(1.0, 2 * self.max_sine)
+        self.subspace_identified_ = bool(bound < self.max_sine and not self.split_sine_ >= split_limit)
         if not self.subspace_identified_:
-            warnings.warn(
-                f"the bootstrap bound on the sine of the subspace angle is at least {bound:.3g} >= max_sine = "
-                f"{self.max_sine:g}: U_hat is not identified by the data, and every user's set is the "
-                "full-dimensional Wald set of the independent fit (wide wherever the user's own pairs do not reach)",
-                SubspaceNotIdentifiedWarning, stacklevel=4)
+            reason = (f"the bootstrap bound on the sine of the subspace angle is at least {bound:.3g} >= max_sine = "
+                      f"{self.max_sine:g}" if bound >= self.max_sine else
+                      f"the subspaces fitted on the two halves of the users differ by a sine of {self.split_sine_:.3g} "
+                      f">= min(1, 2 max_sine) = {split_limit:g}")
+            warnings.warn(f"{reason}: U_hat is not identified by the data, and every user's set is the "
+                          "full-dimensional Wald set of the independent fit (wide wherever the user's own pairs do "
+                          "not reach)", SubspaceNotIdentifiedWarning, stacklevel=4)
 
     def _sets_fit_in_cache(self) -> bool:
         if self.__dict__.get("subspace_identified_", True):

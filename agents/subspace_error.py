@@ -56,6 +56,7 @@ __all__ = [
     "pair_span",
     "sharelora_sine_bound",
     "sine",
+    "split_half_sine",
     "subspace_error_seed",
 ]
 
@@ -571,6 +572,50 @@ def sharelora_sine_bound(estimator: Any, *, n_bootstrap: int, level: float, seed
         offsets=data.offsets, beta=estimator.beta, ridge=estimator.ridge_, hidden=estimator._hidden,
         n_bootstrap=n_bootstrap, seed=seed, stop=_stop_when_decided(n_bootstrap, level, stop_at))
     return _stopped_order_statistic(samples, n_bootstrap, level)
+
+
+def split_half_sine(estimator: Any) -> float:
+    """Sine of the largest principal angle between the subspaces of two joint fits of a fitted
+    :class:`~agents.PShareLoRA`, one on the users of even index and one on those of odd index
+    (same ridge, rank and tolerance as the fit; each from its own spectral start).
+
+    The two halves' data are independent, so unlike the parametric bootstrap this does not
+    assume the fitted world: by the triangle inequality of ``sin`` of the largest angle (the
+    spectral distance of the projectors), ``sin(U_A, U_B) <= sin(U_A, U*) + sin(U_B, U*)``, so a
+    value ``>= 2 s`` means at least one half's estimate is ``>= s`` from the truth. Where the
+    subspace is not identified the halves' estimates are two unrelated noise fits and this is
+    close to 1, whatever the bootstrap says (measured: 0.99-1.00 where the bootstrap bound was
+    0.52-0.54 and the true sine 0.995-0.999).
+
+    Parameters
+    ----------
+    estimator : PShareLoRA
+        Fitted.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``; ``nan`` when a half has fewer users than the rank.
+
+    References
+    ----------
+    Stewart and Sun, *Matrix Perturbation Theory*, Academic Press 1990, chapter I.5 (the sine of
+    the largest principal angle between equal-dimensional subspaces is ``||P_A - P_B||_2``, a
+    metric).
+    """
+    data, rank = estimator._data, estimator.rank
+    contexts = data.user_indicator().tocsc()
+    bases = []
+    for parity in (0, 1):
+        users = np.arange(parity, data.n_users, 2)
+        if users.size < rank:
+            return math.nan
+        rows = np.flatnonzero(data.users % 2 == parity)
+        half = fit_factored(contexts[:, users].tocsr()[rows], data.differences[rows], data.labels[rows], rank,
+                            offsets=data.offsets[rows], beta=estimator.beta, ridge=estimator.ridge_,
+                            hidden=estimator._hidden, tol=estimator._joint_tol)
+        bases.append(np.linalg.qr(half.right)[0])
+    return sine(bases[0], bases[1])
 
 
 def coordinate_bound(inner: ConfidenceSet, offset: np.ndarray, subspace: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from scipy.stats import beta as beta_distribution
 import agents
 from agents import Ellipsoid, IndependentMLE, PShareLoRA, SubspaceErrorSet
 from agents.subspace_error import (SubspaceNotIdentifiedWarning, bootstrap_refits, pair_span, sharelora_sine_bound,
-                                   sine, subspace_error_seed)
+                                   sine, split_half_sine, subspace_error_seed)
 from lr_mdp_env import collect_preferences, low_rank_rewards, random_mdp
 from lr_mdp_env.collection import epsilon_optimal_policies
 from lr_mdp_env.envs.random_low_rank import random_low_rank_world
@@ -123,6 +123,35 @@ def test_an_unidentified_subspace_falls_back_to_the_independent_wald_set(unident
     assert region.epsilon == pytest.approx(region.inner.radius / np.sqrt(estimator.inference_ridge_))
     truth = project_identifiable(mdp, rewards.theta.T)
     assert all(estimator.confidence_set(user).contains(truth[user], project=True) for user in range(10))
+
+
+def test_the_split_halves_disagree_only_where_the_subspace_is_not_identified(identified_world, unidentified_world):
+    """Two fits on independent halves of the users: close where the subspace is identified, two
+    unrelated noise fits (sine near 1) where it is not. The measured values are 0.2 and 0.99+."""
+    fitted = []
+    for mdp, _, dataset in (identified_world, unidentified_world):
+        rank = 2 if dataset is identified_world[2] else 3
+        fitted.append(split_half_sine(PShareLoRA(rank, ridge=1.0, seed=0).fit(dataset, mdp)))
+    assert fitted[0] < 0.8 <= 0.9 < fitted[1] <= 1.0
+
+
+def test_the_split_check_alone_triggers_the_fallback(identified_world, monkeypatch):
+    """The decision: a bootstrap bound below max_sine with halves that disagree by at least
+    ``min(1, 2 max_sine)`` falls back (the split value is replaced to isolate the rule)."""
+    import agents.estimators
+
+    mdp, _, dataset = identified_world
+    monkeypatch.setattr(agents.estimators, "split_half_sine", lambda estimator: 0.85)
+    estimator = PShareLoRA(2, ridge=1.0, seed=7).fit(dataset, mdp)
+    with pytest.warns(SubspaceNotIdentifiedWarning, match="two halves"):
+        region = estimator.confidence_set(0)
+    assert estimator.sine_bound_ < estimator.max_sine and estimator.split_sine_ == 0.85
+    assert not estimator.subspace_identified_
+    assert region.epsilon == pytest.approx(region.inner.radius / np.sqrt(estimator.inference_ridge_))
+    monkeypatch.setattr(agents.estimators, "split_half_sine", lambda estimator: 0.75)
+    kept = PShareLoRA(2, ridge=1.0, seed=7).fit(dataset, mdp)
+    kept.confidence_set(0)
+    assert kept.subspace_identified_
 
 
 def test_max_sine_is_checked_and_decides(unidentified_world):
