@@ -722,7 +722,8 @@ class PShareLoRA(RewardEstimator):
        ``max_sine`` from the truth). The second check does not rely on the fitted world, which
        near non-identification looks better identified than the truth (bootstrap bounds of
        0.52-0.56 were measured against true sines of 0.92-0.999). There the likelihood fit in
-       ``U_hat``'s span no longer targets the projection of the truth, so ``C_i`` misses it. Every user's set is then the full-dimensional Wald set of the independent fit with
+       ``U_hat``'s span no longer targets the projection of the truth, so ``C_i`` misses it.
+       Every user's set is then the full-dimensional Wald set of the independent fit with
        the inference ridge ``lambda_0``, at level ``1 - delta / 2``: in an orthonormal basis
        ``S_i`` of the span of the user's pairs it is the ellipsoid
        ``{||a - a_0||_{M_S} <= rho}`` (``M_S = S_i^T F_i S_i + lambda_0 I``, ``F_i`` the Fisher

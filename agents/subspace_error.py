@@ -20,7 +20,8 @@ union bound; docs/algorithms.md ("The subspace error") derives the radii.
 
 Where the subspace is not identified the bootstrap understates the angle (the fitted world looks
 better identified than the truth), so P-ShareLoRA checks the bound against ``max_sine``
-(:data:`MAX_IDENTIFIED_SINE`) and, above it, falls back to the full-dimensional Wald set of the
+(:data:`MAX_IDENTIFIED_SINE`) and the agreement of fits on two halves of the users
+(:func:`split_half_sine`), and, failing either, falls back to the full-dimensional Wald set of the
 independent fit, held as a :class:`SubspaceErrorSet` around the span of each user's pairs
 (:func:`pair_span`); the bootstrap stops as soon as the answer is decided (docs/confidence_sets.md,
 "The subspace error").
