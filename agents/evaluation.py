@@ -15,7 +15,7 @@ from lr_mdp_env.identifiability import project_identifiable
 from lr_mdp_env.rewards import ContextualRewards, LowRankRewards, reward_matrix
 
 from .agent import Agent
-from .confidence import Ellipsoid
+from .confidence import ELLIPSOIDS, Ellipsoid
 from .confidence import _within as within_radius
 
 
@@ -137,7 +137,7 @@ def _diagnostics(mdp: TabularMDP, sets: list, thetas: np.ndarray, gaps: np.ndarr
     """Fill ``diagnostics`` for every user's set; returns ``truth_in_set``. ``gaps`` are
     ``d_pi_hat - d_ref`` and ``optimal_gaps`` ``d_pi* - d_ref``, ``(N, d)``."""
     n_users = len(sets)
-    ellipsoids = np.array([isinstance(item, Ellipsoid) for item in sets], dtype=bool)
+    ellipsoids = np.array([isinstance(item, ELLIPSOIDS) for item in sets], dtype=bool)
     chosen = [sets[i] for i in np.flatnonzero(ellipsoids)]
     in_set = np.zeros(n_users, dtype=bool)
     residuals = np.zeros(thetas.shape)  # theta*_i minus its projection onto the set's affine span
