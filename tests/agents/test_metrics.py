@@ -269,8 +269,9 @@ def test_evaluate_diagnostics_equal_the_per_user_formulas(name, pessimism):
 
 
 def test_evaluate_in_blocks_of_users_equals_one_block(monkeypatch):
-    """With a memory budget for one set at a time (full-dimensional sets at large d), evaluate
-    goes through the users in blocks and the estimator keeps no sets: the report is unchanged."""
+    """With a memory budget for one set and one user's tables at a time (full-dimensional sets at
+    large d, many users), evaluate goes through the users in blocks and the estimator keeps no
+    sets: the report is unchanged."""
     import pandas as pd
 
     import agents
@@ -282,6 +283,7 @@ def test_evaluate_in_blocks_of_users_equals_one_block(monkeypatch):
     agent = agents.make("independent", ridge=1.0, pessimism="rectangular").fit(dataset, mdp)
     whole = agents.evaluate(agent, mdp, rewards, progress=False)
     monkeypatch.setattr(agents.evaluation, "SETS_BYTES", 1)
+    monkeypatch.setattr(agents.evaluation, "DP_BYTES", 1)  # one user per dynamic-programming block
     monkeypatch.setattr(agents.estimators, "SET_CACHE_BYTES", 0)
     fresh = agents.make("independent", ridge=1.0, pessimism="rectangular").fit(dataset, mdp)
     assert fresh.estimator.confidence_set(0) is not fresh.estimator.confidence_set(0)  # not kept
