@@ -139,9 +139,10 @@ SETS_BYTES = 256 * 2**20
 
 
 def _set_bytes(confidence_set: Any) -> int:
-    """The memory of a set's arrays (at least 1): what a block of such sets costs."""
-    arrays = [value for value in vars(confidence_set).values() if isinstance(value, np.ndarray)] \
-        if hasattr(confidence_set, "__dict__") else []
+    """The memory of a set's own arrays (at least 1): what a block of such sets costs. The basis
+    is left out: an estimator hands one basis array to all its users' sets."""
+    arrays = [value for name, value in vars(confidence_set).items()
+              if isinstance(value, np.ndarray) and name != "basis"] if hasattr(confidence_set, "__dict__") else []
     return max(1, sum(array.nbytes for array in arrays))
 
 

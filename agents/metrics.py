@@ -98,9 +98,19 @@ def coverage(estimator: Any, rewards: LowRankRewards | ContextualRewards) -> np.
     """
     if isinstance(rewards, ContextualRewards) and hasattr(estimator, "covers"):
         return np.array([estimator.covers(rewards.theta_c)])
+    from .evaluation import SETS_BYTES, _set_bytes
+
     theta = rewards.theta
-    sets = [estimator.confidence_set(i) for i in range(theta.shape[1])]
-    return set_membership(sets, theta.T)
+    n_users = theta.shape[1]
+    inside = np.zeros(n_users, dtype=bool)
+    start = 0
+    while start < n_users:  # users in blocks whose sets fit in SETS_BYTES (sets of many users at large d)
+        first = estimator.confidence_set(start)
+        users = np.arange(start, min(n_users, start + max(1, SETS_BYTES // _set_bytes(first))))
+        sets = [first] + [estimator.confidence_set(user) for user in users[1:]]
+        inside[users] = set_membership(sets, theta.T[users])
+        start = users[-1] + 1
+    return inside
 
 
 def set_membership(sets: Sequence[Any], thetas: Any) -> np.ndarray:

@@ -289,3 +289,22 @@ def test_evaluate_in_blocks_of_users_equals_one_block(monkeypatch):
     assert fresh.estimator.confidence_set(0) is not fresh.estimator.confidence_set(0)  # not kept
     blocks = agents.evaluate(fresh, mdp, rewards, progress=False)
     pd.testing.assert_frame_equal(whole, blocks, check_exact=False, rtol=1e-10, atol=1e-12)
+
+
+def test_coverage_in_blocks_of_users_equals_one_block(monkeypatch):
+    """coverage builds the users' sets in blocks that fit in evaluate's SETS_BYTES (full-dimensional
+    low-rank-plus-ridge sets of many users at large d): the answer is that of one block, and of
+    each set's own contains."""
+    import agents
+    import agents.evaluation
+    from agents.metrics import coverage
+
+    mdp = random_mdp(25, 3, 3, seed=3)  # d = 75: 74 coordinates, more than the 30 pairs per user
+    rewards = low_rank_rewards(mdp.n_features, 5, 2, seed=4, mdp=mdp)
+    dataset = collect_preferences(mdp, rewards, 30, seed=5)
+    estimator = agents.IndependentMLE(ridge=1.0, progress=False).fit(dataset, mdp)
+    whole = coverage(estimator, rewards)
+    monkeypatch.setattr(agents.evaluation, "SETS_BYTES", 1)
+    np.testing.assert_array_equal(coverage(estimator, rewards), whole)
+    np.testing.assert_array_equal(
+        whole, [estimator.confidence_set(i).contains(rewards.theta[:, i], project=True) for i in range(5)])
