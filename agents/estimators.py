@@ -169,7 +169,8 @@ class RewardEstimator:
         ``M_b = beta^2 sum_j sigmoid'(eta_j) x_j x_j^T + ridge_ I`` of each coordinate problem at
         the tuned estimate (one problem for :class:`PooledMLE` and the contextual estimators, one
         per user otherwise); ``None`` for user-indexed estimators with ``k > 64`` coordinates,
-        where the sets form theirs per user when asked.
+        where the sets form theirs per user when asked (from the sparse differences for a pooled
+        fit; as the low-rank factor for users with fewer pairs than coordinates).
     ridge_scores_ : dict
         Held-out mean log-likelihood of each candidate ridge fitted (the scan from the largest
         ridge down stops at the first score below the best: :func:`agents.tuning.select_ridge`;
@@ -396,10 +397,13 @@ class RewardEstimator:
         An :class:`~agents.confidence.Ellipsoid`
         ``{Theta_0[:, i] + B w : ||w - w_0||_M <= radius}`` for ``"wald"`` and ``"theory"``, a
         :class:`~agents.likelihood_set.LikelihoodRatioSet` for ``"likelihood"`` and
-        ``"finite"``. Built when first asked for, then kept, unless every user's set together
-        would exceed ``SET_CACHE_BYTES`` (full-dimensional sets of many users at large ``d``: each
-        holds a ``k x k`` matrix and its factor); those are rebuilt on each call, so that no
-        ``k x k`` matrix is kept for all users at once.
+        ``"finite"``. A ``"wald"`` set of a user with fewer pairs than coordinates (``k > 64``:
+        full-dimensional sets) is a :class:`~agents.confidence.LowRankEllipsoid`: its Fisher
+        matrix ``A^T A + inference_ridge I`` kept as the ``n_i x k`` factor ``A``, every
+        operation through the ``n_i x n_i`` system. Built when first asked for, then kept, unless
+        every user's set together would exceed ``SET_CACHE_BYTES`` (full-dimensional sets of many
+        users at large ``d``); those are rebuilt on each call, so that no ``k x k`` matrix (or
+        factor) is kept for all users at once.
         """
         user = check_int("user", user, minimum=0, maximum=self.theta_hat.shape[0] - 1)
         if user in self._sets:

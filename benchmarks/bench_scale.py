@@ -7,16 +7,21 @@ not leak into the next, and a cell that exceeds ``--memory-limit`` is recorded a
 of taking the machine down):
 
 - ``world``, ``collect``: ``random_low_rank_world`` and ``collect_preferences``;
-- one stage per estimator fit (pooled, independent, oracle-subspace, P-ShareLoRA; a fixed ridge,
-  ``--ridge``, or with ``--select`` the default ridge selection), and beside them
+- one stage per estimator fit (pooled, independent, oracle-subspace, P-ShareLoRA with its default
+  sets and ``p-sharelora ignore`` with ``subspace_error="ignore"``; a fixed ridge, ``--ridge``, or
+  with ``--select`` the default ridge selection), and beside them
   ``sklearn per-user``: scikit-learn's ``LogisticRegression`` (lbfgs, ``C = 1 / ridge``, no
   intercept, tol 1e-6) fitted to each user's comparisons in the full dimension, from the sparse
   feature differences (with ``--select``: over the same grid and split, plus the refit);
-- ``loco-prs joint``: LoCo-RLHF's rank-5 factored fit (contexts of dimension 10, one per user);
+- ``loco-prs joint``: LoCo-RLHF's rank-5 factored fit (contexts of dimension 10, one per user,
+  with its own collect), and ``loco-prs``: LoCo-PRS's whole fit on those data;
 - ``report <estimator>``: :func:`agents.estimation_report` of that estimator's fit (reward errors,
-  coverage of every user's set, subspace distance);
-- ``greedy planning``, ``rect. planning``: every user's policy from P-ShareLoRA's fit, greedy and
-  with rectangular pessimism (the estimator is not refitted);
+  coverage of every user's set, subspace distance; reward errors only for LoCo-PRS's contextual
+  truth). ``report p-sharelora`` includes the subspace-error bootstrap of the default sets,
+  ``report p-sharelora ignore`` the sets in ``U_hat``'s span alone;
+- ``greedy planning``, ``rect. planning``: every user's policy from ``p-sharelora ignore``'s fit,
+  greedy and with rectangular pessimism (the estimator is not refitted; the planners' time, not
+  the bootstrap's);
 - ``evaluate greedy``, ``evaluate rect.``: :func:`agents.evaluate` of those agents (exact values,
   optimal policies, pessimism diagnostics; the policies already planned).
 
@@ -79,6 +84,7 @@ def _estimator(name: str) -> Callable[[dict], None]:
             "independent": lambda: agents.IndependentMLE(ridge=ridge),
             "oracle-subspace": lambda: agents.OracleSubspaceMLE(state["rewards"].subspace, ridge=ridge),
             "p-sharelora": lambda: agents.PShareLoRA(RANK, ridge=ridge),
+            "p-sharelora ignore": lambda: agents.PShareLoRA(RANK, ridge=ridge, subspace_error="ignore"),
         }[name]().fit(state["dataset"], state["mdp"])
         state.setdefault("notes", {})[name] = {"ridge": estimator.ridge_, **estimator.diagnostics}
         state.setdefault("fitted", {})[name] = estimator
@@ -111,18 +117,23 @@ def _report(name: str) -> Callable[[dict], None]:
         import agents
 
         estimator = _fitted(state, name)
-        table = agents.estimation_report(estimator, state["mdp"], state["rewards"])
-        state.setdefault("notes", {}).setdefault(f"report {name}", {})["coverage"] = float(table["truth_in_set"].mean())
+        rewards = state["contextual"][0] if name == "loco-prs" else state["rewards"]
+        table = agents.estimation_report(estimator, state["mdp"], rewards)
+        if "truth_in_set" in table:  # contextual rewards: the report has reward errors only
+            state.setdefault("notes", {}).setdefault(f"report {name}", {})["coverage"] = float(
+                table["truth_in_set"].mean())
 
     return report
 
 
 def _planning(pessimism: str) -> Callable[[dict], None]:
-    """P-ShareLoRA's sets (fitted by its stage) planned greedily or with rectangular pessimism."""
+    """P-ShareLoRA's sets in ``U_hat``'s span (``subspace_error="ignore"``, fitted by its stage)
+    planned greedily or with rectangular pessimism: the planner's time, not the subspace-error
+    bootstrap's (which ``report p-sharelora`` measures)."""
     def plan(state: dict) -> None:
         import agents
 
-        agent = agents.PessimisticAgent(_AlreadyFitted(_fitted(state, "p-sharelora")), pessimism=pessimism)
+        agent = agents.PessimisticAgent(_AlreadyFitted(_fitted(state, "p-sharelora ignore")), pessimism=pessimism)
         agent.fit(state["dataset"], state["mdp"])
         agent.policies()
         state.setdefault("agents", {})[pessimism] = agent
@@ -196,11 +207,25 @@ def _loco_joint(state: dict) -> None:
 
     mdp = state["mdp"]
     rewards = lr_mdp_env.contextual_rewards(mdp.n_features, CONTEXT_DIM, RANK, n_users=state["N"], mdp=mdp, seed=3)
-    data = comparison_data(lr_mdp_env.collect_preferences(mdp, rewards, state["pairs"], seed=4), mdp)
+    dataset = lr_mdp_env.collect_preferences(mdp, rewards, state["pairs"], seed=4)
+    state["contextual"] = (rewards, dataset)
+    data = comparison_data(dataset, mdp)
     fit = fit_factored(data.contexts, data.differences, data.labels, RANK, offsets=data.offsets,
                        ridge=state["ridge"], balance=1.0, hidden=unidentified_directions(mdp), tol=1e-6)
     state.setdefault("notes", {})["loco-prs joint"] = {"converged": bool(fit.converged),
                                                         "iterations": int(fit.iterations)}
+
+
+def _loco_prs(state: dict) -> None:
+    """LoCo-PRS's whole fit on the users with contexts of the joint-fit stage (its dataset)."""
+    import agents
+
+    if "contextual" not in state:
+        raise RuntimeError("needs the 'loco-prs joint' stage first")
+    rewards, dataset = state["contextual"]
+    estimator = agents.LoCoPRS(RANK, ridge=state["ridge"]).fit(dataset, state["mdp"])
+    state.setdefault("notes", {})["loco-prs"] = {"ridge": estimator.ridge_, **estimator.diagnostics}
+    state.setdefault("fitted", {})["loco-prs"] = estimator
 
 
 STAGES: list[tuple[str, Callable[[dict], None]]] = [
@@ -210,8 +235,12 @@ STAGES: list[tuple[str, Callable[[dict], None]]] = [
     ("independent", _estimator("independent")),
     ("oracle-subspace", _estimator("oracle-subspace")),
     ("p-sharelora", _estimator("p-sharelora")),
+    ("p-sharelora ignore", _estimator("p-sharelora ignore")),
     ("sklearn per-user", _sklearn_per_user),
     ("loco-prs joint", _loco_joint),
+    ("loco-prs", _loco_prs),
+    ("report loco-prs", _report("loco-prs")),
+    ("report p-sharelora ignore", _report("p-sharelora ignore")),
     ("report p-sharelora", _report("p-sharelora")),
     ("report oracle-subspace", _report("oracle-subspace")),
     ("report pooled", _report("pooled")),
