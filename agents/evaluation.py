@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -110,20 +110,13 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
         if with_sets:
             bar.set_postfix_str("pessimism diagnostics", refresh=False)
             for dp_users in blocks:
-                start, stop = dp_users[0], dp_users[-1] + 1
-                while start < stop:
-                    # Within a block, users in sub-blocks whose sets fit in SETS_BYTES: full-dimensional
-                    # sets of many users at large d hold a k x k matrix (or an n x k factor) each.
-                    first = agent.confidence_set(start)
-                    users = np.arange(start, min(stop, start + max(1, SETS_BYTES // _set_bytes(first))))
-                    sets = [first] + [agent.confidence_set(user) for user in users[1:]]
+                for users, sets in _sets_in_blocks(agent.confidence_set, int(dp_users[0]), int(dp_users[-1]) + 1):
                     block_diagnostics = {name: values[users] for name, values in diagnostics.items()}
                     in_set[users] = _diagnostics(mdp, sets, theta.T[users], features[users] - reference[users],
                                                  optimal_features[users] - reference[users], reference[users],
                                                  block_diagnostics)
                     for name, values in block_diagnostics.items():
                         diagnostics[name][users] = values
-                    start = users[-1] + 1
                 bar.update()
         bar.update(bar.total - bar.n)
     for name in ("lower_bound", "coverage_term", "misspecification", "bound"):
@@ -138,12 +131,31 @@ DP_BYTES = 256 * 2**20
 SETS_BYTES = 256 * 2**20
 
 
-def _set_bytes(confidence_set: Any) -> int:
+def _set_bytes(confidence_set: Any, neighbour: Any = None) -> int:
     """The memory of a set's own arrays (at least 1): what a block of such sets costs. The basis
-    is left out: an estimator hands one basis array to all its users' sets."""
-    arrays = [value for name, value in vars(confidence_set).items()
-              if isinstance(value, np.ndarray) and name != "basis"] if hasattr(confidence_set, "__dict__") else []
-    return max(1, sum(array.nbytes for array in arrays))
+    is left out (an estimator hands one basis array to all its users' sets), and so is any array
+    that ``neighbour`` (another user's set) holds too: a pooled fit's matrix and its factor."""
+    def arrays(item: Any) -> dict[str, np.ndarray]:
+        return {name: value for name, value in vars(item).items() if isinstance(value, np.ndarray)} \
+            if hasattr(item, "__dict__") else {}
+
+    shared = {name: value.__array_interface__["data"][0] for name, value in arrays(neighbour).items()}
+    return max(1, sum(value.nbytes for name, value in arrays(confidence_set).items()
+                      if name != "basis" and shared.get(name) != value.__array_interface__["data"][0]))
+
+
+def _sets_in_blocks(confidence_set: Any, start: int, stop: int) -> Iterator[tuple[np.ndarray, list]]:
+    """The sets of users ``start, ..., stop - 1`` (``confidence_set(user)``), in consecutive
+    blocks whose own arrays fit in :data:`SETS_BYTES`: full-dimensional sets of many users at
+    large ``d`` hold a ``k x k`` matrix (or an ``n_i x k`` factor) each, too many to keep at once.
+    Yields ``(users, sets)``."""
+    while start < stop:
+        sets = [confidence_set(start)] + ([confidence_set(start + 1)] if start + 1 < stop else [])
+        size = SETS_BYTES // _set_bytes(sets[-1], sets[0] if len(sets) > 1 else None)
+        users = np.arange(start, min(stop, start + max(len(sets), size)))
+        sets += [confidence_set(user) for user in users[len(sets):]]
+        yield users, sets
+        start = int(users[-1]) + 1
 
 
 def _diagnostics(mdp: TabularMDP, sets: list, thetas: np.ndarray, gaps: np.ndarray, optimal_gaps: np.ndarray,

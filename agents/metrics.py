@@ -98,18 +98,13 @@ def coverage(estimator: Any, rewards: LowRankRewards | ContextualRewards) -> np.
     """
     if isinstance(rewards, ContextualRewards) and hasattr(estimator, "covers"):
         return np.array([estimator.covers(rewards.theta_c)])
-    from .evaluation import SETS_BYTES, _set_bytes
+    from .evaluation import _sets_in_blocks
 
     theta = rewards.theta
-    n_users = theta.shape[1]
-    inside = np.zeros(n_users, dtype=bool)
-    start = 0
-    while start < n_users:  # users in blocks whose sets fit in SETS_BYTES (sets of many users at large d)
-        first = estimator.confidence_set(start)
-        users = np.arange(start, min(n_users, start + max(1, SETS_BYTES // _set_bytes(first))))
-        sets = [first] + [estimator.confidence_set(user) for user in users[1:]]
+    inside = np.zeros(theta.shape[1], dtype=bool)
+    # Users in blocks whose sets fit in evaluate's SETS_BYTES (full-dimensional sets of many users).
+    for users, sets in _sets_in_blocks(estimator.confidence_set, 0, theta.shape[1]):
         inside[users] = set_membership(sets, theta.T[users])
-        start = users[-1] + 1
     return inside
 
 

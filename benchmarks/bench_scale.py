@@ -238,8 +238,6 @@ STAGES: list[tuple[str, Callable[[dict], None]]] = [
     ("p-sharelora ignore", _estimator("p-sharelora ignore")),
     ("sklearn per-user", _sklearn_per_user),
     ("loco-prs joint", _loco_joint),
-    ("loco-prs", _loco_prs),
-    ("report loco-prs", _report("loco-prs")),
     ("report p-sharelora ignore", _report("p-sharelora ignore")),
     ("report p-sharelora", _report("p-sharelora")),
     ("report oracle-subspace", _report("oracle-subspace")),
@@ -248,8 +246,11 @@ STAGES: list[tuple[str, Callable[[dict], None]]] = [
     ("rect. planning", _planning("rectangular")),
     ("evaluate greedy", _evaluate("none")),
     ("evaluate rect.", _evaluate("rectangular")),
-    # Last: its 1000 full-dimensional sets (k = d - 1 each) may not fit the cell's memory.
     ("report independent", _report("independent")),
+    # Last: LoCo-PRS fits (d_x + d) r - r^2 coordinates (10,025 at d = 2000) from dense pair
+    # coordinates, which may not fit the cell's memory.
+    ("loco-prs", _loco_prs),
+    ("report loco-prs", _report("loco-prs")),
 ]
 
 
@@ -296,9 +297,9 @@ def run_cell(options: dict) -> dict:
             start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 stage(state)
-            except MemoryError:
+            except MemoryError:  # its arrays are freed: the later stages still run
                 results[name] = {"error": "out of memory"}
-                break
+                continue
             except RuntimeError as error:  # an earlier stage it needs was not run
                 results[name] = {"error": str(error)}
                 continue
