@@ -72,6 +72,12 @@ def test_every_operation_equals_the_dense_ellipsoid(kind, n):
                                dense_term.adjoint(dense_term.whiten(vectors)), rtol=1e-7, atol=1e-7)
     # Points on the affine span (inside and outside) and off it.
     on_span = [dense.theta_hat + dense.basis @ (scale * rng.normal(size=dense.dimension)) for scale in (1e-3, 1.0)]
+    # The d x d formula of the distance: sqrt(u^T (B M^{-1} B^T)^+ u) for u on the span.
+    shape = dense.basis @ np.linalg.solve(dense.matrix, dense.basis.T)
+    for theta in on_span:
+        residual = theta - dense.theta_hat
+        expected = np.sqrt(residual @ np.linalg.pinv(shape, rcond=1e-10, hermitian=True) @ residual)
+        assert low.distance(theta) == pytest.approx(expected, rel=1e-6)
     for theta in on_span + [rng.normal(size=d)]:
         assert low.distance(theta) == pytest.approx(dense.distance(theta), rel=1e-8, abs=1e-10)
         for project in (False, True):
