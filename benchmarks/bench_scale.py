@@ -29,7 +29,9 @@ Stages are the entries of ``STAGES``: a name and a function of the cell's state 
 ``mdp``, ``rewards``, ``dataset`` and the options), so later stages (planning, evaluation) are
 appended there; a stage that needs an earlier one (a fit, a planned agent) fails with a note
 when that one was not run. For every stage the script prints wall-clock seconds and the peak resident memory
-of the process during the stage (``VmHWM``, reset before each stage), then the exponents of
+of the process during the stage (``VmHWM``, reset before each stage; estimators and agents that no
+later stage reads are released after each stage, so the peak is the stage's own plus what later
+stages need, mainly the dataset), then the exponents of
 ``time ~ N^a`` (at each d) and ``time ~ d^b`` (at each N) fitted by least squares on log-log
 axes, and draws both on log-log axes into ``--figure``.
 
@@ -243,8 +245,8 @@ STAGES: list[tuple[str, Callable[[dict], None]]] = [
     ("report oracle-subspace", _report("oracle-subspace")),
     ("report pooled", _report("pooled")),
     ("greedy planning", _planning("none")),
-    ("rect. planning", _planning("rectangular")),
     ("evaluate greedy", _evaluate("none")),
+    ("rect. planning", _planning("rectangular")),
     ("evaluate rect.", _evaluate("rectangular")),
     ("report independent", _report("independent")),
     # Last: LoCo-PRS fits (d_x + d) r - r^2 coordinates (10,025 at d = 2000) from dense pair
@@ -278,6 +280,30 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # since the start: an upper bound
 
 
+def _needs(stage: str) -> set[tuple[str, str]]:
+    """What a stage reads from the cell's state besides world and data: ``(kind, name)`` of
+    fitted estimators and planned agents."""
+    if stage.startswith("report "):
+        return {("fitted", stage.removeprefix("report "))}
+    if stage in ("greedy planning", "rect. planning"):
+        return {("fitted", "p-sharelora ignore")}
+    if stage.startswith("evaluate "):
+        return {("agents", {"evaluate greedy": "none", "evaluate rect.": "rectangular"}[stage])}
+    return set()
+
+
+def _release(state: dict, later: list[str]) -> None:
+    """Drop the estimators and agents no later stage reads, so that a stage's peak memory is its
+    own and what later stages need, not every earlier stage's results (a session would let them go too)."""
+    needed = set().union(*(_needs(stage) for stage in later)) if later else set()
+    for kind in ("fitted", "agents"):
+        for name in list(state.get(kind, {})):
+            if (kind, name) not in needed:
+                del state[kind][name]
+    if not any(stage.startswith("loco-prs") or stage == "report loco-prs" for stage in later):
+        state.pop("contextual", None)
+
+
 def run_cell(options: dict) -> dict:
     """Run every stage on one ``(N, d)`` cell; returns ``{stage: {"seconds", "peak_mb"}}``."""
     from threadpoolctl import threadpool_limits
@@ -305,6 +331,8 @@ def run_cell(options: dict) -> dict:
                 continue
             results[name] = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
                              "peak_mb": _peak_memory_mb()}
+            _release(state, [later for later, _ in STAGES[STAGES.index((name, stage)) + 1:]
+                             if later in options["stages"]])
     finally:
         if limits is not None:
             limits.unregister()
@@ -396,20 +424,24 @@ def draw(grid: dict, users: tuple[int, ...], features: tuple[int, ...], stages: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (by_users, by_features) = plt.subplots(1, 2, figsize=(9, 3.6))
+    figure, (by_users, by_features) = plt.subplots(1, 2, figsize=(11, 4.4))
     largest_d, middle_n = features[-1], users[len(users) // 2]
-    for stage in stages:
+    colours = plt.cm.tab20(np.linspace(0, 1, 20))
+    for index, stage in enumerate(stages):
+        # Line style by kind of stage (fits and data, reports, planning and evaluation), colour by stage.
+        style = "--" if stage.startswith("sklearn") else ":" if stage.startswith("report") else \
+            "-." if "planning" in stage or stage.startswith("evaluate") else "-"
         for axes, axis, fixed, values in ((by_users, "N", largest_d, users), (by_features, "d", middle_n, features)):
             sizes, seconds = _series(grid, stage, axis, fixed, values)
             if sizes:
                 exponent = fitted_exponent(sizes, seconds)
                 label = stage if exponent is None else f"{stage} ({exponent:.2f})"
-                axes.loglog(sizes, seconds, "o--" if stage.startswith("sklearn") else "o-", label=label)
+                axes.loglog(sizes, seconds, marker="o", linestyle=style, color=colours[index % 20], label=label)
     by_users.set(xlabel="users N", ylabel="seconds", title=f"d = {largest_d} (fitted exponent)")
     by_features.set(xlabel="features d", title=f"N = {middle_n} (fitted exponent)")
     for axes in (by_users, by_features):
         axes.grid(True, which="both", alpha=0.3)
-        axes.legend(fontsize=6.5, loc="upper left")
+        axes.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     print(f"figure written to {path}")
