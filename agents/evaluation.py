@@ -80,7 +80,7 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
     # a reward table and a one-hot policy per user for the optimal policies, two of each for the
     # misspecification term (at 10,000 users of d = 500, H = 20 these are 800 MB per table kind).
     block = max(1, DP_BYTES // (32 * mdp.horizon * mdp.n_states * mdp.n_actions))
-    blocks = [np.arange(start, min(n_users, start + block)) for start in range(0, n_users, block)]
+    blocks = [slice(start, min(n_users, start + block)) for start in range(0, n_users, block)]  # views, not copies
     with progress_bar(2 + len(blocks) * (2 if with_sets else 1), "evaluate", progress, unit="step") as bar:
         bar.set_postfix_str("planning", refresh=False)
         policies = agent.policies() if hasattr(agent, "policies") else np.stack([agent.policy(i) for i in range(n_users)])
@@ -110,7 +110,7 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
         if with_sets:
             bar.set_postfix_str("pessimism diagnostics", refresh=False)
             for dp_users in blocks:
-                for users, sets in _sets_in_blocks(agent.confidence_set, int(dp_users[0]), int(dp_users[-1]) + 1):
+                for users, sets in _sets_in_blocks(agent.confidence_set, dp_users.start, dp_users.stop):
                     block_diagnostics = {name: values[users] for name, values in diagnostics.items()}
                     in_set[users] = _diagnostics(mdp, sets, theta.T[users], features[users] - reference[users],
                                                  optimal_features[users] - reference[users], reference[users],
