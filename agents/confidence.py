@@ -9,6 +9,12 @@ user's own convex set plugs in by subclassing :class:`ConfidenceSet`. Sets whose
 function is a centre minus a sum of scaled seminorms also describe that structure
 (:meth:`ConfidenceSet.seminorms`), which the exact planner exploits.
 
+Ellipsoids come in two representations with the same operations: :class:`Ellipsoid` holds its
+``k x k`` matrix and Cholesky factor; :class:`LowRankEllipsoid` holds a matrix ``A^T A + ridge I``
+as the ``n x k`` factor ``A`` (the Fisher matrix of a user with fewer pairs than coordinates) and
+works through the ``n x n`` system. The batched operations (:meth:`Ellipsoid.span_distances`,
+:meth:`Ellipsoid.batch_lower`, :meth:`Ellipsoid.batch_dual_norm`) take both.
+
 The radii are formulas of the theory, implemented once in :mod:`lr_mdp_env.theory` and
 re-exported here: :func:`wald_radius` (asymptotic, chi-square quantile) and :func:`theory_radius`
 (finite-sample, self-normalised, with the ``1 / gamma`` curvature factor).
@@ -533,6 +539,8 @@ class LowRankEllipsoid(ConfidenceSet):
     ridge : float
         ``> 0``.
     radius : float
+    squared : ndarray, shape (n,)
+        The squared norms ``s2`` of the stored rows (the eigenvalues of ``A A^T``).
 
     References
     ----------
