@@ -290,7 +290,7 @@ class RewardEstimator:
             bar.update(bar.total - bar.n)
         self._data = data
         self._sets: dict[int, ConfidenceSet] = {}
-        for name in ("_basis_factors", "_problem_sizes"):  # of the previous fit's basis and pairs
+        for name in ("_basis_factors", "_problem_sizes", "_problem_order"):  # of the previous fit's basis and pairs
             self.__dict__.pop(name, None)
         self._set_parts: dict[int, dict[str, Any]] = {}  # per coordinate problem
         self._inference: tuple[np.ndarray, np.ndarray | None] | None = None
@@ -478,9 +478,18 @@ class RewardEstimator:
         region.__dict__.setdefault("range_factors", self._basis_factors)
         return region
 
+    def _problem_rows(self, problem: int) -> np.ndarray:
+        """The pairs of one coordinate problem, in increasing order, from one stable sort of the
+        pairs by problem (not a scan of all pairs for each of thousands of users)."""
+        if "_problem_order" not in self.__dict__:
+            order = np.argsort(self._groups, kind="stable")
+            self._problem_order = order, np.searchsorted(self._groups[order], np.arange(self._solution.shape[0] + 1))
+        order, starts = self._problem_order
+        return order[starts[problem]:starts[problem + 1]]
+
     def _problem_pairs(self, problem: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Coordinates ``B^T z_j`` ``(m, k)``, labels and offsets of one coordinate problem's pairs."""
-        rows = np.flatnonzero(self._groups == problem)
+        rows = self._problem_rows(problem)
         return np.asarray(self._coordinate_features[rows]), self._data.labels[rows], self._data.offsets[rows]
 
     def _set_parts_of(self, problem: int) -> dict[str, Any]:
@@ -503,7 +512,7 @@ class RewardEstimator:
                 return {"center": center, "rows": _fisher_rows(features, offsets, center, self.beta),
                         "ridge": self.inference_ridge_, "radius": radius}
             elif isinstance(self._coordinate_features, _Coordinates):  # sparse differences: B^T (Z^T W Z) B
-                rows = np.flatnonzero(self._groups == problem)
+                rows = self._problem_rows(problem)
                 matrix = self._coordinate_features.fisher(rows, self._data.offsets[rows], center, self.beta,
                                                           self.inference_ridge_)
             else:
