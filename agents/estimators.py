@@ -31,11 +31,11 @@ from scipy.stats import chi2
 
 from lr_mdp_env import FeaturePreferenceDataset, PreferenceDataset, TabularMDP
 from lr_mdp_env._progress import progress_bar
-from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real
+from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real, frozen
 from lr_mdp_env.identifiability import identifiable_basis, unidentified_directions
 from lr_mdp_env.rewards import base_matrix
 
-from .confidence import ConfidenceSet, Ellipsoid, theory_radius, wald_radius
+from .confidence import ConfidenceSet, Ellipsoid, LowRankEllipsoid, theory_radius, wald_radius
 from .data import ComparisonData, comparison_data
 from .exceptions import not_fitted
 from .factorized import FactoredFit, fit_factored
@@ -171,7 +171,8 @@ class RewardEstimator:
         ``M_b = beta^2 sum_j sigmoid'(eta_j) x_j x_j^T + ridge_ I`` of each coordinate problem at
         the tuned estimate (one problem for :class:`PooledMLE` and the contextual estimators, one
         per user otherwise); ``None`` for user-indexed estimators with ``k > 64`` coordinates,
-        where the sets form theirs per user when asked.
+        where the sets form theirs per user when asked (from the sparse differences for a pooled
+        fit; as the low-rank factor for users with fewer pairs than coordinates).
     ridge_scores_ : dict
         Held-out mean log-likelihood of each candidate ridge fitted (the scan from the largest
         ridge down stops at the first score below the best: :func:`agents.tuning.select_ridge`;
@@ -291,6 +292,8 @@ class RewardEstimator:
             bar.update(bar.total - bar.n)
         self._data = data
         self._sets: dict[int, ConfidenceSet] = {}
+        for name in ("_basis_factors", "_problem_sizes", "_problem_order"):  # of the previous fit's basis and pairs
+            self.__dict__.pop(name, None)
         self._set_parts: dict[int, dict[str, Any]] = {}  # per coordinate problem
         self._inference: tuple[np.ndarray, np.ndarray | None] | None = None
         self._thresholds: np.ndarray | None = None
@@ -322,7 +325,7 @@ class RewardEstimator:
         n_problems = 1 if pooled else data.n_users
         in_feature_space = scipy.sparse.issparse(data.differences) and bases.shape[1] > _DENSE_COORDINATES_MAX
         if in_feature_space:
-            features, coordinates = data.differences, _Coordinates(data.differences, bases)
+            features, coordinates = data.differences, _Coordinates(data.differences, bases, self._hidden)
             initial = None if initial is None else initial @ bases.T
         else:
             features = coordinates = np.asarray(data.differences @ bases)
@@ -345,7 +348,8 @@ class RewardEstimator:
         fit, solution, theta, coordinates = self._solve_coordinates(data, bases, ridge, pooled, initial)
         self._record("coordinates", fit)
         repeat = (lambda rows: np.repeat(rows, data.n_users, axis=0)) if pooled else (lambda rows: rows)
-        self._basis, self._solution, self._pooled = bases, solution, pooled
+        # Read-only: every user's set is handed this one array, whose entries are then checked once.
+        self._basis, self._solution, self._pooled = frozen(bases), solution, pooled
         self._coordinate_features = coordinates
         self._groups = np.zeros(data.n_pairs, dtype=np.int64) if pooled else data.users
         self.fisher_ = fit.fisher
@@ -395,10 +399,13 @@ class RewardEstimator:
         An :class:`~agents.confidence.Ellipsoid`
         ``{Theta_0[:, i] + B w : ||w - w_0||_M <= radius}`` for ``"wald"`` and ``"theory"``, a
         :class:`~agents.likelihood_set.LikelihoodRatioSet` for ``"likelihood"`` and
-        ``"finite"``. Built when first asked for, then kept, unless every user's set together
-        would exceed ``SET_CACHE_BYTES`` (full-dimensional sets of many users at large ``d``: each
-        holds a ``k x k`` matrix and its factor); those are rebuilt on each call, so that no
-        ``k x k`` matrix is kept for all users at once.
+        ``"finite"``. A ``"wald"`` set of a user with fewer pairs than coordinates (``k > 64``:
+        full-dimensional sets) is a :class:`~agents.confidence.LowRankEllipsoid`: its Fisher
+        matrix ``A^T A + inference_ridge I`` kept as the ``n_i x k`` factor ``A``, every
+        operation through the ``n_i x n_i`` system. Built when first asked for, then kept, unless
+        every user's set together would exceed ``SET_CACHE_BYTES`` (full-dimensional sets of many
+        users at large ``d``); those are rebuilt on each call, so that no ``k x k`` matrix (or
+        factor) is kept for all users at once.
         """
         user = check_int("user", user, minimum=0, maximum=self.theta_hat.shape[0] - 1)
         if user in self._sets:
@@ -409,11 +416,27 @@ class RewardEstimator:
         return confidence_set
 
     def _sets_fit_in_cache(self) -> bool:
-        """Whether all users' sets (two ``k x k`` arrays per coordinate problem) fit in
-        :data:`SET_CACHE_BYTES`."""
+        """Whether all users' sets fit in :data:`SET_CACHE_BYTES`: two ``k x k`` arrays per
+        coordinate problem, or its ``n_i x k`` factor for a low-rank-plus-ridge set."""
         k = self._basis.shape[1]
-        n_problems = 1 if self._pooled else self.theta_hat.shape[0]
-        return 16 * k * k * n_problems <= SET_CACHE_BYTES
+        pairs = self._pairs_per_problem()
+        low_rank = self._low_rank_problems()
+        return 8 * k * float(np.sum(np.where(low_rank, pairs, 2 * k))) <= SET_CACHE_BYTES
+
+    def _pairs_per_problem(self) -> np.ndarray:
+        """Number of pairs of each coordinate problem, ``(n_problems,)``."""
+        if "_problem_sizes" not in self.__dict__:
+            self._problem_sizes = np.bincount(self._groups, minlength=self._solution.shape[0])
+        return self._problem_sizes
+
+    def _low_rank_problems(self) -> np.ndarray:
+        """Which coordinate problems' Wald sets are :class:`~agents.confidence.LowRankEllipsoid` s:
+        ``k > 64`` coordinates (no Fisher matrix from the fit) and fewer pairs than coordinates,
+        so the ``n_i x k`` factor of the Fisher matrix is smaller than the matrix."""
+        k = self._basis.shape[1]
+        if self.confidence != "wald" or self._pooled or k <= _DENSE_COORDINATES_MAX:
+            return np.zeros(self._solution.shape[0], dtype=bool)
+        return self._pairs_per_problem() < k
 
     def _build_set(self, user: int) -> ConfidenceSet:
         """User ``user``'s set: the set in the basis' span (reduced estimators may add to it)."""
@@ -444,13 +467,31 @@ class RewardEstimator:
             parts = self._set_parts_of(problem)
             if self._sets_fit_in_cache():
                 self._set_parts[problem] = parts
-        if self.confidence in ("wald", "theory"):
-            return Ellipsoid(offset=offset, basis=self._basis, **parts)
-        return LikelihoodRatioSet(offset=offset, basis=self._basis, **parts)
+        if "rows" in parts:  # a Fisher matrix of fewer pairs than coordinates, plus the ridge
+            region = LowRankEllipsoid(offset=offset, basis=self._basis, **parts)
+        elif self.confidence in ("wald", "theory"):
+            region = Ellipsoid(offset=offset, basis=self._basis, **parts)
+        else:
+            return LikelihoodRatioSet(offset=offset, basis=self._basis, **parts)
+        # The thin SVD of the shared basis, once per estimator (O(d k^2): 16 GFlop at d = 2000),
+        # not once for each new set (sets rebuilt on demand, or in blocks of users).
+        if "_basis_factors" not in self.__dict__:
+            self._basis_factors = region.range_factors
+        region.__dict__.setdefault("range_factors", self._basis_factors)
+        return region
+
+    def _problem_rows(self, problem: int) -> np.ndarray:
+        """The pairs of one coordinate problem, in increasing order, from one stable sort of the
+        pairs by problem (not a scan of all pairs for each of thousands of users)."""
+        if "_problem_order" not in self.__dict__:
+            order = np.argsort(self._groups, kind="stable")
+            self._problem_order = order, np.searchsorted(self._groups[order], np.arange(self._solution.shape[0] + 1))
+        order, starts = self._problem_order
+        return order[starts[problem]:starts[problem + 1]]
 
     def _problem_pairs(self, problem: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Coordinates ``B^T z_j`` ``(m, k)``, labels and offsets of one coordinate problem's pairs."""
-        rows = np.flatnonzero(self._groups == problem)
+        rows = self._problem_rows(problem)
         return np.asarray(self._coordinate_features[rows]), self._data.labels[rows], self._data.offsets[rows]
 
     def _set_parts_of(self, problem: int) -> dict[str, Any]:
@@ -465,12 +506,21 @@ class RewardEstimator:
         solutions, fishers = self._inference_fit()
         center = solutions[problem]
         if self.confidence == "wald":
+            radius = self._wald_radius(center.shape[0])
             if fishers is not None:
                 matrix = fishers[problem]
+            elif self._low_rank_problems()[problem]:
+                features, _, offsets = self._problem_pairs(problem)
+                return {"center": center, "rows": _fisher_rows(features, offsets, center, self.beta),
+                        "ridge": self.inference_ridge_, "radius": radius}
+            elif isinstance(self._coordinate_features, _Coordinates):  # sparse differences: B^T (Z^T W Z) B
+                rows = self._problem_rows(problem)
+                matrix = self._coordinate_features.fisher(rows, self._data.offsets[rows], center, self.beta,
+                                                          self.inference_ridge_)
             else:
                 features, _, offsets = self._problem_pairs(problem)
                 matrix = _fisher_matrix(features, offsets, center, self.beta, self.inference_ridge_)
-            return _ellipsoid_parts(matrix, center, self._wald_radius(center.shape[0]))
+            return _ellipsoid_parts(matrix, center, radius)
         features, labels, offsets = self._problem_pairs(problem)
         threshold = None
         if isinstance(self._coordinate_features, np.ndarray):
@@ -525,6 +575,31 @@ def _fisher_matrix(features: np.ndarray, offsets: np.ndarray, center: np.ndarray
     eta = offsets + beta * features @ center
     slope = expit(eta) * expit(-eta)
     return _symmetric(beta**2 * (features.T * slope) @ features + ridge * np.eye(center.shape[0]))
+
+
+def _householder_complement(basis: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The Householder reflectors ``(v_j, tau_j)`` of the QR factor of ``hidden`` ``(d, m)`` when
+    ``basis`` is its complement ``(H_1 ... H_m)[:, m:]`` (as
+    :func:`~lr_mdp_env.identifiability.identifiable_basis` builds it) to ``1e-12``; else ``None``."""
+    d, m = hidden.shape
+    if m == 0 or basis.shape != (d, d - m):
+        return None
+    (raw, scales), _ = scipy.linalg.qr(hidden, mode="raw")
+    vectors = np.tril(raw, -1)[:, :m].T.copy()
+    vectors[np.arange(m), np.arange(m)] = 1.0
+    complement = np.eye(d)[:, m:]
+    for vector, scale in zip(vectors[::-1], scales[::-1]):  # H_1 (H_2 (... H_m [0; I]))
+        complement -= np.outer(vector, scale * (vector @ complement))
+    if np.max(np.abs(complement - basis)) > 1e-12:
+        return None
+    return vectors, scales
+
+
+def _fisher_rows(features: np.ndarray, offsets: np.ndarray, center: np.ndarray, beta: float) -> np.ndarray:
+    """``A`` with ``A^T A = beta^2 sum_j sigmoid'(eta_j) x_j x_j^T`` at ``center``: the rows
+    ``beta sqrt(sigmoid'(eta_j)) x_j``, ``(n, k)``."""
+    eta = offsets + beta * features @ center
+    return (beta * np.sqrt(expit(eta) * expit(-eta)))[:, None] * features
 
 
 def _theory_set_matrix(features: np.ndarray, center: np.ndarray, beta: float, ridge: float, delta: float,
@@ -646,13 +721,45 @@ _DENSE_COORDINATES_MAX = 64
 
 
 class _Coordinates:
-    """The coordinates ``B^T z_j`` of pairs, formed on indexing (``coordinates[rows]``, ``(m, k)``)."""
+    """The coordinates ``B^T z_j`` of pairs, formed on indexing (``coordinates[rows]``, ``(m, k)``).
 
-    def __init__(self, differences: Any, basis: np.ndarray) -> None:
+    The identifiable basis is the complement ``Q[:, m:]`` of the ``m`` unidentified directions in
+    their complete QR factor, ``Q = H_1 ... H_m`` (Householder reflectors). When ``B`` is that
+    (checked once), ``Z B`` is ``(Z H_1 ... H_m)[:, m:]``: ``O(n d m)`` work, against
+    ``O(nnz(Z) k)`` for the sparse-times-dense product (40 nonzeros per pair and ``k = 1999``:
+    about 20 times less for one-hot features at ``d = 2000``).
+    """
+
+    def __init__(self, differences: Any, basis: np.ndarray, hidden: np.ndarray | None = None) -> None:
         self._differences, self._basis = differences, basis
+        self._reflectors = None
+        if hidden is not None and scipy.sparse.issparse(differences) and differences.shape[0] > 0:
+            # Dense rows and m reflectors, d (m + 1) per pair, against nnz k per pair.
+            d, m = hidden.shape
+            if d * (m + 1) < differences.nnz / differences.shape[0] * basis.shape[1]:
+                self._reflectors = _householder_complement(basis, hidden)
 
     def __getitem__(self, rows: Any) -> np.ndarray:
-        return np.asarray(self._differences[rows] @ self._basis)
+        differences = self._differences[rows]
+        if self._reflectors is None:
+            return np.asarray(differences @ self._basis)
+        vectors, scales = self._reflectors
+        product = differences.toarray() if scipy.sparse.issparse(differences) else np.array(differences, dtype=float)
+        for vector, scale in zip(vectors, scales):  # Z H_1 ... H_m, one reflector at a time
+            product -= np.outer(scale * (product @ vector), vector)
+        return product[:, vectors.shape[0]:]
+
+    def fisher(self, rows: np.ndarray, offsets: np.ndarray, center: np.ndarray, beta: float, ridge: float
+               ) -> np.ndarray:
+        """``B^T (beta^2 sum_j sigmoid'(eta_j) z_j z_j^T) B + ridge I`` of the pairs ``rows`` at the
+        coordinates ``center``, from the sparse ``z_j``: the ``d x d`` middle is a sparse product
+        (a pair's difference has at most ``2 H`` nonzeros for one-hot features), so the dense
+        ``(n, k)`` coordinates are never formed; two ``d x d x k`` products remain."""
+        differences = self._differences[rows]
+        eta = offsets + beta * (differences @ (self._basis @ center))
+        weighted = scipy.sparse.diags(beta**2 * expit(eta) * expit(-eta)) @ differences
+        middle = (differences.T @ weighted).toarray()
+        return _symmetric(self._basis.T @ (middle @ self._basis) + ridge * np.eye(self._basis.shape[1]))
 
 
 class PooledMLE(RewardEstimator):
