@@ -42,7 +42,7 @@ from .factorized import FactoredFit, fit_factored
 from .likelihood_set import LikelihoodRatioSet, finite_sample_likelihood_threshold
 from .logistic import LogisticFit, bernoulli_losses, fit_logistic
 from .subspace_error import (MAX_IDENTIFIED_SINE, SubspaceErrorSet, SubspaceNotIdentifiedWarning, check_subspace_error,
-                             coordinate_bound, epsilon_from_sine, pair_span, sharelora_sine_bound, split_half_sine,
+                             coordinate_bound, epsilon_from_sine, pair_span_weights, sharelora_sine_bound, split_half_sine,
                              subspace_error_seed)
 from .tuning import DEFAULT_RIDGE_GRID, convergence_warnings_labelled, select_ridge
 
@@ -899,7 +899,7 @@ class PShareLoRA(RewardEstimator):
             raise ValueError(f"rank={self.rank} exceeds min(d, N) = {min(data.n_features, data.n_users)}")
 
     def _fit(self, data: ComparisonData, ridge: float) -> None:
-        for name in ("sine_bound_", "split_sine_", "subspace_identified_", "_fallback"):  # calibrated again
+        for name in ("sine_bound_", "split_sine_", "subspace_identified_", "_fallback", "_rows_by_user"):  # calibrated again
             self.__dict__.pop(name, None)
         # Every fit starts from the spectral start of its own data (no warm start along the ridge
         # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
@@ -970,21 +970,24 @@ class PShareLoRA(RewardEstimator):
     # -- the fallback when U_hat is not identified (class docstring, step 6) ---------------------------
 
     def _user_pairs(self) -> list[np.ndarray]:
-        """The rows of each user's pairs."""
-        users = self._data.users
-        order = np.argsort(users, kind="stable")
-        return np.split(order, np.cumsum(np.bincount(users, minlength=self._data.n_users))[:-1])
+        """The rows of each user's pairs (one sort per fit)."""
+        if "_rows_by_user" not in self.__dict__:
+            users = self._data.users
+            order = np.argsort(users, kind="stable")
+            self._rows_by_user = np.split(order, np.cumsum(np.bincount(users, minlength=self._data.n_users))[:-1])
+        return self._rows_by_user
 
     def _fallback_parts(self) -> tuple[np.ndarray, np.ndarray]:
         """The independent fit with the inference ridge, every user in the orthonormal basis of the
-        span of their own pairs (:func:`~agents.subspace_error.pair_span`), batched in one
+        span of their own pairs (:func:`~agents.subspace_error.pair_span_weights`), batched in one
         :func:`agents.logistic.fit_logistic` solve (the coordinates padded with zeros to the
         widest basis; the ridge keeps the padding at zero): centres ``(N, m_max)`` and widths
         ``(N,)``. The bases themselves are formed again per set (``d x m`` each)."""
         if "_fallback" not in self.__dict__:
             data, rows = self._data, self._user_pairs()
-            coordinates = [np.asarray(data.differences[index] @ pair_span(data.differences[index]))
-                           for index in rows]
+            # A user's coordinates in the span of their pairs are Z Z^T W: only m x m work per user.
+            coordinates = [gram @ weights for weights, gram in
+                           (pair_span_weights(data.differences[index]) for index in rows)]
             width = np.array([block.shape[1] for block in coordinates], dtype=np.int64)
             padded = np.zeros((data.n_pairs, int(np.max(width, initial=0))))
             for index, block in zip(rows, coordinates):
@@ -1001,15 +1004,17 @@ class PShareLoRA(RewardEstimator):
         """The full-dimensional Wald set of user ``user``'s independent fit (class docstring, step 6)."""
         centres, width = self._fallback_parts()
         data, offset = self._data, self._base[:, user]
-        rows = np.flatnonzero(data.users == user)
-        basis = pair_span(data.differences[rows])
+        rows = self._user_pairs()[user]
+        weights, gram = pair_span_weights(data.differences[rows])
+        basis = (np.asarray(data.differences[rows].T @ weights, dtype=float) if weights.shape[1]
+                 else np.zeros((data.n_features, 0)))
         k = self._identifiable.shape[1]
         radius = float(self._wald_radius(k)) if k else 0.0
         if basis.shape[1] == 0:
             inner = Ellipsoid(offset=offset, basis=basis, center=np.zeros(0), matrix=np.zeros((0, 0)), radius=0.0)
         else:
             center = centres[user, : width[user]]
-            features = np.asarray(data.differences[rows] @ basis)
+            features = gram @ weights
             matrix = _fisher_matrix(features, data.offsets[rows], center, self.beta, self.inference_ridge_)
             inner = Ellipsoid(offset=offset, basis=basis, center=center, matrix=matrix, radius=radius)
         return SubspaceErrorSet(inner, np.hstack([basis, self._hidden]), radius / math.sqrt(self.inference_ridge_))
