@@ -454,8 +454,9 @@ def robust_optimize(
       ``theta_j`` into a member of ``C`` that certifies that bound by one backward induction, and
       ``minimizer(d_q - d_ref)`` is the next cut. Few cuts are needed for sets of small dimension;
       each costs one linear program per user. Bounded likelihood-ratio sets with an interior are
-      instead solved by a barrier method on the joint dual in the set's coordinates and the MDP's
-      values (``method`` ``"barrier"`` in the result): about ``log10(1 / tol)`` centring stages
+      instead solved, where its dense Newton system is cheap (``H S A (k + H S)^2 <= 1e8``), by
+      a barrier method on the joint dual in the set's coordinates and the MDP's values
+      (``method`` ``"barrier"`` in the result): about ``log10(1 / tol)`` centring stages
       whatever ``k``, e.g. ``k = 17`` to ``tol = 1e-6`` in about 10 stages and a fraction of a second,
       where Kelley's cuts stalled at a gap of 1e-3 after 200 cuts.
     - ``"frank-wolfe"`` (any :class:`~agents.ConfidenceSet`, using only ``lower`` and
@@ -934,8 +935,8 @@ def _cutting_plane(run: _Run, users: np.ndarray, max_iterations: int) -> None:
     occupancy gives the primal policy (its exact ``L`` is recorded) and the next cut
     ``minimizer(d_q - d_ref)``.
 
-    Bounded likelihood-ratio sets with a positive level (in MDPs small enough for a dense Newton
-    system) are solved instead by a barrier method on the joint dual (:func:`_likelihood_barrier`).
+    Bounded likelihood-ratio sets with a positive level (where a dense Newton system in ``k + H S``
+    unknowns is cheap: ``H S A (k + H S)^2 <= 1e8``) are solved instead by a barrier method on the joint dual (:func:`_likelihood_barrier`).
     """
     smooth = np.array([_barrier_ready(run.mdp, run.items[user]) for user in users], dtype=bool)
     if smooth.any():
@@ -982,8 +983,10 @@ def _cutting_plane(run: _Run, users: np.ndarray, max_iterations: int) -> None:
 
 # -- a barrier method for likelihood-ratio sets ----------------------------------------------------
 
-# Largest number of unknowns (k + H S) of the dense Newton system of the likelihood barrier method.
-_BARRIER_MAX_UNKNOWNS = 1500
+# Largest cost of one dense Newton system of the likelihood barrier method, H S A (k + H S)^2
+# operations to form it (about 0.05 s at 1e8): beyond, Kelley's cuts, whose linear programs
+# HiGHS solves sparsely, are used.
+_BARRIER_MAX_OPERATIONS = 1e8
 # Barrier parameter at the start relative to the value scale, and its decrease per stage.
 _BARRIER_FIRST_MU = 1.0
 _BARRIER_MU_FACTOR = 0.1
@@ -996,8 +999,10 @@ _BARRIER_DECREMENT = 1e-9
 def _barrier_ready(mdp: TabularMDP, item: ConfidenceSet) -> bool:
     """Whether :func:`_likelihood_barrier` applies: a bounded likelihood-ratio set with an interior
     (``level > 0``, so its centre is strictly inside) and a Newton system small enough to be dense."""
-    return (isinstance(item, LikelihoodRatioSet) and item.bounded and item.level > 0 and item.dimension > 0
-            and item.dimension + mdp.horizon * mdp.n_states <= _BARRIER_MAX_UNKNOWNS)
+    if not (isinstance(item, LikelihoodRatioSet) and item.bounded and item.level > 0 and item.dimension > 0):
+        return False
+    values = mdp.horizon * mdp.n_states
+    return values * mdp.n_actions * (item.dimension + values) ** 2 <= _BARRIER_MAX_OPERATIONS
 
 
 def _likelihood_barrier(run: _Run, users: np.ndarray, max_iterations: int) -> None:
