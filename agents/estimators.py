@@ -487,7 +487,7 @@ class RewardEstimator:
             self._levels = bootstrap_likelihood_levels(
                 self._coordinate_features, self._data.offsets, self._groups, self._solution.shape[0],
                 self._bootstrap_worlds(), None, self.beta, self.inference_ridge_, self._set_delta,
-                LIKELIHOOD_BOOTSTRAP_REPLICATES, self._bootstrap_generator(), self.tol)
+                LIKELIHOOD_BOOTSTRAP_REPLICATES, self._bootstrap_generator(), max(self.tol, _BOOTSTRAP_TOL))
         return self._levels
 
     def _bootstrap_worlds(self) -> np.ndarray:
@@ -570,6 +570,10 @@ LIKELIHOOD_BOOTSTRAP_REPLICATES = 50
 #: Ridges of the bootstrap worlds' regularisation path, besides the tuned one
 #: (:meth:`RewardEstimator._bootstrap_worlds`).
 LIKELIHOOD_WORLD_RIDGES = (100.0, 10.0, 1.0, 0.1, 0.01)
+# Relative gradient tolerance of the replicates' refits: it moves a level by about 1e-5 (measured
+# at 1.5-24 pairs per coordinate), far below the Monte-Carlo error of a 90% quantile from 50
+# replicates (about one nat), and saves 10-20% of the bootstrap's time.
+_BOOTSTRAP_TOL = 1e-5
 # Replicates are fitted in chunks of at most this many pair-coordinates (floats) at once.
 _BOOTSTRAP_CHUNK_ENTRIES = 4_000_000
 

@@ -16,7 +16,8 @@ from scipy.special import expit
 from scipy.stats import chi2
 
 from agents import IndependentMLE, PooledMLE
-from agents.estimators import LIKELIHOOD_BOOTSTRAP_REPLICATES, LIKELIHOOD_WORLD_RIDGES, bootstrap_likelihood_levels
+from agents.estimators import (_BOOTSTRAP_TOL, LIKELIHOOD_BOOTSTRAP_REPLICATES, LIKELIHOOD_WORLD_RIDGES,
+                               bootstrap_likelihood_levels)
 from lr_mdp_env import collect_preferences, low_rank_rewards, random_mdp
 
 
@@ -95,7 +96,7 @@ def test_set_level_is_the_bootstrap_over_the_worlds():
     expected = bootstrap_likelihood_levels(
         np.asarray(estimator._coordinate_features), estimator._data.offsets, estimator._groups, 4,
         estimator._bootstrap_worlds(), None, estimator.beta, estimator.inference_ridge_, estimator.delta,
-        LIKELIHOOD_BOOTSTRAP_REPLICATES, estimator._bootstrap_generator(), estimator.tol)
+        LIKELIHOOD_BOOTSTRAP_REPLICATES, estimator._bootstrap_generator(), max(estimator.tol, _BOOTSTRAP_TOL))
     np.testing.assert_allclose(levels, expected, rtol=1e-9)
     k = estimator._basis.shape[1]
     assert min(levels) >= chi2.ppf(0.9, k) / 2 - 1e-12
