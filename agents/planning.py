@@ -485,7 +485,7 @@ def robust_optimize(
         Seminorm methods fall back to the cutting-plane method for sets without seminorms.
     max_iterations : int, optional
         Iteration budget per problem (default 200 interior-point steps, ``100 + 10 k`` pricing
-        steps, 200 cuts, 20000 Frank-Wolfe steps).
+        steps, 200 cuts or barrier stages, 20000 Frank-Wolfe steps).
     max_seconds : float, optional
         Time budget of the whole call. Problems still open when it runs out return their best
         certified policy so far.
