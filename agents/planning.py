@@ -44,7 +44,7 @@ from lr_mdp_env.identifiability import project_identifiable, unidentified_direct
 from . import column_generation, interior_point
 from .confidence import ConfidenceSet, Ellipsoid, LinearSeminorm
 from .likelihood_set import LikelihoodRatioSet
-from .logistic import ConvergenceWarning
+from .logistic import ConvergenceWarning, bernoulli_losses, bernoulli_losses_and_probabilities
 
 __all__ = [
     "RectangularSolution",
@@ -991,6 +991,9 @@ _BARRIER_MAX_OPERATIONS = 1e8
 _BARRIER_FIRST_MU = 1.0
 _BARRIER_MU_FACTOR = 0.1
 _BARRIER_NEWTON_STEPS = 80
+# Users whose Newton systems are stacked together (memory: the block's Bellman matrices,
+# H S A (k + H S) floats each).
+_BARRIER_BLOCK = 64
 # A centring ends when half the squared Newton decrement (for a self-concordant barrier, about the
 # distance of the barrier function to its minimum) is below this.
 _BARRIER_DECREMENT = 1e-9
@@ -1026,7 +1029,9 @@ def _likelihood_barrier(run: _Run, users: np.ndarray, max_iterations: int) -> No
     own ``lower``, and one backward induction at ``theta = offset + B w``, a member of ``C``
     (strictly inside), for the upper bound. The duality gap of a centred point is
     ``(H S A + 1) mu``, so the stages needed grow like ``log(1 / tol)``, whatever ``k``; an
-    iteration is one stage.
+    iteration is one stage. Users with sets of the same dimension are solved together in blocks
+    of :data:`_BARRIER_BLOCK` (stacked Newton systems, padded pairs, batched backward
+    inductions), each leaving its block's stages once its gap is within ``tol``.
 
     References
     ----------
@@ -1047,76 +1052,160 @@ def _likelihood_barrier(run: _Run, users: np.ndarray, max_iterations: int) -> No
         values_part[block, (h + 1) * S:(h + 2) * S] = -mdp.transitions[h].reshape(S * A, S)
     objective_values = np.zeros(H * S)
     objective_values[:S] = mdp.initial_distribution
+    by_dimension: dict[int, list[int]] = {}
     for user in users:
-        item, d_ref = run.items[user], run.d_ref[user]
-        k = item.dimension
-        base_rewards = _reward_tables(mdp, item.offset[None]).reshape(rows)
-        reward_slopes = _reward_tables(mdp, item.basis.T).reshape(k, rows).T  # (rows, k)
-        matrix = np.hstack([-reward_slopes, values_part])  # slacks = matrix @ x - base_rewards
-        linear = np.concatenate([-(item.basis.T @ d_ref), objective_values])
-        constant = -float(item.offset @ d_ref)
-        w = np.array(item.center, dtype=float)
-        # A strictly feasible start: the values of theta(w) by backward induction, raised by one per
-        # remaining step, satisfy every Bellman inequality with slack one.
-        _, start_values = backward_induction(mdp, _reward_tables(mdp, (item.offset + item.basis @ w)[None]))
-        values = (start_values[0] + (H - np.arange(H))[:, None]).reshape(H * S)
-        x = np.concatenate([w, values])
-        scale = max(1.0, abs(float(linear @ x) + constant))
-        mu = _BARRIER_FIRST_MU * scale
-        for stage in range(max_iterations):
-            if run.out_of_time():
-                break
-            x = _centre(item, matrix, base_rewards, linear, x, mu, k)
-            run.iterations[user] = stage + 1
-            w = x[:k]
-            run.record_duals(np.array([user]), (item.offset + item.basis @ w)[None])
-            slacks = matrix @ x - base_rewards
-            flow = (mu / slacks).reshape(H, S, A)
-            policy = _policy_of(flow)
-            g = expected_features(mdp, policy) - d_ref
-            run.record_policies(np.array([user]), policy[None], np.array([float(item.lower(g))]))
-            if run.done(np.array([user]))[0]:
-                break
-            mu *= _BARRIER_MU_FACTOR
+        by_dimension.setdefault(run.items[user].dimension, []).append(int(user))
+    for members in by_dimension.values():
+        for first in range(0, len(members), _BARRIER_BLOCK):
+            _barrier_block(run, np.array(members[first:first + _BARRIER_BLOCK]), values_part, objective_values,
+                           max_iterations)
     run.label(users, "barrier")
 
 
-def _centre(item: LikelihoodRatioSet, matrix: np.ndarray, base_rewards: np.ndarray, linear: np.ndarray,
-            x: np.ndarray, mu: float, k: int) -> np.ndarray:
-    """Minimise ``linear . x / mu - sum log(matrix x - base_rewards) - log(c - f(x[:k]))`` from a
-    strictly feasible ``x`` by damped Newton steps (Armijo backtracking that keeps feasibility)."""
-    threshold = item.threshold
+class _PaddedLosses:
+    """The losses ``f_b`` of a block of likelihood-ratio sets with the same dimension, their pairs
+    padded to a common count (padded pairs have zero features and weight zero)."""
 
-    def barrier(point: np.ndarray) -> float:
-        slacks_ = matrix @ point - base_rewards
-        room_ = threshold - float(item.loss(point[:k]))
-        if np.any(slacks_ <= 0) or room_ <= 0:
-            return np.inf
-        return float(linear @ point) / mu - float(np.sum(np.log(slacks_))) - float(np.log(room_))
+    def __init__(self, sets: list[LikelihoodRatioSet]) -> None:
+        b, k = len(sets), sets[0].dimension
+        m = max(region.features.shape[0] for region in sets)
+        self.features = np.zeros((b, m, k))
+        self.labels = np.zeros((b, m))
+        self.offsets = np.zeros((b, m))
+        self.mask = np.zeros((b, m))
+        for row, region in enumerate(sets):
+            count = region.features.shape[0]
+            self.features[row, :count] = region.features
+            self.labels[row, :count] = region.labels
+            self.offsets[row, :count] = region.offsets
+            self.mask[row, :count] = 1.0
+        self.beta = np.array([region.beta for region in sets])
+        self.ridge = np.array([region.ridge for region in sets])
 
-    current = barrier(x)
-    for _ in range(_BARRIER_NEWTON_STEPS):
-        f, grad_f, hess_f = item.loss_derivatives(x[None, :k])
-        room, grad_f, hess_f = threshold - float(f[0]), grad_f[0], hess_f[0]
-        inverse = 1.0 / (matrix @ x - base_rewards)
-        gradient = linear / mu - matrix.T @ inverse
-        gradient[:k] += grad_f / room
-        hessian = (matrix.T * inverse**2) @ matrix
-        hessian[:k, :k] += hess_f / room + np.outer(grad_f, grad_f) / room**2
-        try:
-            step = -scipy.linalg.solve(hessian, gradient, assume_a="pos")
-        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
-            step = -np.linalg.lstsq(hessian, gradient, rcond=None)[0]
-        decrement = -float(gradient @ step)
-        if not decrement > 2 * _BARRIER_DECREMENT:
+    def _logits(self, rows: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return self.offsets[rows] + self.beta[rows, None] * np.einsum("bmk,bk->bm", self.features[rows], w)
+
+    def loss(self, rows: np.ndarray, w: np.ndarray) -> np.ndarray:
+        losses = bernoulli_losses(self._logits(rows, w), self.labels[rows]) * self.mask[rows]
+        return losses.sum(axis=1) + 0.5 * self.ridge[rows] * np.sum(w * w, axis=1)
+
+    def derivatives(self, rows: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        eta = self._logits(rows, w)
+        losses, probabilities = bernoulli_losses_and_probabilities(eta, self.labels[rows])
+        mask, features, beta, ridge = self.mask[rows], self.features[rows], self.beta[rows], self.ridge[rows]
+        loss = (losses * mask).sum(axis=1) + 0.5 * ridge * np.sum(w * w, axis=1)
+        gradient = beta[:, None] * np.einsum("bm,bmk->bk", (probabilities - self.labels[rows]) * mask, features)
+        gradient += ridge[:, None] * w
+        weights = beta[:, None] ** 2 * probabilities * (1.0 - probabilities) * mask
+        hessian = np.einsum("bmk,bm,bml->bkl", features, weights, features)
+        hessian[:, np.arange(w.shape[1]), np.arange(w.shape[1])] += ridge[:, None]
+        return loss, gradient, hessian
+
+
+def _barrier_block(run: _Run, users: np.ndarray, values_part: np.ndarray, objective_values: np.ndarray,
+                   max_iterations: int) -> None:
+    """:func:`_likelihood_barrier` for a block of users whose sets have the same dimension ``k``."""
+    mdp = run.mdp
+    H, S, A = mdp.horizon, mdp.n_states, mdp.n_actions
+    rows = H * S * A
+    sets = [run.items[user] for user in users]
+    b, k = len(sets), sets[0].dimension
+    offsets = np.stack([region.offset for region in sets])
+    bases = np.stack([region.basis for region in sets])  # (b, d, k)
+    d_ref = run.d_ref[users]
+    base_rewards = _reward_tables(mdp, offsets).reshape(b, rows)
+    slopes = _reward_tables(mdp, bases.transpose(0, 2, 1).reshape(b * k, -1)).reshape(b, k, rows)
+    matrix = np.concatenate([-slopes.transpose(0, 2, 1), np.broadcast_to(values_part, (b, *values_part.shape))],
+                            axis=2)  # slacks = matrix @ x - base_rewards
+    linear = np.concatenate([-np.einsum("bdk,bd->bk", bases, d_ref), np.broadcast_to(objective_values, (b, H * S))],
+                            axis=1)
+    thresholds = np.array([region.threshold for region in sets])
+    losses = _PaddedLosses(sets)
+    w = np.stack([region.center for region in sets]).astype(float)
+    # A strictly feasible start: the values of theta(w) by backward induction, raised by one per
+    # remaining step, satisfy every Bellman inequality with slack one.
+    _, start_values = backward_induction(mdp, _reward_tables(mdp, offsets + np.einsum("bdk,bk->bd", bases, w)))
+    values = (start_values + (H - np.arange(H))[None, :, None]).reshape(b, H * S)
+    x = np.concatenate([w, values], axis=1)
+    mu = _BARRIER_FIRST_MU * np.maximum(1.0, np.abs(np.einsum("bn,bn->b", linear, x) - np.einsum("bd,bd->b", offsets, d_ref)))
+    active = np.arange(b)
+    for stage in range(max_iterations):
+        if not active.size or run.out_of_time():
             break
-        size = 1.0
+        x[active] = _centre(losses, thresholds, matrix, base_rewards, linear, x, mu, active, k)
+        members = users[active]
+        run.iterations[members] = stage + 1
+        theta = offsets[active] + np.einsum("bdk,bk->bd", bases[active], x[active, :k])
+        run.record_duals(members, theta)
+        # The exact L of a policy (the set's lower, a root search per user) is the costly part of a
+        # stage: it is computed once the centred point's duality gap (H S A + 1) mu is within ten
+        # times the tolerance, when the certificate can close, and at the last stage.
+        ready = active[((rows + 1) * mu[active] <= 10 * run.tol * np.maximum(1.0, np.abs(run.upper[members])))
+                       | (stage == max_iterations - 1)]
+        if ready.size:
+            slacks = np.einsum("bij,bj->bi", matrix[ready], x[ready]) - base_rewards[ready]
+            policies = _policy_of((mu[ready, None] / slacks).reshape(len(ready), H, S, A))
+            g = expected_features(mdp, policies) - d_ref[ready]
+            run.record_policies(users[ready], policies,
+                                np.array([float(sets[i].lower(row)) for i, row in zip(ready, g)]))
+        active = active[~run.done(members)]
+        mu[active] *= _BARRIER_MU_FACTOR
+
+
+def _centre(losses: _PaddedLosses, thresholds: np.ndarray, matrix: np.ndarray, base_rewards: np.ndarray,
+            linear: np.ndarray, x: np.ndarray, mu: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Minimise each row's ``linear . x / mu - sum log(matrix x - base_rewards) - log(c - f(x[:k]))``
+    from a strictly feasible ``x`` by damped Newton steps (Armijo backtracking that keeps
+    feasibility), all ``rows`` together; returns their new ``x``."""
+    x = x[rows].copy()
+    n = x.shape[1]
+
+    def barrier(where: np.ndarray, points: np.ndarray) -> np.ndarray:
+        problems = rows[where]
+        slacks_ = np.einsum("bij,bj->bi", matrix[problems], points) - base_rewards[problems]
+        room_ = thresholds[problems] - losses.loss(problems, points[:, :k])
+        feasible = np.all(slacks_ > 0, axis=1) & (room_ > 0)
+        value = np.full(where.size, np.inf)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value[feasible] = (np.einsum("bn,bn->b", linear[problems], points)[feasible] / mu[problems][feasible]
+                               - np.sum(np.log(slacks_[feasible]), axis=1) - np.log(room_[feasible]))
+        return value
+
+    running = np.arange(rows.size)
+    current = barrier(running, x)
+    for _ in range(_BARRIER_NEWTON_STEPS):
+        if not running.size:
+            break
+        problems = rows[running]
+        f, grad_f, hess_f = losses.derivatives(problems, x[running, :k])
+        room = thresholds[problems] - f
+        inverse = 1.0 / (np.einsum("bij,bj->bi", matrix[problems], x[running]) - base_rewards[problems])
+        gradient = linear[problems] / mu[problems, None] - np.einsum("bij,bi->bj", matrix[problems], inverse)
+        gradient[:, :k] += grad_f / room[:, None]
+        hessian = np.einsum("bij,bi,bil->bjl", matrix[problems], inverse**2, matrix[problems])
+        hessian[:, :k, :k] += hess_f / room[:, None, None] + np.einsum("bi,bj->bij", grad_f, grad_f) / room[:, None, None] ** 2
+        try:
+            step = -np.linalg.solve(hessian, gradient[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            step = -np.einsum("bij,bj->bi", np.linalg.pinv(hessian, hermitian=True), gradient)
+        decrement = -np.einsum("bn,bn->b", gradient, step)
+        moving = decrement > 2 * _BARRIER_DECREMENT  # also False for NaN
+        running, step, decrement = running[moving], step[moving], decrement[moving]
+        size = np.ones(running.size)
+        accepted = np.zeros(running.size, dtype=bool)
+        trial = np.full(running.size, np.inf)
         for _ in range(60):
-            trial = barrier(x + size * step)
-            if trial <= current - 0.25 * size * decrement:
+            pending = np.flatnonzero(~accepted)
+            if not pending.size:
                 break
-            size *= 0.5
-        else:
-            break  # no decrease beyond rounding: as centred as it gets
-        x, current = x + size * step, trial
+            values = barrier(running[pending], x[running[pending]] + size[pending, None] * step[pending])
+            ok = values <= current[running[pending]] - 0.25 * size[pending] * decrement[pending]
+            accepted[pending[ok]] = True
+            trial[pending[ok]] = values[ok]
+            size[pending[~ok]] *= 0.5
+        # Rows without a decrease beyond rounding are as centred as they get: they stop here.
+        moved = running[accepted]
+        x[moved] += size[accepted, None] * step[accepted]
+        current[moved] = trial[accepted]
+        running = moved
     return x

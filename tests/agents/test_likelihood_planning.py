@@ -178,3 +178,22 @@ def test_loss_derivatives_are_those_of_the_loss():
             np.testing.assert_allclose(hessian[i], (plus[0] - minus[0]) / (2 * step), atol=1e-6)
     with pytest.raises(ValueError, match="coordinates"):
         region.loss_derivatives(np.zeros((2, 3)))
+
+
+def test_the_batched_call_equals_the_single_calls():
+    """Sets of two dimensions (blocks by dimension) and references per user: one call equals the
+    calls one set at a time, to rounding (the stacked products may sum in another order)."""
+    mdp = lr_mdp_env.random_mdp(3, 3, 3, seed=12)
+    sets = [random_region(20 + i, mdp, k, m, ridge)
+            for i, (k, m, ridge) in enumerate([(3, 20, 0.4), (5, 35, 0.0), (3, 12, 0.1), (5, 50, 0.4), (3, 40, 0.0)])]
+    rng = np.random.default_rng(13)
+    references = np.stack([expected_features(mdp, planning.greedy(mdp, rng.normal(size=mdp.n_features)))
+                           for _ in sets])
+    batch = planning.robust_optimize(mdp, sets, references, tol=1e-8)
+    for solution, region, reference in zip(batch, sets, references):
+        single = planning.robust_optimize(mdp, region, reference, tol=1e-8)
+        assert solution.method == single.method == "barrier"
+        assert solution.converged and single.converged
+        # Each value is within tol of the optimum (from below), so they differ by at most tol (x2 margin).
+        assert solution.value == pytest.approx(single.value, abs=2e-8 * max(1.0, abs(single.value)))
+        assert solution.upper_bound == pytest.approx(single.upper_bound, abs=2e-8 * max(1.0, abs(single.value)))
