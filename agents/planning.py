@@ -1127,7 +1127,8 @@ def _barrier_block(run: _Run, users: np.ndarray, values_part: np.ndarray, object
     _, start_values = backward_induction(mdp, _reward_tables(mdp, offsets + np.einsum("bdk,bk->bd", bases, w)))
     values = (start_values + (H - np.arange(H))[None, :, None]).reshape(b, H * S)
     x = np.concatenate([w, values], axis=1)
-    mu = _BARRIER_FIRST_MU * np.maximum(1.0, np.abs(np.einsum("bn,bn->b", linear, x) - np.einsum("bd,bd->b", offsets, d_ref)))
+    objective = np.einsum("bn,bn->b", linear, x) - np.einsum("bd,bd->b", offsets, d_ref)
+    mu = _BARRIER_FIRST_MU * np.maximum(1.0, np.abs(objective))
     active = np.arange(b)
     for stage in range(max_iterations):
         if not active.size or run.out_of_time():
@@ -1183,7 +1184,8 @@ def _centre(losses: _PaddedLosses, thresholds: np.ndarray, matrix: np.ndarray, b
         gradient = linear[problems] / mu[problems, None] - np.einsum("bij,bi->bj", matrix[problems], inverse)
         gradient[:, :k] += grad_f / room[:, None]
         hessian = np.einsum("bij,bi,bil->bjl", matrix[problems], inverse**2, matrix[problems])
-        hessian[:, :k, :k] += hess_f / room[:, None, None] + np.einsum("bi,bj->bij", grad_f, grad_f) / room[:, None, None] ** 2
+        scaled = grad_f / room[:, None]
+        hessian[:, :k, :k] += hess_f / room[:, None, None] + np.einsum("bi,bj->bij", scaled, scaled)
         try:
             step = -np.linalg.solve(hessian, gradient[..., None])[..., 0]
         except np.linalg.LinAlgError:
