@@ -21,6 +21,7 @@ what comparisons never see, e.g. the all-ones direction of one-hot features (doc
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -30,18 +31,19 @@ from scipy.stats import chi2
 
 from lr_mdp_env import FeaturePreferenceDataset, PreferenceDataset, TabularMDP
 from lr_mdp_env._progress import progress_bar
-from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real
+from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real, frozen
 from lr_mdp_env.identifiability import identifiable_basis, unidentified_directions
 from lr_mdp_env.rewards import base_matrix
 
-from .confidence import ConfidenceSet, Ellipsoid, theory_radius, wald_radius
+from .confidence import ConfidenceSet, Ellipsoid, LowRankEllipsoid, theory_radius, wald_radius
 from .data import ComparisonData, comparison_data
 from .exceptions import not_fitted
 from .factorized import FactoredFit, fit_factored
 from .likelihood_set import LikelihoodRatioSet, finite_sample_likelihood_threshold
 from .logistic import LogisticFit, bernoulli_losses, fit_logistic
-from .subspace_error import (SubspaceErrorSet, check_subspace_error, coordinate_bound, epsilon_from_sine,
-                             sharelora_sine_bound, subspace_error_seed)
+from .subspace_error import (MAX_IDENTIFIED_SINE, SubspaceErrorSet, SubspaceNotIdentifiedWarning, check_subspace_error,
+                             coordinate_bound, epsilon_from_sine, pair_span, sharelora_sine_bound, split_half_sine,
+                             subspace_error_seed)
 from .tuning import DEFAULT_RIDGE_GRID, convergence_warnings_labelled, select_ridge
 
 #: Values of the estimators' ``confidence`` option (:class:`RewardEstimator`).
@@ -171,7 +173,8 @@ class RewardEstimator:
         ``M_b = beta^2 sum_j sigmoid'(eta_j) x_j x_j^T + ridge_ I`` of each coordinate problem at
         the tuned estimate (one problem for :class:`PooledMLE` and the contextual estimators, one
         per user otherwise); ``None`` for user-indexed estimators with ``k > 64`` coordinates,
-        where the sets form theirs per user when asked.
+        where the sets form theirs per user when asked (from the sparse differences for a pooled
+        fit; as the low-rank factor for users with fewer pairs than coordinates).
     ridge_scores_ : dict
         Held-out mean log-likelihood of each candidate ridge fitted (the scan from the largest
         ridge down stops at the first score below the best: :func:`agents.tuning.select_ridge`;
@@ -291,6 +294,8 @@ class RewardEstimator:
             bar.update(bar.total - bar.n)
         self._data = data
         self._sets: dict[int, ConfidenceSet] = {}
+        for name in ("_basis_factors", "_problem_sizes", "_problem_order"):  # of the previous fit's basis and pairs
+            self.__dict__.pop(name, None)
         self._set_parts: dict[int, dict[str, Any]] = {}  # per coordinate problem
         self._inference: tuple[np.ndarray, np.ndarray | None] | None = None
         self._thresholds: np.ndarray | None = None
@@ -322,7 +327,7 @@ class RewardEstimator:
         n_problems = 1 if pooled else data.n_users
         in_feature_space = scipy.sparse.issparse(data.differences) and bases.shape[1] > _DENSE_COORDINATES_MAX
         if in_feature_space:
-            features, coordinates = data.differences, _Coordinates(data.differences, bases)
+            features, coordinates = data.differences, _Coordinates(data.differences, bases, self._hidden)
             initial = None if initial is None else initial @ bases.T
         else:
             features = coordinates = np.asarray(data.differences @ bases)
@@ -345,7 +350,8 @@ class RewardEstimator:
         fit, solution, theta, coordinates = self._solve_coordinates(data, bases, ridge, pooled, initial)
         self._record("coordinates", fit)
         repeat = (lambda rows: np.repeat(rows, data.n_users, axis=0)) if pooled else (lambda rows: rows)
-        self._basis, self._solution, self._pooled = bases, solution, pooled
+        # Read-only: every user's set is handed this one array, whose entries are then checked once.
+        self._basis, self._solution, self._pooled = frozen(bases), solution, pooled
         self._coordinate_features = coordinates
         self._groups = np.zeros(data.n_pairs, dtype=np.int64) if pooled else data.users
         self.fisher_ = fit.fisher
@@ -395,10 +401,13 @@ class RewardEstimator:
         An :class:`~agents.confidence.Ellipsoid`
         ``{Theta_0[:, i] + B w : ||w - w_0||_M <= radius}`` for ``"wald"`` and ``"theory"``, a
         :class:`~agents.likelihood_set.LikelihoodRatioSet` for ``"likelihood"`` and
-        ``"finite"``. Built when first asked for, then kept, unless every user's set together
-        would exceed ``SET_CACHE_BYTES`` (full-dimensional sets of many users at large ``d``: each
-        holds a ``k x k`` matrix and its factor); those are rebuilt on each call, so that no
-        ``k x k`` matrix is kept for all users at once.
+        ``"finite"``. A ``"wald"`` set of a user with fewer pairs than coordinates (``k > 64``:
+        full-dimensional sets) is a :class:`~agents.confidence.LowRankEllipsoid`: its Fisher
+        matrix ``A^T A + inference_ridge I`` kept as the ``n_i x k`` factor ``A``, every
+        operation through the ``n_i x n_i`` system. Built when first asked for, then kept, unless
+        every user's set together would exceed ``SET_CACHE_BYTES`` (full-dimensional sets of many
+        users at large ``d``); those are rebuilt on each call, so that no ``k x k`` matrix (or
+        factor) is kept for all users at once.
         """
         user = check_int("user", user, minimum=0, maximum=self.theta_hat.shape[0] - 1)
         if user in self._sets:
@@ -409,11 +418,27 @@ class RewardEstimator:
         return confidence_set
 
     def _sets_fit_in_cache(self) -> bool:
-        """Whether all users' sets (two ``k x k`` arrays per coordinate problem) fit in
-        :data:`SET_CACHE_BYTES`."""
+        """Whether all users' sets fit in :data:`SET_CACHE_BYTES`: two ``k x k`` arrays per
+        coordinate problem, or its ``n_i x k`` factor for a low-rank-plus-ridge set."""
         k = self._basis.shape[1]
-        n_problems = 1 if self._pooled else self.theta_hat.shape[0]
-        return 16 * k * k * n_problems <= SET_CACHE_BYTES
+        pairs = self._pairs_per_problem()
+        low_rank = self._low_rank_problems()
+        return 8 * k * float(np.sum(np.where(low_rank, pairs, 2 * k))) <= SET_CACHE_BYTES
+
+    def _pairs_per_problem(self) -> np.ndarray:
+        """Number of pairs of each coordinate problem, ``(n_problems,)``."""
+        if "_problem_sizes" not in self.__dict__:
+            self._problem_sizes = np.bincount(self._groups, minlength=self._solution.shape[0])
+        return self._problem_sizes
+
+    def _low_rank_problems(self) -> np.ndarray:
+        """Which coordinate problems' Wald sets are :class:`~agents.confidence.LowRankEllipsoid` s:
+        ``k > 64`` coordinates (no Fisher matrix from the fit) and fewer pairs than coordinates,
+        so the ``n_i x k`` factor of the Fisher matrix is smaller than the matrix."""
+        k = self._basis.shape[1]
+        if self.confidence != "wald" or self._pooled or k <= _DENSE_COORDINATES_MAX:
+            return np.zeros(self._solution.shape[0], dtype=bool)
+        return self._pairs_per_problem() < k
 
     def _build_set(self, user: int) -> ConfidenceSet:
         """User ``user``'s set: the set in the basis' span (reduced estimators may add to it)."""
@@ -444,13 +469,31 @@ class RewardEstimator:
             parts = self._set_parts_of(problem)
             if self._sets_fit_in_cache():
                 self._set_parts[problem] = parts
-        if self.confidence in ("wald", "theory"):
-            return Ellipsoid(offset=offset, basis=self._basis, **parts)
-        return LikelihoodRatioSet(offset=offset, basis=self._basis, **parts)
+        if "rows" in parts:  # a Fisher matrix of fewer pairs than coordinates, plus the ridge
+            region = LowRankEllipsoid(offset=offset, basis=self._basis, **parts)
+        elif self.confidence in ("wald", "theory"):
+            region = Ellipsoid(offset=offset, basis=self._basis, **parts)
+        else:
+            return LikelihoodRatioSet(offset=offset, basis=self._basis, **parts)
+        # The thin SVD of the shared basis, once per estimator (O(d k^2): 16 GFlop at d = 2000),
+        # not once for each new set (sets rebuilt on demand, or in blocks of users).
+        if "_basis_factors" not in self.__dict__:
+            self._basis_factors = region.range_factors
+        region.__dict__.setdefault("range_factors", self._basis_factors)
+        return region
+
+    def _problem_rows(self, problem: int) -> np.ndarray:
+        """The pairs of one coordinate problem, in increasing order, from one stable sort of the
+        pairs by problem (not a scan of all pairs for each of thousands of users)."""
+        if "_problem_order" not in self.__dict__:
+            order = np.argsort(self._groups, kind="stable")
+            self._problem_order = order, np.searchsorted(self._groups[order], np.arange(self._solution.shape[0] + 1))
+        order, starts = self._problem_order
+        return order[starts[problem]:starts[problem + 1]]
 
     def _problem_pairs(self, problem: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Coordinates ``B^T z_j`` ``(m, k)``, labels and offsets of one coordinate problem's pairs."""
-        rows = np.flatnonzero(self._groups == problem)
+        rows = self._problem_rows(problem)
         return np.asarray(self._coordinate_features[rows]), self._data.labels[rows], self._data.offsets[rows]
 
     def _set_parts_of(self, problem: int) -> dict[str, Any]:
@@ -465,12 +508,21 @@ class RewardEstimator:
         solutions, fishers = self._inference_fit()
         center = solutions[problem]
         if self.confidence == "wald":
+            radius = self._wald_radius(center.shape[0])
             if fishers is not None:
                 matrix = fishers[problem]
+            elif self._low_rank_problems()[problem]:
+                features, _, offsets = self._problem_pairs(problem)
+                return {"center": center, "rows": _fisher_rows(features, offsets, center, self.beta),
+                        "ridge": self.inference_ridge_, "radius": radius}
+            elif isinstance(self._coordinate_features, _Coordinates):  # sparse differences: B^T (Z^T W Z) B
+                rows = self._problem_rows(problem)
+                matrix = self._coordinate_features.fisher(rows, self._data.offsets[rows], center, self.beta,
+                                                          self.inference_ridge_)
             else:
                 features, _, offsets = self._problem_pairs(problem)
                 matrix = _fisher_matrix(features, offsets, center, self.beta, self.inference_ridge_)
-            return _ellipsoid_parts(matrix, center, self._wald_radius(center.shape[0]))
+            return _ellipsoid_parts(matrix, center, radius)
         features, labels, offsets = self._problem_pairs(problem)
         threshold = None
         if isinstance(self._coordinate_features, np.ndarray):
@@ -551,6 +603,31 @@ def _fisher_matrix(features: np.ndarray, offsets: np.ndarray, center: np.ndarray
     eta = offsets + beta * features @ center
     slope = expit(eta) * expit(-eta)
     return _symmetric(beta**2 * (features.T * slope) @ features + ridge * np.eye(center.shape[0]))
+
+
+def _householder_complement(basis: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The Householder reflectors ``(v_j, tau_j)`` of the QR factor of ``hidden`` ``(d, m)`` when
+    ``basis`` is its complement ``(H_1 ... H_m)[:, m:]`` (as
+    :func:`~lr_mdp_env.identifiability.identifiable_basis` builds it) to ``1e-12``; else ``None``."""
+    d, m = hidden.shape
+    if m == 0 or basis.shape != (d, d - m):
+        return None
+    (raw, scales), _ = scipy.linalg.qr(hidden, mode="raw")
+    vectors = np.tril(raw, -1)[:, :m].T.copy()
+    vectors[np.arange(m), np.arange(m)] = 1.0
+    complement = np.eye(d)[:, m:]
+    for vector, scale in zip(vectors[::-1], scales[::-1]):  # H_1 (H_2 (... H_m [0; I]))
+        complement -= np.outer(vector, scale * (vector @ complement))
+    if np.max(np.abs(complement - basis)) > 1e-12:
+        return None
+    return vectors, scales
+
+
+def _fisher_rows(features: np.ndarray, offsets: np.ndarray, center: np.ndarray, beta: float) -> np.ndarray:
+    """``A`` with ``A^T A = beta^2 sum_j sigmoid'(eta_j) x_j x_j^T`` at ``center``: the rows
+    ``beta sqrt(sigmoid'(eta_j)) x_j``, ``(n, k)``."""
+    eta = offsets + beta * features @ center
+    return (beta * np.sqrt(expit(eta) * expit(-eta)))[:, None] * features
 
 
 def _theory_set_matrix(features: np.ndarray, center: np.ndarray, beta: float, ridge: float, delta: float,
@@ -697,13 +774,45 @@ _DENSE_COORDINATES_MAX = 64
 
 
 class _Coordinates:
-    """The coordinates ``B^T z_j`` of pairs, formed on indexing (``coordinates[rows]``, ``(m, k)``)."""
+    """The coordinates ``B^T z_j`` of pairs, formed on indexing (``coordinates[rows]``, ``(m, k)``).
 
-    def __init__(self, differences: Any, basis: np.ndarray) -> None:
+    The identifiable basis is the complement ``Q[:, m:]`` of the ``m`` unidentified directions in
+    their complete QR factor, ``Q = H_1 ... H_m`` (Householder reflectors). When ``B`` is that
+    (checked once), ``Z B`` is ``(Z H_1 ... H_m)[:, m:]``: ``O(n d m)`` work, against
+    ``O(nnz(Z) k)`` for the sparse-times-dense product (40 nonzeros per pair and ``k = 1999``:
+    about 20 times less for one-hot features at ``d = 2000``).
+    """
+
+    def __init__(self, differences: Any, basis: np.ndarray, hidden: np.ndarray | None = None) -> None:
         self._differences, self._basis = differences, basis
+        self._reflectors = None
+        if hidden is not None and scipy.sparse.issparse(differences) and differences.shape[0] > 0:
+            # Dense rows and m reflectors, d (m + 1) per pair, against nnz k per pair.
+            d, m = hidden.shape
+            if d * (m + 1) < differences.nnz / differences.shape[0] * basis.shape[1]:
+                self._reflectors = _householder_complement(basis, hidden)
 
     def __getitem__(self, rows: Any) -> np.ndarray:
-        return np.asarray(self._differences[rows] @ self._basis)
+        differences = self._differences[rows]
+        if self._reflectors is None:
+            return np.asarray(differences @ self._basis)
+        vectors, scales = self._reflectors
+        product = differences.toarray() if scipy.sparse.issparse(differences) else np.array(differences, dtype=float)
+        for vector, scale in zip(vectors, scales):  # Z H_1 ... H_m, one reflector at a time
+            product -= np.outer(scale * (product @ vector), vector)
+        return product[:, vectors.shape[0]:]
+
+    def fisher(self, rows: np.ndarray, offsets: np.ndarray, center: np.ndarray, beta: float, ridge: float
+               ) -> np.ndarray:
+        """``B^T (beta^2 sum_j sigmoid'(eta_j) z_j z_j^T) B + ridge I`` of the pairs ``rows`` at the
+        coordinates ``center``, from the sparse ``z_j``: the ``d x d`` middle is a sparse product
+        (a pair's difference has at most ``2 H`` nonzeros for one-hot features), so the dense
+        ``(n, k)`` coordinates are never formed; two ``d x d x k`` products remain."""
+        differences = self._differences[rows]
+        eta = offsets + beta * (differences @ (self._basis @ center))
+        weighted = scipy.sparse.diags(beta**2 * expit(eta) * expit(-eta)) @ differences
+        middle = (differences.T @ weighted).toarray()
+        return _symmetric(self._basis.T @ (middle @ self._basis) + ridge * np.eye(self._basis.shape[1]))
 
 
 class PooledMLE(RewardEstimator):
@@ -766,6 +875,27 @@ class PShareLoRA(RewardEstimator):
        ``1 - delta / 2``: the truth itself, not only its projection, is in the set with
        probability at least ``1 - delta`` when both hold (union bound). Computed when a set is
        first asked for.
+    6. Identification check: ``U_hat`` counts as not identified by the data when the bootstrap
+       bound reaches ``max_sine``, or when two joint fits on the two halves of the users (even
+       and odd index, independent data) disagree by a sine of at least ``min(1, 2 max_sine)``
+       (:func:`~agents.subspace_error.split_half_sine`; then one of them is at least
+       ``max_sine`` from the truth). The second check does not rely on the fitted world, which
+       near non-identification looks better identified than the truth (bootstrap bounds of
+       0.52-0.56 were measured against true sines of 0.92-0.999). There the likelihood fit in
+       ``U_hat``'s span no longer targets the projection of the truth, so ``C_i`` misses it.
+       Every user's set is then the full-dimensional Wald set of the independent fit with
+       the inference ridge ``lambda_0``, at level ``1 - delta / 2``: in an orthonormal basis
+       ``S_i`` of the span of the user's pairs it is the ellipsoid
+       ``{||a - a_0||_{M_S} <= rho}`` (``M_S = S_i^T F_i S_i + lambda_0 I``, ``F_i`` the Fisher
+       matrix, ``rho = sqrt(chi2_k(1 - delta / 2))`` with ``k`` the identifiable dimension),
+       plus the ball ``||e|| <= rho / sqrt(lambda_0)`` orthogonal to ``S_i`` (where
+       ``M = lambda_0 I`` and the centre is 0): a :class:`~agents.subspace_error.SubspaceErrorSet`
+       containing that ellipsoid. It does not use ``U_hat``; where the user's pairs do not reach,
+       it is as wide as the inference ridge allows, which is the honest answer when neither the
+       user's data nor the shared subspace inform a direction. ``subspace_identified_`` says which
+       case holds, and a :class:`~agents.subspace_error.SubspaceNotIdentifiedWarning` is issued.
+       The bootstrap stops at the first replicate that decides it (one refit with the defaults);
+       the fallback's refit, batched over users, is in ``diagnostics["fallback"]``.
 
     Parameters
     ----------
@@ -777,29 +907,53 @@ class PShareLoRA(RewardEstimator):
     n_bootstrap : int, optional
         Refits of the bootstrap. Default ``max(19, ceil(2 / delta) - 1)``: at least
         ``ceil(2 / delta) - 1`` are needed for a finite ``epsilon`` at level ``1 - delta / 2``.
+    max_sine : float in (0, 1], default 0.4
+        Bootstrap bound on the sine at and above which the subspace counts as not identified
+        (step 6; :data:`~agents.subspace_error.MAX_IDENTIFIED_SINE`). ``1``: fall back only when
+        the bound reaches 1.
     **kwargs
         As :class:`RewardEstimator`.
+
+    Attributes (after the first set)
+    --------------------------------
+    sine_bound_ : float
+        The bootstrap bound on the sine (a lower bound on it, ``>= max_sine``, when the bootstrap
+        stopped early).
+    split_sine_ : float
+        :func:`~agents.subspace_error.split_half_sine` (computed only when ``sine_bound_ <
+        max_sine``; ``nan`` otherwise, or when a half has fewer users than the rank, in which
+        case only the bootstrap decides).
+    subspace_identified_ : bool
+        ``sine_bound_ < max_sine`` and ``split_sine_ < min(1, 2 max_sine)``: the sets use
+        ``U_hat`` (steps 4-5) or fall back (step 6).
 
     References
     ----------
     Liu, Wang, Li, Shen and Yang, *A Shared Low-Rank Adaptation Approach to Personalized RLHF*,
     arXiv:2503.19201, 2025. Hu et al., *LoRA:
-    Low-Rank Adaptation of Large Language Models*, ICLR 2022.
+    Low-Rank Adaptation of Large Language Models*, ICLR 2022. Wedin, *Perturbation bounds in
+    connection with singular value decomposition*, BIT 1972 (the angle of an estimated subspace
+    is small only when the signal's smallest singular value dominates the error). Davison and
+    Hinkley, *Bootstrap Methods and their Application*, Cambridge 1997, section 4.2 (the order
+    statistic). Wald and the inference ridge: :class:`RewardEstimator`.
     """
 
-    def __init__(self, rank: int, *, subspace_error: str = "bootstrap", n_bootstrap: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, rank: int, *, subspace_error: str = "bootstrap", n_bootstrap: int | None = None,
+                 max_sine: float = MAX_IDENTIFIED_SINE, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rank = check_int("rank", rank, minimum=1)
         self.subspace_error = check_subspace_error(subspace_error)
         self.n_bootstrap = max(19, math.ceil(2 / self.delta) - 1) if n_bootstrap is None else \
             check_int("n_bootstrap", n_bootstrap, minimum=1)
+        self.max_sine = check_real("max_sine", max_sine, 0.0, 1.0, strict_minimum=True)
 
     def _prepare(self, data: ComparisonData, mdp: TabularMDP) -> None:
         if self.rank > min(data.n_features, data.n_users):
             raise ValueError(f"rank={self.rank} exceeds min(d, N) = {min(data.n_features, data.n_users)}")
 
     def _fit(self, data: ComparisonData, ridge: float) -> None:
-        self.__dict__.pop("sine_bound_", None)  # calibrated again for the new fit
+        for name in ("sine_bound_", "split_sine_", "subspace_identified_", "_fallback"):  # calibrated again
+            self.__dict__.pop(name, None)
         # Every fit starts from the spectral start of its own data (no warm start along the ridge
         # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
         factored = fit_factored(
@@ -826,16 +980,89 @@ class PShareLoRA(RewardEstimator):
         return self.delta if self.subspace_error == "ignore" else self.delta / 2
 
     def _build_set(self, user: int) -> ConfidenceSet:
-        inner = self._reduced_set(user)
         if self.subspace_error == "ignore":
-            return inner
-        if "sine_bound_" not in self.__dict__:
-            self.sine_bound_ = sharelora_sine_bound(self, n_bootstrap=self.n_bootstrap, level=1 - self.delta / 2,
-                                                    seed=subspace_error_seed(self.seed))
+            return self._reduced_set(user)
+        self._calibrate_subspace_error()
+        if not self.subspace_identified_:
+            return self._fallback_set(user)
+        inner = self._reduced_set(user)
         offset = self._base[:, user]
         epsilon = epsilon_from_sine(self.sine_bound_, coordinate_bound(inner, offset, self.subspace))
-        if not np.isfinite(epsilon):
-            raise ValueError(f"the bootstrap bound on the subspace angle is {self.sine_bound_:.3g}: U_hat is not "
-                             f"identified at level delta/2 = {self.delta / 2:g} (raise n_bootstrap to at least "
-                             f"{math.ceil(2 / self.delta) - 1}, or collect more pairs)")
         return SubspaceErrorSet(inner, np.hstack([self.subspace, self._hidden]), epsilon)
+
+    def _calibrate_subspace_error(self) -> None:
+        """``sine_bound_`` and ``subspace_identified_`` (class docstring, steps 5-6), once per fit."""
+        if "sine_bound_" in self.__dict__:
+            return
+        bound = sharelora_sine_bound(self, n_bootstrap=self.n_bootstrap, level=1 - self.delta / 2,
+                                     seed=subspace_error_seed(self.seed), stop_at=self.max_sine)
+        if not np.isfinite(bound):
+            raise ValueError(f"n_bootstrap={self.n_bootstrap} refits give no bound on the subspace angle at level "
+                             f"1 - delta/2 = {1 - self.delta / 2:g} (raise n_bootstrap to at least "
+                             f"{math.ceil(2 / self.delta) - 1})")
+        self.sine_bound_ = float(bound)
+        self.split_sine_ = split_half_sine(self) if bound < self.max_sine else math.nan
+        split_limit = min(1.0, 2 * self.max_sine)
+        self.subspace_identified_ = bool(bound < self.max_sine and not self.split_sine_ >= split_limit)
+        if not self.subspace_identified_:
+            reason = (f"the bootstrap bound on the sine of the subspace angle is at least {bound:.3g} >= max_sine = "
+                      f"{self.max_sine:g}" if bound >= self.max_sine else
+                      f"the subspaces fitted on the two halves of the users differ by a sine of {self.split_sine_:.3g} "
+                      f">= min(1, 2 max_sine) = {split_limit:g}")
+            warnings.warn(f"{reason}: U_hat is not identified by the data, and every user's set is the "
+                          "full-dimensional Wald set of the independent fit (wide wherever the user's own pairs do "
+                          "not reach)", SubspaceNotIdentifiedWarning, stacklevel=4)
+
+    def _sets_fit_in_cache(self) -> bool:
+        if self.__dict__.get("subspace_identified_", True):
+            return super()._sets_fit_in_cache()
+        width = self._fallback_parts()[1]  # the fallback sets hold a (d, m) basis and two (m, m) matrices
+        d, m = self._data.n_features, int(np.max(width, initial=0))
+        return 8 * (d * m + 2 * m * m) * self.theta_hat.shape[0] <= SET_CACHE_BYTES
+
+    # -- the fallback when U_hat is not identified (class docstring, step 6) ---------------------------
+
+    def _user_pairs(self) -> list[np.ndarray]:
+        """The rows of each user's pairs."""
+        users = self._data.users
+        order = np.argsort(users, kind="stable")
+        return np.split(order, np.cumsum(np.bincount(users, minlength=self._data.n_users))[:-1])
+
+    def _fallback_parts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The independent fit with the inference ridge, every user in the orthonormal basis of the
+        span of their own pairs (:func:`~agents.subspace_error.pair_span`), batched in one
+        :func:`agents.logistic.fit_logistic` solve (the coordinates padded with zeros to the
+        widest basis; the ridge keeps the padding at zero): centres ``(N, m_max)`` and widths
+        ``(N,)``. The bases themselves are formed again per set (``d x m`` each)."""
+        if "_fallback" not in self.__dict__:
+            data, rows = self._data, self._user_pairs()
+            coordinates = [np.asarray(data.differences[index] @ pair_span(data.differences[index]))
+                           for index in rows]
+            width = np.array([block.shape[1] for block in coordinates], dtype=np.int64)
+            padded = np.zeros((data.n_pairs, int(np.max(width, initial=0))))
+            for index, block in zip(rows, coordinates):
+                padded[index, : block.shape[1]] = block
+            with convergence_warnings_labelled(f"full-dimensional fallback refit with ridge {self.inference_ridge_:g}"):
+                fit = fit_logistic(padded, data.labels, groups=data.users, n_problems=data.n_users,
+                                   offsets=data.offsets, beta=self.beta, ridge=self.inference_ridge_,
+                                   tol=self.tol, fisher=False)
+            self._record("fallback", fit)
+            self._fallback = (fit.theta, width)
+        return self._fallback
+
+    def _fallback_set(self, user: int) -> SubspaceErrorSet:
+        """The full-dimensional Wald set of user ``user``'s independent fit (class docstring, step 6)."""
+        centres, width = self._fallback_parts()
+        data, offset = self._data, self._base[:, user]
+        rows = np.flatnonzero(data.users == user)
+        basis = pair_span(data.differences[rows])
+        k = self._identifiable.shape[1]
+        radius = float(self._wald_radius(k)) if k else 0.0
+        if basis.shape[1] == 0:
+            inner = Ellipsoid(offset=offset, basis=basis, center=np.zeros(0), matrix=np.zeros((0, 0)), radius=0.0)
+        else:
+            center = centres[user, : width[user]]
+            features = np.asarray(data.differences[rows] @ basis)
+            matrix = _fisher_matrix(features, data.offsets[rows], center, self.beta, self.inference_ridge_)
+            inner = Ellipsoid(offset=offset, basis=basis, center=center, matrix=matrix, radius=radius)
+        return SubspaceErrorSet(inner, np.hstack([basis, self._hidden]), radius / math.sqrt(self.inference_ridge_))

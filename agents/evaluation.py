@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 
-from lr_mdp_env import TabularMDP, backward_induction, expected_features, theory
+from lr_mdp_env import TabularMDP, backward_induction, theory
 from lr_mdp_env._progress import progress_bar
-from lr_mdp_env.dynamic_programming import check_policy
+from lr_mdp_env.dynamic_programming import check_policy, expected_features
 from lr_mdp_env.identifiability import project_identifiable
 from lr_mdp_env.rewards import ContextualRewards, LowRankRewards, reward_matrix
 
 from .agent import Agent
-from .confidence import Ellipsoid
+from .confidence import ELLIPSOIDS, Ellipsoid
 from .confidence import _within as within_radius
 
 
@@ -39,9 +39,11 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
     ``width(d_pi*_i - d_ref) + misspecification`` and ``coverage_term`` is ``NaN``.
     Missing quantities are ``NaN``.
 
-    All users go through batched dynamic programming; ellipsoids' set operations are batched
-    in their own coordinates (:meth:`agents.Ellipsoid.span_distances`,
-    :meth:`agents.Ellipsoid.batch_dual_norm`).
+    All users go through batched dynamic programming, in blocks whose ``(H, S, A)`` tables fit in
+    :data:`DP_BYTES` (memory stays bounded whatever ``N``); each policy goes through the forward
+    recursion once, accumulating its expected features without storing its occupancy. The
+    sets' operations are batched in their own coordinates (:meth:`agents.Ellipsoid.span_distances`,
+    :meth:`agents.Ellipsoid.batch_dual_norm`, for dense and low-rank-plus-ridge ellipsoids).
 
     Parameters
     ----------
@@ -52,8 +54,9 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
     rewards : LowRankRewards, ContextualRewards or array_like of shape (d, N)
         The users' true parameters.
     progress : bool, default True
-        A bar over the stages (planning, optimal policies, diagnostics) on a terminal once the
-        call runs a couple of seconds; ``False``: none. Nothing is printed otherwise.
+        A bar over the steps (planning, then each block of users' optimal policies and
+        diagnostics) on a terminal once the call runs a couple of seconds; ``False``: none.
+        Nothing is printed otherwise.
 
     Returns
     -------
@@ -73,20 +76,27 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
     n_users = theta.shape[1]
     reference = getattr(agent, "reference_features", None)
     with_sets = reference is not None and hasattr(agent, "confidence_set")
-    with progress_bar(4 if with_sets else 3, "evaluate", progress, unit="stage") as bar:
+    # Users go through the dynamic programming in blocks whose (H, S, A) tables fit in DP_BYTES:
+    # a reward table and a one-hot policy per user for the optimal policies, two of each for the
+    # misspecification term (at 10,000 users of d = 500, H = 20 these are 800 MB per table kind).
+    block = max(1, DP_BYTES // (32 * mdp.horizon * mdp.n_states * mdp.n_actions))
+    blocks = [slice(start, min(n_users, start + block)) for start in range(0, n_users, block)]  # views, not copies
+    with progress_bar(2 + len(blocks) * (2 if with_sets else 1), "evaluate", progress, unit="step") as bar:
         bar.set_postfix_str("planning", refresh=False)
         policies = agent.policies() if hasattr(agent, "policies") else np.stack([agent.policy(i) for i in range(n_users)])
         policies = check_policy(mdp, policies, "agent's policies")
         if policies.shape[0] != n_users:
             raise ValueError(f"the agent has policies for {policies.shape[0]} users but rewards have {n_users}")
         bar.update()
-        bar.set_postfix_str("optimal policies", refresh=False)
-        optimal_policies, _ = backward_induction(mdp, mdp.reward(theta.T))
-        bar.update()
-        bar.set_postfix_str("expected features", refresh=False)
-        features = expected_features(mdp, np.concatenate([policies, optimal_policies]))
-        features, optimal_features = features[:n_users], features[n_users:]
-        bar.update()
+        bar.set_postfix_str("optimal policies and expected features", refresh=False)
+        features = np.empty((n_users, mdp.n_features))
+        optimal_features = np.empty((n_users, mdp.n_features))
+        for users in blocks:  # the policies are checked: each goes through the recursion once
+            features[users] = expected_features(mdp, policies[users], check=False)
+            optimal_policies, _ = backward_induction(mdp, mdp.reward(theta.T[users]))
+            optimal_features[users] = expected_features(mdp, optimal_policies, check=False)
+            bar.update()
+        del optimal_policies
         value = np.sum(features * theta.T, axis=1)
         optimal_value = np.sum(optimal_features * theta.T, axis=1)
         report = pd.DataFrame({"user": np.arange(n_users), "value": value, "optimal_value": optimal_value})
@@ -99,37 +109,53 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
         in_set = np.full(n_users, np.nan, dtype=object)
         if with_sets:
             bar.set_postfix_str("pessimism diagnostics", refresh=False)
-            start = 0
-            while start < n_users:
-                # Users in blocks whose sets fit in SETS_BYTES: full-dimensional sets of many
-                # users at large d hold a k x k matrix each, too many to keep at once.
-                first = agent.confidence_set(start)
-                block = max(1, SETS_BYTES // _set_bytes(first))
-                users = np.arange(start, min(n_users, start + block))
-                sets = [first] + [agent.confidence_set(user) for user in users[1:]]
-                block_diagnostics = {name: values[users] for name, values in diagnostics.items()}
-                in_set[users] = _diagnostics(mdp, sets, theta.T[users], features[users] - reference[users],
-                                             optimal_features[users] - reference[users], reference[users],
-                                             block_diagnostics)
-                for name, values in block_diagnostics.items():
-                    diagnostics[name][users] = values
-                start = users[-1] + 1
-            bar.update()
+            for dp_users in blocks:
+                for users, sets in _sets_in_blocks(agent.confidence_set, dp_users.start, dp_users.stop):
+                    block_diagnostics = {name: values[users] for name, values in diagnostics.items()}
+                    in_set[users] = _diagnostics(mdp, sets, theta.T[users], features[users] - reference[users],
+                                                 optimal_features[users] - reference[users], reference[users],
+                                                 block_diagnostics)
+                    for name, values in block_diagnostics.items():
+                        diagnostics[name][users] = values
+                bar.update()
+        bar.update(bar.total - bar.n)
     for name in ("lower_bound", "coverage_term", "misspecification", "bound"):
         report[name] = diagnostics[name]
     report.insert(report.columns.get_loc("coverage_term"), "truth_in_set", in_set)
     return report
 
 
+#: Memory the dynamic-programming tables of one block of users may take in :func:`evaluate` (bytes).
+DP_BYTES = 256 * 2**20
 #: Memory the confidence sets of one block of users may take in :func:`evaluate` (bytes).
 SETS_BYTES = 256 * 2**20
 
 
-def _set_bytes(confidence_set: Any) -> int:
-    """The memory of a set's arrays (at least 1): what a block of such sets costs."""
-    arrays = [value for value in vars(confidence_set).values() if isinstance(value, np.ndarray)] \
-        if hasattr(confidence_set, "__dict__") else []
-    return max(1, sum(array.nbytes for array in arrays))
+def _set_bytes(confidence_set: Any, neighbour: Any = None) -> int:
+    """The memory of a set's own arrays (at least 1): what a block of such sets costs. The basis
+    is left out (an estimator hands one basis array to all its users' sets), and so is any array
+    that ``neighbour`` (another user's set) holds too: a pooled fit's matrix and its factor."""
+    def arrays(item: Any) -> dict[str, np.ndarray]:
+        return {name: value for name, value in vars(item).items() if isinstance(value, np.ndarray)} \
+            if hasattr(item, "__dict__") else {}
+
+    shared = {name: value.__array_interface__["data"][0] for name, value in arrays(neighbour).items()}
+    return max(1, sum(value.nbytes for name, value in arrays(confidence_set).items()
+                      if name != "basis" and shared.get(name) != value.__array_interface__["data"][0]))
+
+
+def _sets_in_blocks(confidence_set: Any, start: int, stop: int) -> Iterator[tuple[np.ndarray, list]]:
+    """The sets of users ``start, ..., stop - 1`` (``confidence_set(user)``), in consecutive
+    blocks whose own arrays fit in :data:`SETS_BYTES`: full-dimensional sets of many users at
+    large ``d`` hold a ``k x k`` matrix (or an ``n_i x k`` factor) each, too many to keep at once.
+    Yields ``(users, sets)``."""
+    while start < stop:
+        sets = [confidence_set(start)] + ([confidence_set(start + 1)] if start + 1 < stop else [])
+        size = SETS_BYTES // _set_bytes(sets[-1], sets[0] if len(sets) > 1 else None)
+        users = np.arange(start, min(stop, start + max(len(sets), size)))
+        sets += [confidence_set(user) for user in users[len(sets):]]
+        yield users, sets
+        start = int(users[-1]) + 1
 
 
 def _diagnostics(mdp: TabularMDP, sets: list, thetas: np.ndarray, gaps: np.ndarray, optimal_gaps: np.ndarray,
@@ -137,7 +163,7 @@ def _diagnostics(mdp: TabularMDP, sets: list, thetas: np.ndarray, gaps: np.ndarr
     """Fill ``diagnostics`` for every user's set; returns ``truth_in_set``. ``gaps`` are
     ``d_pi_hat - d_ref`` and ``optimal_gaps`` ``d_pi* - d_ref``, ``(N, d)``."""
     n_users = len(sets)
-    ellipsoids = np.array([isinstance(item, Ellipsoid) for item in sets], dtype=bool)
+    ellipsoids = np.array([isinstance(item, ELLIPSOIDS) for item in sets], dtype=bool)
     chosen = [sets[i] for i in np.flatnonzero(ellipsoids)]
     in_set = np.zeros(n_users, dtype=bool)
     residuals = np.zeros(thetas.shape)  # theta*_i minus its projection onto the set's affine span

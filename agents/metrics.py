@@ -16,7 +16,7 @@ from lr_mdp_env import PreferenceDataset, TabularMDP, principal_angle_distance
 from lr_mdp_env.identifiability import project_identifiable, unidentified_directions
 from lr_mdp_env.rewards import ContextualRewards, LowRankRewards
 
-from .confidence import Ellipsoid
+from .confidence import ELLIPSOIDS, Ellipsoid
 from .data import comparison_data
 
 
@@ -98,14 +98,20 @@ def coverage(estimator: Any, rewards: LowRankRewards | ContextualRewards) -> np.
     """
     if isinstance(rewards, ContextualRewards) and hasattr(estimator, "covers"):
         return np.array([estimator.covers(rewards.theta_c)])
+    from .evaluation import _sets_in_blocks
+
     theta = rewards.theta
-    sets = [estimator.confidence_set(i) for i in range(theta.shape[1])]
-    return set_membership(sets, theta.T)
+    inside = np.zeros(theta.shape[1], dtype=bool)
+    # Users in blocks whose sets fit in evaluate's SETS_BYTES (full-dimensional sets of many users).
+    for users, sets in _sets_in_blocks(estimator.confidence_set, 0, theta.shape[1]):
+        inside[users] = set_membership(sets, theta.T[users])
+    return inside
 
 
 def set_membership(sets: Sequence[Any], thetas: Any) -> np.ndarray:
-    """``sets[i].contains(thetas[i], project=True)`` for every ``i``: ellipsoids all at once in
-    their own coordinates (:meth:`agents.Ellipsoid.batch_contains`), other sets one by one.
+    """``sets[i].contains(thetas[i], project=True)`` for every ``i``: ellipsoids (dense or
+    :class:`~agents.confidence.LowRankEllipsoid`) all at once in their own coordinates
+    (:meth:`agents.Ellipsoid.batch_contains`), other sets one by one.
 
     Parameters
     ----------
@@ -118,7 +124,7 @@ def set_membership(sets: Sequence[Any], thetas: Any) -> np.ndarray:
     """
     thetas = np.asarray(thetas, dtype=float)
     inside = np.zeros(len(sets), dtype=bool)
-    ellipsoids = [index for index, item in enumerate(sets) if isinstance(item, Ellipsoid)]
+    ellipsoids = [index for index, item in enumerate(sets) if isinstance(item, ELLIPSOIDS)]
     if ellipsoids:
         inside[ellipsoids] = Ellipsoid.batch_contains([sets[i] for i in ellipsoids], thetas[ellipsoids], project=True)
     for index in sorted(set(range(len(sets))) - set(ellipsoids)):

@@ -60,8 +60,9 @@ def make(name: str, **kwargs: Any) -> Any:
     Built-in names (each a :class:`PessimisticAgent` around an estimator) and their required
     arguments: ``pooled``, ``independent``, ``p-sharelora`` (``rank=``; also
     ``subspace_error="bootstrap"``, or ``"ignore"`` for a set that covers only the truth's
-    projection onto the estimated subspace, and ``n_bootstrap=None`` (``max(19, ceil(2 / delta) - 1)`` refits)),
-    ``loco-prs`` (``rank=``; also ``balance=1.0``, ``subspaces=None``, ``subspace_error="bootstrap"``,
+    projection onto the estimated subspace, ``n_bootstrap=None`` (``max(19, ceil(2 / delta) - 1)`` refits)
+    and ``max_sine=0.4`` (the bound on the subspace angle beyond which the sets fall back to the
+    full-dimensional ones)), ``loco-prs`` (``rank=``; also ``balance=1.0``, ``subspaces=None``, ``subspace_error="bootstrap"``,
     ``n_bootstrap=None`` (``max(19, ceil(2 / delta) - 1)`` refits)), ``oracle-subspace`` (``subspace=``,
     the true ``U*``), ``full-rank``. Every built-in name takes, with these defaults:
 

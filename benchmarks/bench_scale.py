@@ -7,16 +7,21 @@ not leak into the next, and a cell that exceeds ``--memory-limit`` is recorded a
 of taking the machine down):
 
 - ``world``, ``collect``: ``random_low_rank_world`` and ``collect_preferences``;
-- one stage per estimator fit (pooled, independent, oracle-subspace, P-ShareLoRA; a fixed ridge,
-  ``--ridge``, or with ``--select`` the default ridge selection), and beside them
+- one stage per estimator fit (pooled, independent, oracle-subspace, P-ShareLoRA with its default
+  sets and ``p-sharelora ignore`` with ``subspace_error="ignore"``; a fixed ridge, ``--ridge``, or
+  with ``--select`` the default ridge selection), and beside them
   ``sklearn per-user``: scikit-learn's ``LogisticRegression`` (lbfgs, ``C = 1 / ridge``, no
   intercept, tol 1e-6) fitted to each user's comparisons in the full dimension, from the sparse
   feature differences (with ``--select``: over the same grid and split, plus the refit);
-- ``loco-prs joint``: LoCo-RLHF's rank-5 factored fit (contexts of dimension 10, one per user);
+- ``loco-prs joint``: LoCo-RLHF's rank-5 factored fit (contexts of dimension 10, one per user,
+  with its own collect), and ``loco-prs``: LoCo-PRS's whole fit on those data;
 - ``report <estimator>``: :func:`agents.estimation_report` of that estimator's fit (reward errors,
-  coverage of every user's set, subspace distance);
-- ``greedy planning``, ``rect. planning``: every user's policy from P-ShareLoRA's fit, greedy and
-  with rectangular pessimism (the estimator is not refitted);
+  coverage of every user's set, subspace distance; reward errors only for LoCo-PRS's contextual
+  truth). ``report p-sharelora`` includes the subspace-error bootstrap of the default sets,
+  ``report p-sharelora ignore`` the sets in ``U_hat``'s span alone;
+- ``greedy planning``, ``rect. planning``: every user's policy from ``p-sharelora ignore``'s fit,
+  greedy and with rectangular pessimism (the estimator is not refitted; the planners' time, not
+  the bootstrap's);
 - ``evaluate greedy``, ``evaluate rect.``: :func:`agents.evaluate` of those agents (exact values,
   optimal policies, pessimism diagnostics; the policies already planned).
 
@@ -24,7 +29,9 @@ Stages are the entries of ``STAGES``: a name and a function of the cell's state 
 ``mdp``, ``rewards``, ``dataset`` and the options), so later stages (planning, evaluation) are
 appended there; a stage that needs an earlier one (a fit, a planned agent) fails with a note
 when that one was not run. For every stage the script prints wall-clock seconds and the peak resident memory
-of the process during the stage (``VmHWM``, reset before each stage), then the exponents of
+of the process during the stage (``VmHWM``, reset before each stage; estimators and agents that no
+later stage reads are released after each stage, so the peak is the stage's own plus what later
+stages need, mainly the dataset), then the exponents of
 ``time ~ N^a`` (at each d) and ``time ~ d^b`` (at each N) fitted by least squares on log-log
 axes, and draws both on log-log axes into ``--figure``.
 
@@ -79,6 +86,7 @@ def _estimator(name: str) -> Callable[[dict], None]:
             "independent": lambda: agents.IndependentMLE(ridge=ridge),
             "oracle-subspace": lambda: agents.OracleSubspaceMLE(state["rewards"].subspace, ridge=ridge),
             "p-sharelora": lambda: agents.PShareLoRA(RANK, ridge=ridge),
+            "p-sharelora ignore": lambda: agents.PShareLoRA(RANK, ridge=ridge, subspace_error="ignore"),
         }[name]().fit(state["dataset"], state["mdp"])
         state.setdefault("notes", {})[name] = {"ridge": estimator.ridge_, **estimator.diagnostics}
         state.setdefault("fitted", {})[name] = estimator
@@ -111,18 +119,23 @@ def _report(name: str) -> Callable[[dict], None]:
         import agents
 
         estimator = _fitted(state, name)
-        table = agents.estimation_report(estimator, state["mdp"], state["rewards"])
-        state.setdefault("notes", {}).setdefault(f"report {name}", {})["coverage"] = float(table["truth_in_set"].mean())
+        rewards = state["contextual"][0] if name == "loco-prs" else state["rewards"]
+        table = agents.estimation_report(estimator, state["mdp"], rewards)
+        if "truth_in_set" in table:  # contextual rewards: the report has reward errors only
+            state.setdefault("notes", {}).setdefault(f"report {name}", {})["coverage"] = float(
+                table["truth_in_set"].mean())
 
     return report
 
 
 def _planning(pessimism: str) -> Callable[[dict], None]:
-    """P-ShareLoRA's sets (fitted by its stage) planned greedily or with rectangular pessimism."""
+    """P-ShareLoRA's sets in ``U_hat``'s span (``subspace_error="ignore"``, fitted by its stage)
+    planned greedily or with rectangular pessimism: the planner's time, not the subspace-error
+    bootstrap's (which ``report p-sharelora`` measures)."""
     def plan(state: dict) -> None:
         import agents
 
-        agent = agents.PessimisticAgent(_AlreadyFitted(_fitted(state, "p-sharelora")), pessimism=pessimism)
+        agent = agents.PessimisticAgent(_AlreadyFitted(_fitted(state, "p-sharelora ignore")), pessimism=pessimism)
         agent.fit(state["dataset"], state["mdp"])
         agent.policies()
         state.setdefault("agents", {})[pessimism] = agent
@@ -196,11 +209,25 @@ def _loco_joint(state: dict) -> None:
 
     mdp = state["mdp"]
     rewards = lr_mdp_env.contextual_rewards(mdp.n_features, CONTEXT_DIM, RANK, n_users=state["N"], mdp=mdp, seed=3)
-    data = comparison_data(lr_mdp_env.collect_preferences(mdp, rewards, state["pairs"], seed=4), mdp)
+    dataset = lr_mdp_env.collect_preferences(mdp, rewards, state["pairs"], seed=4)
+    state["contextual"] = (rewards, dataset)
+    data = comparison_data(dataset, mdp)
     fit = fit_factored(data.contexts, data.differences, data.labels, RANK, offsets=data.offsets,
                        ridge=state["ridge"], balance=1.0, hidden=unidentified_directions(mdp), tol=1e-6)
     state.setdefault("notes", {})["loco-prs joint"] = {"converged": bool(fit.converged),
                                                         "iterations": int(fit.iterations)}
+
+
+def _loco_prs(state: dict) -> None:
+    """LoCo-PRS's whole fit on the users with contexts of the joint-fit stage (its dataset)."""
+    import agents
+
+    if "contextual" not in state:
+        raise RuntimeError("needs the 'loco-prs joint' stage first")
+    rewards, dataset = state["contextual"]
+    estimator = agents.LoCoPRS(RANK, ridge=state["ridge"]).fit(dataset, state["mdp"])
+    state.setdefault("notes", {})["loco-prs"] = {"ridge": estimator.ridge_, **estimator.diagnostics}
+    state.setdefault("fitted", {})["loco-prs"] = estimator
 
 
 STAGES: list[tuple[str, Callable[[dict], None]]] = [
@@ -210,17 +237,22 @@ STAGES: list[tuple[str, Callable[[dict], None]]] = [
     ("independent", _estimator("independent")),
     ("oracle-subspace", _estimator("oracle-subspace")),
     ("p-sharelora", _estimator("p-sharelora")),
+    ("p-sharelora ignore", _estimator("p-sharelora ignore")),
     ("sklearn per-user", _sklearn_per_user),
     ("loco-prs joint", _loco_joint),
+    ("report p-sharelora ignore", _report("p-sharelora ignore")),
     ("report p-sharelora", _report("p-sharelora")),
     ("report oracle-subspace", _report("oracle-subspace")),
     ("report pooled", _report("pooled")),
     ("greedy planning", _planning("none")),
-    ("rect. planning", _planning("rectangular")),
     ("evaluate greedy", _evaluate("none")),
+    ("rect. planning", _planning("rectangular")),
     ("evaluate rect.", _evaluate("rectangular")),
-    # Last: its 1000 full-dimensional sets (k = d - 1 each) may not fit the cell's memory.
     ("report independent", _report("independent")),
+    # Last: LoCo-PRS fits (d_x + d) r - r^2 coordinates (10,025 at d = 2000) from dense pair
+    # coordinates, which may not fit the cell's memory.
+    ("loco-prs", _loco_prs),
+    ("report loco-prs", _report("loco-prs")),
 ]
 
 
@@ -248,6 +280,30 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # since the start: an upper bound
 
 
+def _needs(stage: str) -> set[tuple[str, str]]:
+    """What a stage reads from the cell's state besides world and data: ``(kind, name)`` of
+    fitted estimators and planned agents."""
+    if stage.startswith("report "):
+        return {("fitted", stage.removeprefix("report "))}
+    if stage in ("greedy planning", "rect. planning"):
+        return {("fitted", "p-sharelora ignore")}
+    if stage.startswith("evaluate "):
+        return {("agents", {"evaluate greedy": "none", "evaluate rect.": "rectangular"}[stage])}
+    return set()
+
+
+def _release(state: dict, later: list[str]) -> None:
+    """Drop the estimators and agents no later stage reads, so that a stage's peak memory is its
+    own and what later stages need, not every earlier stage's results (a session would let them go too)."""
+    needed = set().union(*(_needs(stage) for stage in later)) if later else set()
+    for kind in ("fitted", "agents"):
+        for name in list(state.get(kind, {})):
+            if (kind, name) not in needed:
+                del state[kind][name]
+    if not any(stage.startswith("loco-prs") or stage == "report loco-prs" for stage in later):
+        state.pop("contextual", None)
+
+
 def run_cell(options: dict) -> dict:
     """Run every stage on one ``(N, d)`` cell; returns ``{stage: {"seconds", "peak_mb"}}``."""
     from threadpoolctl import threadpool_limits
@@ -267,14 +323,16 @@ def run_cell(options: dict) -> dict:
             start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 stage(state)
-            except MemoryError:
+            except MemoryError:  # its arrays are freed: the later stages still run
                 results[name] = {"error": "out of memory"}
-                break
+                continue
             except RuntimeError as error:  # an earlier stage it needs was not run
                 results[name] = {"error": str(error)}
                 continue
             results[name] = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
                              "peak_mb": _peak_memory_mb()}
+            _release(state, [later for later, _ in STAGES[STAGES.index((name, stage)) + 1:]
+                             if later in options["stages"]])
     finally:
         if limits is not None:
             limits.unregister()
@@ -366,20 +424,24 @@ def draw(grid: dict, users: tuple[int, ...], features: tuple[int, ...], stages: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (by_users, by_features) = plt.subplots(1, 2, figsize=(9, 3.6))
+    figure, (by_users, by_features) = plt.subplots(1, 2, figsize=(11, 4.4))
     largest_d, middle_n = features[-1], users[len(users) // 2]
-    for stage in stages:
+    colours = plt.cm.tab20(np.linspace(0, 1, 20))
+    for index, stage in enumerate(stages):
+        # Line style by kind of stage (fits and data, reports, planning and evaluation), colour by stage.
+        style = "--" if stage.startswith("sklearn") else ":" if stage.startswith("report") else \
+            "-." if "planning" in stage or stage.startswith("evaluate") else "-"
         for axes, axis, fixed, values in ((by_users, "N", largest_d, users), (by_features, "d", middle_n, features)):
             sizes, seconds = _series(grid, stage, axis, fixed, values)
             if sizes:
                 exponent = fitted_exponent(sizes, seconds)
                 label = stage if exponent is None else f"{stage} ({exponent:.2f})"
-                axes.loglog(sizes, seconds, "o--" if stage.startswith("sklearn") else "o-", label=label)
+                axes.loglog(sizes, seconds, marker="o", linestyle=style, color=colours[index % 20], label=label)
     by_users.set(xlabel="users N", ylabel="seconds", title=f"d = {largest_d} (fitted exponent)")
     by_features.set(xlabel="features d", title=f"N = {middle_n} (fitted exponent)")
     for axes in (by_users, by_features):
         axes.grid(True, which="both", alpha=0.3)
-        axes.legend(fontsize=6.5, loc="upper left")
+        axes.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     print(f"figure written to {path}")

@@ -9,7 +9,7 @@ matrix product for all users at once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -349,30 +349,65 @@ def occupancy(mdp: TabularMDP, policy: Any) -> np.ndarray:
     policy = check_policy(mdp, policy)
     batched = policy.ndim == 4
     policies = policy if batched else policy[None]
-    n_states, n_actions = mdp.n_states, mdp.n_actions
     result = np.empty(policies.shape)
-    state_distribution = np.broadcast_to(mdp.initial_distribution, (policies.shape[0], n_states))
-    for step in range(mdp.horizon):
-        result[:, step] = state_distribution[:, :, None] * policies[:, step]
-        if step + 1 < mdp.horizon:
-            matrix = mdp.transitions[step].reshape(n_states * n_actions, n_states)
-            state_distribution = result[:, step].reshape(-1, n_states * n_actions) @ matrix
+    for step, step_occupancy in _forward(mdp, policies):
+        result[:, step] = step_occupancy
     return result if batched else result[0]
 
 
-def expected_features(mdp: TabularMDP, policy: Any) -> np.ndarray:
+def _forward(mdp: TabularMDP, policies: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """The forward recursion of :func:`occupancy` for checked policies ``(N, H, S, A)``: yields
+    ``(h, q_h)`` with ``q_h`` of shape ``(N, S, A)``, one step at a time (each step one
+    ``(N, S A) x (S A, S)`` product), so that callers needing only a sum over steps never hold
+    the ``(N, H, S, A)`` occupancy."""
+    n_states, n_actions = mdp.n_states, mdp.n_actions
+    state_distribution = np.broadcast_to(mdp.initial_distribution, (policies.shape[0], n_states))
+    for step in range(mdp.horizon):
+        step_occupancy = state_distribution[:, :, None] * policies[:, step]
+        yield step, step_occupancy
+        if step + 1 < mdp.horizon:
+            matrix = mdp.transitions[step].reshape(n_states * n_actions, n_states)
+            state_distribution = step_occupancy.reshape(-1, n_states * n_actions) @ matrix
+
+
+def expected_features(mdp: TabularMDP, policy: Any, *, check: bool = True) -> np.ndarray:
     """Expected trajectory feature ``d_pi = sum_{h,s,a} q_pi[h,s,a] phi[h,s,a]``.
+
+    The occupancy is accumulated step by step (:func:`occupancy`'s recursion), never stored for
+    all steps: for a thousand users of a 200-state MDP with horizon 20 that array alone is 320 MB.
 
     Parameters
     ----------
     mdp : TabularMDP
     policy : array_like, shape (H, S, A) or (N, H, S, A)
+    check : bool, default True
+        Validate ``policy`` (:func:`check_policy`). ``False`` when the caller already has: a
+        float64 array of the right shape that it checked, or a policy of
+        :func:`backward_induction`; saves a pass over its ``N H S A`` entries.
 
     Returns
     -------
     ndarray, shape (d,) or (N, d)
     """
-    return occupancy_features(mdp, occupancy(mdp, policy))
+    if check:
+        policy = check_policy(mdp, policy)
+    elif not (isinstance(policy, np.ndarray) and policy.dtype == np.float64 and policy.ndim in (3, 4)
+              and policy.shape[-3:] == (mdp.horizon, mdp.n_states, mdp.n_actions)):
+        raise ValueError("check=False needs a float64 policy of shape (H, S, A) or (N, H, S, A)")
+    batched = policy.ndim == 4
+    policies = policy if batched else policy[None]
+    n_users, cells = policies.shape[0], mdp.n_states * mdp.n_actions
+    flat = mdp.flat_features()
+    if mdp.stationary_features:
+        total = np.zeros((n_users, cells))
+        for _, step_occupancy in _forward(mdp, policies):
+            total += step_occupancy.reshape(n_users, cells)
+        result = total @ flat
+    else:
+        result = np.zeros((n_users, mdp.n_features))
+        for step, step_occupancy in _forward(mdp, policies):
+            result += step_occupancy.reshape(n_users, cells) @ flat[step * cells:(step + 1) * cells]
+    return result if batched else result[0]
 
 
 def occupancy_features(mdp: TabularMDP, occupancy_measure: np.ndarray) -> np.ndarray:

@@ -221,6 +221,11 @@ def test_occupancy_features_and_value_match_trajectory_enumeration(stationary, f
 
     psi = features[np.arange(horizon), states, actions].sum(axis=1)  # (m, d)
     np.testing.assert_allclose(expected_features(mdp, policy), probabilities @ psi, rtol=0, atol=1e-12)
+    # A checked policy, batched, skipping the check: the same features.
+    np.testing.assert_allclose(expected_features(mdp, np.stack([policy, policy]), check=False),
+                               np.stack([probabilities @ psi] * 2), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="check=False"):
+        expected_features(mdp, policy[1:], check=False)
 
     theta = np.random.default_rng(0).standard_normal(mdp.n_features)
     reward = mdp.reward(theta)

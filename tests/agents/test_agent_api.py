@@ -56,8 +56,8 @@ def test_make_rejects_unknown_names_and_arguments():
     [
         (dict(rank=2, pesimism="exact"), TypeError,
          r"agent 'p-sharelora' has no option 'pesimism' \(did you mean 'pessimism'\?\); its options are rank, "
-         r"subspace_error='bootstrap', n_bootstrap=None, ridge=None, .*pessimism='exact', reference='behavior', transitions='known', tol=1e-08$"),
-        (dict(pessimism="exact"), TypeError, r"agent 'p-sharelora' needs rank=; its options are rank, subspace_error='bootstrap', n_bootstrap=None, ridge=None"),
+         r"subspace_error='bootstrap', n_bootstrap=None, max_sine=0.4, ridge=None, .*pessimism='exact', reference='behavior', transitions='known', tol=1e-08$"),
+        (dict(pessimism="exact"), TypeError, r"agent 'p-sharelora' needs rank=; its options are rank, subspace_error='bootstrap', n_bootstrap=None, max_sine=0.4, ridge=None"),
         (dict(rank=2, delta="0.1"), TypeError, r"agent 'p-sharelora': delta must be a real number, got '0\.1' \(str\)$"),
         (dict(rank="2"), TypeError, r"agent 'p-sharelora': rank must be an integer, got '2' \(str\)$"),
         (dict(rank=2, seed="a"), TypeError, r"agent 'p-sharelora': seed must be a non-negative int"),

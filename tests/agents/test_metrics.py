@@ -269,8 +269,9 @@ def test_evaluate_diagnostics_equal_the_per_user_formulas(name, pessimism):
 
 
 def test_evaluate_in_blocks_of_users_equals_one_block(monkeypatch):
-    """With a memory budget for one set at a time (full-dimensional sets at large d), evaluate
-    goes through the users in blocks and the estimator keeps no sets: the report is unchanged."""
+    """With a memory budget for one set and one user's tables at a time (full-dimensional sets at
+    large d, many users), evaluate goes through the users in blocks and the estimator keeps no
+    sets: the report is unchanged."""
     import pandas as pd
 
     import agents
@@ -282,8 +283,28 @@ def test_evaluate_in_blocks_of_users_equals_one_block(monkeypatch):
     agent = agents.make("independent", ridge=1.0, pessimism="rectangular").fit(dataset, mdp)
     whole = agents.evaluate(agent, mdp, rewards, progress=False)
     monkeypatch.setattr(agents.evaluation, "SETS_BYTES", 1)
+    monkeypatch.setattr(agents.evaluation, "DP_BYTES", 1)  # one user per dynamic-programming block
     monkeypatch.setattr(agents.estimators, "SET_CACHE_BYTES", 0)
     fresh = agents.make("independent", ridge=1.0, pessimism="rectangular").fit(dataset, mdp)
     assert fresh.estimator.confidence_set(0) is not fresh.estimator.confidence_set(0)  # not kept
     blocks = agents.evaluate(fresh, mdp, rewards, progress=False)
     pd.testing.assert_frame_equal(whole, blocks, check_exact=False, rtol=1e-10, atol=1e-12)
+
+
+def test_coverage_in_blocks_of_users_equals_one_block(monkeypatch):
+    """coverage builds the users' sets in blocks that fit in evaluate's SETS_BYTES (full-dimensional
+    low-rank-plus-ridge sets of many users at large d): the answer is that of one block, and of
+    each set's own contains."""
+    import agents
+    import agents.evaluation
+    from agents.metrics import coverage
+
+    mdp = random_mdp(25, 3, 3, seed=3)  # d = 75: 74 coordinates, more than the 30 pairs per user
+    rewards = low_rank_rewards(mdp.n_features, 5, 2, seed=4, mdp=mdp)
+    dataset = collect_preferences(mdp, rewards, 30, seed=5)
+    estimator = agents.IndependentMLE(ridge=1.0, progress=False).fit(dataset, mdp)
+    whole = coverage(estimator, rewards)
+    monkeypatch.setattr(agents.evaluation, "SETS_BYTES", 1)
+    np.testing.assert_array_equal(coverage(estimator, rewards), whole)
+    np.testing.assert_array_equal(
+        whole, [estimator.confidence_set(i).contains(rewards.theta[:, i], project=True) for i in range(5)])

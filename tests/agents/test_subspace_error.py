@@ -346,6 +346,7 @@ def test_sharelora_sets_cover_the_full_truth(pairs):
         dataset = collect_preferences(mdp, rewards, pairs, seed=40 + replicate)
         estimator = PShareLoRA(2, delta=DELTA, seed=replicate).fit(dataset, mdp)
         in_set = agents.coverage(estimator, rewards)
+        assert estimator.subspace_identified_  # identified here: the ball, not the fallback
         covered, total = covered + int(in_set.sum()), total + in_set.size
         truth = project_identifiable(mdp, rewards.theta.T)
         distance = np.linalg.norm(truth - (truth @ estimator.subspace) @ estimator.subspace.T, axis=1)
