@@ -219,6 +219,15 @@ class LikelihoodRatioSet(ConfidenceSet):
         value = bernoulli_losses(eta, self._labels).sum(axis=-1) + 0.5 * self._ridge * np.sum(w * w, axis=-1)
         return _as_value(value)
 
+    def loss_derivatives(self, coordinates: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``f``, its gradient and its Hessian at points ``w`` of shape ``(b, k)``: shapes ``(b,)``,
+        ``(b, k)`` and ``(b, k, k)`` (for exact planners that treat ``f(w) <= threshold`` as a
+        constraint)."""
+        w = as_real_array("coordinates", coordinates, (2,))
+        if w.shape[1] != self.dimension:
+            raise ValueError(f"coordinates must have shape (b, {self.dimension}), got {w.shape}")
+        return _Loss(self._features, self._labels, self._offsets, self._beta, self._ridge).derivatives(w)
+
     def lower(self, vectors: Any) -> np.ndarray | float:
         """``min_{theta in C} theta . v``, ``-inf`` where the set is unbounded along ``-v``."""
         vectors = self._vectors(vectors)
