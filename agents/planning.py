@@ -686,8 +686,9 @@ class _Run:
             self.record_policies(users, np.array(self.reference_policies), self.exact_values(users, d_pi))
 
     def exact_values(self, users: np.ndarray, d_pi: np.ndarray) -> np.ndarray:
-        """``L = lower(d_pi - d_ref)`` by each set's own support function."""
-        return np.array([float(self.items[i].lower(g)) for i, g in zip(users, d_pi - self.d_ref[users])])
+        """``L = lower(d_pi - d_ref)`` by each set's own support function (:func:`_certified_lower`)."""
+        return np.array([_certified_lower(self.items[i], d_i - self.d_ref[i], self.d_ref[i])
+                         for i, d_i in zip(users, d_pi)])
 
     def out_of_time(self) -> bool:
         return time.perf_counter() > self.deadline
@@ -924,6 +925,23 @@ def _occupancy_polytope(mdp: TabularMDP) -> tuple[scipy.sparse.csr_matrix, np.nd
     return scipy.sparse.bmat(blocks, format="csr"), right
 
 
+def _snap_rounding(g: np.ndarray, d_ref: np.ndarray) -> np.ndarray:
+    """``g = d_pi - d_ref`` with entries below ``1e-12 max(1, |d_ref|)`` set to zero: the rounding
+    of equal occupancies (the reference policy's own features), which along an unbounded direction
+    of a set would read as ``L = -inf``."""
+    rounding = 1e-12 * max(1.0, float(np.abs(d_ref).max(initial=0.0)))
+    return np.where(np.abs(g) <= rounding, 0.0, g)
+
+
+def _certified_lower(item: ConfidenceSet, g: np.ndarray, d_ref: np.ndarray) -> float:
+    """``L = item.lower(g)`` after :func:`_snap_rounding`, or ``-inf`` (no certificate) where the
+    set cannot compute it (a support that is not attained, as for separable data)."""
+    try:
+        return float(item.lower(_snap_rounding(g, d_ref)))
+    except RuntimeError:
+        return -np.inf
+
+
 def _cutting_plane(run: _Run, users: np.ndarray, max_iterations: int) -> None:
     """Kelley's cutting-plane method for sets known only through ``lower`` and ``minimizer``.
 
@@ -954,10 +972,29 @@ def _cutting_plane(run: _Run, users: np.ndarray, max_iterations: int) -> None:
     starts = run.policy[users]
     for row, user in enumerate(users):
         item, d_ref = run.items[user], run.d_ref[user]
-        thetas = np.stack([item.theta_hat, item.minimizer(expected_features(mdp, starts[row]) - d_ref)])
-        # Each cut's row of the master (-theta_j . phi over q, then tau), formed once when it is added.
+
+        def features_gap(policy: np.ndarray) -> np.ndarray:
+            return _snap_rounding(expected_features(mdp, policy) - d_ref, d_ref)
+
+        # Cuts: members theta_j (tau <= theta_j . g) and, for sets unbounded along -g, recession
+        # directions u_i (0 <= u_i . g: every policy with a finite L satisfies it). Each row of the
+        # master (-theta . phi over q, then tau's coefficient) is formed once when it is added.
+        thetas = np.stack([item.theta_hat, item.theta_hat])
+        is_member = np.ones(2, dtype=bool)
+
+        def add_cut(g: np.ndarray) -> None:
+            nonlocal thetas, is_member
+            if np.isneginf(item.lower(g)) and hasattr(item, "recession_direction"):
+                cut, member = item.recession_direction(g), False
+            else:
+                cut, member = item.minimizer(g), True
+            thetas = np.vstack([thetas, cut])
+            is_member = np.append(is_member, member)
+
+        add_cut(features_gap(starts[row]))
+        thetas, is_member = thetas[1:], is_member[1:]
         inequality = np.hstack([-_reward_tables(mdp, thetas).reshape(len(thetas), n_occupancy),
-                                np.ones((len(thetas), 1))])
+                                is_member[:, None].astype(float)])
         for iteration in range(max_iterations):
             if run.done(np.array([user]))[0] or run.out_of_time():
                 break
@@ -967,15 +1004,23 @@ def _cutting_plane(run: _Run, users: np.ndarray, max_iterations: int) -> None:
             if result.status != 0:  # numerical trouble in the master: keep the certified best so far
                 break
             weights = np.maximum(-result.ineqlin.marginals, 0.0)
-            if weights.sum() > 0:
-                run.record_duals(np.array([user]), ((weights / weights.sum()) @ thetas)[None])
+            total = weights[is_member].sum()
+            if total > 0:  # members mixed by the cuts' multipliers, plus the recession directions'
+                run.record_duals(np.array([user]), ((weights / total) @ thetas)[None])
             q = np.maximum(result.x[:n_occupancy], 0.0).reshape(mdp.horizon, mdp.n_states, mdp.n_actions)
             policy = _policy_of(q)
-            g = expected_features(mdp, policy) - d_ref
-            run.record_policies(np.array([user]), policy[None], np.array([float(item.lower(g))]))
-            cut = item.minimizer(g)
-            thetas = np.vstack([thetas, cut])
-            inequality = np.vstack([inequality, np.append(-_reward_tables(mdp, cut[None]).ravel(), 1.0)])
+            g = features_gap(policy)
+            run.record_policies(np.array([user]), policy[None], np.array([_certified_lower(item, g, d_ref)]))
+            before = len(thetas)
+            try:
+                add_cut(g)
+            except RuntimeError:
+                # The set's support along g is not attained (separable data, g on the boundary of
+                # the recession cone's dual): no certified value and no cut. Stop with the best
+                # certified policy so far; the run reports its gap.
+                break
+            inequality = np.vstack([inequality, np.append(-_reward_tables(mdp, thetas[before:]).ravel(),
+                                                          float(is_member[-1]))])
     run.label(users, "cutting-plane")
 
 

@@ -199,3 +199,36 @@ def test_the_batched_call_equals_the_single_calls():
         # Each value is within tol of the optimum (from below), so they differ by at most tol (x2 margin).
         assert solution.value == pytest.approx(single.value, abs=2e-8 * max(1.0, abs(single.value)))
         assert solution.upper_bound == pytest.approx(single.upper_bound, abs=2e-8 * max(1.0, abs(single.value)))
+
+
+def test_separable_data_give_unbounded_sets_that_exact_pessimism_plans_without_failing():
+    """With ``confidence="finite"`` (no ridge) and 40 pairs per user on 17 coordinates some users'
+    data are separable, so their sets are unbounded. The reference policy's own ``d_pi - d_ref`` is
+    rounding (1e-16), which must not read as ``L = -inf``; Kelley's master takes recession
+    directions as cuts ``u . (d_pi - d_ref) >= 0`` where ``minimizer`` has no answer. Each answer is
+    certified, and no worse than the reference policy (``L = 0``), which is a candidate."""
+    mdp = lr_mdp_env.random_mdp(6, 3, 4, seed=1)
+    rewards = lr_mdp_env.low_rank_rewards(mdp.n_features, n_users=20, rank=2, mdp=mdp, seed=2)
+    dataset = lr_mdp_env.collect_preferences(mdp, rewards, n_pairs_per_user=40, seed=3)
+    estimator = IndependentMLE(confidence="finite", progress=False).fit(dataset, mdp)
+    reference_policy = uniform_policy(mdp)
+    reference = expected_features(mdp, reference_policy)
+    unbounded = [user for user in range(20) if not estimator.confidence_set(user).bounded]
+    assert len(unbounded) >= 2  # the instance must exercise the unbounded case
+    for user in unbounded[:3]:
+        region = estimator.confidence_set(user)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            solution = planning.robust_optimize(mdp, region, reference, tol=1e-6, max_iterations=40,
+                                                reference_policy=reference_policy)
+        assert solution.value >= -1e-9
+        assert solution.value <= solution.upper_bound + 1e-9
+        assert best_response_value(mdp, solution.certificate, reference) == pytest.approx(solution.upper_bound, abs=1e-8)
+        # A recession direction of an unbounded direction v: v . u < 0 and theta_hat + t u stays in the set.
+        for vector in np.eye(mdp.n_features)[:6]:
+            if np.isneginf(region.lower(vector)):
+                u = region.recession_direction(vector)
+                assert vector @ u < 0
+                assert region.contains(region.theta_hat + 10.0 * u / np.linalg.norm(u))
+            else:
+                assert not np.any(region.recession_direction(vector))
