@@ -20,6 +20,7 @@ and one backward induction at a member of ``C``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 import warnings
 from dataclasses import dataclass
@@ -416,6 +417,7 @@ def robust_optimize(
     method: str = "auto",
     max_iterations: int | None = None,
     max_seconds: float | None = None,
+    workers: int = 1,
 ) -> Any:
     """Exact non-rectangular pessimism: ``max_pi min_{theta in C} theta . (d_pi - d_ref)``.
 
@@ -482,6 +484,10 @@ def robust_optimize(
     max_seconds : float, optional
         Time budget of the whole call. Problems still open when it runs out return their best
         certified policy so far.
+    workers : int, default 1
+        Threads that solve blocks of users of the interior-point method at the same time (its
+        products and factorisations release the GIL, so each takes a core). With one BLAS thread
+        per process, ``workers=2`` uses both cores of a two-core machine.
 
     Returns
     -------
@@ -516,6 +522,7 @@ def robust_optimize(
         deadline = time.perf_counter() + check_real("max_seconds", max_seconds, 0.0, strict_minimum=True)
     policies = _reference_policies(mdp, reference_policy, len(items))
     run = _Run(mdp, items, d_ref, policies, tol, deadline)
+    run.workers = check_int("workers", workers, minimum=1)
     run.start()
     groups: dict[Any, list[int]] = {}
     for index, item in enumerate(items):
@@ -654,6 +661,8 @@ class _Run:
     ``tol``.
     """
 
+    workers = 1  # threads of the interior-point method (robust_optimize's workers)
+
     def __init__(self, mdp, items, d_ref, reference_policies, tol, deadline) -> None:
         self.mdp, self.items, self.d_ref, self.tol, self.deadline = mdp, items, d_ref, tol, deadline
         self.reference_policies = reference_policies
@@ -779,9 +788,19 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
     # Psi, its coupling operator, L^{-1} C, the k x k system and the value blocks, per user.
     per_user = (2 * steps * pairs * k + horizon * n_states * pairs + 3 * horizon * n_states * k + 3 * k * k
                 + 4 * horizon * n_states**2)
+    # One-hot features and one ball of nearly full dimension: Newton systems in y = Psi z, which
+    # need no product with Psi (interior_point.FeatureCoordinates).
+    in_features = (phi is None and len(first.blocks) == 1
+                   and interior_point.feature_coordinates_pay(horizon, n_states, n_actions, k))
+    if in_features:
+        per_user += 3 * pairs * pairs + horizon * n_states * pairs
     uniform = occupancy(mdp, uniform_policy(mdp))
-    for start in range(0, len(users), _block_size(per_user)):
-        block = users[start:start + _block_size(per_user)]
+    # Blocks bound the memory (each worker holds one); with several workers every worker gets one.
+    size = _block_size(per_user * run.workers)
+    if run.workers > 1:
+        size = min(size, -(-len(users) // run.workers))
+
+    def solve_block(block: np.ndarray) -> None:
         block_structures = [_structure(run.items[i]) for i in block]
         theta_hat = np.stack([s.theta_hat for s in block_structures])
         adjoints = np.stack([s.adjoint for s in block_structures])  # (n, d, k)
@@ -796,6 +815,7 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
             reference=np.matmul(run.d_ref[block][:, None, :], adjoints)[:, 0],
             blocks=first.blocks, start=start_occupancy,
             constant=np.einsum("ij,ij->i", theta_hat, run.d_ref[block]),
+            coordinates=interior_point.feature_coordinates(adjoints) if in_features else None,
         )
 
         def check(rows: np.ndarray, q: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -820,6 +840,16 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
                                                        out_of_time=run.out_of_time)
         run.iterations[block] = iterations
         run.label(block, "interior-point")
+
+    blocks = [users[start:start + size] for start in range(0, len(users), size)]
+    if run.workers > 1 and len(blocks) > 1:
+        # BLAS and LAPACK release the GIL: blocks of users run on separate cores. The book-keeping
+        # of _Run touches only each block's own users.
+        with concurrent.futures.ThreadPoolExecutor(run.workers) as pool:
+            list(pool.map(solve_block, blocks))
+    else:
+        for block in blocks:
+            solve_block(block)
 
 
 def _solve_column_generation(run: _Run, users: np.ndarray, max_iterations: int) -> None:
