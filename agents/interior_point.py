@@ -30,10 +30,6 @@ itself and the cone's block a fixed matrix over ``eta^2`` plus a rank-one term, 
 ``k x (S A)`` products of ``Psi`` with the weighted operators disappear and the Schur complement
 is ``diag(sum_h D_h) - F^T F + ...`` with ``F = L^{-1} A_V^T D``, a symmetric rank update.
 
-Each step adds Gondzio's centrality corrector to Mehrotra's: the complementarity products of a
-longer trial step, projected back into ``[0.1, 10] sigma mu``, are one more right-hand side for
-the factored system, and the corrected direction is kept where it allows a longer step.
-
 References
 ----------
 Mehrotra, *On the implementation of a primal-dual interior point method*, SIAM Journal on
@@ -41,8 +37,6 @@ Optimization 2(4), 1992. Nesterov and Todd, *Primal-dual interior-point methods 
 self-scaled cones*, SIAM Journal on Optimization 8(2), 1998. Vandenberghe, *The CVXOPT linear
 and quadratic cone program solvers*, 2010 (scaling of second-order cones, sections 4-5).
 Puterman, *Markov Decision Processes*, 1994, section 6.9 (the linear program of an MDP).
-Gondzio, *Multiple centrality corrections in a primal-dual method for linear programming*,
-Computational Optimization and Applications 6, 1996 (the centrality correctors).
 """
 
 from __future__ import annotations
@@ -613,16 +607,6 @@ def _dual_objective(state: _Iterate) -> np.ndarray:
     return state.V[:, 0] @ problem.initial_distribution - problem.constant - np.einsum("ik,ik->i", problem.reference, state.z)
 
 
-_CORRECTORS = 2  # Gondzio correctors per step at most
-
-
-def _choose(mask: np.ndarray, new, old):
-    """``new`` where ``mask`` (per user), else ``old``, for arrays or lists of arrays."""
-    if isinstance(new, list):
-        return [_choose(mask, a, b) for a, b in zip(new, old)]
-    return np.where(mask.reshape(-1, *([1] * (new.ndim - 1))), new, old)
-
-
 def _mehrotra_step(state: _Iterate, degree: int) -> None:
     """One predictor-corrector step with a common step length for both sides."""
     problem = state.problem
@@ -690,28 +674,8 @@ def _mehrotra_step(state: _Iterate, degree: int) -> None:
         target = -_jordan(scaling.scaled, scaling.scaled) - _jordan(scaling.apply(dc, inverse=True), scaling.apply(dy))
         target[:, 0] += centring * mu
         targets.append(target)
-    current = direction(target_linear, targets)
-    alpha = np.minimum(1.0, step_length(*current[2:]))
-    # Gondzio's centrality correctors: the products q o s at a longer trial step, pushed back into
-    # [0.1, 10] sigma mu, are added to the target; each costs one solve with the factored system,
-    # and a corrected direction is kept, user by user, only where it allows a longer step.
-    for _ in range(_CORRECTORS):
-        trial = np.minimum(1.0, alpha + 0.2)[:, None, None, None]
-        products = (q + trial * current[2]) * (s + trial * current[3])
-        level = (centring * mu)[:, None, None, None]
-        correction = np.clip(products, 0.1 * level, 10.0 * level) - products
-        np.maximum(correction, -10.0 * level, out=correction)
-        candidate = direction(target_linear + correction, targets)
-        candidate_alpha = np.minimum(1.0, step_length(*candidate[2:]))
-        better = (candidate_alpha >= 1.01 * alpha) & (alpha < 1.0)
-        if not better.any():
-            break
-        current = tuple(_choose(better, new, old) for new, old in zip(candidate, current))
-        alpha = np.where(better, candidate_alpha, alpha)
-        target_linear = np.where(better[:, None, None, None], target_linear + correction, target_linear)
-    dV, dz, dq, ds, dy_cones, ds_cones = current
-    alpha = np.minimum(1.0, 0.99 * alpha)
-    state.last_step = (alpha, centring)  # for diagnostics
+    dV, dz, dq, ds, dy_cones, ds_cones = direction(target_linear, targets)
+    alpha = np.minimum(1.0, 0.99 * step_length(dq, ds, dy_cones, ds_cones))
     state.V = state.V + alpha[:, None, None] * dV
     state.z = state.z + alpha[:, None] * dz
     state.s = slacks(problem, state.V, state.z)

@@ -24,7 +24,7 @@ import concurrent.futures
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.linalg
@@ -485,9 +485,10 @@ def robust_optimize(
         Time budget of the whole call. Problems still open when it runs out return their best
         certified policy so far.
     workers : int, default 1
-        Threads that solve blocks of users of the interior-point method at the same time (its
-        products and factorisations release the GIL, so each takes a core). With one BLAS thread
-        per process, ``workers=2`` uses both cores of a two-core machine.
+        Threads that solve blocks of users of the interior-point method or column generation at
+        the same time (their products, factorisations and backward inductions release the GIL,
+        so each takes a core). With one BLAS thread per process, ``workers=2`` uses both cores of
+        a two-core machine.
 
     Returns
     -------
@@ -776,6 +777,23 @@ def _block_size(per_user: int) -> int:
     return max(1, _BLOCK_ELEMENTS // max(per_user, 1))
 
 
+def _run_blocks(run: _Run, users: np.ndarray, per_user: int, solve_block: Callable[[np.ndarray], None]) -> None:
+    """``solve_block`` on blocks of ``users`` that bound the memory (each worker holds one), on
+    ``run.workers`` threads with at least one block each. Numpy's products, factorisations and
+    large element-wise operations release the GIL, so the blocks run on separate cores; the
+    book-keeping of ``_Run`` touches only each block's own users."""
+    size = _block_size(per_user * run.workers)
+    if run.workers > 1:
+        size = min(size, -(-len(users) // run.workers))
+    blocks = [users[start:start + size] for start in range(0, len(users), size)]
+    if run.workers > 1 and len(blocks) > 1:
+        with concurrent.futures.ThreadPoolExecutor(run.workers) as pool:
+            list(pool.map(solve_block, blocks))
+    else:
+        for block in blocks:
+            solve_block(block)
+
+
 def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> None:
     """Solve the problems of ``users`` (same ball sizes) by the interior-point method, in blocks."""
     mdp = run.mdp
@@ -795,10 +813,6 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
     if in_features:
         per_user += 3 * pairs * pairs + horizon * n_states * pairs
     uniform = occupancy(mdp, uniform_policy(mdp))
-    # Blocks bound the memory (each worker holds one); with several workers every worker gets one.
-    size = _block_size(per_user * run.workers)
-    if run.workers > 1:
-        size = min(size, -(-len(users) // run.workers))
 
     def solve_block(block: np.ndarray) -> None:
         block_structures = [_structure(run.items[i]) for i in block]
@@ -841,15 +855,7 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
         run.iterations[block] = iterations
         run.label(block, "interior-point")
 
-    blocks = [users[start:start + size] for start in range(0, len(users), size)]
-    if run.workers > 1 and len(blocks) > 1:
-        # BLAS and LAPACK release the GIL: blocks of users run on separate cores. The book-keeping
-        # of _Run touches only each block's own users.
-        with concurrent.futures.ThreadPoolExecutor(run.workers) as pool:
-            list(pool.map(solve_block, blocks))
-    else:
-        for block in blocks:
-            solve_block(block)
+    _run_blocks(run, users, per_user, solve_block)
 
 
 def _solve_column_generation(run: _Run, users: np.ndarray, max_iterations: int) -> None:
@@ -861,8 +867,8 @@ def _solve_column_generation(run: _Run, users: np.ndarray, max_iterations: int) 
     # 2 k + 20 columns).
     per_user = (mdp.n_features * k + 6 * mdp.horizon * mdp.n_states * mdp.n_actions
                 + (2 * k + 20) * (mdp.horizon * mdp.n_states + k + 2))
-    for start in range(0, len(users), _block_size(per_user)):
-        block = users[start:start + _block_size(per_user)]
+
+    def solve_block(block: np.ndarray) -> None:
         block_structures = [_structure(run.items[i]) for i in block]
         iterations = column_generation.column_generation(
             run, block, np.stack([s.theta_hat for s in block_structures]),
@@ -870,6 +876,8 @@ def _solve_column_generation(run: _Run, users: np.ndarray, max_iterations: int) 
         )
         run.iterations[block] = iterations
         run.label(block, "column-generation")
+
+    _run_blocks(run, users, per_user, solve_block)
 
 
 def _frank_wolfe(run: _Run, users: np.ndarray, max_iterations: int) -> None:

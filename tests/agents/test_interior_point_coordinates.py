@@ -144,7 +144,8 @@ def test_feature_coordinates_are_chosen_for_full_dimensional_sets_only():
     assert not interior_point.feature_coordinates_pay(20, 200, 10, 5)
 
 
-def test_two_workers_give_the_single_worker_answers():
+@pytest.mark.parametrize("method", ["interior-point", "column-generation"])
+def test_two_workers_give_the_single_worker_answers(method):
     # Each block of users is solved by its own thread: the arithmetic of every user is the same
     # as with one worker (blocks only change which users share an array), so the answers agree
     # to the rounding of stacked products.
@@ -152,10 +153,10 @@ def test_two_workers_give_the_single_worker_answers():
     rng = np.random.default_rng(12)
     sets = [full_dimensional_set(rng, mdp, float(radius)) for radius in rng.uniform(0.1, 2.0, size=6)]
     reference = np.broadcast_to(expected_features(mdp, uniform_policy(mdp)), (6, mdp.n_features))
-    one = planning.robust_optimize(mdp, sets, reference, method="interior-point")
-    two = planning.robust_optimize(mdp, sets, reference, method="interior-point", workers=2)
+    one = planning.robust_optimize(mdp, sets, reference, method=method)
+    two = planning.robust_optimize(mdp, sets, reference, method=method, workers=2)
     for a, b in zip(one, two):
-        assert a.converged and b.converged
+        assert a.converged and b.converged and a.method == b.method == method
         assert abs(a.value - b.value) <= 1e-9 * max(1.0, abs(a.value))
     with pytest.raises(ValueError, match="workers"):
         planning.robust_optimize(mdp, sets[0], reference[0], workers=0)
