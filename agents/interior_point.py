@@ -46,6 +46,8 @@ from typing import Callable
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
+import scipy.linalg.lapack
 
 __all__ = ["ConicProblem", "FeatureCoordinates", "feature_coordinates", "feature_coordinates_pay", "interior_point"]
 
@@ -368,13 +370,13 @@ def _cholesky(matrices: np.ndarray) -> np.ndarray:
     return factors
 
 
-def _cho_solve(factors: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """``(L L^T)^{-1} rhs`` for a stack of lower Cholesky factors ``(n, m, m)`` and ``rhs`` ``(n, m)`` or
-    ``(n, m, c)``. LAPACK's ``potrs`` reads each C-ordered ``L`` as the Fortran-ordered upper factor
-    ``L^T`` without the copy that ``scipy.linalg.cho_solve`` makes of a C-ordered factor."""
+def _cho_solve(factors: list[tuple[np.ndarray, bool]], rhs: np.ndarray) -> np.ndarray:
+    """``A^{-1} rhs`` for Cholesky factors of ``A``, one ``(Fortran-ordered factor, lower)`` per user,
+    and ``rhs`` ``(n, m)`` or ``(n, m, c)``, by LAPACK's ``potrs`` (``scipy.linalg.cho_solve``
+    copies a C-ordered factor at every call)."""
     out = np.empty(rhs.shape)
-    for index, (factor, row) in enumerate(zip(factors, rhs)):
-        solution, info = scipy.linalg.lapack.dpotrs(factor.T, row, lower=0)
+    for index, ((factor, lower), row) in enumerate(zip(factors, rhs)):
+        solution, info = scipy.linalg.lapack.dpotrs(factor, row, lower=int(lower))
         if info != 0:
             raise np.linalg.LinAlgError(f"potrs failed with info {info}")
         out[index] = solution
@@ -458,39 +460,69 @@ class _NewtonSystem:
                 current = diagonal[:, step + 1] - np.matmul(self.below[:, step], np.swapaxes(self.below[:, step], 1, 2))
         self.eliminated = self.forward(coupling).reshape(n, horizon * n_states, -1)  # L^{-1} C
         del coupling
-        gram = np.matmul(np.swapaxes(self.eliminated, 1, 2), self.eliminated)  # a symmetric rank-k update
         self.border = None
         if coordinates is None:
-            schur -= gram
-            del gram
+            schur -= np.matmul(np.swapaxes(self.eliminated, 1, 2), self.eliminated)  # a symmetric rank-k update
             start = 0
             for size, scaling in zip(problem.blocks, scalings):
                 scaling.add_inverse_square_tail(schur[:, start:start + size, start:start + size])
                 start += size
-            self.factors = _cholesky(schur)
+            # potrs reads a C-ordered lower factor as the Fortran-ordered upper factor L^T.
+            self.factors = [(np.swapaxes(factor, 0, 1), False) for factor in _cholesky(schur)]
             return
-        # In y: diag(sum_h D_h) - F^T F + (Psi^{+T} Psi^+ + c N N^T) / eta^2 + u u^T, with
-        # u = Psi^{+T} v for the cone's W^{-2} = I / eta^2 + v v^T (one ball).
-        schur = np.negative(gram, out=gram)
-        pair_index = np.arange(pairs)
-        schur[:, pair_index, pair_index] += flat.sum(axis=1)
-        cone_scale, vector = scalings[0].inverse_square_tail()
-        u = np.matmul(vector[:, None, :], coordinates.pseudo_inverse)[:, 0]
-        schur += cone_scale[:, None, None] * coordinates.metric
-        schur += u[:, :, None] * u[:, None, :]
+        self.factors = self._feature_system(coordinates, flat.sum(axis=1), scalings[0])
         normal = coordinates.normal
-        if normal.shape[-1]:
-            # rho N N^T, zero on the range of Psi, makes the leading block of the bordered system
-            # positive definite; rho, the mean diagonal, keeps it on the scale of the rest.
-            rho = np.einsum("nii->n", schur) / pairs
-            schur += np.matmul(rho[:, None, None] * normal, np.swapaxes(normal, 1, 2))
-        self.factors = _cholesky(schur)
-        del schur
         if normal.shape[-1]:
             # The range constraint N^T dy = 0: dy = S^{-1} (r - N lambda) with
             # (N^T S^{-1} N) lambda = N^T S^{-1} r.
             solved = _cho_solve(self.factors, normal)
             self.border = (solved, np.linalg.inv(np.matmul(np.swapaxes(normal, 1, 2), solved)))
+
+    def _feature_system(self, coordinates: FeatureCoordinates, weight_sums: np.ndarray,
+                        scaling: _Scaling) -> list[tuple[np.ndarray, bool]]:
+        """Factors of the Schur complement on ``y``,
+        ``diag(sum_h D_h) + (Psi^{+T} Psi^+) / eta^2 + u u^T + rho N N^T - F^T F`` with ``F = L^{-1} C``
+        and ``u = Psi^{+T} v`` for the cone's ``W^{-2} = I / eta^2 + v v^T``: ``rho N N^T``, zero on the
+        range of ``Psi``, makes the leading block of the bordered system positive definite, and
+        ``rho``, the mean diagonal of the rest, keeps it on the scale of the rest.
+
+        Each user's matrix is assembled in place in one Fortran-ordered buffer by BLAS (a scaled
+        copy, a rank-one update, symmetric rank updates for ``N`` and ``F``, lower triangles only)
+        and factored there by ``potrf``: no full-size temporaries.
+        """
+        n, pairs = weight_sums.shape
+        cone_scale, vector = scaling.inverse_square_tail()
+        u = np.matmul(vector[:, None, :], coordinates.pseudo_inverse)[:, 0]
+        diagonal = (weight_sums + cone_scale[:, None] * np.einsum("nii->ni", coordinates.metric) + u * u
+                    - np.einsum("nhd,nhd->nd", self.eliminated, self.eliminated))
+        rho = np.maximum(diagonal.mean(axis=1), np.finfo(float).tiny)
+        index = np.arange(pairs)
+        buffer = np.empty((n, pairs, pairs))
+        factors = []
+        blas, lapack = scipy.linalg.blas, scipy.linalg.lapack
+        for user in range(n):
+
+            def assemble(ridge: float = 0.0) -> np.ndarray:
+                matrix = buffer[user].T  # Fortran-ordered view
+                np.multiply(coordinates.metric[user], cone_scale[user], out=matrix)
+                matrix[index, index] += weight_sums[user] + ridge
+                matrix = blas.dsyr(1.0, u[user], a=matrix, lower=1, overwrite_a=1)
+                if coordinates.normal.shape[-1]:
+                    matrix = blas.dsyrk(rho[user], coordinates.normal[user], beta=1.0, c=matrix, lower=1,
+                                        overwrite_c=1)
+                return blas.dsyrk(-1.0, self.eliminated[user].T, beta=1.0, c=matrix, lower=1, overwrite_c=1)
+
+            factor, info = lapack.dpotrf(assemble(), lower=1, clean=0, overwrite_a=1)
+            # Rounding near the optimum: a ridge grown a hundredfold until it factors (as _cholesky).
+            size = float(np.abs(diagonal[user]).max(initial=0.0)) + np.finfo(float).tiny
+            for ridge in (1e-14, 1e-12, 1e-10, 1e-8, 1e-6):
+                if info == 0:
+                    break
+                factor, info = lapack.dpotrf(assemble(ridge * size), lower=1, clean=0, overwrite_a=1)
+            if info != 0:
+                raise np.linalg.LinAlgError("a Newton system is not positive definite even with a ridge")
+            factors.append((factor, True))
+        return factors
 
     def forward(self, rhs: np.ndarray) -> np.ndarray:
         """``L^{-1} rhs`` for ``rhs`` ``(n, H, S, m)``."""
