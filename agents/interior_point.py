@@ -640,7 +640,9 @@ def _dual_objective(state: _Iterate) -> np.ndarray:
 
 
 def _mehrotra_step(state: _Iterate, degree: int) -> None:
-    """One predictor-corrector step with a common step length for both sides."""
+    """One predictor-corrector step, with separate step lengths for the primal side ``(q, y)`` and the
+    dual side ``(V, z)``: the dual iterates are feasible by construction (``s`` is computed from
+    ``(V, z)``), so only the primal residuals, linear in ``(q, y)``, shrink with the primal step."""
     problem = state.problem
     n = problem.shape[0]
     cones = state.cones()
@@ -682,22 +684,23 @@ def _mehrotra_step(state: _Iterate, degree: int) -> None:
             start += size
         return dV, dz, dq, ds, dy_cones, ds_cones
 
-    def step_length(dq, ds, dy_cones, ds_cones) -> np.ndarray:
+    def step_lengths(dq, ds, dy_cones, ds_cones) -> tuple[np.ndarray, np.ndarray]:
+        """Largest steps keeping the primal side ``(q, y)`` and the dual side ``(s, (1, z))`` interior."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            length = np.min(np.where(dq < 0, -q / dq, np.inf).reshape(n, -1), axis=1)
-            length = np.minimum(length, np.min(np.where(ds < 0, -s / ds, np.inf).reshape(n, -1), axis=1))
+            primal = np.min(np.where(dq < 0, -q / dq, np.inf).reshape(n, -1), axis=1)
+            dual = np.min(np.where(ds < 0, -s / ds, np.inf).reshape(n, -1), axis=1)
         for c, y, dc, dy in zip(cones, state.y, ds_cones, dy_cones):
-            length = np.minimum(length, np.minimum(_cone_step(c, dc), _cone_step(y, dy)))
-        return length
+            primal = np.minimum(primal, _cone_step(y, dy))
+            dual = np.minimum(dual, _cone_step(c, dc))
+        return np.minimum(1.0, primal), np.minimum(1.0, dual)
 
     # Predictor: the affine-scaling direction (target lambda o lambda -> 0).
     affine = direction(-scaled * scaled, [-_jordan(sc.scaled, sc.scaled) for sc in scalings])
     dV, dz, dq, ds, dy_cones, ds_cones = affine
-    alpha = np.minimum(1.0, step_length(dq, ds, dy_cones, ds_cones))
-    a4 = alpha[:, None, None, None]
-    gap_affine = np.einsum("ihsa,ihsa->i", q + a4 * dq, s + a4 * ds)
+    primal, dual = step_lengths(dq, ds, dy_cones, ds_cones)
+    gap_affine = np.einsum("ihsa,ihsa->i", q + primal[:, None, None, None] * dq, s + dual[:, None, None, None] * ds)
     for c, y, dc, dy in zip(cones, state.y, ds_cones, dy_cones):
-        gap_affine += np.einsum("ij,ij->i", c + alpha[:, None] * dc, y + alpha[:, None] * dy)
+        gap_affine += np.einsum("ij,ij->i", c + dual[:, None] * dc, y + primal[:, None] * dy)
     centring = np.clip(gap_affine / degree / mu, 0.0, 1.0) ** 3
     # Corrector: second-order term of the complementarity and the centring target.
     target_linear = -scaled * scaled - (ds / root) * (dq * root) + (centring * mu)[:, None, None, None]
@@ -707,9 +710,10 @@ def _mehrotra_step(state: _Iterate, degree: int) -> None:
         target[:, 0] += centring * mu
         targets.append(target)
     dV, dz, dq, ds, dy_cones, ds_cones = direction(target_linear, targets)
-    alpha = np.minimum(1.0, 0.99 * step_length(dq, ds, dy_cones, ds_cones))
-    state.V = state.V + alpha[:, None, None] * dV
-    state.z = state.z + alpha[:, None] * dz
+    primal, dual = step_lengths(dq, ds, dy_cones, ds_cones)
+    primal, dual = 0.99 * primal, 0.99 * dual
+    state.V = state.V + dual[:, None, None] * dV
+    state.z = state.z + dual[:, None] * dz
     state.s = slacks(problem, state.V, state.z)
-    state.q = q + alpha[:, None, None, None] * dq
-    state.y = [y + alpha[:, None] * dy for y, dy in zip(state.y, dy_cones)]
+    state.q = q + primal[:, None, None, None] * dq
+    state.y = [y + primal[:, None] * dy for y, dy in zip(state.y, dy_cones)]
