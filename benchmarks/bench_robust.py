@@ -54,7 +54,8 @@ FITTED_USERS, PAIRS = 20, 3000
 
 
 def independent_sets(n_states=50, n_actions=10, horizon=10):
-    """The MDP, 20 fitted sets of the independent agent (k = S A - 1) and their d_ref."""
+    """The MDP, 20 fitted sets of the independent agent (k = S A - 1) and their d_ref ``(d,)`` (the
+    uniform behaviour policy's expected features, shared by all users)."""
     mdp, rewards = random_low_rank_world(n_states=n_states, n_actions=n_actions, horizon=horizon,
                                          n_users=FITTED_USERS, rank=5, model_seed=0)
     dataset = lr_mdp_env.collect_preferences(mdp, rewards, PAIRS, seed=1)
@@ -151,10 +152,10 @@ def table(ks, users):
     rows = []
     for k in ks:
         first = truncated(fitted, k, 1)[0]
-        optimum, conic_seconds = conic_solve(mdp, first, reference[0])
+        optimum, conic_seconds = conic_solve(mdp, first, reference)
         for n_users in users:
             sets = truncated(fitted, k, n_users)
-            references = np.broadcast_to(reference[0], (n_users, mdp.n_features))
+            references = np.broadcast_to(reference, (n_users, mdp.n_features))
             rows.append(row(mdp, sets, references, k, n_users, conic_seconds, optimum))
             print_row(rows[-1])
         print(f"  (Clarabel, one user, k={k}: {conic_seconds:.2f} s, optimum {optimum:.8f})", flush=True)
@@ -177,7 +178,7 @@ def target_full_sets(n_users=1000):
     mdp, fitted, reference = independent_sets()
     k = mdp.n_features - 1
     sets = truncated(fitted, k, n_users)
-    report_target("S=50 A=10 H=10, k=499", row(mdp, sets, np.broadcast_to(reference[0], (n_users, mdp.n_features)),
+    report_target("S=50 A=10 H=10, k=499", row(mdp, sets, np.broadcast_to(reference, (n_users, mdp.n_features)),
                                                k, n_users, np.nan, None), 120)
 
 
