@@ -351,10 +351,21 @@ def _cholesky(matrices: np.ndarray) -> np.ndarray:
     ``1e-14`` of its largest diagonal entry, grown a hundredfold until it factors (the Newton
     direction is then slightly damped, which the certificate of every iterate absorbs).
     """
-    try:
-        return np.linalg.cholesky(matrices)
-    except np.linalg.LinAlgError:
-        pass
+    if len(matrices) <= _FEW:
+        # A few small matrices: LAPACK directly, without numpy's per-call overhead.
+        factors = np.empty_like(matrices)
+        for index, matrix in enumerate(matrices):
+            factor, info = scipy.linalg.lapack.dpotrf(matrix, lower=1, clean=1)
+            if info != 0:
+                break
+            factors[index] = factor
+        else:
+            return factors
+    else:
+        try:
+            return np.linalg.cholesky(matrices)
+        except np.linalg.LinAlgError:
+            pass
     factors = np.empty_like(matrices)
     identity = np.eye(matrices.shape[-1])
     for index, matrix in enumerate(matrices):
@@ -368,6 +379,23 @@ def _cholesky(matrices: np.ndarray) -> np.ndarray:
         else:
             raise np.linalg.LinAlgError("a Newton system is not positive definite even with a ridge")
     return factors
+
+
+_FEW = 4  # up to this many users, small factorisations call LAPACK one matrix at a time
+
+
+def _lower_inverse(factors: np.ndarray) -> np.ndarray:
+    """Inverses of a stack of lower triangular matrices."""
+    if len(factors) > _FEW:
+        return np.linalg.inv(factors)
+    out = np.empty_like(factors)
+    for index, factor in enumerate(factors):
+        # trtri reads the C-ordered L as the Fortran-ordered upper L^T and returns L^{-T}.
+        inverse, info = scipy.linalg.lapack.dtrtri(factor.T, lower=0)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"trtri failed with info {info}")
+        out[index] = inverse.T
+    return out
 
 
 def _cho_solve(factors: list[tuple[np.ndarray, bool]], rhs: np.ndarray) -> np.ndarray:
@@ -411,9 +439,9 @@ class _NewtonSystem:
         # feature coordinates the operator is the coupling.
         for step in range(1, horizon):
             previous = transitions[step - 1]  # (S A, S)
-            diagonal[:, step] += np.matmul(previous.T, flat[:, step - 1, :, None] * previous)
-            upper[:, step - 1] = -(flat[:, step - 1, :, None] * previous).reshape(
-                n, n_states, n_actions, n_states).sum(axis=2)
+            weighted = flat[:, step - 1, :, None] * previous
+            diagonal[:, step] += np.matmul(previous.T, weighted)
+            upper[:, step - 1] = -weighted.reshape(n, n_states, n_actions, n_states).sum(axis=2)
         schur = None
         if stationary and coordinates is None:
             # Psi^T diag(w) Psi as X^T X with X = diag(sqrt(w)) Psi (a symmetric rank-k update).
@@ -453,7 +481,7 @@ class _NewtonSystem:
         current = diagonal[:, 0]
         for step in range(horizon):
             cholesky = _cholesky(current)
-            self.inverse[:, step] = np.linalg.inv(cholesky)
+            self.inverse[:, step] = _lower_inverse(cholesky)
             if step + 1 < horizon:
                 self.below[:, step] = np.matmul(np.swapaxes(upper[:, step], 1, 2),
                                                 np.swapaxes(self.inverse[:, step], 1, 2))
