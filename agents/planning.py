@@ -439,7 +439,9 @@ def robust_optimize(
       measure (:mod:`agents.interior_point`). Ten to thirty iterations whatever the set's
       dimension ``k``; each solves a Newton system whose value block is block tridiagonal in the
       step (``S x S`` blocks) and whose Schur complement on ``z`` is ``k x k``, for all users of a
-      block at once. The method of choice for full-dimensional sets (``k = S A - 1``).
+      block at once. For one-hot features and one ball of nearly full dimension the Schur
+      complement is taken on the features ``y = radius K^T z`` instead, which needs no product
+      with the set's map. The method of choice for full-dimensional sets (``k = S A - 1``).
     - ``"column-generation"`` (seminorm sets): simplicial decomposition
       (:mod:`agents.column_generation`): deterministic policies found by backward induction
       at dual points of the set are mixed by a restricted master problem, solved for all users
