@@ -381,6 +381,7 @@ def _cholesky(matrices: np.ndarray) -> np.ndarray:
     return factors
 
 
+_STACKED_ELEMENTS = 10_000_000  # D_h P_h of all steps at once up to this size (80 MB)
 _FEW = 4  # up to this many users, small factorisations call LAPACK one matrix at a time
 
 
@@ -437,11 +438,19 @@ class _NewtonSystem:
         # For large k one product (H S, S A) x (S A, k) per user forms all steps (stationary
         # features); for small k the operator (H S, S A) would cost more than the products. In
         # feature coordinates the operator is the coupling.
-        for step in range(1, horizon):
-            previous = transitions[step - 1]  # (S A, S)
-            weighted = flat[:, step - 1, :, None] * previous
-            diagonal[:, step] += np.matmul(previous.T, weighted)
-            upper[:, step - 1] = -weighted.reshape(n, n_states, n_actions, n_states).sum(axis=2)
+        if n * horizon * pairs * n_states <= _STACKED_ELEMENTS:
+            # All steps in three array operations (the Python overhead of a loop over the steps
+            # dominates small problems).
+            weighted = flat[:, :-1, :, None] * transitions[:-1]  # D_h P_h, (n, H - 1, S A, S)
+            diagonal[:, 1:] += np.matmul(np.swapaxes(transitions[:-1], 1, 2), weighted)
+            upper[:] = -weighted.reshape(n, horizon - 1, n_states, n_actions, n_states).sum(axis=3)
+            del weighted
+        else:
+            for step in range(1, horizon):
+                previous = transitions[step - 1]  # (S A, S)
+                weighted = flat[:, step - 1, :, None] * previous
+                diagonal[:, step] += np.matmul(previous.T, weighted)
+                upper[:, step - 1] = -weighted.reshape(n, n_states, n_actions, n_states).sum(axis=2)
         schur = None
         if stationary and coordinates is None:
             # Psi^T diag(w) Psi as X^T X with X = diag(sqrt(w)) Psi (a symmetric rank-k update).
@@ -462,6 +471,11 @@ class _NewtonSystem:
                 coupling = np.matmul(operator.reshape(n, horizon * n_states, -1), problem.features[:, 0]).reshape(
                     n, horizon, n_states, k)
             del operator
+        elif stationary:
+            weighted = flat[..., None] * problem.features  # D_h Psi, (n, H, S A, k)
+            coupling = -weighted.reshape(n, horizon, n_states, n_actions, k).sum(axis=3)
+            coupling[:, 1:] += np.matmul(np.swapaxes(transitions[:-1], 1, 2), weighted[:, :-1])
+            del weighted
         else:
             coupling = np.empty((n, horizon, n_states, k))
             for step in range(horizon):
