@@ -280,6 +280,10 @@ class _Iterate:
             cone = np.zeros((n, size + 1))
             cone[:, 0] = level
             self.y.append(cone)
+        # Separate primal and dual step lengths until the flow residual grows (rounding in an
+        # ill-conditioned system, near a degenerate optimum): from then on one common step.
+        self.common = np.zeros(n, dtype=bool)
+        self.least_residual = np.full(n, np.inf)
 
     def cones(self) -> list[np.ndarray]:
         """The cone slacks ``(1, z_j)``."""
@@ -300,6 +304,7 @@ class _Iterate:
                                     None if p.coordinates is None else p.coordinates.rows(rows))
         self.V, self.z, self.q, self.s = self.V[rows], self.z[rows], self.q[rows], self.s[rows]
         self.y = [cone[rows] for cone in self.y]
+        self.common, self.least_residual = self.common[rows], self.least_residual[rows]
 
 
 def slacks(problem: ConicProblem, values: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -666,7 +671,10 @@ def interior_point(
         # Far below tol with a flow-feasible q, no further step can improve the certificate.
         flow = _flow(state.problem, state.q)
         flow[:, 0] -= state.problem.initial_distribution
-        done |= (gap <= 1e-4 * tol * scale) & (np.abs(flow).sum(axis=(1, 2)) <= 1e-4 * tol)
+        residual = np.abs(flow).sum(axis=(1, 2))
+        done |= (gap <= 1e-4 * tol * scale) & (residual <= 1e-4 * tol)
+        state.common |= residual > 10.0 * state.least_residual
+        state.least_residual = np.minimum(state.least_residual, residual)
         if done.all():
             break
         if done.any():
@@ -684,7 +692,8 @@ def _dual_objective(state: _Iterate) -> np.ndarray:
 def _mehrotra_step(state: _Iterate, degree: int) -> None:
     """One predictor-corrector step, with separate step lengths for the primal side ``(q, y)`` and the
     dual side ``(V, z)``: the dual iterates are feasible by construction (``s`` is computed from
-    ``(V, z)``), so only the primal residuals, linear in ``(q, y)``, shrink with the primal step."""
+    ``(V, z)``), so only the primal residuals, linear in ``(q, y)``, shrink with the primal step.
+    Users whose flow residual has grown (``state.common``) take one common step."""
     problem = state.problem
     n = problem.shape[0]
     cones = state.cones()
@@ -753,7 +762,8 @@ def _mehrotra_step(state: _Iterate, degree: int) -> None:
         targets.append(target)
     dV, dz, dq, ds, dy_cones, ds_cones = direction(target_linear, targets)
     primal, dual = step_lengths(dq, ds, dy_cones, ds_cones)
-    primal, dual = 0.99 * primal, 0.99 * dual
+    common = np.minimum(primal, dual)
+    primal, dual = 0.99 * np.where(state.common, common, primal), 0.99 * np.where(state.common, common, dual)
     state.V = state.V + dual[:, None, None] * dV
     state.z = state.z + dual[:, None] * dz
     state.s = slacks(problem, state.V, state.z)
