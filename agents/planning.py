@@ -664,7 +664,7 @@ class _Run:
     ``tol``.
     """
 
-    workers = 1  # threads of the interior-point method (robust_optimize's workers)
+    workers = 1  # threads over blocks of users of the seminorm methods (robust_optimize's workers)
 
     def __init__(self, mdp, items, d_ref, reference_policies, tol, deadline) -> None:
         self.mdp, self.items, self.d_ref, self.tol, self.deadline = mdp, items, d_ref, tol, deadline
