@@ -23,6 +23,13 @@ Cholesky factorisation, and the Schur complement on ``z`` is a dense ``k x k`` m
 depend on the number of iterations of a first-order or cutting-plane method, which grows with
 ``k``; all users of a block are one set of batched array operations.
 
+For one-hot features and a single ball of nearly full dimension (``k`` close to ``S A``, the sets
+of an independent estimator) the system is solved in the feature coordinates ``y = Psi z``
+instead (:class:`FeatureCoordinates`): the coupling of ``V`` and ``y`` is the flow operator
+itself and the cone's block a fixed matrix over ``eta^2`` plus a rank-one term, so the two
+``k x (S A)`` products of ``Psi`` with the weighted operators disappear and the Schur complement
+is ``diag(sum_h D_h) - F^T F + ...`` with ``F = L^{-1} A_V^T D``, a symmetric rank update.
+
 References
 ----------
 Mehrotra, *On the implementation of a primal-dual interior point method*, SIAM Journal on
@@ -39,8 +46,10 @@ from typing import Callable
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
+import scipy.linalg.lapack
 
-__all__ = ["ConicProblem", "interior_point"]
+__all__ = ["ConicProblem", "FeatureCoordinates", "feature_coordinates", "feature_coordinates_pay", "interior_point"]
 
 
 @dataclass
@@ -65,6 +74,9 @@ class ConicProblem:
     start : ndarray, shape (n, H, S, A)
         An occupancy whose mean product with the starting slacks sets the starting barrier
         level (the start is centred: ``q o s`` equal to it everywhere).
+    coordinates : FeatureCoordinates, optional
+        Set for one-hot features and one ball whose map has full column rank: the Newton systems
+        are then solved in ``y = Psi z``.
     """
 
     transitions: np.ndarray
@@ -75,11 +87,77 @@ class ConicProblem:
     blocks: tuple[int, ...]
     start: np.ndarray
     constant: np.ndarray
+    coordinates: FeatureCoordinates | None = None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """``(n, H, S, A)``."""
         return self.start.shape
+
+
+@dataclass
+class FeatureCoordinates:
+    """The map of a single ball to one-hot features, for Newton systems in ``y = Psi z``.
+
+    For one-hot ``(s, a)`` features, ``theta(z) . phi[h, s, a] = reward + (Psi z)[s, a]`` with
+    ``Psi = radius K^T`` ``(S A, k)``. When ``Psi`` has full column rank, ``z = Psi^+ y`` is a
+    bijection between ``z`` and ``y`` in the range of ``Psi``, and the Newton system in ``(V, y)``
+    needs no product with ``Psi``: the value-feature coupling is the flow operator itself, the
+    feature block is ``diag(sum_h D_h)``, and the cone's block ``Psi^{+T} W^{-2} Psi^+`` is the fixed
+    matrix ``Psi^{+T} Psi^+`` over ``eta^2`` plus a rank-one term. The range constraint
+    ``N^T y = 0`` (``N`` an orthonormal basis of the complement) borders the system.
+
+    Attributes
+    ----------
+    pseudo_inverse : ndarray, shape (n, k, S A)
+        ``Psi^+``.
+    metric : ndarray, shape (n, S A, S A)
+        ``Psi^{+T} Psi^+``.
+    normal : ndarray, shape (n, S A, S A - k)
+        ``N``.
+    """
+
+    pseudo_inverse: np.ndarray
+    metric: np.ndarray
+    normal: np.ndarray
+
+    def rows(self, rows: np.ndarray) -> FeatureCoordinates:
+        return FeatureCoordinates(self.pseudo_inverse[rows], self.metric[rows], self.normal[rows])
+
+
+def feature_coordinates(adjoint: np.ndarray, *, condition: float = 1e8) -> FeatureCoordinates | None:
+    """The :class:`FeatureCoordinates` of maps ``Psi`` ``(n, S A, k)``, or None when one of them is
+    not of full column rank (a duplicated or dependent column: ``z`` is not a function of ``y``)
+    or the bound ``||Psi||_F ||Psi^+||_F`` on its condition number exceeds ``condition``.
+
+    From the complete QR factorisation ``Psi = [Q_1 Q_2] [R; 0]``: ``Psi^+ = R^{-1} Q_1^T`` and
+    ``N = Q_2``.
+    """
+    n, d, k = adjoint.shape
+    if k > d or k == 0:
+        return None
+    orthogonal, triangular = np.linalg.qr(adjoint, mode="complete")  # (n, d, d), (n, d, k)
+    if not np.all(np.abs(np.diagonal(triangular[:, :k], axis1=1, axis2=2)) > 0):
+        return None
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        pseudo_inverse = np.stack([scipy.linalg.solve_triangular(upper[:k], basis[:, :k].T, check_finite=False)
+                                   for upper, basis in zip(triangular, orthogonal)])
+    if not np.isfinite(pseudo_inverse).all():
+        return None
+    inverse_norm = np.sqrt(np.einsum("nkd,nkd->n", pseudo_inverse, pseudo_inverse))
+    if not np.all(inverse_norm * np.sqrt(np.einsum("ndk,ndk->n", adjoint, adjoint)) <= condition):
+        return None
+    normal = np.ascontiguousarray(orthogonal[:, :, k:])
+    metric = np.matmul(np.swapaxes(pseudo_inverse, 1, 2), pseudo_inverse)
+    return FeatureCoordinates(pseudo_inverse, metric, normal)
+
+
+def feature_coordinates_pay(horizon: int, n_states: int, n_actions: int, k: int) -> bool:
+    """Whether the Newton system in feature coordinates costs fewer operations than in ``z``."""
+    pairs = n_states * n_actions
+    in_z = 2 * pairs * k**2 + 2 * horizon * n_states * pairs * k + horizon * n_states * k**2 + k**3 / 3
+    in_y = 2 * horizon * n_states**2 * pairs + horizon * n_states * pairs**2 + pairs**3 / 3 + 2 * pairs**2 * (pairs - k)
+    return in_y < in_z
 
 
 # -- second-order cones: Nesterov-Todd scaling and the Jordan algebra, one block for n users --
@@ -114,14 +192,20 @@ class _Scaling:
         factor = 1.0 / self.eta if inverse else self.eta
         return out * factor[:, None]
 
-    def inverse_square_tail(self) -> np.ndarray:
-        """The ``(1:, 1:)`` block of ``W^{-2}``: ``(I + c w_1 w_1^T) / eta^2``, ``(n, m, m)``."""
+    def inverse_square_tail(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ``(1:, 1:)`` block of ``W^{-2}``, ``(I + c w_1 w_1^T) / eta^2 = I / eta^2 + v v^T``, as
+        ``(1 / eta^2 (n,), v (n, m))``."""
         w0, w1 = self.w[:, 0], self.w[:, 1:]
         inverse = 1.0 / (1.0 + w0)
         coefficient = 1.0 + 2.0 * inverse + inverse**2 * np.einsum("ij,ij->i", w1, w1)
-        block = coefficient[:, None, None] * w1[:, :, None] * w1[:, None, :]
-        block += np.eye(w1.shape[1])
-        return block / (self.eta**2)[:, None, None]
+        return 1.0 / self.eta**2, w1 * (np.sqrt(coefficient) / self.eta)[:, None]
+
+    def add_inverse_square_tail(self, matrices: np.ndarray) -> None:
+        """``matrices += (1:, 1:) block of W^{-2}`` in place, for ``(n, m, m)`` matrices."""
+        scale, vector = self.inverse_square_tail()
+        matrices += vector[:, :, None] * vector[:, None, :]
+        index = np.arange(matrices.shape[-1])
+        matrices[:, index, index] += scale[:, None]
 
 
 def _jordan(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -196,6 +280,10 @@ class _Iterate:
             cone = np.zeros((n, size + 1))
             cone[:, 0] = level
             self.y.append(cone)
+        # Separate primal and dual step lengths until the flow residual grows (rounding in an
+        # ill-conditioned system, near a degenerate optimum): from then on one common step.
+        self.common = np.zeros(n, dtype=bool)
+        self.least_residual = np.full(n, np.inf)
 
     def cones(self) -> list[np.ndarray]:
         """The cone slacks ``(1, z_j)``."""
@@ -212,9 +300,11 @@ class _Iterate:
         """Restrict the state (and its problem) to the users ``rows``."""
         p = self.problem
         self.problem = ConicProblem(p.transitions, p.initial_distribution, p.reward[rows], p.features[rows],
-                                    p.reference[rows], p.blocks, p.start[rows], p.constant[rows])
+                                    p.reference[rows], p.blocks, p.start[rows], p.constant[rows],
+                                    None if p.coordinates is None else p.coordinates.rows(rows))
         self.V, self.z, self.q, self.s = self.V[rows], self.z[rows], self.q[rows], self.s[rows]
         self.y = [cone[rows] for cone in self.y]
+        self.common, self.least_residual = self.common[rows], self.least_residual[rows]
 
 
 def slacks(problem: ConicProblem, values: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -266,10 +356,21 @@ def _cholesky(matrices: np.ndarray) -> np.ndarray:
     ``1e-14`` of its largest diagonal entry, grown a hundredfold until it factors (the Newton
     direction is then slightly damped, which the certificate of every iterate absorbs).
     """
-    try:
-        return np.linalg.cholesky(matrices)
-    except np.linalg.LinAlgError:
-        pass
+    if len(matrices) <= _FEW:
+        # A few small matrices: LAPACK directly, without numpy's per-call overhead.
+        factors = np.empty_like(matrices)
+        for index, matrix in enumerate(matrices):
+            factor, info = scipy.linalg.lapack.dpotrf(matrix, lower=1, clean=1)
+            if info != 0:
+                break
+            factors[index] = factor
+        else:
+            return factors
+    else:
+        try:
+            return np.linalg.cholesky(matrices)
+        except np.linalg.LinAlgError:
+            pass
     factors = np.empty_like(matrices)
     identity = np.eye(matrices.shape[-1])
     for index, matrix in enumerate(matrices):
@@ -285,15 +386,50 @@ def _cholesky(matrices: np.ndarray) -> np.ndarray:
     return factors
 
 
+_STACKED_ELEMENTS = 10_000_000  # D_h P_h of all steps at once up to this size (80 MB)
+_FEW = 4  # up to this many users, small factorisations call LAPACK one matrix at a time
+
+
+def _lower_inverse(factors: np.ndarray) -> np.ndarray:
+    """Inverses of a stack of lower triangular matrices."""
+    if len(factors) > _FEW:
+        return np.linalg.inv(factors)
+    out = np.empty_like(factors)
+    for index, factor in enumerate(factors):
+        # trtri reads the C-ordered L as the Fortran-ordered upper L^T and returns L^{-T}.
+        inverse, info = scipy.linalg.lapack.dtrtri(factor.T, lower=0)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"trtri failed with info {info}")
+        out[index] = inverse.T
+    return out
+
+
+def _cho_solve(factors: list[tuple[np.ndarray, bool]], rhs: np.ndarray) -> np.ndarray:
+    """``A^{-1} rhs`` for Cholesky factors of ``A``, one ``(Fortran-ordered factor, lower)`` per user,
+    and ``rhs`` ``(n, m)`` or ``(n, m, c)``, by LAPACK's ``potrs`` (``scipy.linalg.cho_solve``
+    copies a C-ordered factor at every call)."""
+    out = np.empty(rhs.shape)
+    for index, ((factor, lower), row) in enumerate(zip(factors, rhs)):
+        solution, info = scipy.linalg.lapack.dpotrs(factor, row, lower=int(lower))
+        if info != 0:
+            raise np.linalg.LinAlgError(f"potrs failed with info {info}")
+        out[index] = solution
+    return out
+
+
 class _NewtonSystem:
     """``G^T W^{-2} G`` in ``(V, z)``, factored: block Cholesky of the value block
-    ``T = A_V^T D A_V`` (tridiagonal in ``h``), then Cholesky of the Schur complement on ``z``."""
+    ``T = A_V^T D A_V`` (tridiagonal in ``h``), then Cholesky of the Schur complement on ``z``, or
+    on ``y = Psi z`` when the problem carries :class:`FeatureCoordinates` (bordered by the range
+    constraint)."""
 
     def __init__(self, problem: ConicProblem, weights: np.ndarray, scalings: list[_Scaling]) -> None:
         n, horizon, n_states, n_actions = problem.shape
         k = problem.features.shape[-1]
+        pairs = n_states * n_actions
         transitions = problem.transitions
-        flat = weights.reshape(n, horizon, n_states * n_actions)
+        coordinates = problem.coordinates
+        flat = weights.reshape(n, horizon, pairs)
         self.problem = problem
         # T: diagonal blocks diag(sum_a D_h) + P_{h-1}^T diag(D_{h-1}) P_{h-1}, off-diagonal
         # blocks -sum_a D_h[s, a] P_h[s, a, :].
@@ -305,24 +441,46 @@ class _NewtonSystem:
         scale = weights.reshape(n, -1).max(axis=1)
         # The coupling C = -A_V^T D Psi: C_h = -sum_a D_h[s, a] Psi[s, a] + P_{h-1}^T D_{h-1} Psi.
         # For large k one product (H S, S A) x (S A, k) per user forms all steps (stationary
-        # features); for small k the operator (H S, S A) would cost more than the products.
-        for step in range(1, horizon):
-            previous = transitions[step - 1]  # (S A, S)
-            diagonal[:, step] += np.matmul(previous.T, flat[:, step - 1, :, None] * previous)
-            upper[:, step - 1] = -(flat[:, step - 1, :, None] * previous).reshape(
-                n, n_states, n_actions, n_states).sum(axis=2)
-        if stationary:
-            features = problem.features[:, 0]
-            schur = np.matmul(np.swapaxes(features, 1, 2), flat.sum(axis=1)[..., None] * features)  # Psi^T diag(w) Psi
+        # features); for small k the operator (H S, S A) would cost more than the products. In
+        # feature coordinates the operator is the coupling.
+        if n * horizon * pairs * n_states <= _STACKED_ELEMENTS:
+            # All steps in three array operations (the Python overhead of a loop over the steps
+            # dominates small problems).
+            weighted = flat[:, :-1, :, None] * transitions[:-1]  # D_h P_h, (n, H - 1, S A, S)
+            diagonal[:, 1:] += np.matmul(np.swapaxes(transitions[:-1], 1, 2), weighted)
+            upper[:] = -weighted.reshape(n, horizon - 1, n_states, n_actions, n_states).sum(axis=3)
+            del weighted
         else:
+            for step in range(1, horizon):
+                previous = transitions[step - 1]  # (S A, S)
+                weighted = flat[:, step - 1, :, None] * previous
+                diagonal[:, step] += np.matmul(previous.T, weighted)
+                upper[:, step - 1] = -weighted.reshape(n, n_states, n_actions, n_states).sum(axis=2)
+        schur = None
+        if stationary and coordinates is None:
+            # Psi^T diag(w) Psi as X^T X with X = diag(sqrt(w)) Psi (a symmetric rank-k update).
+            root = np.sqrt(flat.sum(axis=1))[..., None] * problem.features[:, 0]
+            schur = np.matmul(np.swapaxes(root, 1, 2), root)
+            del root
+        elif coordinates is None:
             schur = np.zeros((n, k, k))
-        if stationary and k >= n_states:
+        if coordinates is not None or (stationary and k >= n_states):
             pair_state = np.repeat(np.arange(n_states), n_actions)
-            operator = np.zeros((n, horizon, n_states, n_states * n_actions))
-            operator[:, :, pair_state, np.arange(n_states * n_actions)] = -flat
+            operator = np.zeros((n, horizon, n_states, pairs))
+            operator[:, :, pair_state, np.arange(pairs)] = -flat
             for step in range(1, horizon):
                 operator[:, step] += transitions[step - 1].T * flat[:, step - 1, None, :]
-            coupling = np.matmul(operator.reshape(n, horizon * n_states, -1), features).reshape(n, horizon, n_states, k)
+            if coordinates is not None:
+                coupling = operator
+            else:
+                coupling = np.matmul(operator.reshape(n, horizon * n_states, -1), problem.features[:, 0]).reshape(
+                    n, horizon, n_states, k)
+            del operator
+        elif stationary:
+            weighted = flat[..., None] * problem.features  # D_h Psi, (n, H, S A, k)
+            coupling = -weighted.reshape(n, horizon, n_states, n_actions, k).sum(axis=3)
+            coupling[:, 1:] += np.matmul(np.swapaxes(transitions[:-1], 1, 2), weighted[:, :-1])
+            del weighted
         else:
             coupling = np.empty((n, horizon, n_states, k))
             for step in range(horizon):
@@ -342,18 +500,76 @@ class _NewtonSystem:
         current = diagonal[:, 0]
         for step in range(horizon):
             cholesky = _cholesky(current)
-            self.inverse[:, step] = np.linalg.inv(cholesky)
+            self.inverse[:, step] = _lower_inverse(cholesky)
             if step + 1 < horizon:
                 self.below[:, step] = np.matmul(np.swapaxes(upper[:, step], 1, 2),
                                                 np.swapaxes(self.inverse[:, step], 1, 2))
                 current = diagonal[:, step + 1] - np.matmul(self.below[:, step], np.swapaxes(self.below[:, step], 1, 2))
-        self.eliminated = self.forward(coupling).reshape(n, horizon * n_states, k)  # L^{-1} C
-        schur -= np.matmul(np.swapaxes(self.eliminated, 1, 2), self.eliminated)
-        start = 0
-        for size, scaling in zip(problem.blocks, scalings):
-            schur[:, start:start + size, start:start + size] += scaling.inverse_square_tail()
-            start += size
-        self.factors = [(factor, True) for factor in _cholesky(schur)]
+        self.eliminated = self.forward(coupling).reshape(n, horizon * n_states, -1)  # L^{-1} C
+        del coupling
+        self.border = None
+        if coordinates is None:
+            schur -= np.matmul(np.swapaxes(self.eliminated, 1, 2), self.eliminated)  # a symmetric rank-k update
+            start = 0
+            for size, scaling in zip(problem.blocks, scalings):
+                scaling.add_inverse_square_tail(schur[:, start:start + size, start:start + size])
+                start += size
+            # potrs reads a C-ordered lower factor as the Fortran-ordered upper factor L^T.
+            self.factors = [(np.swapaxes(factor, 0, 1), False) for factor in _cholesky(schur)]
+            return
+        self.factors = self._feature_system(coordinates, flat.sum(axis=1), scalings[0])
+        normal = coordinates.normal
+        if normal.shape[-1]:
+            # The range constraint N^T dy = 0: dy = S^{-1} (r - N lambda) with
+            # (N^T S^{-1} N) lambda = N^T S^{-1} r.
+            solved = _cho_solve(self.factors, normal)
+            self.border = (solved, np.linalg.inv(np.matmul(np.swapaxes(normal, 1, 2), solved)))
+
+    def _feature_system(self, coordinates: FeatureCoordinates, weight_sums: np.ndarray,
+                        scaling: _Scaling) -> list[tuple[np.ndarray, bool]]:
+        """Factors of the Schur complement on ``y``,
+        ``diag(sum_h D_h) + (Psi^{+T} Psi^+) / eta^2 + u u^T + rho N N^T - F^T F`` with ``F = L^{-1} C``
+        and ``u = Psi^{+T} v`` for the cone's ``W^{-2} = I / eta^2 + v v^T``: ``rho N N^T``, zero on the
+        range of ``Psi``, makes the leading block of the bordered system positive definite, and
+        ``rho``, the mean diagonal of the rest, keeps it on the scale of the rest.
+
+        Each user's matrix is assembled in place in one Fortran-ordered buffer by BLAS (a scaled
+        copy, a rank-one update, symmetric rank updates for ``N`` and ``F``, lower triangles only)
+        and factored there by ``potrf``: no full-size temporaries.
+        """
+        n, pairs = weight_sums.shape
+        cone_scale, vector = scaling.inverse_square_tail()
+        u = np.matmul(vector[:, None, :], coordinates.pseudo_inverse)[:, 0]
+        diagonal = (weight_sums + cone_scale[:, None] * np.einsum("nii->ni", coordinates.metric) + u * u
+                    - np.einsum("nhd,nhd->nd", self.eliminated, self.eliminated))
+        rho = np.maximum(diagonal.mean(axis=1), np.finfo(float).tiny)
+        index = np.arange(pairs)
+        buffer = np.empty((n, pairs, pairs))
+        factors = []
+        blas, lapack = scipy.linalg.blas, scipy.linalg.lapack
+        for user in range(n):
+
+            def assemble(ridge: float = 0.0) -> np.ndarray:
+                matrix = buffer[user].T  # Fortran-ordered view
+                np.multiply(coordinates.metric[user], cone_scale[user], out=matrix)
+                matrix[index, index] += weight_sums[user] + ridge
+                matrix = blas.dsyr(1.0, u[user], a=matrix, lower=1, overwrite_a=1)
+                if coordinates.normal.shape[-1]:
+                    matrix = blas.dsyrk(rho[user], coordinates.normal[user], beta=1.0, c=matrix, lower=1,
+                                        overwrite_c=1)
+                return blas.dsyrk(-1.0, self.eliminated[user].T, beta=1.0, c=matrix, lower=1, overwrite_c=1)
+
+            factor, info = lapack.dpotrf(assemble(), lower=1, clean=0, overwrite_a=1)
+            # Rounding near the optimum: a ridge grown a hundredfold until it factors (as _cholesky).
+            size = float(np.abs(diagonal[user]).max(initial=0.0)) + np.finfo(float).tiny
+            for ridge in (1e-14, 1e-12, 1e-10, 1e-8, 1e-6):
+                if info == 0:
+                    break
+                factor, info = lapack.dpotrf(assemble(ridge * size), lower=1, clean=0, overwrite_a=1)
+            if info != 0:
+                raise np.linalg.LinAlgError("a Newton system is not positive definite even with a ridge")
+            factors.append((factor, True))
+        return factors
 
     def forward(self, rhs: np.ndarray) -> np.ndarray:
         """``L^{-1} rhs`` for ``rhs`` ``(n, H, S, m)``."""
@@ -376,12 +592,21 @@ class _NewtonSystem:
     def solve(self, rhs_values: np.ndarray, rhs_z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(dV, dz)`` solving the system with right-hand side ``(rhs_values (n, H, S), rhs_z (n, k))``."""
         n, horizon, n_states = rhs_values.shape
+        coordinates = self.problem.coordinates
         eliminated = self.forward(rhs_values[..., None])
+        if coordinates is not None:
+            rhs_z = np.matmul(rhs_z[:, None, :], coordinates.pseudo_inverse)[:, 0]  # Psi^{+T} r_z
         reduced = rhs_z - np.matmul(np.swapaxes(self.eliminated, 1, 2), eliminated.reshape(n, -1, 1))[..., 0]
-        dz = np.stack([scipy.linalg.cho_solve(factor, row, check_finite=False) for factor, row in zip(self.factors, reduced)])
-        back = eliminated.reshape(n, -1) - np.matmul(self.eliminated, dz[..., None])[..., 0]
+        dx = _cho_solve(self.factors, reduced)
+        if self.border is not None:
+            solved, inverse = self.border
+            multiplier = np.matmul(inverse, np.matmul(coordinates.normal.transpose(0, 2, 1), dx[..., None]))
+            dx = dx - np.matmul(solved, multiplier)[..., 0]
+        back = eliminated.reshape(n, -1) - np.matmul(self.eliminated, dx[..., None])[..., 0]
         dV = self.backward(back.reshape(n, horizon, n_states, 1))[..., 0]
-        return dV, dz
+        if coordinates is not None:
+            dx = np.matmul(coordinates.pseudo_inverse, dx[..., None])[..., 0]  # dz = Psi^+ dy
+        return dV, dx
 
 
 def interior_point(
@@ -446,7 +671,10 @@ def interior_point(
         # Far below tol with a flow-feasible q, no further step can improve the certificate.
         flow = _flow(state.problem, state.q)
         flow[:, 0] -= state.problem.initial_distribution
-        done |= (gap <= 1e-4 * tol * scale) & (np.abs(flow).sum(axis=(1, 2)) <= 1e-4 * tol)
+        residual = np.abs(flow).sum(axis=(1, 2))
+        done |= (gap <= 1e-4 * tol * scale) & (residual <= 1e-4 * tol)
+        state.common |= residual > 10.0 * state.least_residual
+        state.least_residual = np.minimum(state.least_residual, residual)
         if done.all():
             break
         if done.any():
@@ -462,7 +690,10 @@ def _dual_objective(state: _Iterate) -> np.ndarray:
 
 
 def _mehrotra_step(state: _Iterate, degree: int) -> None:
-    """One predictor-corrector step with a common step length for both sides."""
+    """One predictor-corrector step, with separate step lengths for the primal side ``(q, y)`` and the
+    dual side ``(V, z)``: the dual iterates are feasible by construction (``s`` is computed from
+    ``(V, z)``), so only the primal residuals, linear in ``(q, y)``, shrink with the primal step.
+    Users whose flow residual has grown (``state.common``) take one common step."""
     problem = state.problem
     n = problem.shape[0]
     cones = state.cones()
@@ -504,22 +735,23 @@ def _mehrotra_step(state: _Iterate, degree: int) -> None:
             start += size
         return dV, dz, dq, ds, dy_cones, ds_cones
 
-    def step_length(dq, ds, dy_cones, ds_cones) -> np.ndarray:
+    def step_lengths(dq, ds, dy_cones, ds_cones) -> tuple[np.ndarray, np.ndarray]:
+        """Largest steps keeping the primal side ``(q, y)`` and the dual side ``(s, (1, z))`` interior."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            length = np.min(np.where(dq < 0, -q / dq, np.inf).reshape(n, -1), axis=1)
-            length = np.minimum(length, np.min(np.where(ds < 0, -s / ds, np.inf).reshape(n, -1), axis=1))
+            primal = np.min(np.where(dq < 0, -q / dq, np.inf).reshape(n, -1), axis=1)
+            dual = np.min(np.where(ds < 0, -s / ds, np.inf).reshape(n, -1), axis=1)
         for c, y, dc, dy in zip(cones, state.y, ds_cones, dy_cones):
-            length = np.minimum(length, np.minimum(_cone_step(c, dc), _cone_step(y, dy)))
-        return length
+            primal = np.minimum(primal, _cone_step(y, dy))
+            dual = np.minimum(dual, _cone_step(c, dc))
+        return np.minimum(1.0, primal), np.minimum(1.0, dual)
 
     # Predictor: the affine-scaling direction (target lambda o lambda -> 0).
     affine = direction(-scaled * scaled, [-_jordan(sc.scaled, sc.scaled) for sc in scalings])
     dV, dz, dq, ds, dy_cones, ds_cones = affine
-    alpha = np.minimum(1.0, step_length(dq, ds, dy_cones, ds_cones))
-    a4 = alpha[:, None, None, None]
-    gap_affine = np.einsum("ihsa,ihsa->i", q + a4 * dq, s + a4 * ds)
+    primal, dual = step_lengths(dq, ds, dy_cones, ds_cones)
+    gap_affine = np.einsum("ihsa,ihsa->i", q + primal[:, None, None, None] * dq, s + dual[:, None, None, None] * ds)
     for c, y, dc, dy in zip(cones, state.y, ds_cones, dy_cones):
-        gap_affine += np.einsum("ij,ij->i", c + alpha[:, None] * dc, y + alpha[:, None] * dy)
+        gap_affine += np.einsum("ij,ij->i", c + dual[:, None] * dc, y + primal[:, None] * dy)
     centring = np.clip(gap_affine / degree / mu, 0.0, 1.0) ** 3
     # Corrector: second-order term of the complementarity and the centring target.
     target_linear = -scaled * scaled - (ds / root) * (dq * root) + (centring * mu)[:, None, None, None]
@@ -529,9 +761,11 @@ def _mehrotra_step(state: _Iterate, degree: int) -> None:
         target[:, 0] += centring * mu
         targets.append(target)
     dV, dz, dq, ds, dy_cones, ds_cones = direction(target_linear, targets)
-    alpha = np.minimum(1.0, 0.99 * step_length(dq, ds, dy_cones, ds_cones))
-    state.V = state.V + alpha[:, None, None] * dV
-    state.z = state.z + alpha[:, None] * dz
+    primal, dual = step_lengths(dq, ds, dy_cones, ds_cones)
+    common = np.minimum(primal, dual)
+    primal, dual = 0.99 * np.where(state.common, common, primal), 0.99 * np.where(state.common, common, dual)
+    state.V = state.V + dual[:, None, None] * dV
+    state.z = state.z + dual[:, None] * dz
     state.s = slacks(problem, state.V, state.z)
-    state.q = q + alpha[:, None, None, None] * dq
-    state.y = [y + alpha[:, None] * dy for y, dy in zip(state.y, dy_cones)]
+    state.q = q + primal[:, None, None, None] * dq
+    state.y = [y + primal[:, None] * dy for y, dy in zip(state.y, dy_cones)]

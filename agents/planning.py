@@ -20,10 +20,11 @@ and one backward induction at a member of ``C``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import scipy.linalg
@@ -418,6 +419,7 @@ def robust_optimize(
     method: str = "auto",
     max_iterations: int | None = None,
     max_seconds: float | None = None,
+    workers: int = 1,
 ) -> Any:
     """Exact non-rectangular pessimism: ``max_pi min_{theta in C} theta . (d_pi - d_ref)``.
 
@@ -439,7 +441,9 @@ def robust_optimize(
       measure (:mod:`agents.interior_point`). Ten to thirty iterations whatever the set's
       dimension ``k``; each solves a Newton system whose value block is block tridiagonal in the
       step (``S x S`` blocks) and whose Schur complement on ``z`` is ``k x k``, for all users of a
-      block at once. The method of choice for full-dimensional sets (``k = S A - 1``).
+      block at once. For one-hot features and one ball of nearly full dimension the Schur
+      complement is taken on the features ``y = radius K^T z`` instead, which needs no product
+      with the set's map. The method of choice for full-dimensional sets (``k = S A - 1``).
     - ``"column-generation"`` (seminorm sets): simplicial decomposition
       (:mod:`agents.column_generation`): deterministic policies found by backward induction
       at dual points of the set are mixed by a restricted master problem, solved for all users
@@ -489,6 +493,11 @@ def robust_optimize(
     max_seconds : float, optional
         Time budget of the whole call. Problems still open when it runs out return their best
         certified policy so far.
+    workers : int, default 1
+        Threads that solve blocks of users of the interior-point method or column generation at
+        the same time (their products, factorisations and backward inductions release the GIL,
+        so each takes a core). With one BLAS thread per process, ``workers=2`` uses both cores of
+        a two-core machine.
 
     Returns
     -------
@@ -523,6 +532,7 @@ def robust_optimize(
         deadline = time.perf_counter() + check_real("max_seconds", max_seconds, 0.0, strict_minimum=True)
     policies = _reference_policies(mdp, reference_policy, len(items))
     run = _Run(mdp, items, d_ref, policies, tol, deadline)
+    run.workers = check_int("workers", workers, minimum=1)
     run.start()
     groups: dict[Any, list[int]] = {}
     for index, item in enumerate(items):
@@ -661,6 +671,8 @@ class _Run:
     ``tol``.
     """
 
+    workers = 1  # threads over blocks of users of the seminorm methods (robust_optimize's workers)
+
     def __init__(self, mdp, items, d_ref, reference_policies, tol, deadline) -> None:
         self.mdp, self.items, self.d_ref, self.tol, self.deadline = mdp, items, d_ref, tol, deadline
         self.reference_policies = reference_policies
@@ -775,6 +787,23 @@ def _block_size(per_user: int) -> int:
     return max(1, _BLOCK_ELEMENTS // max(per_user, 1))
 
 
+def _run_blocks(run: _Run, users: np.ndarray, per_user: int, solve_block: Callable[[np.ndarray], None]) -> None:
+    """``solve_block`` on blocks of ``users`` that bound the memory (each worker holds one), on
+    ``run.workers`` threads with at least one block each. Numpy's products, factorisations and
+    large element-wise operations release the GIL, so the blocks run on separate cores; the
+    book-keeping of ``_Run`` touches only each block's own users."""
+    size = _block_size(per_user * run.workers)
+    if run.workers > 1:
+        size = min(size, -(-len(users) // run.workers))
+    blocks = [users[start:start + size] for start in range(0, len(users), size)]
+    if run.workers > 1 and len(blocks) > 1:
+        with concurrent.futures.ThreadPoolExecutor(run.workers) as pool:
+            list(pool.map(solve_block, blocks))
+    else:
+        for block in blocks:
+            solve_block(block)
+
+
 def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> None:
     """Solve the problems of ``users`` (same ball sizes) by the interior-point method, in blocks."""
     mdp = run.mdp
@@ -787,9 +816,15 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
     # Psi, its coupling operator, L^{-1} C, the k x k system and the value blocks, per user.
     per_user = (2 * steps * pairs * k + horizon * n_states * pairs + 3 * horizon * n_states * k + 3 * k * k
                 + 4 * horizon * n_states**2)
+    # One-hot features and one ball of nearly full dimension: Newton systems in y = Psi z, which
+    # need no product with Psi (interior_point.FeatureCoordinates).
+    in_features = (phi is None and len(first.blocks) == 1
+                   and interior_point.feature_coordinates_pay(horizon, n_states, n_actions, k))
+    if in_features:
+        per_user += 3 * pairs * pairs + horizon * n_states * pairs
     uniform = occupancy(mdp, uniform_policy(mdp))
-    for start in range(0, len(users), _block_size(per_user)):
-        block = users[start:start + _block_size(per_user)]
+
+    def solve_block(block: np.ndarray) -> None:
         block_structures = [_structure(run.items[i]) for i in block]
         theta_hat = np.stack([s.theta_hat for s in block_structures])
         adjoints = np.stack([s.adjoint for s in block_structures])  # (n, d, k)
@@ -804,6 +839,7 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
             reference=np.matmul(run.d_ref[block][:, None, :], adjoints)[:, 0],
             blocks=first.blocks, start=start_occupancy,
             constant=np.einsum("ij,ij->i", theta_hat, run.d_ref[block]),
+            coordinates=interior_point.feature_coordinates(adjoints) if in_features else None,
         )
 
         def check(rows: np.ndarray, q: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -829,6 +865,8 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
         run.iterations[block] = iterations
         run.label(block, "interior-point")
 
+    _run_blocks(run, users, per_user, solve_block)
+
 
 def _solve_column_generation(run: _Run, users: np.ndarray, max_iterations: int) -> None:
     """Solve the problems of ``users`` (same ball sizes) by column generation, in blocks."""
@@ -839,8 +877,8 @@ def _solve_column_generation(run: _Run, users: np.ndarray, max_iterations: int) 
     # 2 k + 20 columns).
     per_user = (mdp.n_features * k + 6 * mdp.horizon * mdp.n_states * mdp.n_actions
                 + (2 * k + 20) * (mdp.horizon * mdp.n_states + k + 2))
-    for start in range(0, len(users), _block_size(per_user)):
-        block = users[start:start + _block_size(per_user)]
+
+    def solve_block(block: np.ndarray) -> None:
         block_structures = [_structure(run.items[i]) for i in block]
         iterations = column_generation.column_generation(
             run, block, np.stack([s.theta_hat for s in block_structures]),
@@ -848,6 +886,8 @@ def _solve_column_generation(run: _Run, users: np.ndarray, max_iterations: int) 
         )
         run.iterations[block] = iterations
         run.label(block, "column-generation")
+
+    _run_blocks(run, users, per_user, solve_block)
 
 
 def _frank_wolfe(run: _Run, users: np.ndarray, max_iterations: int) -> None:
