@@ -199,6 +199,8 @@ class _SparseProblems(_PaddedProblems):
         self.features = scipy.sparse.csr_matrix((csr.data, columns, indptr), shape=shape)
         self._transposed = self.features.T  # a view, made once
         self._rows_of = scipy.sparse.csr_matrix((csr.data, csr.indices, indptr), shape=(shape[0], k))
+        # implicit_solve's design of a problem and its square (the Jacobi preconditioner's), made once.
+        self._implicit_designs: dict[int, tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix]] = {}
 
     def _full(self, vectors: np.ndarray, rows: np.ndarray | None, width: int) -> np.ndarray:
         if rows is None or rows.size == self._shape[0]:
@@ -245,8 +247,13 @@ class _SparseProblems(_PaddedProblems):
         """``(X^T W X + lambda I)^{-1} grad`` to relative residual ``rtol`` by conjugate gradients,
         from Hessian-vector products ``X^T (w * (X v)) + lambda v`` (``2 nnz(X)`` flops each) and
         the Jacobi preconditioner ``diag(X^T W X) + lambda``: no ``k x k`` matrix is formed."""
-        design = self._problem_design(problem)
-        diagonal = design.multiply(design).T @ weights + ridge
+        if problem not in self._implicit_designs:  # the same design at every step: sliced and squared once
+            design = self._problem_design(problem)
+            squared = design.copy()
+            squared.data **= 2
+            self._implicit_designs[problem] = design, squared
+        design, squared = self._implicit_designs[problem]
+        diagonal = squared.T @ weights + ridge
 
         def product(vector: np.ndarray) -> np.ndarray:
             return design.T @ (weights * (design @ vector)) + ridge * vector
