@@ -248,9 +248,9 @@ class _SparseProblems(_PaddedProblems):
         from Hessian-vector products ``X^T (w * (X v)) + lambda v`` (``2 nnz(X)`` flops each) and
         the Jacobi preconditioner ``diag(X^T W X) + lambda``: no ``k x k`` matrix is formed."""
         if problem not in self._implicit_designs:  # the same design at every step: sliced and squared once
-            design = self._problem_design(problem)
-            squared = design.copy()
-            squared.data **= 2
+            # One problem: its rows are the whole design (a slice would copy it).
+            design = self._rows_of if self._shape[0] == 1 else self._problem_design(problem)
+            squared = scipy.sparse.csr_matrix((design.data**2, design.indices, design.indptr), shape=design.shape)
             self._implicit_designs[problem] = design, squared
         design, squared = self._implicit_designs[problem]
         diagonal = squared.T @ weights + ridge
