@@ -219,6 +219,15 @@ class LikelihoodRatioSet(ConfidenceSet):
         value = bernoulli_losses(eta, self._labels).sum(axis=-1) + 0.5 * self._ridge * np.sum(w * w, axis=-1)
         return _as_value(value)
 
+    def loss_derivatives(self, coordinates: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``f``, its gradient and its Hessian at points ``w`` of shape ``(b, k)``: shapes ``(b,)``,
+        ``(b, k)`` and ``(b, k, k)`` (for exact planners that treat ``f(w) <= threshold`` as a
+        constraint)."""
+        w = as_real_array("coordinates", coordinates, (2,))
+        if w.shape[1] != self.dimension:
+            raise ValueError(f"coordinates must have shape (b, {self.dimension}), got {w.shape}")
+        return _Loss(self._features, self._labels, self._offsets, self._beta, self._ridge).derivatives(w)
+
     def lower(self, vectors: Any) -> np.ndarray | float:
         """``min_{theta in C} theta . v``, ``-inf`` where the set is unbounded along ``-v``."""
         vectors = self._vectors(vectors)
@@ -243,6 +252,35 @@ class LikelihoodRatioSet(ConfidenceSet):
                 "and no member attains it"
             )
         return (self._offset + coordinates @ self._basis.T).reshape(vectors.shape)
+
+    def recession_direction(self, vector: Any) -> np.ndarray:
+        """A direction ``u`` of the set's recession cone (``theta + t u`` is in the set for every
+        member ``theta`` and ``t >= 0``) with ``v . u < 0``, for a ``v`` (``(d,)``) along whose
+        negative the set is unbounded (``lower(v) = -inf``); zeros where ``lower(v)`` is finite.
+
+        With ``ridge = 0`` such directions are those the loss does not see (its kernel: the
+        component of ``B^T v`` outside the row space of the features, negated) and those that
+        separate the data (``s_j x_j . a >= 0`` for all pairs: the loss does not increase along
+        them), found by the linear programme of ``lower``. Exact pessimism uses them as cuts
+        ``u . (d_pi - d_ref) >= 0`` that every policy with a finite ``L`` satisfies.
+        """
+        vector = self._vectors(vector)
+        if vector.ndim != 1:
+            raise ValueError(f"vector must have shape (d,) = ({self.n_features},), got {vector.shape}")
+        direction = vector @ self._basis
+        reduced = direction @ self._row_space
+        outside = direction - reduced @ self._row_space.T
+        norm = float(np.linalg.norm(direction))
+        if norm > 0 and np.linalg.norm(outside) > _DIRECTION_TOLERANCE * norm:
+            return -(self._basis @ outside)
+        if self._coercive or norm == 0:
+            return np.zeros(self.n_features)
+        signed = (2 * self._labels - 1)[:, None] * self._reduced_features
+        result = scipy.optimize.linprog(reduced, A_ub=-signed, b_ub=np.zeros(len(signed)),
+                                        bounds=[(-1, 1)] * signed.shape[1], method="highs")
+        if result.status != 0 or result.fun >= -_DIRECTION_TOLERANCE * np.abs(reduced).sum():
+            return np.zeros(self.n_features)
+        return self._basis @ (self._row_space @ result.x)
 
     def contains(self, theta: Any, *, atol: float = 1e-9) -> bool:
         """Whether ``theta`` is in the set: on ``offset + range(B)`` within ``atol`` relative, and some

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import scipy.linalg
 import scipy.optimize
 from scipy.special import expit
 
@@ -55,6 +56,7 @@ __all__ = [
     "loco_dropped_block_bound",
     "order_statistic",
     "pair_span",
+    "pair_span_weights",
     "sharelora_sine_bound",
     "sine",
     "split_half_sine",
@@ -413,25 +415,43 @@ def order_statistic(samples: Any, level: float) -> np.ndarray | float:
     return _as_value(np.sort(samples, axis=0)[rank - 1])
 
 
-def pair_span(differences: Any) -> np.ndarray:
-    """Orthonormal basis ``(d, m')`` of the span of the rows ``z_j`` of ``differences`` (``(m, d)``,
-    dense or sparse): the Gram matrix ``Z Z^T`` (cheap for sparse one-hot differences) gives the
-    rank and ``Z^T V Lambda^{-1/2}``, made orthonormal to rounding by a QR factorisation. Directions
-    whose Gram eigenvalue is below ``1e-10`` of the largest carry no information at working
-    precision and are left out. Every column lies in the row span, hence orthogonal to any
-    direction all the ``z_j`` are orthogonal to (the unidentified ones)."""
-    dense_rows = not hasattr(differences, "tocsr")
+def pair_span_weights(differences: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Weights ``W`` (``(m, m')``) such that ``Z^T W`` is an orthonormal basis of the span of the
+    rows ``z_j`` of ``differences`` (``Z``, ``(m, d)``, dense or sparse), and the Gram matrix
+    ``Z Z^T``, so that the rows' coordinates in that basis, ``Z Z^T W``, cost ``m x m`` work.
+
+    From the Gram matrix's eigenpairs ``(Lambda, V)``, ``B = Z^T V Lambda^{-1/2}`` is orthonormal
+    up to rounding; the Cholesky factor ``R`` of ``B^T B = Lambda^{-1/2} V^T Z Z^T V Lambda^{-1/2}``
+    (formed from the Gram matrix, never from the ``d``-dimensional ``B``) makes ``B R^{-1}``
+    orthonormal to working precision, so ``W = V Lambda^{-1/2} R^{-1}``. Directions whose Gram
+    eigenvalue is below ``1e-10`` of the largest carry no information at working precision and are
+    left out. Every column of ``Z^T W`` lies in the row span, hence is orthogonal to any direction
+    all the ``z_j`` are orthogonal to (the unidentified ones).
+    """
     gram = differences @ differences.T
-    gram = np.asarray(gram if dense_rows else gram.toarray(), dtype=float)
-    d = differences.shape[1]
+    gram = np.asarray(gram.toarray() if hasattr(gram, "toarray") else gram, dtype=float)
+    gram = 0.5 * (gram + gram.T)
     if gram.size == 0:
-        return np.zeros((d, 0))
-    values, vectors = np.linalg.eigh(0.5 * (gram + gram.T))
+        return np.zeros((gram.shape[0], 0)), gram
+    values, vectors = np.linalg.eigh(gram)
     kept = values > 1e-10 * max(float(values[-1]), 1e-300)
     if not np.any(kept):
-        return np.zeros((d, 0))
-    basis = np.asarray(differences.T @ (vectors[:, kept] / np.sqrt(values[kept])), dtype=float)
-    return np.linalg.qr(basis)[0]
+        return np.zeros((gram.shape[0], 0)), gram
+    weights = vectors[:, kept] / np.sqrt(values[kept])
+    inner = weights.T @ gram @ weights
+    factor = scipy.linalg.cholesky(0.5 * (inner + inner.T), lower=False, check_finite=False)
+    weights = scipy.linalg.solve_triangular(factor, weights.T, trans="T", lower=False, check_finite=False).T
+    return weights, gram
+
+
+def pair_span(differences: Any) -> np.ndarray:
+    """Orthonormal basis ``(d, m')`` of the span of the rows ``z_j`` of ``differences`` (``(m, d)``,
+    dense or sparse): ``Z^T W`` with the weights of :func:`pair_span_weights` (cheap for sparse
+    one-hot differences: no ``d x m`` factorisation)."""
+    weights = pair_span_weights(differences)[0]
+    if weights.shape[1] == 0:
+        return np.zeros((differences.shape[1], 0))
+    return np.asarray(differences.T @ weights, dtype=float)
 
 
 def sine(subspace: np.ndarray, estimate: np.ndarray) -> float:
