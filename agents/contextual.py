@@ -240,8 +240,8 @@ class _ContextualEstimator(RewardEstimator):
             if self.confidence == "theory":
                 norm_bound = self.norm_bound if self.norm_bound is not None else \
                     2.0 * float(np.linalg.norm(self.kappa_hat)) or 1.0
-                matrix, center, radius = _theory_set_matrix(self._dense_features(), self.kappa_hat, self.beta, self.ridge_,
-                                                           self._set_delta, norm_bound)
+                matrix, center, radius = _theory_set_matrix(self._dense_features(), self.kappa_hat, self.beta,
+                                                            self.ridge_, self._set_delta, norm_bound)
                 parts = _ellipsoid_parts(matrix, center, radius)
             else:
                 solutions, fishers = self._inference_fit()
@@ -255,8 +255,9 @@ class _ContextualEstimator(RewardEstimator):
                             self._dense_features(), self._data.offsets, np.zeros(self._data.n_pairs, dtype=np.int64), 1,
                             self.kappa_hat[None], solutions, self.beta, self.inference_ridge_, self._set_delta,
                             LIKELIHOOD_BOOTSTRAP_REPLICATES, self._bootstrap_generator(), self.tol)[0]
-                    parts = _likelihood_parts(self.confidence, self._dense_features(), self._data.labels, self._data.offsets,
-                                             solutions[0], self.beta, self.inference_ridge_, self._set_delta, level)
+                    parts = _likelihood_parts(self.confidence, self._dense_features(), self._data.labels,
+                                              self._data.offsets, solutions[0], self.beta, self.inference_ridge_,
+                                              self._set_delta, level)
             self._contextual_parts = parts
         return self._contextual_parts
 
