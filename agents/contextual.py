@@ -10,7 +10,8 @@ logistic MLE, whose features are ``vec((L_k^T x)(R_k^T z)^T)``:
 - LoCo-RLHF (rotation-truncation-vectorisation, RTV): from the rank-``r`` fit ``U_hat V_hat^T``,
   the blocks ``(U, V)``, ``(U, V_perp)`` and ``(U_perp, V)`` of the rotated matrix
   ``[U U_perp]^T Theta_c [V V_perp]``, dropping ``(U_perp, V_perp)``:
-  ``k = r^2 + r (d - r) + (d_x - r) r = (d_x + d) r - r^2``.
+  ``k = r^2 + r (d - r) + (d_x - r) r = (d_x + d) r - r^2``; stored as the equivalent blocks
+  ``(U, I_d)`` and ``(U_perp, V)`` (:func:`rtv_coordinates`), whose pair features stay sparse.
 
 For a context ``x`` the set of rewards is ``{theta(x) = B_x kappa}`` for ``kappa`` in one set of
 coordinates shared by all contexts, with ``B_x = [kron(L_k^T x, R_k)]_k``: an
@@ -25,6 +26,8 @@ import math
 from typing import Any
 
 import numpy as np
+import scipy.sparse
+from scipy.special import expit
 
 from lr_mdp_env import TabularMDP
 from lr_mdp_env._validation import as_real_array, check_int
@@ -66,13 +69,22 @@ class BilinearCoordinates:
     def __init__(self, blocks: list[tuple[np.ndarray, np.ndarray]]) -> None:
         self.blocks = blocks
         self.sizes = [left.shape[1] * right.shape[1] for left, right in blocks]
+        self._identity_right = [right.shape[0] == right.shape[1] and np.array_equal(right, np.eye(right.shape[0]))
+                                for _, right in blocks]
 
     @property
     def dimension(self) -> int:
         return sum(self.sizes)
 
-    def features(self, contexts: np.ndarray, vectors: Any) -> np.ndarray:
-        """``vec((L_k^T x_j)(R_k^T v_j)^T)`` for paired rows ``x_j``, ``v_j``: ``(n, k)``."""
+    def features(self, contexts: np.ndarray, vectors: Any) -> np.ndarray | scipy.sparse.csr_matrix:
+        """``vec((L_k^T x_j)(R_k^T v_j)^T)`` for paired rows ``x_j``, ``v_j``: ``(n, k)``.
+
+        Sparse ``vectors`` (feature differences of tabular trajectories, at most ``2 H`` non-zeros)
+        and a block with ``R_k = I`` give a sparse CSR design: that block's row is the Kronecker
+        product of ``L_k^T x_j`` with the sparse ``v_j`` (``a_k nnz(v_j)`` non-zeros), and the
+        other blocks are stored as they are. No ``(n, k)`` dense array is formed."""
+        if scipy.sparse.issparse(vectors) and any(self._identity_right):
+            return self._sparse_features(contexts, scipy.sparse.csr_matrix(vectors))
         n = contexts.shape[0]
         features = np.empty((n, self.dimension))
         ends = np.cumsum(self.sizes)
@@ -81,6 +93,40 @@ class BilinearCoordinates:
             np.multiply((contexts @ left)[:, :, None], np.asarray(vectors @ right)[:, None, :],
                         out=features[:, start:end].reshape(n, left.shape[1], right.shape[1]))
         return features
+
+    def _sparse_features(self, contexts: np.ndarray, vectors: scipy.sparse.csr_matrix) -> scipy.sparse.csr_matrix:
+        # Built in CSR order directly (no COO triplets and no stacking copies: the design has
+        # hundreds of millions of entries at research scale). Row j holds each block's entries in
+        # turn; an identity block takes, for each non-zero p of v_j in turn, the a_k entries
+        # (a, p) -> column a width + p.
+        n = contexts.shape[0]
+        nonzeros = np.diff(vectors.indptr)
+        row_of = np.repeat(np.arange(n), nonzeros)  # the row of each non-zero of v
+        counts = [left.shape[1] * (nonzeros if identity else right.shape[1])
+                  for (left, right), identity in zip(self.blocks, self._identity_right)]
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.sum(np.broadcast_arrays(*counts, np.zeros(n, dtype=np.int64)), axis=0), out=indptr[1:])
+        index_type = np.int32 if self.dimension < 2**31 else np.int64
+        values = np.empty(indptr[-1])
+        columns = np.empty(indptr[-1], dtype=index_type)
+        before = indptr[:-1].copy()  # where each row's entries of the current block start
+        for (left, right), identity, start, count in zip(self.blocks, self._identity_right,
+                                                         np.cumsum(self.sizes) - self.sizes, counts):
+            weights = contexts @ left  # (n, a_k)
+            width = right.shape[1]
+            count = np.broadcast_to(count, (n,))
+            # Position of each entry: its row's start plus its rank within the row's block.
+            positions = np.repeat(before - np.concatenate([[0], np.cumsum(count)[:-1]]), count) \
+                + np.arange(int(count.sum()))
+            if identity:
+                values[positions] = (vectors.data[:, None] * weights[row_of]).ravel()
+                columns[positions] = (vectors.indices.astype(index_type)[:, None]
+                                      + (start + width * np.arange(weights.shape[1], dtype=index_type))).ravel()
+            else:
+                values[positions] = (weights[:, :, None] * np.asarray(vectors @ right)[:, None, :]).ravel()
+                columns[positions] = np.tile(np.arange(start, start + weights.shape[1] * width, dtype=index_type), n)
+            before += count
+        return scipy.sparse.csr_matrix((values, columns, indptr), shape=(n, self.dimension))
 
     def matrix(self, kappa: np.ndarray) -> np.ndarray:
         """``Theta_c = sum_k L_k K_k R_k^T`` for the vectorised blocks ``kappa``."""
@@ -120,12 +166,15 @@ class _ContextualEstimator(RewardEstimator):
         # Every Newton step of the k-dimensional MLE forms a k x k Hessian from n pairs: starting
         # from the rank-r fit, which lies in the coordinates' span, saves several of them.
         initial = None if start is None else coordinates.coordinates(start)[None]
+        # With a sparse design the Newton steps are conjugate-gradient solves on Hessian-vector
+        # products: k is (d_x + d) r - r^2, in the thousands, and a k x k Hessian costs far more
+        # than the fit itself. The Fisher matrix is formed only when a set needs it (fisher_).
         fit = fit_logistic(features, data.labels, offsets=data.offsets, beta=self.beta, ridge=ridge, tol=self.tol,
-                           initial=initial)
+                           initial=initial, fisher=False, implicit_hessian=scipy.sparse.issparse(features))
         self._record("coordinates", fit)
         self.coordinates_ = coordinates
         self.kappa_hat = fit.theta[0]
-        self.fisher_ = fit.fisher
+        self._fisher_cache: dict[float, np.ndarray] = {}
         self._features = features
         self.theta_c_hat = coordinates.matrix(self.kappa_hat)
         first_rows = np.unique(data.users, return_index=True)[1]
@@ -133,6 +182,32 @@ class _ContextualEstimator(RewardEstimator):
         user_contexts[data.users[first_rows]] = data.contexts[first_rows]
         self.user_contexts = user_contexts
         self.theta_hat = user_contexts @ self.theta_c_hat
+
+    @property
+    def fisher_(self) -> np.ndarray:
+        """``M = beta^2 sum_j sigmoid'(eta_j) x_j x_j^T + lambda I`` at ``kappa_hat``, ``(1, k, k)``
+        (formed on first use: ``k^2`` floats)."""
+        return self._fisher(self.kappa_hat, self.ridge_)
+
+    def _fisher(self, center: np.ndarray, ridge: float) -> np.ndarray:
+        """The Fisher matrix plus ``ridge I`` at ``center``, ``(1, k, k)``, once per ridge."""
+        if ridge not in self._fisher_cache:
+            features = self._features
+            eta = self._data.offsets + self.beta * (features @ center)
+            weights = self.beta**2 * expit(eta) * expit(-eta)
+            if scipy.sparse.issparse(features):
+                gram = features.T @ features.multiply(weights[:, None]).tocsr()
+                gram = gram.toarray() if scipy.sparse.issparse(gram) else np.asarray(gram)
+            else:
+                gram = (features.T * weights) @ features
+            gram = 0.5 * (gram + gram.T)
+            gram[np.diag_indices_from(gram)] += ridge
+            self._fisher_cache[ridge] = gram[None]
+        return self._fisher_cache[ridge]
+
+    def _dense_features(self) -> np.ndarray:
+        """The design as a dense ``(n, k)`` array (for the sets that need its rows: theory, likelihood)."""
+        return self._features.toarray() if scipy.sparse.issparse(self._features) else self._features
 
     def pair_logits(self, data: ComparisonData) -> np.ndarray:
         return data.offsets + self.beta * data.row_dot(data.contexts @ self.theta_c_hat)
@@ -150,9 +225,10 @@ class _ContextualEstimator(RewardEstimator):
             else:
                 with convergence_warnings_labelled(f"inference refit with ridge {self.inference_ridge_:g}"):
                     fit = fit_logistic(self._features, self._data.labels, offsets=self._data.offsets, beta=self.beta,
-                                       ridge=self.inference_ridge_, tol=self.tol, initial=self.kappa_hat[None])
+                                       ridge=self.inference_ridge_, tol=self.tol, initial=self.kappa_hat[None],
+                                       fisher=False, implicit_hessian=scipy.sparse.issparse(self._features))
                 self._record("inference", fit)
-                self._inference = fit.theta, fit.fisher
+                self._inference = fit.theta, self._fisher(fit.theta[0], self.inference_ridge_)
         return self._inference
 
     def _shared_set_parts(self) -> dict[str, Any]:
@@ -164,8 +240,8 @@ class _ContextualEstimator(RewardEstimator):
             if self.confidence == "theory":
                 norm_bound = self.norm_bound if self.norm_bound is not None else \
                     2.0 * float(np.linalg.norm(self.kappa_hat)) or 1.0
-                matrix, center, radius = _theory_set_matrix(self._features, self.kappa_hat, self.beta, self.ridge_,
-                                                           self._set_delta, norm_bound)
+                matrix, center, radius = _theory_set_matrix(self._dense_features(), self.kappa_hat, self.beta,
+                                                            self.ridge_, self._set_delta, norm_bound)
                 parts = _ellipsoid_parts(matrix, center, radius)
             else:
                 solutions, fishers = self._inference_fit()
@@ -176,11 +252,12 @@ class _ContextualEstimator(RewardEstimator):
                     if self.confidence == "likelihood" and k <= _DENSE_COORDINATES_MAX:
                         _binary_labels(self._data.labels, self.confidence)  # refuse ties before the bootstrap
                         level = bootstrap_likelihood_levels(
-                            self._features, self._data.offsets, np.zeros(self._data.n_pairs, dtype=np.int64), 1,
+                            self._dense_features(), self._data.offsets, np.zeros(self._data.n_pairs, dtype=np.int64), 1,
                             self.kappa_hat[None], solutions, self.beta, self.inference_ridge_, self._set_delta,
                             LIKELIHOOD_BOOTSTRAP_REPLICATES, self._bootstrap_generator(), self.tol)[0]
-                    parts = _likelihood_parts(self.confidence, self._features, self._data.labels, self._data.offsets,
-                                             solutions[0], self.beta, self.inference_ridge_, self._set_delta, level)
+                    parts = _likelihood_parts(self.confidence, self._dense_features(), self._data.labels,
+                                              self._data.offsets, solutions[0], self.beta, self.inference_ridge_,
+                                              self._set_delta, level)
             self._contextual_parts = parts
         return self._contextual_parts
 
@@ -386,16 +463,25 @@ class LoCoPRS(_ContextualEstimator):
 
 
 def rtv_coordinates(context_subspace: np.ndarray, feature_subspace: np.ndarray) -> BilinearCoordinates:
-    """Rotation-truncation-vectorisation blocks ``(U, V), (U, V_perp), (U_perp, V)``.
+    """Rotation-truncation-vectorisation: the blocks ``(U, V), (U, V_perp), (U_perp, V)`` of
+    ``[U U_perp]^T Theta_c [V V_perp]``, stored as the blocks ``(U, I_d)`` and ``(U_perp, V)``.
 
-    ``k = r^2 + r (d - r) + (d_x - r) r = (d_x + d) r - r^2``.
+    The first two RTV blocks together are ``U^T Theta_c [V V_perp]``, the block ``U^T Theta_c``
+    rotated by the orthogonal ``[V V_perp]``: the coordinates ``(U, I_d)`` span the same matrices
+    and the map between the two is an isometry of ``kappa``. The ridge MLE (the ridge is
+    ``||kappa||^2``), its Fisher ellipsoid and every set of ``Theta_c`` are therefore the same,
+    while a pair's features ``vec((U^T x) z^T)`` keep the sparsity of the feature difference
+    ``z`` (``r nnz(z)`` non-zeros instead of ``r d``) and ``V_perp`` (``d x (d - r)``) is never formed.
+
+    ``k = r d + (d_x - r) r = (d_x + d) r - r^2``.
+
+    References
+    ----------
+    Lee, Sun and Liu, *Low-Rank Contextual Reinforcement Learning from Heterogeneous Human
+    Feedback*, arXiv:2412.19436 (RTV).
     """
-    blocks = [(context_subspace, feature_subspace)]
-    feature_complement = _complete(feature_subspace)
+    blocks = [(context_subspace, np.eye(feature_subspace.shape[0]))]
     context_complement = _complete(context_subspace)
-    if feature_complement.shape[1]:
-        blocks.append((context_subspace, feature_complement))
     if context_complement.shape[1]:
         blocks.append((context_complement, feature_subspace))
     return BilinearCoordinates(blocks)
-

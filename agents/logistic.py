@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse
+import scipy.sparse.linalg
 from scipy.linalg import cho_factor, cho_solve, lu_factor, lu_solve
 from scipy.linalg.blas import dsyrk, ssyrk
 from scipy.special import expit
@@ -38,6 +39,11 @@ from lr_mdp_env._validation import as_real_array, check_int, check_real
 # factor of 4 means the stored Hessian is still within 25% of the current one).
 _SYMMETRIC_UPDATE_MIN_DIMENSION = 64
 _CHORD_CONTRACTION = 0.25
+# Inexact Newton (``implicit_hessian=True``): conjugate-gradient steps per Newton step at most,
+# and the forcing term ``min(0.5, sqrt(||g|| / ||g_0||))`` of the relative CG residual, which
+# makes the outer iteration superlinear (Eisenstat and Walker, 1996; Nocedal and Wright, 2006, 7.1).
+_IMPLICIT_MAX_ITER = 500
+_IMPLICIT_MAX_FORCING = 0.5
 
 
 class ConvergenceWarning(UserWarning):
@@ -193,6 +199,8 @@ class _SparseProblems(_PaddedProblems):
         self.features = scipy.sparse.csr_matrix((csr.data, columns, indptr), shape=shape)
         self._transposed = self.features.T  # a view, made once
         self._rows_of = scipy.sparse.csr_matrix((csr.data, csr.indices, indptr), shape=(shape[0], k))
+        # implicit_solve's design of a problem and its square (the Jacobi preconditioner's), made once.
+        self._implicit_designs: dict[int, tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix]] = {}
 
     def _full(self, vectors: np.ndarray, rows: np.ndarray | None, width: int) -> np.ndarray:
         if rows is None or rows.size == self._shape[0]:
@@ -233,6 +241,32 @@ class _SparseProblems(_PaddedProblems):
 
     def with_features(self, features: np.ndarray) -> _PaddedProblems:
         raise NotImplementedError("sparse layouts are built for one design")
+
+    def implicit_solve(self, problem: int, weights: np.ndarray, ridge: float, grad: np.ndarray,
+                       rtol: float) -> np.ndarray:
+        """``(X^T W X + lambda I)^{-1} grad`` to relative residual ``rtol`` by conjugate gradients,
+        from Hessian-vector products ``X^T (w * (X v)) + lambda v`` (``2 nnz(X)`` flops each) and
+        the Jacobi preconditioner ``diag(X^T W X) + lambda``: no ``k x k`` matrix is formed."""
+        if problem not in self._implicit_designs:  # the same design at every step: sliced and squared once
+            # One problem: its rows are the whole design (a slice would copy it).
+            design = self._rows_of if self._shape[0] == 1 else self._problem_design(problem)
+            squared = scipy.sparse.csr_matrix((design.data**2, design.indices, design.indptr), shape=design.shape)
+            self._implicit_designs[problem] = design, squared
+        design, squared = self._implicit_designs[problem]
+        diagonal = squared.T @ weights + ridge
+
+        def product(vector: np.ndarray) -> np.ndarray:
+            return design.T @ (weights * (design @ vector)) + ridge * vector
+
+        k = self.n_features
+        operator = scipy.sparse.linalg.LinearOperator((k, k), matvec=product, dtype=float)
+        preconditioner = scipy.sparse.linalg.LinearOperator((k, k), matvec=lambda vector: vector / diagonal,
+                                                            dtype=float)
+        # A truncated direction is still a descent direction (CG from 0 on a positive definite
+        # system), so the line search and the gradient test of the outer iteration stay valid.
+        step, _ = scipy.sparse.linalg.cg(operator, grad, rtol=rtol, atol=0.0, maxiter=_IMPLICIT_MAX_ITER,
+                                         M=preconditioner)
+        return step
 
 
 
@@ -277,6 +311,7 @@ def fit_logistic(
     tol: float = 1e-10,
     max_iter: int = 100,
     fisher: bool = True,
+    implicit_hessian: bool = False,
 ) -> LogisticFit:
     """Ridge logistic (Bradley-Terry) MLE of ``B`` independent problems in one batched solve.
 
@@ -307,6 +342,11 @@ def fit_logistic(
         Steps (Newton or chord).
     fisher : bool, default True
         Whether to return the ``(B, k, k)`` Fisher matrices (skip for large ``B k^2``).
+    implicit_hessian : bool, default False
+        With sparse features (``k >= 64``): inexact Newton steps by preconditioned conjugate
+        gradients on Hessian-vector products, never a ``k x k`` Hessian (for ``k`` in the
+        thousands, where one Hessian costs ``sum_j nnz(x_j)^2`` to form and ``k^3 / 3`` to
+        factor). The minimiser is the same, to ``tol``.
 
     Returns
     -------
@@ -354,11 +394,14 @@ def fit_logistic(
     if theta.shape != (n_problems, k):
         raise ValueError(f"initial must have shape ({n_problems}, {k}), got {theta.shape}")
 
+    if not isinstance(implicit_hessian, (bool, np.bool_)):
+        raise TypeError(f"implicit_hessian must be a bool, got {type(implicit_hessian).__name__}")
     problems = (_SparseProblems if sparse else _PaddedProblems)(features, labels, groups, offsets, n_problems)
     zero = np.zeros_like(theta)
     initial_gradient = np.linalg.norm(problems.gradient(beta, ridge, zero, problems.logits(beta, zero)), axis=1)
     threshold = tol * np.maximum(initial_gradient, 1.0)
-    theta, grad_norm, iterations = _newton(problems, beta, ridge, theta, threshold, max_iter)
+    theta, grad_norm, iterations = _newton(problems, beta, ridge, theta, threshold, max_iter,
+                                           implicit=implicit_hessian and sparse)
 
     converged = grad_norm <= threshold
     if not np.all(converged):
@@ -388,11 +431,13 @@ def fit_logistic(
 
 
 def _newton(problems: _PaddedProblems, beta: float, ridge: np.ndarray, theta: np.ndarray, threshold: np.ndarray,
-            max_iter: int) -> tuple[np.ndarray, np.ndarray, int]:
+            max_iter: int, implicit: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """Damped Newton steps on every problem whose gradient norm is above its ``threshold``, until
     none is or after ``max_iter`` steps; returns ``(theta, gradient norms, steps)`` (``theta`` is
-    updated in place)."""
+    updated in place). ``implicit`` (sparse layouts): inexact Newton steps by conjugate gradients."""
     k = theta.shape[1]
+    if implicit:
+        return _inexact_newton(problems, beta, ridge, theta, threshold, max_iter)
     dual = problems.n_max < k
     gram = problems.sample_gram() if dual else None
     objective = problems.objective(beta, ridge, theta)
@@ -422,6 +467,31 @@ def _newton(problems: _PaddedProblems, beta: float, ridge: np.ndarray, theta: np
         else:
             step = _newton_direction(problems, active, weights, ridge[active], grad[active],
                                      None if gram is None else gram[active])
+        theta[active], objective[active] = _backtrack(
+            problems, beta, ridge, theta[active], objective[active], active, step, grad[active]
+        )
+
+
+def _inexact_newton(problems: _SparseProblems, beta: float, ridge: np.ndarray, theta: np.ndarray,
+                    threshold: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`_newton` with each step from :meth:`_SparseProblems.implicit_solve` (same line search)."""
+    objective = problems.objective(beta, ridge, theta)
+    first_norm: np.ndarray | None = None
+    iterations = 0
+    while True:
+        eta = problems.logits(beta, theta)
+        grad = problems.gradient(beta, ridge, theta, eta)
+        grad_norm = np.linalg.norm(grad, axis=1)
+        first_norm = np.maximum(grad_norm, 1e-300) if first_norm is None else first_norm
+        active = np.flatnonzero(grad_norm > threshold)
+        if active.size == 0 or iterations >= max_iter:
+            return theta, grad_norm, iterations
+        iterations += 1
+        weights = expit(eta[active]) * expit(-eta[active]) * problems.mask[active] * beta**2
+        forcing = np.minimum(_IMPLICIT_MAX_FORCING, np.sqrt(grad_norm[active] / first_norm[active]))
+        step = np.stack([problems.implicit_solve(problem, weights[position], ridge[problem], grad[problem],
+                                                 float(forcing[position]))
+                         for position, problem in enumerate(active)])
         theta[active], objective[active] = _backtrack(
             problems, beta, ridge, theta[active], objective[active], active, step, grad[active]
         )

@@ -194,7 +194,19 @@ def rectangular_bonus(mdp: TabularMDP, sets: Any) -> np.ndarray:
     mdp = _check_mdp(mdp)
     items, batched = _as_sets(mdp, sets, "sets")
     phi_id = project_identifiable(mdp, mdp.flat_features(), unidentified_directions(mdp))
-    coordinates_by_basis: list[tuple[np.ndarray, np.ndarray]] = []  # an estimator's sets usually share G
+    b = _bonus_rows(mdp, items, phi_id, [], batched)
+    shape = (mdp.horizon, mdp.n_states, mdp.n_actions)
+    b = np.broadcast_to(b.reshape((len(items), -1, mdp.n_states, mdp.n_actions)), (len(items),) + shape)
+    return np.array(b if batched else b[0])
+
+
+def _bonus_rows(mdp: TabularMDP, items: list[ConfidenceSet], phi_id: np.ndarray,
+                coordinates_by_basis: list[tuple[np.ndarray, np.ndarray]], batched: bool,
+                first: int = 0) -> np.ndarray:
+    """:func:`rectangular_bonus` of ``items`` on the rows of ``phi_id``: ``(len(items), rows)``.
+
+    ``coordinates_by_basis`` caches ``phi_id G`` across calls (an estimator's sets usually share
+    ``G``); ``first`` is the index of ``items[0]`` among all sets (for messages)."""
     b = np.empty((len(items), phi_id.shape[0]))
     for index, item in enumerate(items):
         if isinstance(item, Ellipsoid):
@@ -216,14 +228,12 @@ def rectangular_bonus(mdp: TabularMDP, sets: Any) -> np.ndarray:
         theta_hat = np.asarray(item.theta_hat, dtype=float)
         lower = np.asarray(item.lower(phi_id), dtype=float)
         if lower.shape != (phi_id.shape[0],) or not np.all(np.isfinite(lower)):
-            label = f"sets[{index}]" if batched else "sets"
+            label = f"sets[{first + index}]" if batched else "sets"
             raise ValueError(f"{label}.lower must return one finite value per row of a ({phi_id.shape[0]}, "
                              f"{mdp.n_features}) batch, got shape {lower.shape}")
         # A member attains at most theta_hat . phi_id: only rounding can make the gap negative.
         b[index] = np.maximum(phi_id @ theta_hat - lower, 0.0)
-    shape = (mdp.horizon, mdp.n_states, mdp.n_actions)
-    b = np.broadcast_to(b.reshape((len(items), -1, mdp.n_states, mdp.n_actions)), (len(items),) + shape)
-    return np.array(b if batched else b[0])
+    return b
 
 
 @dataclass(frozen=True)
@@ -238,7 +248,8 @@ class RectangularSolution:
     value : float or ndarray of shape (N,)
         Each returned policy's exact pessimistic objective ``L(pi)`` against its set (in ``mdp``).
     bonus : ndarray, shape (H, S, A) or (N, H, S, A)
-        The subtracted bonus (see :func:`rectangular_bonus`).
+        The subtracted bonus (see :func:`rectangular_bonus`). With stationary features and
+        several sets, a read-only view that repeats one ``(N, 1, S, A)`` array along ``h``.
     safeguarded : bool or ndarray of shape (N,)
         Whether the reference policy replaced the rectangular one (``L(pi_rect) < L(ref) = 0``);
         always ``False`` without ``reference_policy``.
@@ -300,10 +311,26 @@ def rectangular(
     items, batched = _as_sets(mdp, sets, "sets")
     d_ref = _reference_rows(mdp, reference_features, len(items), batched)
     reference_policies = _reference_policies(mdp, reference_policy, len(items))
-    b = rectangular_bonus(mdp, items)
-    theta_hat = np.stack([item.theta_hat for item in items])
-    policy, _ = backward_induction(mdp, mdp.reward(theta_hat) - b, transition_radius=transition_radius)
-    d_pi = expected_features(mdp, policy)
+    phi_id = project_identifiable(mdp, mdp.flat_features(), unidentified_directions(mdp))
+    n_sets, shape = len(items), (mdp.horizon, mdp.n_states, mdp.n_actions)
+    # Blocks of users: the bonus, the penalised reward and the one-hot policy of a block are each
+    # (users, H, S, A), so that only the returned policy is ever that large for all users. With
+    # stationary features the bonus does not depend on h and is kept (and returned) per (s, a).
+    policy = np.empty((n_sets,) + shape)
+    bonus = np.empty((n_sets, phi_id.shape[0]))
+    d_pi = np.empty((n_sets, mdp.n_features))
+    coordinates_by_basis: list[tuple[np.ndarray, np.ndarray]] = []
+    block = _rectangular_block_size(mdp)
+    for start in range(0, n_sets, block):
+        users = slice(start, min(start + block, n_sets))
+        bonus[users] = _bonus_rows(mdp, items[users], phi_id, coordinates_by_basis, batched, start)
+        b = np.broadcast_to(bonus[users].reshape((-1, phi_id.shape[0] // (mdp.n_states * mdp.n_actions),
+                                                   mdp.n_states, mdp.n_actions)), (users.stop - start,) + shape)
+        theta_hat = np.stack([item.theta_hat for item in items[users]])
+        policy[users], _ = backward_induction(mdp, mdp.reward(theta_hat) - b, transition_radius=transition_radius)
+        d_pi[users] = expected_features(mdp, policy[users])
+    b = bonus.reshape((n_sets, -1, mdp.n_states, mdp.n_actions))
+    b = b if b.shape[1] == mdp.horizon else np.broadcast_to(b, (n_sets,) + shape)
     L = np.array([item.lower(g) for item, g in zip(items, d_pi - d_ref)])
     safeguarded = np.zeros(len(items), dtype=bool)
     if reference_policies is not None:
@@ -314,8 +341,17 @@ def rectangular(
             g = expected_features(mdp, policy[users]) - d_ref[users]
             L[users] = [items[i].lower(g_i) for i, g_i in zip(users, g)]
     if not batched:
-        return RectangularSolution(policy[0], float(L[0]), b[0], bool(safeguarded[0]))
+        return RectangularSolution(policy[0], float(L[0]), np.array(b[0]), bool(safeguarded[0]))
     return RectangularSolution(policy, L, b, safeguarded)
+
+
+# Users per block of rectangular planning: about this many bytes per (users, H, S, A) array.
+_RECTANGULAR_BLOCK_BYTES = 64 * 2**20
+
+
+def _rectangular_block_size(mdp: TabularMDP) -> int:
+    """Users per block of :func:`rectangular` (at least one)."""
+    return max(1, _RECTANGULAR_BLOCK_BYTES // (8 * mdp.horizon * mdp.n_states * mdp.n_actions))
 
 
 def empirical_mdp(mdp: TabularMDP, counts: Any) -> TabularMDP:

@@ -99,8 +99,8 @@ def _lowest_greedy_action(greedy: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def backward_induction(
-    mdp: TabularMDP, reward: Any, *, transition_radius: Any = None
-) -> tuple[np.ndarray, np.ndarray]:
+    mdp: TabularMDP, reward: Any, *, transition_radius: Any = None, policy: bool = True
+) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
     """Optimal deterministic policy and values by backward induction.
 
     ``Q_h(s, a) = r[h, s, a] + sum_s' P[h, s, a, s'] V_{h+1}(s')``, ``V_h(s) = max_a Q_h(s, a)``,
@@ -127,11 +127,14 @@ def backward_induction(
         L1 radius of each transition row's uncertainty set, ``>= 0``; ``inf`` (or anything
         ``>= 2``) lets the adversary choose any distribution. Default: the transitions are
         exact. A radius of 0 gives exactly the plain recursion.
+    policy : bool, default True
+        Whether to build the greedy policy; ``False`` returns the values alone (the ties and the
+        one-hot table of every user are skipped, which is most of the work beyond the products).
 
     Returns
     -------
     policy : ndarray, shape (H, S, A) or (N, H, S, A)
-        One-hot rows of the greedy action.
+        One-hot rows of the greedy action (only with ``policy=True``).
     values : ndarray, shape (H, S) or (N, H, S)
         ``V_h(s)`` of that policy, which is the optimal (robust) value.
 
@@ -143,6 +146,8 @@ def backward_induction(
     matrices*, Operations Research 53(5), 2005.
     """
     reward = check_reward(mdp, reward, finite=False)
+    if not isinstance(policy, (bool, np.bool_)):
+        raise TypeError(f"policy must be a bool, got {type(policy).__name__}")
     half_radius = None if transition_radius is None else 0.5 * check_transition_radius(mdp, transition_radius)
     batched = reward.ndim == 4
     rewards = reward if batched else reward[None]
@@ -176,12 +181,15 @@ def backward_induction(
             check_reward(mdp, reward)  # names a non-finite reward (or passes: an overflow)
         _max_over_actions(q_values, next_values)
         values[:, step] = next_values.T
-        np.equal(q_values, next_values[:, None, :], out=greedy)
-        greedy_actions[:, step] = _lowest_greedy_action(greedy, best).T
-    policy = np.take(np.eye(n_actions), greedy_actions, axis=0)
+        if policy:
+            np.equal(q_values, next_values[:, None, :], out=greedy)
+            greedy_actions[:, step] = _lowest_greedy_action(greedy, best).T
+    if not policy:
+        return values if batched else values[0]
+    policies = np.take(np.eye(n_actions), greedy_actions, axis=0)
     if not batched:
-        return policy[0], values[0]
-    return policy, values
+        return policies[0], values[0]
+    return policies, values
 
 
 def check_transition_radius(mdp: TabularMDP, radius: Any, name: str = "transition_radius") -> np.ndarray:

@@ -463,7 +463,7 @@ def misspecification_term(mdp: TabularMDP, direction: Any, reference_features: A
         )
     directions, references = np.broadcast_arrays(directions, references)
     n_users = directions.shape[0]
-    _, values = backward_induction(mdp, mdp.reward(np.concatenate([directions, -directions])))
+    values = backward_induction(mdp, mdp.reward(np.concatenate([directions, -directions])), policy=False)
     best = values[:, 0] @ mdp.initial_distribution  # max_pi (+e) . d_pi, then max_pi (-e) . d_pi
     at_reference = np.sum(directions * references, axis=1)
     largest = np.maximum(best[:n_users] - at_reference, best[n_users:] + at_reference)
