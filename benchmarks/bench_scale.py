@@ -249,8 +249,8 @@ STAGES: list[tuple[str, Callable[[dict], None]]] = [
     ("rect. planning", _planning("rectangular")),
     ("evaluate rect.", _evaluate("rectangular")),
     ("report independent", _report("independent")),
-    # Last: LoCo-PRS fits (d_x + d) r - r^2 coordinates (10,025 at d = 2000) from dense pair
-    # coordinates, which may not fit the cell's memory.
+    # Last: LoCo-PRS fits (d_x + d) r - r^2 coordinates (10,025 at d = 2000) from the sparse pair
+    # features; its report (contextual rewards) has reward errors only, no sets.
     ("loco-prs", _loco_prs),
     ("report loco-prs", _report("loco-prs")),
 ]
