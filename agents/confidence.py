@@ -161,8 +161,30 @@ class ConfidenceSet(ABC):
         return None
 
 
+class _CentredInBasis(ConfidenceSet):
+    """A set written as ``offset + basis @ w`` around ``w = center``: what the two ellipsoids share."""
+
+    offset: np.ndarray
+    basis: np.ndarray
+    center: np.ndarray
+
+    @property
+    def dimension(self) -> int:
+        """``k``, the number of free coordinates."""
+        return self.basis.shape[1]
+
+    @property
+    def n_features(self) -> int:
+        return self.basis.shape[0]
+
+    @property
+    def theta_hat(self) -> np.ndarray:
+        """The centre in feature space, ``offset + basis @ center``."""
+        return self.offset + self.basis @ self.center
+
+
 @dataclass(frozen=True, eq=False)
-class Ellipsoid(ConfidenceSet):
+class Ellipsoid(_CentredInBasis):
     """The set ``C = {offset + basis @ w : ||w - center||_matrix <= radius}`` (docs/algorithms.md, Estimators).
 
     ``||u||_M = sqrt(u^T M u)``. The map ``G = basis^T`` takes a feature-space vector ``v`` to the
@@ -243,15 +265,6 @@ class Ellipsoid(ConfidenceSet):
         except np.linalg.LinAlgError:
             raise ValueError("matrix must be positive definite") from None
 
-    @property
-    def dimension(self) -> int:
-        """``k``, the number of free coordinates."""
-        return self.basis.shape[1]
-
-    @property
-    def n_features(self) -> int:
-        return self.basis.shape[0]
-
     @cached_property
     def whitening(self) -> np.ndarray:
         """``K = L^{-1} B^T`` with ``M = L L^T``, shape ``(k, d)``: ``||G v||_{M^{-1}} = ||K v||``."""
@@ -270,11 +283,6 @@ class Ellipsoid(ConfidenceSet):
         norms = np.linalg.norm(whitened, axis=-1, keepdims=True)
         direction = np.divide(whitened, norms, out=np.zeros_like(whitened), where=norms > 0)
         return self.theta_hat - self.radius * (direction @ self.whitening)
-
-    @property
-    def theta_hat(self) -> np.ndarray:
-        """The centre in feature space, ``offset + basis @ center``."""
-        return self.offset + self.basis @ self.center
 
     def coordinates(self, vectors: Any) -> np.ndarray:
         """``G v = basis^T v`` for ``v`` of shape ``(d,)`` or ``(..., d)``."""
@@ -508,7 +516,7 @@ class Ellipsoid(ConfidenceSet):
 
 
 @dataclass(frozen=True, eq=False)
-class LowRankEllipsoid(ConfidenceSet):
+class LowRankEllipsoid(_CentredInBasis):
     """An ellipsoid whose matrix is low rank plus a ridge: ``C = {offset + basis @ w :
     ||w - center||_M <= radius}`` with ``M = A^T A + ridge I``, ``A`` of shape ``(n, k)``.
 
@@ -578,20 +586,6 @@ class LowRankEllipsoid(ConfidenceSet):
         set_(self, "radius", radius)
         # Rounding can leave an eigenvalue of the Gram matrix slightly negative; it is 0.
         set_(self, "squared", frozen(np.maximum(squared, 0.0)))
-
-    @property
-    def dimension(self) -> int:
-        """``k``, the number of free coordinates."""
-        return self.basis.shape[1]
-
-    @property
-    def n_features(self) -> int:
-        return self.basis.shape[0]
-
-    @property
-    def theta_hat(self) -> np.ndarray:
-        """The centre in feature space, ``offset + basis @ center``."""
-        return self.offset + self.basis @ self.center
 
     @property
     def matrix(self) -> np.ndarray:
