@@ -182,6 +182,29 @@ class _CentredInBasis(ConfidenceSet):
         """The centre in feature space, ``offset + basis @ center``."""
         return self.offset + self.basis @ self.center
 
+    @cached_property
+    def range_factors(self) -> RangeFactors:
+        """Thin SVD of ``basis`` cut at its numerical rank ``rho``: ``basis = U_r diag(s) V_r^T``.
+
+        A factorisation of size ``min(d, k)``: ``O(d k min(d, k))`` once per set, never a
+        ``d x d`` matrix when ``d >> k``. Singular values below ``max(d, k) eps s_max`` (the
+        least-squares cut-off of LAPACK) count as zero. A basis with orthonormal columns (every
+        built-in estimator's, up to ``1e-10``) is its own factor: ``U_r = basis``, ``s = 1``,
+        ``V_r = I``, after one ``k x k`` Gram product.
+        """
+        return _range_factors(self.basis)
+
+    def _span_coordinates(self, theta: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``u = theta - theta_hat`` in the set's frame: ``(U_r^T u, u - U_r U_r^T u)``, the
+        coordinates of its projection onto ``range(basis)`` and the part off the span."""
+        theta = as_real_array("theta", theta, (1,))
+        if theta.shape != self.offset.shape:
+            raise ValueError(f"theta must have shape {self.offset.shape}, got {theta.shape}")
+        residual = theta - self.theta_hat
+        left = self.range_factors.left
+        along = residual @ left
+        return along, residual - left @ along
+
 
 @dataclass(frozen=True, eq=False)
 class Ellipsoid(_CentredInBasis):
@@ -306,29 +329,6 @@ class Ellipsoid(_CentredInBasis):
         """``max_{theta in C} theta . v = theta_hat . v + radius ||G v||_{M^{-1}}``."""
         value = np.asarray(vectors, dtype=float) @ self.theta_hat + self.radius * self.dual_norm(vectors)
         return float(value) if np.ndim(value) == 0 else value
-
-    @cached_property
-    def range_factors(self) -> RangeFactors:
-        """Thin SVD of ``basis`` cut at its numerical rank ``rho``: ``basis = U_r diag(s) V_r^T``.
-
-        A factorisation of size ``min(d, k)``: ``O(d k min(d, k))`` once per set, never a
-        ``d x d`` matrix when ``d >> k``. Singular values below ``max(d, k) eps s_max`` (the
-        least-squares cut-off of LAPACK) count as zero. A basis with orthonormal columns (every
-        built-in estimator's, up to ``1e-10``) is its own factor: ``U_r = basis``, ``s = 1``,
-        ``V_r = I``, after one ``k x k`` Gram product.
-        """
-        return _range_factors(self.basis)
-
-    def _span_coordinates(self, theta: Any) -> tuple[np.ndarray, np.ndarray]:
-        """``u = theta - theta_hat`` in the set's frame: ``(U_r^T u, u - U_r U_r^T u)``, the
-        coordinates of its projection onto ``range(basis)`` and the part off the span."""
-        theta = as_real_array("theta", theta, (1,))
-        if theta.shape != self.offset.shape:
-            raise ValueError(f"theta must have shape {self.offset.shape}, got {theta.shape}")
-        residual = theta - self.theta_hat
-        left = self.range_factors.left
-        along = residual @ left
-        return along, residual - left @ along
 
     def _image_residual(self, theta: Any) -> tuple[np.ndarray, np.ndarray]:
         """``u = theta - theta_hat`` and its orthogonal projection onto ``range(basis)``."""
@@ -630,21 +630,16 @@ class LowRankEllipsoid(_CentredInBasis):
         """One term, ``K = M^{-1/2} G`` applied through the ``n x n`` system (never ``k x k``)."""
         return (_InverseRootSeminorm(self.radius, self),)
 
-    @cached_property
-    def range_factors(self) -> RangeFactors:
-        """Thin SVD of ``basis`` cut at its numerical rank (as :attr:`Ellipsoid.range_factors`)."""
-        return _range_factors(self.basis)
-
     def distance(self, theta: Any) -> float:
         """As :meth:`Ellipsoid.distance`: for an injective basis ``||x||_M`` of the coordinates
         ``x`` of the projection, ``sqrt(||A x||^2 + ridge ||x||^2)``; otherwise
         ``sqrt(b^T (V_r^T M^{-1} V_r)^{-1} b)`` with ``M^{-1} V_r`` through the ``n x n`` system."""
-        along, _ = _span_residual(self, theta)
+        along, _ = self._span_coordinates(theta)
         return float(_low_rank_distances([self], self.range_factors, along[None])[0])
 
     def contains(self, theta: Any, *, atol: float = 1e-9, project: bool = False) -> bool:
         """As :meth:`Ellipsoid.contains`."""
-        along, off_span = _span_residual(self, theta)
+        along, off_span = self._span_coordinates(theta)
         if not project and np.linalg.norm(off_span) > atol * max(1.0, np.linalg.norm(theta)):
             return False
         distance = _low_rank_distances([self], self.range_factors, along[None])[0]
@@ -672,17 +667,6 @@ ELLIPSOIDS = (Ellipsoid, LowRankEllipsoid)
 
 def _symmetric_matrix(matrix: np.ndarray) -> np.ndarray:
     return 0.5 * (matrix + matrix.T)
-
-
-def _span_residual(confidence_set: Any, theta: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``u = theta - theta_hat`` in the set's frame: ``(U_r^T u, u - U_r U_r^T u)``."""
-    theta = as_real_array("theta", theta, (1,))
-    if theta.shape != confidence_set.offset.shape:
-        raise ValueError(f"theta must have shape {confidence_set.offset.shape}, got {theta.shape}")
-    residual = theta - confidence_set.theta_hat
-    left = confidence_set.range_factors.left
-    along = residual @ left
-    return along, residual - left @ along
 
 
 def _low_rank_apply(rows: np.ndarray, squared: np.ndarray, ridges: np.ndarray, coordinates: np.ndarray,
