@@ -1055,20 +1055,27 @@ def _cutting_plane(run: _Run, users: np.ndarray, max_iterations: int) -> None:
         # Cuts: members theta_j (tau <= theta_j . g) and, for sets unbounded along -g, recession
         # directions u_i (0 <= u_i . g: every policy with a finite L satisfies it). Each row of the
         # master (-theta . phi over q, then tau's coefficient) is formed once when it is added.
-        thetas = np.stack([item.theta_hat, item.theta_hat])
-        is_member = np.ones(2, dtype=bool)
 
-        def add_cut(g: np.ndarray) -> None:
-            nonlocal thetas, is_member
-            if np.isneginf(item.lower(g)) and hasattr(item, "recession_direction"):
-                cut, member = item.recession_direction(g), False
-            else:
-                cut, member = item.minimizer(g), True
-            thetas = np.vstack([thetas, cut])
-            is_member = np.append(is_member, member)
+        def value_and_cut(g: np.ndarray) -> tuple[float, np.ndarray | None, bool]:
+            """``L = lower(g)`` (one support computation) and the cut it gives: a member attaining
+            it, or a recession direction where it is ``-inf``; no cut (``None``, ``L = -inf``)
+            where the set's support is not attained (separable data, ``g`` on the boundary of the
+            recession cone's dual) or the set has no recession directions to offer."""
+            try:
+                lower = float(item.lower(g))
+                if np.isneginf(lower):
+                    if not hasattr(item, "recession_direction"):
+                        return lower, None, False
+                    return lower, item.recession_direction(g), False
+                return lower, item.minimizer(g), True
+            except RuntimeError:
+                return -np.inf, None, False
 
-        add_cut(features_gap(starts[row]))
-        thetas, is_member = thetas[1:], is_member[1:]
+        _, first, member = value_and_cut(features_gap(starts[row]))
+        if first is None:  # no cut: the start's certificate (run.start) stands
+            continue
+        thetas = np.stack([item.theta_hat, first])
+        is_member = np.array([True, member])
         inequality = np.hstack([-_reward_tables(mdp, thetas).reshape(len(thetas), n_occupancy),
                                 is_member[:, None].astype(float)])
         for iteration in range(max_iterations):
@@ -1085,18 +1092,13 @@ def _cutting_plane(run: _Run, users: np.ndarray, max_iterations: int) -> None:
                 run.record_duals(np.array([user]), ((weights / total) @ thetas)[None])
             q = np.maximum(result.x[:n_occupancy], 0.0).reshape(mdp.horizon, mdp.n_states, mdp.n_actions)
             policy = _policy_of(q)
-            g = features_gap(policy)
-            run.record_policies(np.array([user]), policy[None], np.array([_certified_lower(item, g, d_ref)]))
-            before = len(thetas)
-            try:
-                add_cut(g)
-            except RuntimeError:
-                # The set's support along g is not attained (separable data, g on the boundary of
-                # the recession cone's dual): no certified value and no cut. Stop with the best
-                # certified policy so far; the run reports its gap.
+            lower, cut, member = value_and_cut(features_gap(policy))
+            run.record_policies(np.array([user]), policy[None], np.array([lower]))
+            if cut is None:  # stop with the best certified policy so far; the run reports its gap
                 break
-            inequality = np.vstack([inequality, np.append(-_reward_tables(mdp, thetas[before:]).ravel(),
-                                                          float(is_member[-1]))])
+            thetas = np.vstack([thetas, cut])
+            is_member = np.append(is_member, member)
+            inequality = np.vstack([inequality, np.append(-_reward_tables(mdp, cut[None]).ravel(), float(member))])
     run.label(users, "cutting-plane")
 
 
@@ -1269,7 +1271,7 @@ def _barrier_block(run: _Run, users: np.ndarray, values_part: np.ndarray, object
             policies = _policy_of((mu[ready, None] / slacks).reshape(len(ready), H, S, A))
             g = expected_features(mdp, policies) - d_ref[ready]
             run.record_policies(users[ready], policies,
-                                np.array([float(sets[i].lower(row)) for i, row in zip(ready, g)]))
+                                np.array([_certified_lower(sets[i], row, d_ref[i]) for i, row in zip(ready, g)]))
         active = active[~run.done(members)]
         mu[active] *= _BARRIER_MU_FACTOR
 
