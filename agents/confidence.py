@@ -149,7 +149,9 @@ class ConfidenceSet(ABC):
 
     @abstractmethod
     def minimizer(self, vectors: Any) -> np.ndarray:
-        """A member ``theta`` attaining ``lower(v)``: shape ``(d,)`` or ``(..., d)``."""
+        """A member ``theta`` attaining ``lower(v)``: shape ``(d,)`` or ``(..., d)``; a
+        ``ValueError`` where the set is unbounded along ``-v`` (``lower(v) = -inf``, no member
+        attains it), which exact pessimism takes as that fact."""
 
     @abstractmethod
     def contains(self, theta: Any, *, atol: float = 1e-9) -> bool:

@@ -1062,12 +1062,12 @@ def _cutting_plane(run: _Run, users: np.ndarray, max_iterations: int) -> None:
             where the set's support is not attained (separable data, ``g`` on the boundary of the
             recession cone's dual) or the set has no recession directions to offer."""
             try:
-                lower = float(item.lower(g))
-                if np.isneginf(lower):
-                    if not hasattr(item, "recession_direction"):
-                        return lower, None, False
-                    return lower, item.recession_direction(g), False
-                return lower, item.minimizer(g), True
+                cut = item.minimizer(g)  # it attains lower(g): its value is L
+                return float(cut @ g), cut, True
+            except ValueError:  # unbounded along -g: lower(g) = -inf, no member attains it
+                if not hasattr(item, "recession_direction"):
+                    return -np.inf, None, False
+                return -np.inf, item.recession_direction(g), False
             except RuntimeError:
                 return -np.inf, None, False
 
