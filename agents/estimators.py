@@ -952,7 +952,7 @@ class PShareLoRA(RewardEstimator):
             raise ValueError(f"rank={self.rank} exceeds min(d, N) = {min(data.n_features, data.n_users)}")
 
     def _fit(self, data: ComparisonData, ridge: float) -> None:
-        for name in ("sine_bound_", "split_sine_", "subspace_identified_", "_fallback", "_rows_by_user"):  # calibrated again
+        for name in ("sine_bound_", "split_sine_", "subspace_identified_", "_fallback"):  # calibrated again
             self.__dict__.pop(name, None)
         # Every fit starts from the spectral start of its own data (no warm start along the ridge
         # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
@@ -1022,25 +1022,20 @@ class PShareLoRA(RewardEstimator):
 
     # -- the fallback when U_hat is not identified (class docstring, step 6) ---------------------------
 
-    def _user_pairs(self) -> list[np.ndarray]:
-        """The rows of each user's pairs (one sort per fit)."""
-        if "_rows_by_user" not in self.__dict__:
-            users = self._data.users
-            order = np.argsort(users, kind="stable")
-            self._rows_by_user = np.split(order, np.cumsum(np.bincount(users, minlength=self._data.n_users))[:-1])
-        return self._rows_by_user
-
-    def _fallback_parts(self) -> tuple[np.ndarray, np.ndarray]:
+    def _fallback_parts(self) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """The independent fit with the inference ridge, every user in the orthonormal basis of the
         span of their own pairs (:func:`~agents.subspace_error.pair_span_weights`), batched in one
         :func:`agents.logistic.fit_logistic` solve (the coordinates padded with zeros to the
-        widest basis; the ridge keeps the padding at zero): centres ``(N, m_max)`` and widths
-        ``(N,)``. The bases themselves are formed again per set (``d x m`` each)."""
+        widest basis; the ridge keeps the padding at zero): centres ``(N, m_max)``, widths
+        ``(N,)``, and each user's weights ``W`` and coordinates ``Z Z^T W`` (``m x m'``). The bases
+        ``Z^T W`` themselves (``d x m'`` each) are formed per set."""
         if "_fallback" not in self.__dict__:
-            data, rows = self._data, self._user_pairs()
+            data = self._data
+            rows = [self._problem_rows(user) for user in range(data.n_users)]
             # A user's coordinates in the span of their pairs are Z Z^T W: only m x m work per user.
-            coordinates = [gram @ weights for weights, gram in
-                           (pair_span_weights(data.differences[index]) for index in rows)]
+            spans = [pair_span_weights(data.differences[index]) for index in rows]
+            weights = [span[0] for span in spans]
+            coordinates = [gram @ span_weights for span_weights, gram in spans]
             width = np.array([block.shape[1] for block in coordinates], dtype=np.int64)
             padded = np.zeros((data.n_pairs, int(np.max(width, initial=0))))
             for index, block in zip(rows, coordinates):
@@ -1050,16 +1045,15 @@ class PShareLoRA(RewardEstimator):
                                    offsets=data.offsets, beta=self.beta, ridge=self.inference_ridge_,
                                    tol=self.tol, fisher=False)
             self._record("fallback", fit)
-            self._fallback = (fit.theta, width)
+            self._fallback = (fit.theta, width, weights, coordinates)
         return self._fallback
 
     def _fallback_set(self, user: int) -> SubspaceErrorSet:
         """The full-dimensional Wald set of user ``user``'s independent fit (class docstring, step 6)."""
-        centres, width = self._fallback_parts()
+        centres, width, weights, coordinates = self._fallback_parts()
         data, offset = self._data, self._base[:, user]
-        rows = self._user_pairs()[user]
-        weights, gram = pair_span_weights(data.differences[rows])
-        basis = (np.asarray(data.differences[rows].T @ weights, dtype=float) if weights.shape[1]
+        rows = self._problem_rows(user)
+        basis = (np.asarray(data.differences[rows].T @ weights[user], dtype=float) if width[user]
                  else np.zeros((data.n_features, 0)))
         k = self._identifiable.shape[1]
         radius = float(self._wald_radius(k)) if k else 0.0
@@ -1067,7 +1061,6 @@ class PShareLoRA(RewardEstimator):
             inner = Ellipsoid(offset=offset, basis=basis, center=np.zeros(0), matrix=np.zeros((0, 0)), radius=0.0)
         else:
             center = centres[user, : width[user]]
-            features = gram @ weights
-            matrix = _fisher_matrix(features, data.offsets[rows], center, self.beta, self.inference_ridge_)
+            matrix = _fisher_matrix(coordinates[user], data.offsets[rows], center, self.beta, self.inference_ridge_)
             inner = Ellipsoid(offset=offset, basis=basis, center=center, matrix=matrix, radius=radius)
         return SubspaceErrorSet(inner, np.hstack([basis, self._hidden]), radius / math.sqrt(self.inference_ridge_))
