@@ -35,9 +35,9 @@ from lr_mdp_env._validation import as_real_array, check_int
 from .confidence import ConfidenceSet, Ellipsoid, wald_radius
 from .data import ComparisonData
 from .estimators import (
+    _BOOTSTRAP_TOL,
     _DENSE_COORDINATES_MAX,
     LIKELIHOOD_BOOTSTRAP_REPLICATES,
-    LIKELIHOOD_WORLD_RIDGES,
     RewardEstimator,
     _binary_labels,
     _ellipsoid_parts,
@@ -255,35 +255,22 @@ class _ContextualEstimator(RewardEstimator):
                         level = bootstrap_likelihood_levels(
                             self._dense_features(), self._data.offsets, np.zeros(self._data.n_pairs, dtype=np.int64), 1,
                             self._bootstrap_worlds(), None, self.beta, self.inference_ridge_, self._set_delta,
-                            LIKELIHOOD_BOOTSTRAP_REPLICATES, self._bootstrap_generator(), self.tol)[0]
+                            LIKELIHOOD_BOOTSTRAP_REPLICATES, self._bootstrap_generator(),
+                            max(self.tol, _BOOTSTRAP_TOL))[0]
                     parts = _likelihood_parts(self.confidence, self._dense_features(), self._data.labels,
                                               self._data.offsets, solutions[0], self.beta, self.inference_ridge_,
                                               self._set_delta, level)
             self._contextual_parts = parts
         return self._contextual_parts
 
-    def _bootstrap_worlds(self) -> np.ndarray:
-        """Candidate worlds of the likelihood set's bootstrap, ``(n_worlds, 1, k)``: the ridge MLEs
-        of the coordinates along :data:`agents.estimators.LIKELIHOOD_WORLD_RIDGES` and at
-        ``ridge_`` (those above the inference ridge), each warm-started from the previous; the
-        level is the largest quantile over them, as for the other estimators
-        (:meth:`agents.estimators.RewardEstimator._bootstrap_worlds` says why one world is not enough)."""
-        ridges = sorted({*LIKELIHOOD_WORLD_RIDGES, self.ridge_}, reverse=True)
-        worlds, initial = [], self.kappa_hat[None]
-        for ridge in ridges:
-            if ridge <= self.inference_ridge_:
-                break
-            if ridge == self.ridge_:
-                initial = self.kappa_hat[None]
-            else:
-                with convergence_warnings_labelled(f"likelihood-set bootstrap world, ridge {ridge:g}"):
-                    initial = fit_logistic(self._features, self._data.labels, offsets=self._data.offsets,
-                                           beta=self.beta, ridge=ridge, tol=self.tol, initial=initial,
-                                           fisher=False).theta
-            worlds.append(initial)
-        if not worlds:  # the tuned ridge is the inference ridge and below the whole path
-            worlds.append(self.kappa_hat[None])
-        return np.stack(worlds)
+    def _tuned_world(self) -> np.ndarray:
+        return self.kappa_hat[None]
+
+    def _world_at_ridge(self, ridge: float, initial: np.ndarray | None) -> np.ndarray:
+        """The ridge MLE of the coordinates ``kappa`` at ``ridge``, ``(1, k)`` (the bootstrap path of
+        :meth:`agents.estimators.RewardEstimator._bootstrap_worlds`)."""
+        return fit_logistic(self._features, self._data.labels, offsets=self._data.offsets, beta=self.beta,
+                            ridge=ridge, tol=self.tol, initial=initial, fisher=False).theta
 
     def _reduced_set(self, context: np.ndarray) -> ConfidenceSet:
         """The set of ``theta(x) = B_x kappa`` for one context, in the span of ``B_x`` (for

@@ -560,14 +560,23 @@ class RewardEstimator:
             if ridge <= self.inference_ridge_:
                 break
             if ridge == self.ridge_:
-                initial = self._solution
+                initial = self._tuned_world()
             else:
                 with convergence_warnings_labelled(f"likelihood-set bootstrap world, ridge {ridge:g}"):
-                    _, initial, _, _ = self._solve_coordinates(self._data, self._basis, ridge, self._pooled, initial)
+                    initial = self._world_at_ridge(ridge, initial)
             worlds.append(initial)
         if not worlds:  # the tuned ridge is the inference ridge and below the whole path
-            worlds.append(self._solution)
+            worlds.append(self._tuned_world())
         return np.stack(worlds)
+
+    def _tuned_world(self) -> np.ndarray:
+        """The coordinates of every problem at the tuned ridge, ``(n_problems, k)``."""
+        return self._solution
+
+    def _world_at_ridge(self, ridge: float, initial: np.ndarray | None) -> np.ndarray:
+        """The ridge MLE of every problem's coordinates at ``ridge``, ``(n_problems, k)``, warm-started
+        from ``initial`` (the previous world of the path)."""
+        return self._solve_coordinates(self._data, self._basis, ridge, self._pooled, initial)[1]
 
     def _bootstrap_generator(self) -> np.random.Generator:
         """The random stream of the likelihood sets' bootstrap: derived from ``seed`` (an int seed
