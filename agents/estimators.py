@@ -294,7 +294,7 @@ class RewardEstimator:
             bar.update(bar.total - bar.n)
         self._data = data
         self._sets: dict[int, ConfidenceSet] = {}
-        for name in ("_basis_factors", "_problem_sizes", "_problem_order"):  # of the previous fit's basis and pairs
+        for name in ("_basis_factors", "_problem_sizes", "_problem_order", "_sets_fit"):  # of the previous fit
             self.__dict__.pop(name, None)
         self._set_parts: dict[int, dict[str, Any]] = {}  # per coordinate problem
         self._inference: tuple[np.ndarray, np.ndarray | None] | None = None
@@ -419,11 +419,14 @@ class RewardEstimator:
 
     def _sets_fit_in_cache(self) -> bool:
         """Whether all users' sets fit in :data:`SET_CACHE_BYTES`: two ``k x k`` arrays per
-        coordinate problem, or its ``n_i x k`` factor for a low-rank-plus-ridge set."""
-        k = self._basis.shape[1]
-        pairs = self._pairs_per_problem()
-        low_rank = self._low_rank_problems()
-        return 8 * k * float(np.sum(np.where(low_rank, pairs, 2 * k))) <= SET_CACHE_BYTES
+        coordinate problem, or its ``n_i x k`` factor for a low-rank-plus-ridge set (once per fit:
+        every set asks)."""
+        if "_sets_fit" not in self.__dict__:
+            k = self._basis.shape[1]
+            pairs = self._pairs_per_problem()
+            low_rank = self._low_rank_problems()
+            self._sets_fit = 8 * k * float(np.sum(np.where(low_rank, pairs, 2 * k))) <= SET_CACHE_BYTES
+        return self._sets_fit
 
     def _pairs_per_problem(self) -> np.ndarray:
         """Number of pairs of each coordinate problem, ``(n_problems,)``."""
@@ -961,7 +964,7 @@ class PShareLoRA(RewardEstimator):
             raise ValueError(f"rank={self.rank} exceeds min(d, N) = {min(data.n_features, data.n_users)}")
 
     def _fit(self, data: ComparisonData, ridge: float) -> None:
-        for name in ("sine_bound_", "split_sine_", "subspace_identified_", "_fallback"):  # calibrated again
+        for name in ("sine_bound_", "split_sine_", "subspace_identified_", "_fallback", "_fallback_sets_fit"):  # calibrated again
             self.__dict__.pop(name, None)
         # Every fit starts from the spectral start of its own data (no warm start along the ridge
         # grid): a large ridge collapses the factors to the saddle at zero, a poor start.
@@ -1025,9 +1028,11 @@ class PShareLoRA(RewardEstimator):
     def _sets_fit_in_cache(self) -> bool:
         if self.__dict__.get("subspace_identified_", True):
             return super()._sets_fit_in_cache()
-        width = self._fallback_parts()[1]  # the fallback sets hold a (d, m) basis and two (m, m) matrices
-        d, m = self._data.n_features, int(np.max(width, initial=0))
-        return 8 * (d * m + 2 * m * m) * self.theta_hat.shape[0] <= SET_CACHE_BYTES
+        if "_fallback_sets_fit" not in self.__dict__:
+            width = self._fallback_parts()[1]  # the fallback sets hold a (d, m) basis and two (m, m) matrices
+            d, m = self._data.n_features, int(np.max(width, initial=0))
+            self._fallback_sets_fit = 8 * (d * m + 2 * m * m) * self.theta_hat.shape[0] <= SET_CACHE_BYTES
+        return self._fallback_sets_fit
 
     # -- the fallback when U_hat is not identified (class docstring, step 6) ---------------------------
 
