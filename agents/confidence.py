@@ -169,6 +169,11 @@ class _CentredInBasis(ConfidenceSet):
     offset: np.ndarray
     basis: np.ndarray
     center: np.ndarray
+    radius: float
+
+    @abstractmethod
+    def dual_norm(self, vectors: Any) -> np.ndarray:
+        """``||G v||_{M^{-1}}`` for ``v`` of shape ``(d,)`` or ``(..., d)``: each ellipsoid's own."""
 
     @property
     def dimension(self) -> int:
@@ -195,6 +200,20 @@ class _CentredInBasis(ConfidenceSet):
         ``V_r = I``, after one ``k x k`` Gram product.
         """
         return _range_factors(self.basis)
+
+    def coordinates(self, vectors: Any) -> np.ndarray:
+        """``G v = basis^T v`` for ``v`` of shape ``(d,)`` or ``(..., d)``."""
+        return np.asarray(vectors, dtype=float) @ self.basis
+
+    def lower(self, vectors: Any) -> np.ndarray | float:
+        """``min_{theta in C} theta . v`` in closed form: ``theta_hat . v - radius ||G v||_{M^{-1}}``."""
+        value = np.asarray(vectors, dtype=float) @ self.theta_hat - self.radius * self.dual_norm(vectors)
+        return _as_value(value)
+
+    def upper(self, vectors: Any) -> np.ndarray | float:
+        """``max_{theta in C} theta . v = theta_hat . v + radius ||G v||_{M^{-1}}``."""
+        value = np.asarray(vectors, dtype=float) @ self.theta_hat + self.radius * self.dual_norm(vectors)
+        return _as_value(value)
 
     def _span_coordinates(self, theta: Any) -> tuple[np.ndarray, np.ndarray]:
         """``u = theta - theta_hat`` in the set's frame: ``(U_r^T u, u - U_r U_r^T u)``, the
@@ -309,10 +328,6 @@ class Ellipsoid(_CentredInBasis):
         direction = np.divide(whitened, norms, out=np.zeros_like(whitened), where=norms > 0)
         return self.theta_hat - self.radius * (direction @ self.whitening)
 
-    def coordinates(self, vectors: Any) -> np.ndarray:
-        """``G v = basis^T v`` for ``v`` of shape ``(d,)`` or ``(..., d)``."""
-        return np.asarray(vectors, dtype=float) @ self.basis
-
     def dual_norm(self, vectors: Any) -> np.ndarray:
         """``||G v||_{M^{-1}}`` for ``v`` of shape ``(d,)`` or ``(..., d)``."""
         coordinates = self.coordinates(vectors)
@@ -321,16 +336,6 @@ class Ellipsoid(_CentredInBasis):
         columns = np.reshape(coordinates, (-1, coordinates.shape[-1])).T  # (k, m), any leading axes
         whitened = scipy.linalg.solve_triangular(self.factor, columns, lower=True)
         return np.sqrt(np.sum(whitened**2, axis=0)).reshape(coordinates.shape[:-1])
-
-    def lower(self, vectors: Any) -> np.ndarray | float:
-        """``min_{theta in C} theta . v`` in closed form: ``theta_hat . v - radius ||G v||_{M^{-1}}``."""
-        value = np.asarray(vectors, dtype=float) @ self.theta_hat - self.radius * self.dual_norm(vectors)
-        return float(value) if np.ndim(value) == 0 else value
-
-    def upper(self, vectors: Any) -> np.ndarray | float:
-        """``max_{theta in C} theta . v = theta_hat . v + radius ||G v||_{M^{-1}}``."""
-        value = np.asarray(vectors, dtype=float) @ self.theta_hat + self.radius * self.dual_norm(vectors)
-        return float(value) if np.ndim(value) == 0 else value
 
     def _image_residual(self, theta: Any) -> tuple[np.ndarray, np.ndarray]:
         """``u = theta - theta_hat`` and its orthogonal projection onto ``range(basis)``."""
@@ -594,10 +599,6 @@ class LowRankEllipsoid(_CentredInBasis):
         """``M = A^T A + ridge I``, ``(k, k)``: formed on each access (for checks and small sets)."""
         return _symmetric_matrix(self.rows.T @ self.rows + self.ridge * np.eye(self.dimension))
 
-    def coordinates(self, vectors: Any) -> np.ndarray:
-        """``G v = basis^T v`` for ``v`` of shape ``(d,)`` or ``(..., d)``."""
-        return np.asarray(vectors, dtype=float) @ self.basis
-
     def inverse_root(self, coordinates: np.ndarray) -> np.ndarray:
         """``M^{-1/2} g`` for ``g`` of shape ``(..., k)`` (symmetric: also its adjoint)."""
         return _low_rank_apply(self.rows[None], self.squared[None], np.array([self.ridge]), coordinates, root=True)
@@ -610,15 +611,6 @@ class LowRankEllipsoid(_CentredInBasis):
         """``||G v||_{M^{-1}}`` for ``v`` of shape ``(d,)`` or ``(..., d)``."""
         return np.linalg.norm(self.inverse_root(self.coordinates(vectors)), axis=-1)
 
-    def lower(self, vectors: Any) -> np.ndarray | float:
-        """``theta_hat . v - radius ||G v||_{M^{-1}}``."""
-        value = np.asarray(vectors, dtype=float) @ self.theta_hat - self.radius * self.dual_norm(vectors)
-        return _as_value(value)
-
-    def upper(self, vectors: Any) -> np.ndarray | float:
-        """``theta_hat . v + radius ||G v||_{M^{-1}}``."""
-        value = np.asarray(vectors, dtype=float) @ self.theta_hat + self.radius * self.dual_norm(vectors)
-        return _as_value(value)
 
     def minimizer(self, vectors: Any) -> np.ndarray:
         """``theta_hat - radius B M^{-1} G v / ||G v||_{M^{-1}}`` (``theta_hat`` where ``G v = 0``)."""
