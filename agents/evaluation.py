@@ -93,10 +93,10 @@ def evaluate(agent: Any, mdp: TabularMDP, rewards: LowRankRewards | ContextualRe
         optimal_features = np.empty((n_users, mdp.n_features))
         for users in blocks:  # the policies are checked: each goes through the recursion once
             features[users] = expected_features(mdp, policies[users], check=False)
-            optimal_policies, _ = backward_induction(mdp, mdp.reward(theta.T[users]))
-            optimal_features[users] = expected_features(mdp, optimal_policies, check=False)
+            # The block's optimal policies are not kept past their features (up to DP_BYTES each).
+            optimal_features[users] = expected_features(
+                mdp, backward_induction(mdp, mdp.reward(theta.T[users]))[0], check=False)
             bar.update()
-        del optimal_policies
         value = np.sum(features * theta.T, axis=1)
         optimal_value = np.sum(optimal_features * theta.T, axis=1)
         report = pd.DataFrame({"user": np.arange(n_users), "value": value, "optimal_value": optimal_value})
