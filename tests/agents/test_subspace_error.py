@@ -205,18 +205,10 @@ def test_sine_is_the_largest_principal_angle():
 
 # -- the estimators' hooks ------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def user_world():
-    mdp = random_mdp(4, 3, 3, seed=2)
-    rewards = low_rank_rewards(mdp.n_features, 30, 2, mdp=mdp, scale=2.0, seed=3)
-    dataset = collect_preferences(mdp, rewards, 40, seed=4)
-    return mdp, rewards, dataset
-
-
-def test_the_default_set_contains_the_projection_only_set(user_world):
+def test_the_default_set_contains_the_projection_only_set(identified_world):
     """Containment of convex sets is domination of support functions: the default set (inner set
     at level delta/2, plus the ball) has ``lower <= `` that of the ``"ignore"`` set (level delta)."""
-    mdp, rewards, dataset = user_world
+    mdp, rewards, dataset = identified_world
     default = PShareLoRA(2, ridge=1.0, seed=7).fit(dataset, mdp)
     projection_only = PShareLoRA(2, ridge=1.0, seed=7, subspace_error="ignore").fit(dataset, mdp)
     np.testing.assert_allclose(default.theta_hat, projection_only.theta_hat)
@@ -237,11 +229,11 @@ def test_the_default_set_contains_the_projection_only_set(user_world):
     assert again.confidence_set(0).epsilon == epsilons[0]
 
 
-def test_coverage_and_evaluate_test_the_full_truth(user_world):
+def test_coverage_and_evaluate_test_the_full_truth(identified_world):
     """``coverage`` and ``evaluate``'s ``truth_in_set`` agree with an independent test: the
     identifiable truth splits as ``t + e`` with ``t = offset + P theta*`` in the ellipsoid (its
     coordinates ``U^T (theta* - offset)`` within the radius in the M-norm) and ``||e|| <= epsilon``."""
-    mdp, rewards, dataset = user_world
+    mdp, rewards, dataset = identified_world
     agent = agents.make("p-sharelora", rank=2, ridge=1.0, pessimism="rectangular").fit(dataset, mdp)
     estimator = agent.estimator
     covered = agents.coverage(estimator, rewards)
@@ -263,9 +255,9 @@ def test_coverage_and_evaluate_test_the_full_truth(user_world):
     assert np.all(report["misspecification"] == 0) and np.all(report["bound"] > 0)
 
 
-def test_too_few_refits_for_the_level_are_refused(user_world):
+def test_too_few_refits_for_the_level_are_refused(identified_world):
     """The bound is the ceil((1 - delta / 2)(B + 1))-th of B replicates: B = 18 < 19 at delta = 0.1."""
-    mdp, rewards, dataset = user_world
+    mdp, rewards, dataset = identified_world
     estimator = PShareLoRA(2, ridge=1.0, n_bootstrap=18).fit(dataset, mdp)
     with pytest.raises(ValueError, match="raise n_bootstrap to at least 19"):
         estimator.confidence_set(0)

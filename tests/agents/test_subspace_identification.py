@@ -22,7 +22,7 @@ import agents
 from agents import Ellipsoid, IndependentMLE, PShareLoRA, SubspaceErrorSet
 from agents.subspace_error import (SubspaceNotIdentifiedWarning, bootstrap_refits, pair_span, sharelora_sine_bound,
                                    sine, split_half_sine, subspace_error_seed)
-from lr_mdp_env import collect_preferences, low_rank_rewards, random_mdp
+from lr_mdp_env import collect_preferences, random_mdp
 from lr_mdp_env.collection import epsilon_optimal_policies
 from lr_mdp_env.envs.random_low_rank import random_low_rank_world
 from lr_mdp_env.identifiability import project_identifiable
@@ -46,14 +46,6 @@ def test_pair_span_is_an_orthonormal_basis_of_the_rows(sparse):
     np.testing.assert_allclose(basis @ basis.T, expected @ expected.T, atol=1e-10)
     assert pair_span(np.zeros((0, 5))).shape == (5, 0)
     assert pair_span(np.zeros((3, 5))).shape == (5, 0)
-
-
-@pytest.fixture(scope="module")
-def identified_world():
-    mdp = random_mdp(4, 3, 3, seed=2)
-    rewards = low_rank_rewards(mdp.n_features, 30, 2, mdp=mdp, scale=2.0, seed=3)
-    dataset = collect_preferences(mdp, rewards, 40, seed=4)
-    return mdp, rewards, dataset
 
 
 @pytest.fixture(scope="module")
