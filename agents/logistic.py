@@ -172,6 +172,19 @@ class _PaddedProblems:
         residual = (expit(eta) - self.labels) * self.mask
         return beta * self.apply_transposed(residual) + ridge[:, None] * theta
 
+    def derivatives(self, beta: float, ridge: np.ndarray, theta: np.ndarray, rows: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``f_b``, ``grad f_b`` and the Hessian of ``f_b`` at ``theta`` for the problems ``rows``
+        (for callers that run their own Newton iterations on these losses)."""
+        labels, mask, ridge = self.labels[rows], self.mask[rows], ridge[rows]
+        losses, probabilities = bernoulli_losses_and_probabilities(self.logits(beta, theta, rows), labels)
+        loss = (losses * mask).sum(axis=1) + 0.5 * ridge * np.sum(theta**2, axis=1)
+        gradient = beta * self.apply_transposed((probabilities - labels) * mask, rows) + ridge[:, None] * theta
+        hessian = beta**2 * self.weighted_gram(probabilities * (1.0 - probabilities) * mask, rows)
+        k = theta.shape[1]
+        hessian[:, np.arange(k), np.arange(k)] += ridge[:, None]
+        return loss, gradient, hessian
+
 
 class _SparseProblems(_PaddedProblems):
     """The padded layout with sparse features (``k`` large, few non-zeros per sample, such as

@@ -45,7 +45,7 @@ from lr_mdp_env.identifiability import project_identifiable, unidentified_direct
 from . import column_generation, interior_point
 from .confidence import ConfidenceSet, Ellipsoid, LinearSeminorm
 from .likelihood_set import LikelihoodRatioSet
-from .logistic import ConvergenceWarning, bernoulli_losses, bernoulli_losses_and_probabilities
+from .logistic import ConvergenceWarning, _PaddedProblems
 
 __all__ = [
     "RectangularSolution",
@@ -1186,43 +1186,22 @@ def _likelihood_barrier(run: _Run, users: np.ndarray, max_iterations: int) -> No
 
 
 class _PaddedLosses:
-    """The losses ``f_b`` of a block of likelihood-ratio sets with the same dimension, their pairs
-    padded to a common count (padded pairs have zero features and weight zero)."""
+    """The losses ``f_b`` of a block of likelihood-ratio sets with the same dimension, in the padded
+    layout of the batched logistic solver (each set's ``beta`` folded into its features)."""
 
     def __init__(self, sets: list[LikelihoodRatioSet]) -> None:
-        b, k = len(sets), sets[0].dimension
-        m = max(region.features.shape[0] for region in sets)
-        self.features = np.zeros((b, m, k))
-        self.labels = np.zeros((b, m))
-        self.offsets = np.zeros((b, m))
-        self.mask = np.zeros((b, m))
-        for row, region in enumerate(sets):
-            count = region.features.shape[0]
-            self.features[row, :count] = region.features
-            self.labels[row, :count] = region.labels
-            self.offsets[row, :count] = region.offsets
-            self.mask[row, :count] = 1.0
-        self.beta = np.array([region.beta for region in sets])
-        self.ridge = np.array([region.ridge for region in sets])
-
-    def _logits(self, rows: np.ndarray, w: np.ndarray) -> np.ndarray:
-        return self.offsets[rows] + self.beta[rows, None] * np.einsum("bmk,bk->bm", self.features[rows], w)
+        counts = [region.features.shape[0] for region in sets]
+        features = np.concatenate([region.beta * region.features for region in sets])
+        self.problems = _PaddedProblems(features, np.concatenate([region.labels for region in sets]),
+                                        np.repeat(np.arange(len(sets)), counts),
+                                        np.concatenate([region.offsets for region in sets]), len(sets))
+        self.ridge = np.array([region.ridge for region in sets], dtype=float)
 
     def loss(self, rows: np.ndarray, w: np.ndarray) -> np.ndarray:
-        losses = bernoulli_losses(self._logits(rows, w), self.labels[rows]) * self.mask[rows]
-        return losses.sum(axis=1) + 0.5 * self.ridge[rows] * np.sum(w * w, axis=1)
+        return self.problems.objective(1.0, self.ridge, w, rows)
 
     def derivatives(self, rows: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        eta = self._logits(rows, w)
-        losses, probabilities = bernoulli_losses_and_probabilities(eta, self.labels[rows])
-        mask, features, beta, ridge = self.mask[rows], self.features[rows], self.beta[rows], self.ridge[rows]
-        loss = (losses * mask).sum(axis=1) + 0.5 * ridge * np.sum(w * w, axis=1)
-        gradient = beta[:, None] * np.einsum("bm,bmk->bk", (probabilities - self.labels[rows]) * mask, features)
-        gradient += ridge[:, None] * w
-        weights = beta[:, None] ** 2 * probabilities * (1.0 - probabilities) * mask
-        hessian = np.einsum("bmk,bm,bml->bkl", features, weights, features)
-        hessian[:, np.arange(w.shape[1]), np.arange(w.shape[1])] += ridge[:, None]
-        return loss, gradient, hessian
+        return self.problems.derivatives(1.0, self.ridge, w, rows)
 
 
 def _barrier_block(run: _Run, users: np.ndarray, values_part: np.ndarray, objective_values: np.ndarray,
