@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import scipy.linalg
 
-from lr_mdp_env._validation import as_real_array, check_real, frozen
+from lr_mdp_env._validation import as_real_array, check_real, frozen, is_immutable
 from lr_mdp_env.theory import theory_radius, wald_radius
 
 __all__ = [
@@ -734,17 +734,19 @@ def _real_matrix(name: str, value: Any) -> np.ndarray:
     entries checked again for each set. A float64 matrix whose sum is finite has only finite
     entries; anything else gets the full check and its message. A read-only matrix that passed
     once (an estimator's basis, frozen when fitted, handed to each of its users' sets) is not
-    scanned again: with a thousand users at ``d = 2000`` the scans alone took seconds."""
-    if isinstance(value, np.ndarray) and not value.flags.writeable and _VETTED.get(id(value)) is value:
+    scanned again: with a thousand users at ``d = 2000`` the scans alone took seconds. Read-only
+    means immutable (:func:`~lr_mdp_env._validation.is_immutable`): a read-only view of a writable
+    array can still change, and is scanned every time."""
+    if isinstance(value, np.ndarray) and _VETTED.get(id(value)) is value and is_immutable(value):
         return value
     if isinstance(value, np.ndarray) and value.dtype == np.float64 and value.ndim == 2 and np.isfinite(value.sum()):
-        if not value.flags.writeable:
+        if is_immutable(value):
             _VETTED[id(value)] = value
         return value
     return as_real_array(name, value, (2,))
 
 
-# Read-only matrices that passed :func:`_real_matrix`, by identity (dropped with the array).
+# Immutable matrices that passed :func:`_real_matrix`, by identity (dropped with the array).
 _VETTED: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
 
 

@@ -31,7 +31,7 @@ from scipy.stats import chi2
 
 from lr_mdp_env import FeaturePreferenceDataset, PreferenceDataset, TabularMDP
 from lr_mdp_env._progress import progress_bar
-from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real, frozen
+from lr_mdp_env._validation import as_generator, as_real_array, check_int, check_real, immutable
 from lr_mdp_env.identifiability import identifiable_basis, unidentified_directions
 from lr_mdp_env.rewards import base_matrix
 
@@ -350,8 +350,8 @@ class RewardEstimator:
         fit, solution, theta, coordinates = self._solve_coordinates(data, bases, ridge, pooled, initial)
         self._record("coordinates", fit)
         repeat = (lambda rows: np.repeat(rows, data.n_users, axis=0)) if pooled else (lambda rows: rows)
-        # Read-only: every user's set is handed this one array, whose entries are then checked once.
-        self._basis, self._solution, self._pooled = frozen(bases), solution, pooled
+        # Immutable: every user's set is handed this one array, whose entries are then checked once.
+        self._basis, self._solution, self._pooled = immutable(bases), solution, pooled
         self._coordinate_features = coordinates
         self._groups = np.zeros(data.n_pairs, dtype=np.int64) if pooled else data.users
         self.fisher_ = fit.fisher

@@ -119,3 +119,28 @@ def frozen(array: np.ndarray) -> np.ndarray:
     view = array.view()
     view.flags.writeable = False
     return view
+
+
+def immutable(array: np.ndarray) -> np.ndarray:
+    """``array`` as an array nothing can change: itself if it already is one (see
+    :func:`is_immutable`), else a read-only copy.
+
+    A :func:`frozen` view still shows the writes made through the array it views; an array
+    whose validation is done once and then trusted (a basis shared by every user's set) must
+    not change afterwards."""
+    if is_immutable(array):
+        return array
+    copy = np.array(array)
+    copy.flags.writeable = False
+    return copy
+
+
+def is_immutable(array: np.ndarray) -> bool:
+    """Whether no one can write to ``array``'s memory: it and every array it is a view of are
+    read-only, down to memory numpy owns."""
+    while isinstance(array, np.ndarray):
+        if array.flags.writeable:
+            return False
+        array = array.base
+    return array is None
+

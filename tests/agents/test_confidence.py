@@ -314,6 +314,25 @@ def test_invalid_ellipsoid_names_the_problem(change, name):
         Ellipsoid(**{**GOOD, **change})
 
 
+def test_a_basis_checked_once_is_checked_again_when_it_can_still_change():
+    """A read-only basis that passed the check is trusted afterwards only if nothing can write to
+    it: a read-only view of a writable array is checked again, and a NaN written through the
+    array it views is refused; a truly immutable basis is unaffected by the same writes."""
+    writable = np.eye(3)[:, :2].copy()
+    view = writable.view()
+    view.flags.writeable = False
+    Ellipsoid(**{**GOOD, "basis": view})
+    writable[0, 0] = np.nan
+    with pytest.raises(ValueError, match="basis"):
+        Ellipsoid(**{**GOOD, "basis": view})
+    owned = np.eye(3)[:, :2].copy()
+    owned.flags.writeable = False
+    first = Ellipsoid(**{**GOOD, "basis": owned})
+    with pytest.raises(ValueError):
+        owned[0, 0] = np.nan
+    assert np.array_equal(Ellipsoid(**{**GOOD, "basis": owned}).basis, first.basis)
+
+
 def test_invalid_points():
     ellipsoid = Ellipsoid(**GOOD)
     with pytest.raises(ValueError, match="theta"):
