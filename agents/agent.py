@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from lr_mdp_env import PreferenceDataset, TabularMDP
-from lr_mdp_env._validation import as_real_array, check_int, check_real
+from lr_mdp_env._validation import as_real_array, check_int, check_real, frozen
 from lr_mdp_env.dynamic_programming import (
     check_policy,
     expected_features,
@@ -161,6 +161,7 @@ class PessimisticAgent:
         self.reference_features = expected_features(self.mdp_, reference)
         self.context_reference_features = expected_features(self.mdp_, self._context_reference_policy)
         self._policies: dict[Any, np.ndarray] = {}
+        self._all_policies: np.ndarray | None = None  # (N, H, S, A), once every user is planned
         self._solutions: dict[Any, Any] = {}
         return self
 
@@ -210,26 +211,37 @@ class PessimisticAgent:
         return self._policies[key]
 
     def policies(self) -> np.ndarray:
-        """Every user's policy, ``(N, H, S, A)`` (exact pessimism solves all users together)."""
-        if self.pessimism == "exact" and any(user not in self._policies for user in range(self.n_users)):
-            sets = [self.confidence_set(user) for user in range(self.n_users)]
-            solutions = planning.robust_optimize(self.mdp_, sets, self._reference_rows(), self.tol,
-                                                 reference_policy=self.reference_policy)
-            for user, solution in enumerate(solutions):
-                self._solutions[user], self._policies[user] = solution, solution.policy
-        return np.stack([self.policy(user) for user in range(self.n_users)])
+        """Every user's policy, ``(N, H, S, A)``, read-only (exact pessimism solves all users
+        together). One array, planned once: ``policy(user)`` is a view of its row."""
+        if "mdp_" not in self.__dict__:
+            raise not_fitted(self, "policies")
+        if self._all_policies is None and self.pessimism == "exact":
+            if any(user not in self._policies for user in range(self.n_users)):
+                sets = [self.confidence_set(user) for user in range(self.n_users)]
+                solutions = planning.robust_optimize(self.mdp_, sets, self._reference_rows(), self.tol,
+                                                     reference_policy=self.reference_policy)
+                for user, solution in enumerate(solutions):
+                    self._solutions[user], self._policies[user] = solution, solution.policy
+            self._keep_policies(np.stack([self._policies[user] for user in range(self.n_users)]))
+        elif self._all_policies is None:
+            self.policy(0)  # greedy and rectangular planning plan every user in one batch
+        return self._all_policies
+
+    def _keep_policies(self, policies: np.ndarray) -> None:
+        """Keep every user's policy as rows of one read-only array (no second copy per user)."""
+        self._all_policies = frozen(policies)
+        for user in range(self.n_users):
+            self._policies[user] = self._all_policies[user]
 
     def _plan_greedy_all(self) -> None:
-        for user, policy in enumerate(planning.greedy(self.mdp_, self.theta_hat)):
-            self._policies[user] = policy
+        self._keep_policies(planning.greedy(self.mdp_, self.theta_hat))
 
     def _plan_rectangular_all(self) -> None:
         sets = [self.confidence_set(user) for user in range(self.n_users)]
         solution = planning.rectangular(self.mdp_, sets, self._reference_rows(),
                                         transition_radius=self.transition_radius_,
                                         reference_policy=self.reference_policy if self.safeguard else None)
-        for user, policy in enumerate(solution.policy):
-            self._policies[user] = policy
+        self._keep_policies(solution.policy)
 
     def _reference_rows(self) -> np.ndarray:
         """``d_ref`` of every user, ``(N, d)``."""

@@ -180,6 +180,10 @@ def test_policies_are_valid_for_every_planner_and_transition_model(world):
             assert policies.shape == (dataset.n_users, mdp.horizon, mdp.n_states, mdp.n_actions)
             np.testing.assert_allclose(policies.sum(axis=-1), 1.0, atol=1e-9)
             assert (policies >= 0).all()
+            # One read-only array, kept: each user's policy is its row, not a second copy.
+            assert agent.policies() is policies and not policies.flags.writeable
+            assert all(np.shares_memory(agent.policy(user), policies) for user in range(dataset.n_users))
+            np.testing.assert_array_equal(agent.policy(1), policies[1])
 
 
 def test_behaviour_policy_is_uniform_or_empirical(world):
