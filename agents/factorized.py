@@ -917,7 +917,8 @@ def _variable_projection(problem: _Bilinear, state: _State, hidden: np.ndarray |
         feature_direction = pairs.project_features(direction)
         length, accepted = 1.0, None
         for _ in range(30):  # Armijo backtracking; the unit step is accepted almost always
-            trial_features = state.feature_part + length * feature_direction
+            # (the unit step without the product: a copy of an n x r array less)
+            trial_features = state.feature_part + (feature_direction if length == 1.0 else length * feature_direction)
             trial_left = users_stepped(state.left, trial_features) if length == 1.0 else \
                 users_fitted(state.left, trial_features, accuracy(np.linalg.norm(grad_right)))
             trial, trial_value, trial_residual = evaluated(trial_left, state.right + length * direction,
