@@ -77,6 +77,10 @@ class ConicProblem:
     coordinates : FeatureCoordinates, optional
         Set for one-hot features and one ball whose map has full column rank: the Newton systems
         are then solved in ``y = Psi z``.
+    rows : ndarray of int, optional
+        With ``coordinates``: row ``i`` of the other arrays is user ``rows[i]`` of ``features`` and
+        ``coordinates`` (the method narrows a block to its running users without copying those
+        ``(S A) x k`` matrices; their products are taken one user at a time).
     """
 
     transitions: np.ndarray
@@ -88,6 +92,7 @@ class ConicProblem:
     start: np.ndarray
     constant: np.ndarray
     coordinates: FeatureCoordinates | None = None
+    rows: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -121,9 +126,6 @@ class FeatureCoordinates:
     metric: np.ndarray
     normal: np.ndarray
 
-    def rows(self, rows: np.ndarray) -> FeatureCoordinates:
-        return FeatureCoordinates(self.pseudo_inverse[rows], self.metric[rows], self.normal[rows])
-
 
 def feature_coordinates(adjoint: np.ndarray, *, condition: float = 1e8) -> FeatureCoordinates | None:
     """The :class:`FeatureCoordinates` of maps ``Psi`` ``(n, S A, k)``, or None when one of them is
@@ -131,24 +133,27 @@ def feature_coordinates(adjoint: np.ndarray, *, condition: float = 1e8) -> Featu
     or the bound ``||Psi||_F ||Psi^+||_F`` on its condition number exceeds ``condition``.
 
     From the complete QR factorisation ``Psi = [Q_1 Q_2] [R; 0]``: ``Psi^+ = R^{-1} Q_1^T`` and
-    ``N = Q_2``.
+    ``N = Q_2``. One user at a time (LAPACK on each matrix, into preallocated arrays: numpy's
+    stacked QR and inverse make several full-size temporaries).
     """
     n, d, k = adjoint.shape
     if k > d or k == 0:
         return None
-    orthogonal, triangular = np.linalg.qr(adjoint, mode="complete")  # (n, d, d), (n, d, k)
-    if not np.all(np.abs(np.diagonal(triangular[:, :k], axis1=1, axis2=2)) > 0):
-        return None
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        pseudo_inverse = np.stack([scipy.linalg.solve_triangular(upper[:k], basis[:, :k].T, check_finite=False)
-                                   for upper, basis in zip(triangular, orthogonal)])
-    if not np.isfinite(pseudo_inverse).all():
-        return None
-    inverse_norm = np.sqrt(np.einsum("nkd,nkd->n", pseudo_inverse, pseudo_inverse))
-    if not np.all(inverse_norm * np.sqrt(np.einsum("ndk,ndk->n", adjoint, adjoint)) <= condition):
-        return None
-    normal = np.ascontiguousarray(orthogonal[:, :, k:])
-    metric = np.matmul(np.swapaxes(pseudo_inverse, 1, 2), pseudo_inverse)
+    pseudo_inverse, metric, normal = np.empty((n, k, d)), np.empty((n, d, d)), np.empty((n, d, d - k))
+    for user in range(n):
+        orthogonal, triangular = scipy.linalg.qr(adjoint[user], mode="full", check_finite=False)
+        if not np.all(np.abs(np.diagonal(triangular[:k])) > 0):
+            return None
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            pseudo_inverse[user] = scipy.linalg.solve_triangular(triangular[:k], orthogonal[:, :k].T,
+                                                                 check_finite=False)
+        if not np.isfinite(pseudo_inverse[user]).all():
+            return None
+        inverse_norm = np.sqrt(np.einsum("kd,kd->", pseudo_inverse[user], pseudo_inverse[user]))
+        if not inverse_norm * np.sqrt(np.einsum("dk,dk->", adjoint[user], adjoint[user])) <= condition:
+            return None
+        normal[user] = orthogonal[:, k:]
+        np.matmul(pseudo_inverse[user].T, pseudo_inverse[user], out=metric[user])
     return FeatureCoordinates(pseudo_inverse, metric, normal)
 
 
@@ -299,9 +304,14 @@ class _Iterate:
     def keep(self, rows: np.ndarray) -> None:
         """Restrict the state (and its problem) to the users ``rows``."""
         p = self.problem
-        self.problem = ConicProblem(p.transitions, p.initial_distribution, p.reward[rows], p.features[rows],
-                                    p.reference[rows], p.blocks, p.start[rows], p.constant[rows],
-                                    None if p.coordinates is None else p.coordinates.rows(rows))
+        if p.coordinates is None:
+            self.problem = ConicProblem(p.transitions, p.initial_distribution, p.reward[rows], p.features[rows],
+                                        p.reference[rows], p.blocks, p.start[rows], p.constant[rows])
+        else:
+            # The users' (S A) x k matrices stay where they are: a copy would cost more than a step.
+            self.problem = ConicProblem(p.transitions, p.initial_distribution, p.reward[rows], p.features,
+                                        p.reference[rows], p.blocks, p.start[rows], p.constant[rows],
+                                        p.coordinates, _users(p)[rows])
         self.V, self.z, self.q, self.s = self.V[rows], self.z[rows], self.q[rows], self.s[rows]
         self.y = [cone[rows] for cone in self.y]
         self.common, self.least_residual = self.common[rows], self.least_residual[rows]
@@ -314,19 +324,41 @@ def slacks(problem: ConicProblem, values: np.ndarray, z: np.ndarray) -> np.ndarr
     return out.reshape(problem.shape)
 
 
+def _users(problem: ConicProblem) -> np.ndarray:
+    """The rows of ``features`` and ``coordinates`` of the block's users."""
+    return np.arange(problem.shape[0]) if problem.rows is None else problem.rows
+
+
+def _products(matrices: np.ndarray, rows: np.ndarray | None, vectors: np.ndarray, *, left: bool = False) -> np.ndarray:
+    """``matrices[rows[i]] @ vectors[i]`` (``vectors[i] @ matrices[rows[i]]`` with ``left``) for each ``i``,
+    ``rows`` None for the identity: stacked matrix-vector products without gathering the matrices."""
+    if rows is None:
+        if left:
+            return np.matmul(vectors[:, None, :], matrices)[:, 0]
+        return np.matmul(matrices, vectors[..., None])[..., 0]
+    out = np.empty((len(rows), matrices.shape[-1] if left else matrices.shape[-2]))
+    for index, row in enumerate(rows):
+        if left:
+            np.matmul(vectors[index], matrices[row], out=out[index])
+        else:
+            np.matmul(matrices[row], vectors[index], out=out[index])
+    return out
+
+
 def _features_times(problem: ConicProblem, z: np.ndarray) -> np.ndarray:
     """``Psi z`` as ``(n, H or 1, S A)`` (broadcasts over the steps for stationary features)."""
-    n, steps, n_pairs, k = problem.features.shape
-    flat = np.matmul(problem.features.reshape(n, steps * n_pairs, k), z[:, :, None])
-    return flat.reshape(n, steps, n_pairs)
+    _, steps, n_pairs, k = problem.features.shape
+    flat = _products(problem.features.reshape(-1, steps * n_pairs, k), problem.rows, z)
+    return flat.reshape(len(z), steps, n_pairs)
 
 
 def _features_transposed(problem: ConicProblem, x: np.ndarray) -> np.ndarray:
     """``Psi^T x`` for ``x`` ``(n, H, S A)``: shape ``(n, k)``."""
-    n, steps, n_pairs, k = problem.features.shape
+    _, steps, n_pairs, k = problem.features.shape
     if steps == 1:
         x = x.sum(axis=1, keepdims=True)
-    return np.matmul(x.reshape(n, 1, steps * n_pairs), problem.features.reshape(n, steps * n_pairs, k))[:, 0]
+    return _products(problem.features.reshape(-1, steps * n_pairs, k), problem.rows,
+                     x.reshape(len(x), steps * n_pairs), left=True)
 
 
 def _flow(problem: ConicProblem, x: np.ndarray) -> np.ndarray:
@@ -386,14 +418,14 @@ def _cholesky(matrices: np.ndarray) -> np.ndarray:
     return factors
 
 
-_STACKED_ELEMENTS = 10_000_000  # D_h P_h of all steps at once up to this size (80 MB)
+_STACKED_ELEMENTS = 2_000_000  # D_h P_h of all steps at once up to this size (16 MB; step by step above,
+# where fresh pages of a larger temporary cost more than the loop)
 _FEW = 4  # up to this many users, small factorisations call LAPACK one matrix at a time
 
 
 def _lower_inverse(factors: np.ndarray) -> np.ndarray:
-    """Inverses of a stack of lower triangular matrices."""
-    if len(factors) > _FEW:
-        return np.linalg.inv(factors)
+    """Inverses of a stack of lower triangular matrices (LAPACK's ``trtri`` one matrix at a time:
+    a sixth of the operations of numpy's stacked general inverse, faster even for 1000 ``10 x 10``)."""
     out = np.empty_like(factors)
     for index, factor in enumerate(factors):
         # trtri reads the C-ordered L as the Fortran-ordered upper L^T and returns L^{-T}.
@@ -464,17 +496,16 @@ class _NewtonSystem:
             del root
         elif coordinates is None:
             schur = np.zeros((n, k, k))
-        if coordinates is not None or (stationary and k >= n_states):
+        if coordinates is not None:
+            coupling = None  # the flow operator itself: F = L^{-1} C is formed user by user below
+        elif stationary and k >= n_states:
             pair_state = np.repeat(np.arange(n_states), n_actions)
             operator = np.zeros((n, horizon, n_states, pairs))
             operator[:, :, pair_state, np.arange(pairs)] = -flat
             for step in range(1, horizon):
                 operator[:, step] += transitions[step - 1].T * flat[:, step - 1, None, :]
-            if coordinates is not None:
-                coupling = operator
-            else:
-                coupling = np.matmul(operator.reshape(n, horizon * n_states, -1), problem.features[:, 0]).reshape(
-                    n, horizon, n_states, k)
+            coupling = np.matmul(operator.reshape(n, horizon * n_states, -1), problem.features[:, 0]).reshape(
+                n, horizon, n_states, k)
             del operator
         elif stationary:
             weighted = flat[..., None] * problem.features  # D_h Psi, (n, H, S A, k)
@@ -505,10 +536,11 @@ class _NewtonSystem:
                 self.below[:, step] = np.matmul(np.swapaxes(upper[:, step], 1, 2),
                                                 np.swapaxes(self.inverse[:, step], 1, 2))
                 current = diagonal[:, step + 1] - np.matmul(self.below[:, step], np.swapaxes(self.below[:, step], 1, 2))
-        self.eliminated = self.forward(coupling).reshape(n, horizon * n_states, -1)  # L^{-1} C
-        del coupling
         self.border = None
+        self.weights = flat
         if coordinates is None:
+            self.eliminated = self.forward(coupling).reshape(n, horizon * n_states, -1)  # L^{-1} C
+            del coupling
             schur -= np.matmul(np.swapaxes(self.eliminated, 1, 2), self.eliminated)  # a symmetric rank-k update
             start = 0
             for size, scaling in zip(problem.blocks, scalings):
@@ -518,12 +550,12 @@ class _NewtonSystem:
             self.factors = [(np.swapaxes(factor, 0, 1), False) for factor in _cholesky(schur)]
             return
         self.factors = self._feature_system(coordinates, flat.sum(axis=1), scalings[0])
-        normal = coordinates.normal
+        normal = coordinates.normal[_users(problem)]
         if normal.shape[-1]:
             # The range constraint N^T dy = 0: dy = S^{-1} (r - N lambda) with
             # (N^T S^{-1} N) lambda = N^T S^{-1} r.
             solved = _cho_solve(self.factors, normal)
-            self.border = (solved, np.linalg.inv(np.matmul(np.swapaxes(normal, 1, 2), solved)))
+            self.border = (normal, solved, np.linalg.inv(np.matmul(np.swapaxes(normal, 1, 2), solved)))
 
     def _feature_system(self, coordinates: FeatureCoordinates, weight_sums: np.ndarray,
                         scaling: _Scaling) -> list[tuple[np.ndarray, bool]]:
@@ -533,35 +565,57 @@ class _NewtonSystem:
         range of ``Psi``, makes the leading block of the bordered system positive definite, and
         ``rho``, the mean diagonal of the rest, keeps it on the scale of the rest.
 
-        Each user's matrix is assembled in place in one Fortran-ordered buffer by BLAS (a scaled
-        copy, a rank-one update, symmetric rank updates for ``N`` and ``F``, lower triangles only)
-        and factored there by ``potrf``: no full-size temporaries.
+        One user at a time, so that its ``F`` (``H S x S A``) stays in cache between its forward
+        substitution and its symmetric rank update and is never stored (the solves apply ``C`` as
+        the flow operator): ``F_h = L_h^{-1} (C_h - B_{h-1} F_{h-1})`` with
+        ``C_h = P_{h-1}^T D_{h-1} - sum_a D_h[., a]``. Each user's matrix is assembled in place in one
+        Fortran-ordered buffer by BLAS (a scaled copy, a rank-one update, symmetric rank updates for
+        ``N`` and ``F``, lower triangles only) and factored there by ``potrf``.
         """
         n, pairs = weight_sums.shape
+        _, horizon, n_states, n_actions = self.problem.shape
         cone_scale, vector = scaling.inverse_square_tail()
-        u = np.matmul(vector[:, None, :], coordinates.pseudo_inverse)[:, 0]
-        diagonal = (weight_sums + cone_scale[:, None] * np.einsum("nii->ni", coordinates.metric) + u * u
-                    - np.einsum("nhd,nhd->nd", self.eliminated, self.eliminated))
-        rho = np.maximum(diagonal.mean(axis=1), np.finfo(float).tiny)
+        users = _users(self.problem)
+        u = _products(coordinates.pseudo_inverse, self.problem.rows, vector, left=True)
+        metric_diagonal = np.einsum("nii->ni", coordinates.metric)[users]
+        normal = coordinates.normal
         index = np.arange(pairs)
+        states = np.arange(n_states)
+        transposed = np.ascontiguousarray(np.swapaxes(self.problem.transitions, 1, 2))  # P_h^T, (H, S, S A)
+        eliminated = np.empty((horizon, n_states, pairs))  # F of one user
+        work, product = np.empty((n_states, pairs)), np.empty((n_states, pairs))
         buffer = np.empty((n, pairs, pairs))
         factors = []
         blas, lapack = scipy.linalg.blas, scipy.linalg.lapack
         for user in range(n):
+            weights = self.weights[user]
+            for step in range(horizon):
+                if step == 0:
+                    work.fill(0.0)
+                else:
+                    np.multiply(transposed[step - 1], weights[step - 1], out=work)
+                    np.matmul(self.below[user, step - 1], eliminated[step - 1], out=product)
+                    work -= product
+                work.reshape(n_states, n_states, n_actions)[states, states] -= weights[step].reshape(n_states, n_actions)
+                np.matmul(self.inverse[user, step], work, out=eliminated[step])
+            flat = eliminated.reshape(horizon * n_states, pairs)
+            diagonal = (weight_sums[user] + cone_scale[user] * metric_diagonal[user] + u[user] ** 2
+                        - np.einsum("hd,hd->d", flat, flat))
+            rho = max(float(diagonal.mean()), np.finfo(float).tiny)
 
             def assemble(ridge: float = 0.0) -> np.ndarray:
                 matrix = buffer[user].T  # Fortran-ordered view
-                np.multiply(coordinates.metric[user], cone_scale[user], out=matrix)
+                np.multiply(coordinates.metric[users[user]].T, cone_scale[user], out=matrix)  # symmetric: same layout
                 matrix[index, index] += weight_sums[user] + ridge
                 matrix = blas.dsyr(1.0, u[user], a=matrix, lower=1, overwrite_a=1)
-                if coordinates.normal.shape[-1]:
-                    matrix = blas.dsyrk(rho[user], coordinates.normal[user], beta=1.0, c=matrix, lower=1,
+                if normal.shape[-1]:
+                    matrix = blas.dsyrk(rho, normal[users[user]], beta=1.0, c=matrix, lower=1,
                                         overwrite_c=1)
-                return blas.dsyrk(-1.0, self.eliminated[user].T, beta=1.0, c=matrix, lower=1, overwrite_c=1)
+                return blas.dsyrk(-1.0, flat.T, beta=1.0, c=matrix, lower=1, overwrite_c=1)
 
             factor, info = lapack.dpotrf(assemble(), lower=1, clean=0, overwrite_a=1)
             # Rounding near the optimum: a ridge grown a hundredfold until it factors (as _cholesky).
-            size = float(np.abs(diagonal[user]).max(initial=0.0)) + np.finfo(float).tiny
+            size = float(np.abs(diagonal).max(initial=0.0)) + np.finfo(float).tiny
             for ridge in (1e-14, 1e-12, 1e-10, 1e-8, 1e-6):
                 if info == 0:
                     break
@@ -593,20 +647,39 @@ class _NewtonSystem:
         """``(dV, dz)`` solving the system with right-hand side ``(rhs_values (n, H, S), rhs_z (n, k))``."""
         n, horizon, n_states = rhs_values.shape
         coordinates = self.problem.coordinates
-        eliminated = self.forward(rhs_values[..., None])
         if coordinates is not None:
-            rhs_z = np.matmul(rhs_z[:, None, :], coordinates.pseudo_inverse)[:, 0]  # Psi^{+T} r_z
+            return self._solve_features(rhs_values, rhs_z)
+        eliminated = self.forward(rhs_values[..., None])
         reduced = rhs_z - np.matmul(np.swapaxes(self.eliminated, 1, 2), eliminated.reshape(n, -1, 1))[..., 0]
         dx = _cho_solve(self.factors, reduced)
         if self.border is not None:
-            solved, inverse = self.border
-            multiplier = np.matmul(inverse, np.matmul(coordinates.normal.transpose(0, 2, 1), dx[..., None]))
+            normal, solved, inverse = self.border
+            multiplier = np.matmul(inverse, np.matmul(normal.transpose(0, 2, 1), dx[..., None]))
             dx = dx - np.matmul(solved, multiplier)[..., 0]
         back = eliminated.reshape(n, -1) - np.matmul(self.eliminated, dx[..., None])[..., 0]
         dV = self.backward(back.reshape(n, horizon, n_states, 1))[..., 0]
-        if coordinates is not None:
-            dx = np.matmul(coordinates.pseudo_inverse, dx[..., None])[..., 0]  # dz = Psi^+ dy
         return dV, dx
+
+    def _solve_features(self, rhs_values: np.ndarray, rhs_z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`solve` in feature coordinates, with the coupling applied as the flow operator:
+        ``dy = S^{-1} (Psi^{+T} r_z - C^T T^{-1} r_V)`` (bordered by ``N^T dy = 0``) and
+        ``dV = T^{-1} (r_V - C dy)``, where ``C y = -A_V^T D (y, ..., y)`` and
+        ``C^T w = -sum_h D_h (A_V w)_h``."""
+        problem, coordinates = self.problem, self.problem.coordinates
+        shape = problem.shape
+
+        def value_solve(rhs: np.ndarray) -> np.ndarray:  # T^{-1} rhs
+            return self.backward(self.forward(rhs[..., None]))[..., 0]
+
+        rhs_y = _products(coordinates.pseudo_inverse, problem.rows, rhs_z, left=True)  # Psi^{+T} r_z
+        rhs_y += np.einsum("nhd,nhd->nd", self.weights, _bellman(problem, value_solve(rhs_values)))
+        dy = _cho_solve(self.factors, rhs_y)
+        if self.border is not None:
+            normal, solved, inverse = self.border
+            multiplier = np.matmul(inverse, np.matmul(normal.transpose(0, 2, 1), dy[..., None]))
+            dy = dy - np.matmul(solved, multiplier)[..., 0]
+        dV = value_solve(rhs_values + _flow(problem, (self.weights * dy[:, None, :]).reshape(shape)))
+        return dV, _products(coordinates.pseudo_inverse, problem.rows, dy)  # dz = Psi^+ dy
 
 
 def interior_point(
