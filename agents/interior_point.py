@@ -463,6 +463,19 @@ class _NewtonSystem:
         coordinates = problem.coordinates
         flat = weights.reshape(n, horizon, pairs)
         self.problem = problem
+        self.border = None
+        self.weights = flat
+        if coordinates is not None:
+            self.inverse = np.empty((n, horizon, n_states, n_states))
+            self.below = np.empty((n, max(horizon - 1, 0), n_states, n_states))
+            self.factors = self._feature_system(coordinates, flat.sum(axis=1), scalings[0])
+            normal = coordinates.normal[_users(problem)]
+            if normal.shape[-1]:
+                # The range constraint N^T dy = 0: dy = S^{-1} (r - N lambda) with
+                # (N^T S^{-1} N) lambda = N^T S^{-1} r.
+                solved = _cho_solve(self.factors, normal)
+                self.border = (normal, solved, np.linalg.inv(np.matmul(np.swapaxes(normal, 1, 2), solved)))
+            return
         # T: diagonal blocks diag(sum_a D_h) + P_{h-1}^T diag(D_{h-1}) P_{h-1}, off-diagonal
         # blocks -sum_a D_h[s, a] P_h[s, a, :].
         diagonal = np.zeros((n, horizon, n_states, n_states))
@@ -496,9 +509,7 @@ class _NewtonSystem:
             del root
         elif coordinates is None:
             schur = np.zeros((n, k, k))
-        if coordinates is not None:
-            coupling = None  # the flow operator itself: F = L^{-1} C is formed user by user below
-        elif stationary and k >= n_states:
+        if stationary and k >= n_states:
             pair_state = np.repeat(np.arange(n_states), n_actions)
             operator = np.zeros((n, horizon, n_states, pairs))
             operator[:, :, pair_state, np.arange(pairs)] = -flat
@@ -536,26 +547,15 @@ class _NewtonSystem:
                 self.below[:, step] = np.matmul(np.swapaxes(upper[:, step], 1, 2),
                                                 np.swapaxes(self.inverse[:, step], 1, 2))
                 current = diagonal[:, step + 1] - np.matmul(self.below[:, step], np.swapaxes(self.below[:, step], 1, 2))
-        self.border = None
-        self.weights = flat
-        if coordinates is None:
-            self.eliminated = self.forward(coupling).reshape(n, horizon * n_states, -1)  # L^{-1} C
-            del coupling
-            schur -= np.matmul(np.swapaxes(self.eliminated, 1, 2), self.eliminated)  # a symmetric rank-k update
-            start = 0
-            for size, scaling in zip(problem.blocks, scalings):
-                scaling.add_inverse_square_tail(schur[:, start:start + size, start:start + size])
-                start += size
-            # potrs reads a C-ordered lower factor as the Fortran-ordered upper factor L^T.
-            self.factors = [(np.swapaxes(factor, 0, 1), False) for factor in _cholesky(schur)]
-            return
-        self.factors = self._feature_system(coordinates, flat.sum(axis=1), scalings[0])
-        normal = coordinates.normal[_users(problem)]
-        if normal.shape[-1]:
-            # The range constraint N^T dy = 0: dy = S^{-1} (r - N lambda) with
-            # (N^T S^{-1} N) lambda = N^T S^{-1} r.
-            solved = _cho_solve(self.factors, normal)
-            self.border = (normal, solved, np.linalg.inv(np.matmul(np.swapaxes(normal, 1, 2), solved)))
+        self.eliminated = self.forward(coupling).reshape(n, horizon * n_states, -1)  # L^{-1} C
+        del coupling
+        schur -= np.matmul(np.swapaxes(self.eliminated, 1, 2), self.eliminated)  # a symmetric rank-k update
+        start = 0
+        for size, scaling in zip(problem.blocks, scalings):
+            scaling.add_inverse_square_tail(schur[:, start:start + size, start:start + size])
+            start += size
+        # potrs reads a C-ordered lower factor as the Fortran-ordered upper factor L^T.
+        self.factors = [(np.swapaxes(factor, 0, 1), False) for factor in _cholesky(schur)]
 
     def _feature_system(self, coordinates: FeatureCoordinates, weight_sums: np.ndarray,
                         scaling: _Scaling) -> list[tuple[np.ndarray, bool]]:
@@ -565,15 +565,19 @@ class _NewtonSystem:
         range of ``Psi``, makes the leading block of the bordered system positive definite, and
         ``rho``, the mean diagonal of the rest, keeps it on the scale of the rest.
 
-        One user at a time, so that its ``F`` (``H S x S A``) stays in cache between its forward
-        substitution and its symmetric rank update and is never stored (the solves apply ``C`` as
-        the flow operator): ``F_h = L_h^{-1} (C_h - B_{h-1} F_{h-1})`` with
-        ``C_h = P_{h-1}^T D_{h-1} - sum_a D_h[., a]``. Each user's matrix is assembled in place in one
+        One user at a time, in one sweep over the steps, so that its arrays stay in cache: ``W_h = D_h P_h``
+        gives the value block's ``h + 1`` diagonal block ``diag(sum_a D_{h+1}) + P_h^T W_h``, its
+        off-diagonal block ``-sum_a W_h[., a, .]`` and the coupling ``C_{h+1} = W_h^T - sum_a D_{h+1}[., a]``;
+        the block Cholesky factor ``L`` of the value block (``L_h^{-1}`` and ``B_h = U_h^T L_h^{-T}``,
+        kept for the solves) and ``F_h = L_h^{-1} (C_h - B_{h-1} F_{h-1})`` follow step by step, and
+        ``F`` (``H S x S A``) goes into the symmetric rank update without being stored (the solves
+        apply ``C`` as the flow operator). Each user's matrix is assembled in place in one
         Fortran-ordered buffer by BLAS (a scaled copy, a rank-one update, symmetric rank updates for
         ``N`` and ``F``, lower triangles only) and factored there by ``potrf``.
         """
         n, pairs = weight_sums.shape
         _, horizon, n_states, n_actions = self.problem.shape
+        weight_sums_by_state = self.weights.reshape(n, horizon, n_states, n_actions).sum(axis=-1)
         cone_scale, vector = scaling.inverse_square_tail()
         users = _users(self.problem)
         u = _products(coordinates.pseudo_inverse, self.problem.rows, vector, left=True)
@@ -581,23 +585,39 @@ class _NewtonSystem:
         normal = coordinates.normal
         index = np.arange(pairs)
         states = np.arange(n_states)
-        transposed = np.ascontiguousarray(np.swapaxes(self.problem.transitions, 1, 2))  # P_h^T, (H, S, S A)
+        transitions = self.problem.transitions  # (H, S A, S)
         eliminated = np.empty((horizon, n_states, pairs))  # F of one user
         work, product = np.empty((n_states, pairs)), np.empty((n_states, pairs))
+        weighted = np.empty((pairs, n_states))  # W_{h-1}
+        block = np.empty((n_states, n_states))
         buffer = np.empty((n, pairs, pairs))
         factors = []
         blas, lapack = scipy.linalg.blas, scipy.linalg.lapack
         for user in range(n):
             weights = self.weights[user]
+            inverse, below = self.inverse[user], self.below[user]
+            # Unreachable states have q -> 0 and a vanishing row of T: a relative ridge keeps the
+            # factorisation defined (it only perturbs the direction, which the certificate checks).
+            ridge = 1e-13 * max(float(weights.max()), np.finfo(float).tiny)
             for step in range(horizon):
+                block.fill(0.0)
+                block[states, states] = weight_sums_by_state[user, step] + ridge
                 if step == 0:
                     work.fill(0.0)
                 else:
-                    np.multiply(transposed[step - 1], weights[step - 1], out=work)
-                    np.matmul(self.below[user, step - 1], eliminated[step - 1], out=product)
+                    block += np.matmul(transitions[step - 1].T, weighted)  # P_{h-1}^T W_{h-1}
+                    block -= np.matmul(below[step - 1], below[step - 1].T)
+                    np.copyto(work, weighted.T)
+                    np.matmul(below[step - 1], eliminated[step - 1], out=product)
                     work -= product
+                inverse[step] = _lower_inverse(_cholesky(block[None]))[0]
+                if step + 1 < horizon:
+                    np.multiply(weights[step][:, None], transitions[step], out=weighted)  # W_h
+                    # B_h = U_h^T L_h^{-T} with U_h = -sum_a W_h[s, a, .]
+                    np.matmul(-weighted.reshape(n_states, n_actions, n_states).sum(axis=1).T, inverse[step].T,
+                              out=below[step])
                 work.reshape(n_states, n_states, n_actions)[states, states] -= weights[step].reshape(n_states, n_actions)
-                np.matmul(self.inverse[user, step], work, out=eliminated[step])
+                np.matmul(inverse[step], work, out=eliminated[step])
             flat = eliminated.reshape(horizon * n_states, pairs)
             diagonal = (weight_sums[user] + cone_scale[user] * metric_diagonal[user] + u[user] ** 2
                         - np.einsum("hd,hd->d", flat, flat))
