@@ -289,6 +289,8 @@ class _Iterate:
         # ill-conditioned system, near a degenerate optimum): from then on one common step.
         self.common = np.zeros(n, dtype=bool)
         self.least_residual = np.full(n, np.inf)
+        if problem.coordinates is not None:
+            self.reference_y = _products(problem.coordinates.pseudo_inverse, problem.rows, problem.reference, left=True)
 
     def cones(self) -> list[np.ndarray]:
         """The cone slacks ``(1, z_j)``."""
@@ -315,6 +317,8 @@ class _Iterate:
         self.V, self.z, self.q, self.s = self.V[rows], self.z[rows], self.q[rows], self.s[rows]
         self.y = [cone[rows] for cone in self.y]
         self.common, self.least_residual = self.common[rows], self.least_residual[rows]
+        if p.coordinates is not None:
+            self.reference_y = self.reference_y[rows]
 
 
 def slacks(problem: ConicProblem, values: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -666,9 +670,6 @@ class _NewtonSystem:
     def solve(self, rhs_values: np.ndarray, rhs_z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(dV, dz)`` solving the system with right-hand side ``(rhs_values (n, H, S), rhs_z (n, k))``."""
         n, horizon, n_states = rhs_values.shape
-        coordinates = self.problem.coordinates
-        if coordinates is not None:
-            return self._solve_features(rhs_values, rhs_z)
         eliminated = self.forward(rhs_values[..., None])
         reduced = rhs_z - np.matmul(np.swapaxes(self.eliminated, 1, 2), eliminated.reshape(n, -1, 1))[..., 0]
         dx = _cho_solve(self.factors, reduced)
@@ -680,26 +681,25 @@ class _NewtonSystem:
         dV = self.backward(back.reshape(n, horizon, n_states, 1))[..., 0]
         return dV, dx
 
-    def _solve_features(self, rhs_values: np.ndarray, rhs_z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`solve` in feature coordinates, with the coupling applied as the flow operator:
-        ``dy = S^{-1} (Psi^{+T} r_z - C^T T^{-1} r_V)`` (bordered by ``N^T dy = 0``) and
-        ``dV = T^{-1} (r_V - C dy)``, where ``C y = -A_V^T D (y, ..., y)`` and
-        ``C^T w = -sum_h D_h (A_V w)_h``."""
+    def solve_features(self, rhs_values: np.ndarray, rhs_y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`solve` in feature coordinates, for the right-hand side ``rhs_y = Psi^{+T} r_z``,
+        with the coupling applied as the flow operator: ``dy = S^{-1} (rhs_y - C^T T^{-1} r_V)``
+        (bordered by ``N^T dy = 0``) and ``dV = T^{-1} (r_V - C dy)``, where
+        ``C y = -A_V^T D (y, ..., y)`` and ``C^T w = -sum_h D_h (A_V w)_h``. Returns ``(dV, dz, dy)``."""
         problem, coordinates = self.problem, self.problem.coordinates
         shape = problem.shape
 
         def value_solve(rhs: np.ndarray) -> np.ndarray:  # T^{-1} rhs
             return self.backward(self.forward(rhs[..., None]))[..., 0]
 
-        rhs_y = _products(coordinates.pseudo_inverse, problem.rows, rhs_z, left=True)  # Psi^{+T} r_z
-        rhs_y += np.einsum("nhd,nhd->nd", self.weights, _bellman(problem, value_solve(rhs_values)))
+        rhs_y = rhs_y + np.einsum("nhd,nhd->nd", self.weights, _bellman(problem, value_solve(rhs_values)))
         dy = _cho_solve(self.factors, rhs_y)
         if self.border is not None:
             normal, solved, inverse = self.border
             multiplier = np.matmul(inverse, np.matmul(normal.transpose(0, 2, 1), dy[..., None]))
             dy = dy - np.matmul(solved, multiplier)[..., 0]
         dV = value_solve(rhs_values + _flow(problem, (self.weights * dy[:, None, :]).reshape(shape)))
-        return dV, _products(coordinates.pseudo_inverse, problem.rows, dy)  # dz = Psi^+ dy
+        return dV, _products(coordinates.pseudo_inverse, problem.rows, dy), dy  # dz = Psi^+ dy
 
 
 def interior_point(
@@ -794,11 +794,18 @@ def _mehrotra_step(state: _Iterate, degree: int) -> None:
     mu = (np.einsum("ihsa,ihsa->i", q, s) + sum(np.einsum("ij,ij->i", c, y) for c, y in zip(cones, state.y))) / degree
     flow_residual = _flow(problem, q)
     flow_residual[:, 0] -= problem.initial_distribution  # A_V^T q - b_V
-    z_residual = _features_transposed(problem, q.reshape(n, q.shape[1], -1)) - problem.reference
-    start = 0
-    for size, y in zip(problem.blocks, state.y):
-        z_residual[:, start:start + size] -= y[:, 1:]
-        start += size
+    coordinates = problem.coordinates
+    if coordinates is None:
+        z_residual = _features_transposed(problem, q.reshape(n, q.shape[1], -1)) - problem.reference
+        start = 0
+        for size, y in zip(problem.blocks, state.y):
+            z_residual[:, start:start + size] -= y[:, 1:]
+            start += size
+    else:
+        # In y = Psi z, Psi^{+T} of the z residual Psi^T sum_h q - Psi_ref - y_1 needs no product
+        # with Psi: Psi^{+T} Psi^T = I - N N^T, and Psi^{+T} Psi_ref = state.reference_y.
+        normal = coordinates.normal[_users(problem)]
+        occupied = q.reshape(n, q.shape[1], -1).sum(axis=1)
     weights = q / s
     scalings = [_Scaling(c, y) for c, y in zip(cones, state.y)]
     system = _NewtonSystem(problem, weights, scalings)
@@ -811,13 +818,21 @@ def _mehrotra_step(state: _Iterate, degree: int) -> None:
         conic = [scaling.apply(_jordan_solve(scaling.scaled, target), inverse=True)
                  for scaling, target in zip(scalings, targets)]
         rhs_values = flow_residual + _flow(problem, linear)
-        rhs_z = -z_residual - _features_transposed(problem, linear.reshape(n, linear.shape[1], -1))
-        start = 0
-        for size, part in zip(problem.blocks, conic):
-            rhs_z[:, start:start + size] += part[:, 1:]
-            start += size
-        dV, dz = system.solve(rhs_values, rhs_z)
-        ds = (_bellman(problem, dV) - _features_times(problem, dz)).reshape(q.shape)
+        if coordinates is None:
+            rhs_z = -z_residual - _features_transposed(problem, linear.reshape(n, linear.shape[1], -1))
+            start = 0
+            for size, part in zip(problem.blocks, conic):
+                rhs_z[:, start:start + size] += part[:, 1:]
+                start += size
+            dV, dz = system.solve(rhs_values, rhs_z)
+            ds = (_bellman(problem, dV) - _features_times(problem, dz)).reshape(q.shape)
+        else:
+            total = occupied + linear.reshape(n, linear.shape[1], -1).sum(axis=1)
+            total -= np.matmul(normal, np.matmul(total[:, None, :], normal).transpose(0, 2, 1))[..., 0]
+            rhs_y = state.reference_y - total + _products(coordinates.pseudo_inverse, problem.rows,
+                                                          state.y[0][:, 1:] + conic[0][:, 1:], left=True)
+            dV, dz, dy = system.solve_features(rhs_values, rhs_y)
+            ds = (_bellman(problem, dV) - dy[:, None, :]).reshape(q.shape)  # Psi dz = dy
         dq = linear - weights * ds
         ds_cones, dy_cones, start = [], [], 0
         for size, scaling, part in zip(problem.blocks, scalings, conic):
