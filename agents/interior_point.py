@@ -670,6 +670,9 @@ class _NewtonSystem:
     def solve(self, rhs_values: np.ndarray, rhs_z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(dV, dz)`` solving the system with right-hand side ``(rhs_values (n, H, S), rhs_z (n, k))``."""
         n, horizon, n_states = rhs_values.shape
+        if self.problem.coordinates is not None:
+            rhs_y = _products(self.problem.coordinates.pseudo_inverse, self.problem.rows, rhs_z, left=True)
+            return self.solve_features(rhs_values, rhs_y)[:2]
         eliminated = self.forward(rhs_values[..., None])
         reduced = rhs_z - np.matmul(np.swapaxes(self.eliminated, 1, 2), eliminated.reshape(n, -1, 1))[..., 0]
         dx = _cho_solve(self.factors, reduced)
