@@ -854,8 +854,9 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
     in_features = (phi is None and len(first.blocks) == 1
                    and interior_point.feature_coordinates_pay(horizon, n_states, n_actions, k))
     if in_features:
-        # Psi and Psi^+, the metric and the S A x S A system, the iterates, the value blocks.
-        per_user = 2 * pairs * k + 2 * pairs * pairs + 12 * horizon * pairs + 4 * horizon * n_states**2
+        # Psi (in the set's structure and stacked) and Psi^+, the metric, the S A x S A system in
+        # double and single precision, the iterates, the value blocks.
+        per_user = 3 * pairs * k + 3 * pairs * pairs + 12 * horizon * pairs + 4 * horizon * n_states**2
     else:
         # Psi, its coupling operator, L^{-1} C, the k x k system and the value blocks.
         per_user = (2 * steps * pairs * k + horizon * n_states * pairs + 3 * horizon * n_states * k + 3 * k * k

@@ -38,6 +38,7 @@ Run: ``python benchmarks/bench_robust.py --table --targets both --plot docs/robu
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import tracemalloc
 import warnings
@@ -219,7 +220,7 @@ def report_target(label, r, seconds):
           f"over all threads; {r['method']}, median "
           f"{r['iterations']} iterations, {1e3 * r['per_step']:.1f} ms per user and iteration, peak "
           f"{r['memory']:.0f} MB, {r['rectangular']:.0f}x the rectangular planner, workers={WORKERS}; target "
-          f"{seconds} s at N=1000)", flush=True)
+          f"{seconds} s at N=1000; load average {os.getloadavg()[0]:.1f})", flush=True)
 
 
 def plot(rows, path):
