@@ -605,7 +605,7 @@ class _NewtonSystem:
         states = np.arange(n_states)
         transitions = self.problem.transitions  # (H, S A, S)
         eliminated = np.empty((horizon, n_states, pairs))  # F of one user
-        work, product = np.empty((n_states, pairs)), np.empty((n_states, pairs))
+        stacked, left = np.empty((2 * n_states, pairs)), np.empty((n_states, 2 * n_states))
         weighted = np.empty((pairs, n_states))  # W_{h-1}
         block = np.empty((n_states, n_states))
         buffer = np.empty((n, pairs, pairs))
@@ -621,14 +621,15 @@ class _NewtonSystem:
             for step in range(horizon):
                 block.fill(0.0)
                 block[states, states] = weight_sums_by_state[user, step] + ridge
+                # F_h = [L_h^{-1}, -L_h^{-1} B_{h-1}] [C_h; F_{h-1}]: one product with 2 S columns.
+                work = stacked[:n_states]
                 if step == 0:
                     work.fill(0.0)
                 else:
                     block += np.matmul(transitions[step - 1].T, weighted)  # P_{h-1}^T W_{h-1}
                     block -= np.matmul(below[step - 1], below[step - 1].T)
                     np.copyto(work, weighted.T)
-                    np.matmul(below[step - 1], eliminated[step - 1], out=product)
-                    work -= product
+                    np.copyto(stacked[n_states:], eliminated[step - 1])
                 inverse[step] = _lower_inverse(_cholesky(block[None]))[0]
                 if step + 1 < horizon:
                     np.multiply(weights[step][:, None], transitions[step], out=weighted)  # W_h
@@ -636,7 +637,13 @@ class _NewtonSystem:
                     np.matmul(-weighted.reshape(n_states, n_actions, n_states).sum(axis=1).T, inverse[step].T,
                               out=below[step])
                 work.reshape(n_states, n_states, n_actions)[states, states] -= weights[step].reshape(n_states, n_actions)
-                np.matmul(inverse[step], work, out=eliminated[step])
+                if step == 0:
+                    np.matmul(inverse[step], work, out=eliminated[step])
+                else:
+                    left[:, :n_states] = inverse[step]
+                    np.matmul(inverse[step], below[step - 1], out=left[:, n_states:])
+                    left[:, n_states:] *= -1.0
+                    np.matmul(left, stacked, out=eliminated[step])
             flat = eliminated.reshape(horizon * n_states, pairs)
             diagonal = (weight_sums[user] + cone_scale[user] * metric_diagonal[user] + u[user] ** 2
                         - np.einsum("hd,hd->d", flat, flat))
