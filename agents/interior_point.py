@@ -28,7 +28,15 @@ of an independent estimator) the system is solved in the feature coordinates ``y
 instead (:class:`FeatureCoordinates`): the coupling of ``V`` and ``y`` is the flow operator
 itself and the cone's block a fixed matrix over ``eta^2`` plus a rank-one term, so the two
 ``k x (S A)`` products of ``Psi`` with the weighted operators disappear and the Schur complement
-is ``diag(sum_h D_h) - F^T F + ...`` with ``F = L^{-1} A_V^T D``, a symmetric rank update.
+is ``diag(sum_h D_h) - F^T F + ...`` with ``F = L^{-1} A_V^T D``, a symmetric rank update. There
+each user's value block, its block Cholesky factor and ``F`` are formed in one sweep over the
+steps (the user's arrays stay in cache, and ``F`` goes into the rank update without being
+stored: the solves apply the coupling as the flow operator), and the right-hand sides need no
+product with ``Psi`` (``Psi^{+T} Psi^T = I - N N^T``). While a user's relative duality gap is above
+``1e-3`` the rank update and the factorisation are in single precision: far from the optimum the
+systems are well conditioned, an inexact direction only changes the next iterate, and every
+iterate is recomputed from ``(V, z)`` and certified exactly by the caller; near the optimum,
+where the weights ``q / s`` spread over many orders of magnitude, double precision.
 
 References
 ----------
@@ -36,7 +44,9 @@ Mehrotra, *On the implementation of a primal-dual interior point method*, SIAM J
 Optimization 2(4), 1992. Nesterov and Todd, *Primal-dual interior-point methods for
 self-scaled cones*, SIAM Journal on Optimization 8(2), 1998. Vandenberghe, *The CVXOPT linear
 and quadratic cone program solvers*, 2010 (scaling of second-order cones, sections 4-5).
-Puterman, *Markov Decision Processes*, 1994, section 6.9 (the linear program of an MDP).
+Puterman, *Markov Decision Processes*, 1994, section 6.9 (the linear program of an MDP). Higham
+and Mary, *Mixed precision algorithms in numerical linear algebra*, Acta Numerica 31, 2022
+(single-precision factorisations where their rounding is harmless).
 """
 
 from __future__ import annotations
