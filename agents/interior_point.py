@@ -646,7 +646,8 @@ class _NewtonSystem:
                     # B_h = U_h^T L_h^{-T} with U_h = -sum_a W_h[s, a, .]
                     np.matmul(-weighted.reshape(n_states, n_actions, n_states).sum(axis=1).T, inverse[step].T,
                               out=below[step])
-                work.reshape(n_states, n_states, n_actions)[states, states] -= weights[step].reshape(n_states, n_actions)
+                work.reshape(n_states, n_states, n_actions)[states, states] -= (
+                    weights[step].reshape(n_states, n_actions))
                 if step == 0:
                     np.matmul(inverse[step], work, out=eliminated[step])
                 else:
