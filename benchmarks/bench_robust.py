@@ -9,8 +9,8 @@ every problem is distinct. Each row times ``robust_optimize`` of all N users in 
 (``tol=1e-6``) and reports its processor time (on a machine shared with other jobs the wall
 time grows with their load, the processor time much less), the method ``"auto"`` chose, the
 median number of iterations, the time per user and iteration, the peak memory of the call
-(growth of the process's peak resident size; tracemalloc's peak where /proc is not available),
-and two ratios:
+(growth of the process's peak resident size; for N <= 10, or where /proc is not available,
+tracemalloc's peak of its allocations, in a separate run), and two ratios:
 
 - to cvxpy with Clarabel *per user*: the conic program of one user (occupancy measure, flow
   constraints, one second-order cone), timed from the model's construction to its solution,
@@ -126,12 +126,13 @@ def _reset_peak():
 def timed(function, separate_memory=False):
     """``(result, seconds, peak bytes, processor seconds)`` of one call.
 
-    The call is timed untraced. Its peak memory is the growth of the process's peak resident size
-    over its resident size before the call (Linux: the peak is reset first), which costs nothing;
-    elsewhere tracemalloc's peak of the allocations, which slows every allocation (by about a
-    quarter for the interior point's many small arrays), so the call is then run a second time for
-    the memory when ``separate_memory`` (small calls) and traced otherwise."""
-    if _reset_peak():
+    The call is timed untraced. With ``separate_memory`` (small calls, whose memory the process
+    may already hold) it is run a second time under tracemalloc for its peak allocation; otherwise
+    its peak memory is the growth of the process's peak resident size over its resident size before
+    the call (Linux: the peak is reset first), which costs nothing, where tracemalloc would slow
+    every allocation (by about a quarter for the interior point's many small arrays); without
+    /proc, the call is traced."""
+    if not separate_memory and _reset_peak():
         before = _resident_kib("VmRSS")
         start, processor = time.perf_counter(), time.process_time()
         result = function()
