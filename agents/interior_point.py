@@ -28,7 +28,15 @@ of an independent estimator) the system is solved in the feature coordinates ``y
 instead (:class:`FeatureCoordinates`): the coupling of ``V`` and ``y`` is the flow operator
 itself and the cone's block a fixed matrix over ``eta^2`` plus a rank-one term, so the two
 ``k x (S A)`` products of ``Psi`` with the weighted operators disappear and the Schur complement
-is ``diag(sum_h D_h) - F^T F + ...`` with ``F = L^{-1} A_V^T D``, a symmetric rank update.
+is ``diag(sum_h D_h) - F^T F + ...`` with ``F = L^{-1} A_V^T D``, a symmetric rank update. There
+each user's value block, its block Cholesky factor and ``F`` are formed in one sweep over the
+steps (the user's arrays stay in cache, and ``F`` goes into the rank update without being
+stored: the solves apply the coupling as the flow operator), and the right-hand sides need no
+product with ``Psi`` (``Psi^{+T} Psi^T = I - N N^T``). While a user's relative duality gap is above
+``1e-3`` the rank update and the factorisation are in single precision: far from the optimum the
+systems are well conditioned, an inexact direction only changes the next iterate, and every
+iterate is recomputed from ``(V, z)`` and certified exactly by the caller; near the optimum,
+where the weights ``q / s`` spread over many orders of magnitude, double precision.
 
 References
 ----------
@@ -36,7 +44,9 @@ Mehrotra, *On the implementation of a primal-dual interior point method*, SIAM J
 Optimization 2(4), 1992. Nesterov and Todd, *Primal-dual interior-point methods for
 self-scaled cones*, SIAM Journal on Optimization 8(2), 1998. Vandenberghe, *The CVXOPT linear
 and quadratic cone program solvers*, 2010 (scaling of second-order cones, sections 4-5).
-Puterman, *Markov Decision Processes*, 1994, section 6.9 (the linear program of an MDP).
+Puterman, *Markov Decision Processes*, 1994, section 6.9 (the linear program of an MDP). Higham
+and Mary, *Mixed precision algorithms in numerical linear algebra*, Acta Numerica 31, 2022
+(single-precision factorisations where their rounding is harmless).
 """
 
 from __future__ import annotations
@@ -77,6 +87,10 @@ class ConicProblem:
     coordinates : FeatureCoordinates, optional
         Set for one-hot features and one ball whose map has full column rank: the Newton systems
         are then solved in ``y = Psi z``.
+    rows : ndarray of int, optional
+        With ``coordinates``: row ``i`` of the other arrays is user ``rows[i]`` of ``features`` and
+        ``coordinates`` (the method narrows a block to its running users without copying those
+        ``(S A) x k`` matrices; their products are taken one user at a time).
     """
 
     transitions: np.ndarray
@@ -88,6 +102,7 @@ class ConicProblem:
     start: np.ndarray
     constant: np.ndarray
     coordinates: FeatureCoordinates | None = None
+    rows: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -121,9 +136,6 @@ class FeatureCoordinates:
     metric: np.ndarray
     normal: np.ndarray
 
-    def rows(self, rows: np.ndarray) -> FeatureCoordinates:
-        return FeatureCoordinates(self.pseudo_inverse[rows], self.metric[rows], self.normal[rows])
-
 
 def feature_coordinates(adjoint: np.ndarray, *, condition: float = 1e8) -> FeatureCoordinates | None:
     """The :class:`FeatureCoordinates` of maps ``Psi`` ``(n, S A, k)``, or None when one of them is
@@ -131,24 +143,27 @@ def feature_coordinates(adjoint: np.ndarray, *, condition: float = 1e8) -> Featu
     or the bound ``||Psi||_F ||Psi^+||_F`` on its condition number exceeds ``condition``.
 
     From the complete QR factorisation ``Psi = [Q_1 Q_2] [R; 0]``: ``Psi^+ = R^{-1} Q_1^T`` and
-    ``N = Q_2``.
+    ``N = Q_2``. One user at a time (LAPACK on each matrix, into preallocated arrays: numpy's
+    stacked QR and inverse make several full-size temporaries).
     """
     n, d, k = adjoint.shape
     if k > d or k == 0:
         return None
-    orthogonal, triangular = np.linalg.qr(adjoint, mode="complete")  # (n, d, d), (n, d, k)
-    if not np.all(np.abs(np.diagonal(triangular[:, :k], axis1=1, axis2=2)) > 0):
-        return None
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        pseudo_inverse = np.stack([scipy.linalg.solve_triangular(upper[:k], basis[:, :k].T, check_finite=False)
-                                   for upper, basis in zip(triangular, orthogonal)])
-    if not np.isfinite(pseudo_inverse).all():
-        return None
-    inverse_norm = np.sqrt(np.einsum("nkd,nkd->n", pseudo_inverse, pseudo_inverse))
-    if not np.all(inverse_norm * np.sqrt(np.einsum("ndk,ndk->n", adjoint, adjoint)) <= condition):
-        return None
-    normal = np.ascontiguousarray(orthogonal[:, :, k:])
-    metric = np.matmul(np.swapaxes(pseudo_inverse, 1, 2), pseudo_inverse)
+    pseudo_inverse, metric, normal = np.empty((n, k, d)), np.empty((n, d, d)), np.empty((n, d, d - k))
+    for user in range(n):
+        orthogonal, triangular = scipy.linalg.qr(adjoint[user], mode="full", check_finite=False)
+        if not np.all(np.abs(np.diagonal(triangular[:k])) > 0):
+            return None
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            pseudo_inverse[user] = scipy.linalg.solve_triangular(triangular[:k], orthogonal[:, :k].T,
+                                                                 check_finite=False)
+        if not np.isfinite(pseudo_inverse[user]).all():
+            return None
+        inverse_norm = np.sqrt(np.einsum("kd,kd->", pseudo_inverse[user], pseudo_inverse[user]))
+        if not inverse_norm * np.sqrt(np.einsum("dk,dk->", adjoint[user], adjoint[user])) <= condition:
+            return None
+        normal[user] = orthogonal[:, k:]
+        np.matmul(pseudo_inverse[user].T, pseudo_inverse[user], out=metric[user])
     return FeatureCoordinates(pseudo_inverse, metric, normal)
 
 
@@ -284,6 +299,8 @@ class _Iterate:
         # ill-conditioned system, near a degenerate optimum): from then on one common step.
         self.common = np.zeros(n, dtype=bool)
         self.least_residual = np.full(n, np.inf)
+        if problem.coordinates is not None:
+            self.reference_y = _products(problem.coordinates.pseudo_inverse, problem.rows, problem.reference, left=True)
 
     def cones(self) -> list[np.ndarray]:
         """The cone slacks ``(1, z_j)``."""
@@ -299,12 +316,19 @@ class _Iterate:
     def keep(self, rows: np.ndarray) -> None:
         """Restrict the state (and its problem) to the users ``rows``."""
         p = self.problem
-        self.problem = ConicProblem(p.transitions, p.initial_distribution, p.reward[rows], p.features[rows],
-                                    p.reference[rows], p.blocks, p.start[rows], p.constant[rows],
-                                    None if p.coordinates is None else p.coordinates.rows(rows))
+        if p.coordinates is None:
+            self.problem = ConicProblem(p.transitions, p.initial_distribution, p.reward[rows], p.features[rows],
+                                        p.reference[rows], p.blocks, p.start[rows], p.constant[rows])
+        else:
+            # The users' (S A) x k matrices stay where they are: a copy would cost more than a step.
+            self.problem = ConicProblem(p.transitions, p.initial_distribution, p.reward[rows], p.features,
+                                        p.reference[rows], p.blocks, p.start[rows], p.constant[rows],
+                                        p.coordinates, _users(p)[rows])
         self.V, self.z, self.q, self.s = self.V[rows], self.z[rows], self.q[rows], self.s[rows]
         self.y = [cone[rows] for cone in self.y]
         self.common, self.least_residual = self.common[rows], self.least_residual[rows]
+        if p.coordinates is not None:
+            self.reference_y = self.reference_y[rows]
 
 
 def slacks(problem: ConicProblem, values: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -314,19 +338,41 @@ def slacks(problem: ConicProblem, values: np.ndarray, z: np.ndarray) -> np.ndarr
     return out.reshape(problem.shape)
 
 
+def _users(problem: ConicProblem) -> np.ndarray:
+    """The rows of ``features`` and ``coordinates`` of the block's users."""
+    return np.arange(problem.shape[0]) if problem.rows is None else problem.rows
+
+
+def _products(matrices: np.ndarray, rows: np.ndarray | None, vectors: np.ndarray, *, left: bool = False) -> np.ndarray:
+    """``matrices[rows[i]] @ vectors[i]`` (``vectors[i] @ matrices[rows[i]]`` with ``left``) for each ``i``,
+    ``rows`` None for the identity: stacked matrix-vector products without gathering the matrices."""
+    if rows is None:
+        if left:
+            return np.matmul(vectors[:, None, :], matrices)[:, 0]
+        return np.matmul(matrices, vectors[..., None])[..., 0]
+    out = np.empty((len(rows), matrices.shape[-1] if left else matrices.shape[-2]))
+    for index, row in enumerate(rows):
+        if left:
+            np.matmul(vectors[index], matrices[row], out=out[index])
+        else:
+            np.matmul(matrices[row], vectors[index], out=out[index])
+    return out
+
+
 def _features_times(problem: ConicProblem, z: np.ndarray) -> np.ndarray:
     """``Psi z`` as ``(n, H or 1, S A)`` (broadcasts over the steps for stationary features)."""
-    n, steps, n_pairs, k = problem.features.shape
-    flat = np.matmul(problem.features.reshape(n, steps * n_pairs, k), z[:, :, None])
-    return flat.reshape(n, steps, n_pairs)
+    _, steps, n_pairs, k = problem.features.shape
+    flat = _products(problem.features.reshape(-1, steps * n_pairs, k), problem.rows, z)
+    return flat.reshape(len(z), steps, n_pairs)
 
 
 def _features_transposed(problem: ConicProblem, x: np.ndarray) -> np.ndarray:
     """``Psi^T x`` for ``x`` ``(n, H, S A)``: shape ``(n, k)``."""
-    n, steps, n_pairs, k = problem.features.shape
+    _, steps, n_pairs, k = problem.features.shape
     if steps == 1:
         x = x.sum(axis=1, keepdims=True)
-    return np.matmul(x.reshape(n, 1, steps * n_pairs), problem.features.reshape(n, steps * n_pairs, k))[:, 0]
+    return _products(problem.features.reshape(-1, steps * n_pairs, k), problem.rows,
+                     x.reshape(len(x), steps * n_pairs), left=True)
 
 
 def _flow(problem: ConicProblem, x: np.ndarray) -> np.ndarray:
@@ -386,14 +432,19 @@ def _cholesky(matrices: np.ndarray) -> np.ndarray:
     return factors
 
 
-_STACKED_ELEMENTS = 10_000_000  # D_h P_h of all steps at once up to this size (80 MB)
+_STACKED_ELEMENTS = 2_000_000  # D_h P_h of all steps at once up to this size (16 MB; step by step above,
+# where fresh pages of a larger temporary cost more than the loop)
 _FEW = 4  # up to this many users, small factorisations call LAPACK one matrix at a time
+#: Relative duality gap above which a user's Schur complement in feature coordinates is formed and
+#: factored in single precision. Measured on 29 full-dimensional sets of S = 50, A = 10, H = 10
+#: (tol 1e-6): the same 552 steps and values to 9 digits as double precision throughout, where
+#: single precision at every step took 560 steps.
+_SINGLE_PRECISION_GAP = 1e-3
 
 
 def _lower_inverse(factors: np.ndarray) -> np.ndarray:
-    """Inverses of a stack of lower triangular matrices."""
-    if len(factors) > _FEW:
-        return np.linalg.inv(factors)
+    """Inverses of a stack of lower triangular matrices (LAPACK's ``trtri`` one matrix at a time:
+    a sixth of the operations of numpy's stacked general inverse, faster even for 1000 ``10 x 10``)."""
     out = np.empty_like(factors)
     for index, factor in enumerate(factors):
         # trtri reads the C-ordered L as the Fortran-ordered upper L^T and returns L^{-T}.
@@ -410,7 +461,10 @@ def _cho_solve(factors: list[tuple[np.ndarray, bool]], rhs: np.ndarray) -> np.nd
     copies a C-ordered factor at every call)."""
     out = np.empty(rhs.shape)
     for index, ((factor, lower), row) in enumerate(zip(factors, rhs)):
-        solution, info = scipy.linalg.lapack.dpotrs(factor, row, lower=int(lower))
+        if factor.dtype == np.float32:
+            solution, info = scipy.linalg.lapack.spotrs(factor, row.astype(np.float32), lower=int(lower))
+        else:
+            solution, info = scipy.linalg.lapack.dpotrs(factor, row, lower=int(lower))
         if info != 0:
             raise np.linalg.LinAlgError(f"potrs failed with info {info}")
         out[index] = solution
@@ -423,7 +477,10 @@ class _NewtonSystem:
     on ``y = Psi z`` when the problem carries :class:`FeatureCoordinates` (bordered by the range
     constraint)."""
 
-    def __init__(self, problem: ConicProblem, weights: np.ndarray, scalings: list[_Scaling]) -> None:
+    def __init__(self, problem: ConicProblem, weights: np.ndarray, scalings: list[_Scaling],
+                 single: np.ndarray | None = None) -> None:
+        """``single`` ``(n,)``: users whose Schur complement in feature coordinates is formed and
+        factored in single precision (:data:`_SINGLE_PRECISION_GAP`)."""
         n, horizon, n_states, n_actions = problem.shape
         k = problem.features.shape[-1]
         pairs = n_states * n_actions
@@ -431,6 +488,20 @@ class _NewtonSystem:
         coordinates = problem.coordinates
         flat = weights.reshape(n, horizon, pairs)
         self.problem = problem
+        self.border = None
+        self.weights = flat
+        if coordinates is not None:
+            self.inverse = np.empty((n, horizon, n_states, n_states))
+            self.below = np.empty((n, max(horizon - 1, 0), n_states, n_states))
+            self.factors = self._feature_system(coordinates, flat.sum(axis=1), scalings[0],
+                                                np.zeros(n, dtype=bool) if single is None else single)
+            normal = coordinates.normal[_users(problem)]
+            if normal.shape[-1]:
+                # The range constraint N^T dy = 0: dy = S^{-1} (r - N lambda) with
+                # (N^T S^{-1} N) lambda = N^T S^{-1} r.
+                solved = _cho_solve(self.factors, normal)
+                self.border = (normal, solved, np.linalg.inv(np.matmul(np.swapaxes(normal, 1, 2), solved)))
+            return
         # T: diagonal blocks diag(sum_a D_h) + P_{h-1}^T diag(D_{h-1}) P_{h-1}, off-diagonal
         # blocks -sum_a D_h[s, a] P_h[s, a, :].
         diagonal = np.zeros((n, horizon, n_states, n_states))
@@ -464,17 +535,14 @@ class _NewtonSystem:
             del root
         elif coordinates is None:
             schur = np.zeros((n, k, k))
-        if coordinates is not None or (stationary and k >= n_states):
+        if stationary and k >= n_states:
             pair_state = np.repeat(np.arange(n_states), n_actions)
             operator = np.zeros((n, horizon, n_states, pairs))
             operator[:, :, pair_state, np.arange(pairs)] = -flat
             for step in range(1, horizon):
                 operator[:, step] += transitions[step - 1].T * flat[:, step - 1, None, :]
-            if coordinates is not None:
-                coupling = operator
-            else:
-                coupling = np.matmul(operator.reshape(n, horizon * n_states, -1), problem.features[:, 0]).reshape(
-                    n, horizon, n_states, k)
+            coupling = np.matmul(operator.reshape(n, horizon * n_states, -1), problem.features[:, 0]).reshape(
+                n, horizon, n_states, k)
             del operator
         elif stationary:
             weighted = flat[..., None] * problem.features  # D_h Psi, (n, H, S A, k)
@@ -507,61 +575,118 @@ class _NewtonSystem:
                 current = diagonal[:, step + 1] - np.matmul(self.below[:, step], np.swapaxes(self.below[:, step], 1, 2))
         self.eliminated = self.forward(coupling).reshape(n, horizon * n_states, -1)  # L^{-1} C
         del coupling
-        self.border = None
-        if coordinates is None:
-            schur -= np.matmul(np.swapaxes(self.eliminated, 1, 2), self.eliminated)  # a symmetric rank-k update
-            start = 0
-            for size, scaling in zip(problem.blocks, scalings):
-                scaling.add_inverse_square_tail(schur[:, start:start + size, start:start + size])
-                start += size
-            # potrs reads a C-ordered lower factor as the Fortran-ordered upper factor L^T.
-            self.factors = [(np.swapaxes(factor, 0, 1), False) for factor in _cholesky(schur)]
-            return
-        self.factors = self._feature_system(coordinates, flat.sum(axis=1), scalings[0])
-        normal = coordinates.normal
-        if normal.shape[-1]:
-            # The range constraint N^T dy = 0: dy = S^{-1} (r - N lambda) with
-            # (N^T S^{-1} N) lambda = N^T S^{-1} r.
-            solved = _cho_solve(self.factors, normal)
-            self.border = (solved, np.linalg.inv(np.matmul(np.swapaxes(normal, 1, 2), solved)))
+        schur -= np.matmul(np.swapaxes(self.eliminated, 1, 2), self.eliminated)  # a symmetric rank-k update
+        start = 0
+        for size, scaling in zip(problem.blocks, scalings):
+            scaling.add_inverse_square_tail(schur[:, start:start + size, start:start + size])
+            start += size
+        # potrs reads a C-ordered lower factor as the Fortran-ordered upper factor L^T.
+        self.factors = [(np.swapaxes(factor, 0, 1), False) for factor in _cholesky(schur)]
 
-    def _feature_system(self, coordinates: FeatureCoordinates, weight_sums: np.ndarray,
-                        scaling: _Scaling) -> list[tuple[np.ndarray, bool]]:
+    def _feature_system(self, coordinates: FeatureCoordinates, weight_sums: np.ndarray, scaling: _Scaling,
+                        single: np.ndarray) -> list[tuple[np.ndarray, bool]]:
         """Factors of the Schur complement on ``y``,
         ``diag(sum_h D_h) + (Psi^{+T} Psi^+) / eta^2 + u u^T + rho N N^T - F^T F`` with ``F = L^{-1} C``
         and ``u = Psi^{+T} v`` for the cone's ``W^{-2} = I / eta^2 + v v^T``: ``rho N N^T``, zero on the
         range of ``Psi``, makes the leading block of the bordered system positive definite, and
         ``rho``, the mean diagonal of the rest, keeps it on the scale of the rest.
 
-        Each user's matrix is assembled in place in one Fortran-ordered buffer by BLAS (a scaled
-        copy, a rank-one update, symmetric rank updates for ``N`` and ``F``, lower triangles only)
-        and factored there by ``potrf``: no full-size temporaries.
+        One user at a time, in one sweep over the steps, so that its arrays stay in cache: ``W_h = D_h P_h``
+        gives the value block's ``h + 1`` diagonal block ``diag(sum_a D_{h+1}) + P_h^T W_h``, its
+        off-diagonal block ``-sum_a W_h[., a, .]`` and the coupling ``C_{h+1} = W_h^T - sum_a D_{h+1}[., a]``;
+        the block Cholesky factor ``L`` of the value block (``L_h^{-1}`` and ``B_h = U_h^T L_h^{-T}``,
+        kept for the solves) and ``F_h = L_h^{-1} (C_h - B_{h-1} F_{h-1})`` follow step by step, and
+        ``F`` (``H S x S A``) goes into the symmetric rank update without being stored (the solves
+        apply ``C`` as the flow operator). For the users ``single`` the rank update and the
+        factorisation are in single precision (half the time of both, and of the solves), falling
+        back to double precision if the factorisation fails. Each user's matrix is assembled in place in one
+        Fortran-ordered buffer by BLAS (a scaled copy, a rank-one update, symmetric rank updates for
+        ``N`` and ``F``, lower triangles only) and factored there by ``potrf``.
         """
         n, pairs = weight_sums.shape
+        _, horizon, n_states, n_actions = self.problem.shape
+        weight_sums_by_state = self.weights.reshape(n, horizon, n_states, n_actions).sum(axis=-1)
         cone_scale, vector = scaling.inverse_square_tail()
-        u = np.matmul(vector[:, None, :], coordinates.pseudo_inverse)[:, 0]
-        diagonal = (weight_sums + cone_scale[:, None] * np.einsum("nii->ni", coordinates.metric) + u * u
-                    - np.einsum("nhd,nhd->nd", self.eliminated, self.eliminated))
-        rho = np.maximum(diagonal.mean(axis=1), np.finfo(float).tiny)
+        users = _users(self.problem)
+        u = _products(coordinates.pseudo_inverse, self.problem.rows, vector, left=True)
+        metric_diagonal = np.einsum("nii->ni", coordinates.metric)[users]
+        normal = coordinates.normal
         index = np.arange(pairs)
+        states = np.arange(n_states)
+        transitions = self.problem.transitions  # (H, S A, S)
+        eliminated = np.empty((horizon, n_states, pairs))  # F of one user
+        stacked, left = np.empty((2 * n_states, pairs)), np.empty((n_states, 2 * n_states))
+        weighted = np.empty((pairs, n_states))  # W_{h-1}
+        block = np.empty((n_states, n_states))
         buffer = np.empty((n, pairs, pairs))
+        buffer_single = np.empty((n, pairs, pairs), dtype=np.float32) if single.any() else None
         factors = []
         blas, lapack = scipy.linalg.blas, scipy.linalg.lapack
         for user in range(n):
+            weights = self.weights[user]
+            inverse, below = self.inverse[user], self.below[user]
+            # Unreachable states have q -> 0 and a vanishing row of T: a relative ridge keeps the
+            # factorisation defined (it only perturbs the direction, which the certificate checks).
+            ridge = 1e-13 * max(float(weights.max()), np.finfo(float).tiny)
+            for step in range(horizon):
+                block.fill(0.0)
+                block[states, states] = weight_sums_by_state[user, step] + ridge
+                # F_h = [L_h^{-1}, -L_h^{-1} B_{h-1}] [C_h; F_{h-1}]: one product with 2 S columns.
+                work = stacked[:n_states]
+                if step == 0:
+                    work.fill(0.0)
+                else:
+                    block += np.matmul(transitions[step - 1].T, weighted)  # P_{h-1}^T W_{h-1}
+                    block -= np.matmul(below[step - 1], below[step - 1].T)
+                    np.copyto(work, weighted.T)
+                    np.copyto(stacked[n_states:], eliminated[step - 1])
+                inverse[step] = _lower_inverse(_cholesky(block[None]))[0]
+                if step + 1 < horizon:
+                    np.multiply(weights[step][:, None], transitions[step], out=weighted)  # W_h
+                    # B_h = U_h^T L_h^{-T} with U_h = -sum_a W_h[s, a, .]
+                    np.matmul(-weighted.reshape(n_states, n_actions, n_states).sum(axis=1).T, inverse[step].T,
+                              out=below[step])
+                work.reshape(n_states, n_states, n_actions)[states, states] -= (
+                    weights[step].reshape(n_states, n_actions))
+                if step == 0:
+                    np.matmul(inverse[step], work, out=eliminated[step])
+                else:
+                    left[:, :n_states] = inverse[step]
+                    np.matmul(inverse[step], below[step - 1], out=left[:, n_states:])
+                    left[:, n_states:] *= -1.0
+                    np.matmul(left, stacked, out=eliminated[step])
+            flat = eliminated.reshape(horizon * n_states, pairs)
+            diagonal = (weight_sums[user] + cone_scale[user] * metric_diagonal[user] + u[user] ** 2
+                        - np.einsum("hd,hd->d", flat, flat))
+            rho = max(float(diagonal.mean()), np.finfo(float).tiny)
+            if single[user]:
+                matrix = buffer_single[user].T  # Fortran-ordered view
+                np.multiply(coordinates.metric[users[user]].T, cone_scale[user], out=matrix, casting="same_kind")
+                matrix[index, index] += weight_sums[user]
+                matrix = blas.ssyr(1.0, u[user].astype(np.float32), a=matrix, lower=1, overwrite_a=1)
+                if normal.shape[-1]:
+                    matrix = blas.ssyrk(rho, normal[users[user]].astype(np.float32), beta=1.0, c=matrix, lower=1,
+                                        overwrite_c=1)
+                matrix = blas.ssyrk(-1.0, flat.T.astype(np.float32, order="F"), beta=1.0, c=matrix, lower=1,
+                                    overwrite_c=1)
+                factor, info = lapack.spotrf(matrix, lower=1, clean=0, overwrite_a=1)
+                if info == 0:
+                    factors.append((factor, True))
+                    continue
 
             def assemble(ridge: float = 0.0) -> np.ndarray:
                 matrix = buffer[user].T  # Fortran-ordered view
-                np.multiply(coordinates.metric[user], cone_scale[user], out=matrix)
+                np.multiply(coordinates.metric[users[user]].T, cone_scale[user], out=matrix)  # symmetric: same layout
                 matrix[index, index] += weight_sums[user] + ridge
                 matrix = blas.dsyr(1.0, u[user], a=matrix, lower=1, overwrite_a=1)
-                if coordinates.normal.shape[-1]:
-                    matrix = blas.dsyrk(rho[user], coordinates.normal[user], beta=1.0, c=matrix, lower=1,
+                if normal.shape[-1]:
+                    matrix = blas.dsyrk(rho, normal[users[user]], beta=1.0, c=matrix, lower=1,
                                         overwrite_c=1)
-                return blas.dsyrk(-1.0, self.eliminated[user].T, beta=1.0, c=matrix, lower=1, overwrite_c=1)
+                return blas.dsyrk(-1.0, flat.T, beta=1.0, c=matrix, lower=1, overwrite_c=1)
 
             factor, info = lapack.dpotrf(assemble(), lower=1, clean=0, overwrite_a=1)
             # Rounding near the optimum: a ridge grown a hundredfold until it factors (as _cholesky).
-            size = float(np.abs(diagonal[user]).max(initial=0.0)) + np.finfo(float).tiny
+            size = float(np.abs(diagonal).max(initial=0.0)) + np.finfo(float).tiny
             for ridge in (1e-14, 1e-12, 1e-10, 1e-8, 1e-6):
                 if info == 0:
                     break
@@ -592,21 +717,39 @@ class _NewtonSystem:
     def solve(self, rhs_values: np.ndarray, rhs_z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(dV, dz)`` solving the system with right-hand side ``(rhs_values (n, H, S), rhs_z (n, k))``."""
         n, horizon, n_states = rhs_values.shape
-        coordinates = self.problem.coordinates
+        if self.problem.coordinates is not None:
+            rhs_y = _products(self.problem.coordinates.pseudo_inverse, self.problem.rows, rhs_z, left=True)
+            return self.solve_features(rhs_values, rhs_y)[:2]
         eliminated = self.forward(rhs_values[..., None])
-        if coordinates is not None:
-            rhs_z = np.matmul(rhs_z[:, None, :], coordinates.pseudo_inverse)[:, 0]  # Psi^{+T} r_z
         reduced = rhs_z - np.matmul(np.swapaxes(self.eliminated, 1, 2), eliminated.reshape(n, -1, 1))[..., 0]
         dx = _cho_solve(self.factors, reduced)
         if self.border is not None:
-            solved, inverse = self.border
-            multiplier = np.matmul(inverse, np.matmul(coordinates.normal.transpose(0, 2, 1), dx[..., None]))
+            normal, solved, inverse = self.border
+            multiplier = np.matmul(inverse, np.matmul(normal.transpose(0, 2, 1), dx[..., None]))
             dx = dx - np.matmul(solved, multiplier)[..., 0]
         back = eliminated.reshape(n, -1) - np.matmul(self.eliminated, dx[..., None])[..., 0]
         dV = self.backward(back.reshape(n, horizon, n_states, 1))[..., 0]
-        if coordinates is not None:
-            dx = np.matmul(coordinates.pseudo_inverse, dx[..., None])[..., 0]  # dz = Psi^+ dy
         return dV, dx
+
+    def solve_features(self, rhs_values: np.ndarray, rhs_y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`solve` in feature coordinates, for the right-hand side ``rhs_y = Psi^{+T} r_z``,
+        with the coupling applied as the flow operator: ``dy = S^{-1} (rhs_y - C^T T^{-1} r_V)``
+        (bordered by ``N^T dy = 0``) and ``dV = T^{-1} (r_V - C dy)``, where
+        ``C y = -A_V^T D (y, ..., y)`` and ``C^T w = -sum_h D_h (A_V w)_h``. Returns ``(dV, dz, dy)``."""
+        problem, coordinates = self.problem, self.problem.coordinates
+        shape = problem.shape
+
+        def value_solve(rhs: np.ndarray) -> np.ndarray:  # T^{-1} rhs
+            return self.backward(self.forward(rhs[..., None]))[..., 0]
+
+        rhs_y = rhs_y + np.einsum("nhd,nhd->nd", self.weights, _bellman(problem, value_solve(rhs_values)))
+        dy = _cho_solve(self.factors, rhs_y)
+        if self.border is not None:
+            normal, solved, inverse = self.border
+            multiplier = np.matmul(inverse, np.matmul(normal.transpose(0, 2, 1), dy[..., None]))
+            dy = dy - np.matmul(solved, multiplier)[..., 0]
+        dV = value_solve(rhs_values + _flow(problem, (self.weights * dy[:, None, :]).reshape(shape)))
+        return dV, _products(coordinates.pseudo_inverse, problem.rows, dy), dy  # dz = Psi^+ dy
 
 
 def interior_point(
@@ -701,14 +844,27 @@ def _mehrotra_step(state: _Iterate, degree: int) -> None:
     mu = (np.einsum("ihsa,ihsa->i", q, s) + sum(np.einsum("ij,ij->i", c, y) for c, y in zip(cones, state.y))) / degree
     flow_residual = _flow(problem, q)
     flow_residual[:, 0] -= problem.initial_distribution  # A_V^T q - b_V
-    z_residual = _features_transposed(problem, q.reshape(n, q.shape[1], -1)) - problem.reference
-    start = 0
-    for size, y in zip(problem.blocks, state.y):
-        z_residual[:, start:start + size] -= y[:, 1:]
-        start += size
+    coordinates = problem.coordinates
+    if coordinates is None:
+        z_residual = _features_transposed(problem, q.reshape(n, q.shape[1], -1)) - problem.reference
+        start = 0
+        for size, y in zip(problem.blocks, state.y):
+            z_residual[:, start:start + size] -= y[:, 1:]
+            start += size
+    else:
+        # In y = Psi z, Psi^{+T} of the z residual Psi^T sum_h q - Psi_ref - y_1 needs no product
+        # with Psi: Psi^{+T} Psi^T = I - N N^T, and Psi^{+T} Psi_ref = state.reference_y.
+        normal = coordinates.normal[_users(problem)]
+        occupied = q.reshape(n, q.shape[1], -1).sum(axis=1)
     weights = q / s
     scalings = [_Scaling(c, y) for c, y in zip(cones, state.y)]
-    system = _NewtonSystem(problem, weights, scalings)
+    single = None
+    if problem.coordinates is not None:
+        # Far from the optimum the Newton systems are well conditioned and their directions need
+        # not be exact (each iterate is recomputed from (V, z), and the caller certifies it
+        # exactly): single precision there.
+        single = mu * degree > _SINGLE_PRECISION_GAP * np.maximum(1.0, np.abs(_dual_objective(state)))
+    system = _NewtonSystem(problem, weights, scalings, single)
     root = np.sqrt(s / q)  # W of the linear cone
     scaled = np.sqrt(q * s)  # lambda of the linear cone
 
@@ -718,13 +874,21 @@ def _mehrotra_step(state: _Iterate, degree: int) -> None:
         conic = [scaling.apply(_jordan_solve(scaling.scaled, target), inverse=True)
                  for scaling, target in zip(scalings, targets)]
         rhs_values = flow_residual + _flow(problem, linear)
-        rhs_z = -z_residual - _features_transposed(problem, linear.reshape(n, linear.shape[1], -1))
-        start = 0
-        for size, part in zip(problem.blocks, conic):
-            rhs_z[:, start:start + size] += part[:, 1:]
-            start += size
-        dV, dz = system.solve(rhs_values, rhs_z)
-        ds = (_bellman(problem, dV) - _features_times(problem, dz)).reshape(q.shape)
+        if coordinates is None:
+            rhs_z = -z_residual - _features_transposed(problem, linear.reshape(n, linear.shape[1], -1))
+            start = 0
+            for size, part in zip(problem.blocks, conic):
+                rhs_z[:, start:start + size] += part[:, 1:]
+                start += size
+            dV, dz = system.solve(rhs_values, rhs_z)
+            ds = (_bellman(problem, dV) - _features_times(problem, dz)).reshape(q.shape)
+        else:
+            total = occupied + linear.reshape(n, linear.shape[1], -1).sum(axis=1)
+            total -= np.matmul(normal, np.matmul(total[:, None, :], normal).transpose(0, 2, 1))[..., 0]
+            rhs_y = state.reference_y - total + _products(coordinates.pseudo_inverse, problem.rows,
+                                                          state.y[0][:, 1:] + conic[0][:, 1:], left=True)
+            dV, dz, dy = system.solve_features(rhs_values, rhs_y)
+            ds = (_bellman(problem, dV) - dy[:, None, :]).reshape(q.shape)  # Psi dz = dy
         dq = linear - weights * ds
         ds_cones, dy_cones, start = [], [], 0
         for size, scaling, part in zip(problem.blocks, scalings, conic):

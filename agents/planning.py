@@ -849,15 +849,18 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
     k = first.adjoint.shape[1]
     phi, steps = _feature_map(mdp)
     transitions = np.asarray(mdp.transitions).reshape(horizon, pairs, n_states)
-    # Psi, its coupling operator, L^{-1} C, the k x k system and the value blocks, per user.
-    per_user = (2 * steps * pairs * k + horizon * n_states * pairs + 3 * horizon * n_states * k + 3 * k * k
-                + 4 * horizon * n_states**2)
     # One-hot features and one ball of nearly full dimension: Newton systems in y = Psi z, which
     # need no product with Psi (interior_point.FeatureCoordinates).
     in_features = (phi is None and len(first.blocks) == 1
                    and interior_point.feature_coordinates_pay(horizon, n_states, n_actions, k))
     if in_features:
-        per_user += 3 * pairs * pairs + horizon * n_states * pairs
+        # Psi (in the set's structure and stacked) and Psi^+, the metric, the S A x S A system in
+        # double and single precision, the iterates, the value blocks.
+        per_user = 3 * pairs * k + 3 * pairs * pairs + 12 * horizon * pairs + 4 * horizon * n_states**2
+    else:
+        # Psi, its coupling operator, L^{-1} C, the k x k system and the value blocks.
+        per_user = (2 * steps * pairs * k + horizon * n_states * pairs + 3 * horizon * n_states * k + 3 * k * k
+                    + 4 * horizon * n_states**2)
     uniform = occupancy(mdp, uniform_policy(mdp))
 
     def solve_block(block: np.ndarray) -> None:

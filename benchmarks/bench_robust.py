@@ -8,8 +8,9 @@ radius of k coordinates. N users cycle through the 20 sets with their centres pe
 every problem is distinct. Each row times ``robust_optimize`` of all N users in one call
 (``tol=1e-6``) and reports its processor time (on a machine shared with other jobs the wall
 time grows with their load, the processor time much less), the method ``"auto"`` chose, the
-median number of iterations, the time per user and iteration, the peak memory the call
-allocated (tracemalloc), and two ratios:
+median number of iterations, the time per user and iteration, the peak memory of the call
+(growth of the process's peak resident size; for N <= 10, or where /proc is not available,
+tracemalloc's peak of its allocations, in a separate run), and two ratios:
 
 - to cvxpy with Clarabel *per user*: the conic program of one user (occupancy measure, flow
   constraints, one second-order cone), timed from the model's construction to its solution,
@@ -38,6 +39,7 @@ Run: ``python benchmarks/bench_robust.py --table --targets both --plot docs/robu
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import tracemalloc
 import warnings
@@ -102,17 +104,48 @@ def conic_solve(mdp, confidence_set, reference) -> tuple[float, float]:
     return float(problem.value), time.perf_counter() - start
 
 
-def timed(function, separate_memory=False):
-    """``(result, seconds, peak bytes allocated, processor seconds)`` of one call.
+def _resident_kib(field):
+    """``VmRSS`` or ``VmHWM`` (peak) of this process in KiB, from /proc/self/status."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(field)
 
-    tracemalloc slows every allocation; with ``separate_memory`` (small calls, made of many small
-    array operations, where that is a large share) the call is timed untraced and run a second
-    time for the memory."""
+
+def _reset_peak():
+    """Reset the process's peak resident size (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def timed(function, separate_memory=False):
+    """``(result, seconds, peak bytes, processor seconds)`` of one call.
+
+    The call is timed untraced. With ``separate_memory`` (small calls, whose memory the process
+    may already hold) it is run a second time under tracemalloc for its peak allocation; otherwise
+    its peak memory is the growth of the process's peak resident size over its resident size before
+    the call (Linux: the peak is reset first), which costs nothing, where tracemalloc would slow
+    every allocation (by about a quarter for the interior point's many small arrays); without
+    /proc, the call is traced."""
+    if not separate_memory and _reset_peak():
+        before = _resident_kib("VmRSS")
+        start, processor = time.perf_counter(), time.process_time()
+        result = function()
+        seconds, processor = time.perf_counter() - start, time.process_time() - processor
+        return result, seconds, 1024 * max(0, _resident_kib("VmHWM") - before), processor
     if separate_memory:
         start, processor = time.perf_counter(), time.process_time()
         result = function()
         seconds, processor = time.perf_counter() - start, time.process_time() - processor
-        _, _, peak, _ = timed(function)
+        tracemalloc.start()
+        function()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
         return result, seconds, peak, processor
     tracemalloc.start()
     start, processor = time.perf_counter(), time.process_time()
@@ -219,7 +252,7 @@ def report_target(label, r, seconds):
           f"over all threads; {r['method']}, median "
           f"{r['iterations']} iterations, {1e3 * r['per_step']:.1f} ms per user and iteration, peak "
           f"{r['memory']:.0f} MB, {r['rectangular']:.0f}x the rectangular planner, workers={WORKERS}; target "
-          f"{seconds} s at N=1000)", flush=True)
+          f"{seconds} s at N=1000; load average {os.getloadavg()[0]:.1f})", flush=True)
 
 
 def plot(rows, path):
