@@ -33,6 +33,7 @@ from lr_mdp_env import TabularMDP
 from lr_mdp_env._validation import as_real_array, check_int
 
 from .confidence import ConfidenceSet, Ellipsoid, wald_radius
+from .contextual_sets import ContextualEllipsoid, ContextualSetParts
 from .data import ComparisonData
 from .estimators import (
     _BOOTSTRAP_TOL,
@@ -51,6 +52,10 @@ from .logistic import fit_logistic
 from .subspace_error import (SubspaceErrorSet, check_subspace_error, epsilon_from_product, loco_dropped_block_bound,
                              subspace_error_seed)
 from .tuning import convergence_warnings_labelled
+
+#: Largest per-context basis ``B_x`` (``d x k`` entries) of a dense :class:`~agents.confidence.Ellipsoid`;
+#: beyond it the ellipsoid sets of contexts are :class:`~agents.contextual_sets.ContextualEllipsoid`.
+_DENSE_BASIS_MAX_ENTRIES = 2**20
 
 
 def _complete(basis: np.ndarray) -> np.ndarray:
@@ -175,7 +180,7 @@ class _ContextualEstimator(RewardEstimator):
         self._record("coordinates", fit)
         self.coordinates_ = coordinates
         self.kappa_hat = fit.theta[0]
-        self._fisher_cache: dict[float, np.ndarray] = {}
+        self._fisher_cache: dict[tuple[float, bytes], np.ndarray] = {}
         self._features = features
         self.theta_c_hat = coordinates.matrix(self.kappa_hat)
         first_rows = np.unique(data.users, return_index=True)[1]
@@ -191,8 +196,10 @@ class _ContextualEstimator(RewardEstimator):
         return self._fisher(self.kappa_hat, self.ridge_)
 
     def _fisher(self, center: np.ndarray, ridge: float) -> np.ndarray:
-        """The Fisher matrix plus ``ridge I`` at ``center``, ``(1, k, k)``, once per ridge."""
-        if ridge not in self._fisher_cache:
+        """The Fisher matrix plus ``ridge I`` at ``center``, ``(1, k, k)``, once per ``(ridge, center)``
+        (what determines it: the tuned fit and the inference refit differ in both)."""
+        key = (float(ridge), np.ascontiguousarray(center, dtype=float).tobytes())
+        if key not in self._fisher_cache:
             features = self._features
             eta = self._data.offsets + self.beta * (features @ center)
             weights = self.beta**2 * expit(eta) * expit(-eta)
@@ -203,8 +210,8 @@ class _ContextualEstimator(RewardEstimator):
                 gram = (features.T * weights) @ features
             gram = 0.5 * (gram + gram.T)
             gram[np.diag_indices_from(gram)] += ridge
-            self._fisher_cache[ridge] = gram[None]
-        return self._fisher_cache[ridge]
+            self._fisher_cache[key] = gram[None]
+        return self._fisher_cache[key]
 
     def _dense_features(self) -> np.ndarray:
         """The design as a dense ``(n, k)`` array (for the sets that need its rows: theory, likelihood)."""
@@ -272,9 +279,27 @@ class _ContextualEstimator(RewardEstimator):
         return fit_logistic(self._features, self._data.labels, offsets=self._data.offsets, beta=self.beta,
                             ridge=ridge, tol=self.tol, initial=initial, fisher=False).theta
 
+    def _structured_sets(self) -> bool:
+        """Whether the ellipsoids of contexts are :class:`~agents.contextual_sets.ContextualEllipsoid`
+        (no ``d x k`` basis per context) rather than dense :class:`~agents.confidence.Ellipsoid`:
+        when ``B_x`` would exceed :data:`_DENSE_BASIS_MAX_ENTRIES` entries."""
+        return self.confidence in ("wald", "theory") and \
+            self.theta_c_hat.shape[1] * self.coordinates_.dimension > _DENSE_BASIS_MAX_ENTRIES
+
+    def _structured_parts(self) -> ContextualSetParts:
+        """The shared parts of the structured sets, once per fit."""
+        if self._contextual_structured is None:
+            parts = self._shared_set_parts()
+            self._contextual_structured = ContextualSetParts(
+                self.coordinates_, parts["center"], parts["factor"], parts["radius"], hidden=self._hidden,
+                matrix=parts["matrix"])
+        return self._contextual_structured
+
     def _reduced_set(self, context: np.ndarray) -> ConfidenceSet:
         """The set of ``theta(x) = B_x kappa`` for one context, in the span of ``B_x`` (for
         LoCo-RLHF, the RTV coordinates: the truth's ``(U_perp, V_perp)`` block is not in it)."""
+        if self._structured_sets():
+            return ContextualEllipsoid(self._structured_parts(), context)
         basis = self.coordinates_.basis_for(context)
         offset = np.zeros(basis.shape[0])
         if self.confidence in ("wald", "theory"):
@@ -314,6 +339,7 @@ class _ContextualEstimator(RewardEstimator):
     def fit(self, dataset: Any, mdp: TabularMDP | None = None) -> _ContextualEstimator:
         super().fit(dataset, mdp)
         self._contextual_parts: dict[str, Any] | None = None
+        self._contextual_structured: ContextualSetParts | None = None
         return self
 
 

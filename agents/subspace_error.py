@@ -195,6 +195,16 @@ class SubspaceErrorSet(ConfidenceSet):
             return None
         return (*terms, ComplementSeminorm(self.epsilon, np.asarray(self.subspace)))
 
+    def rectangular_bonus(self, phi_id: np.ndarray) -> np.ndarray | None:
+        """The inner set's own rectangular bonus (when it has one) plus ``epsilon ||(I - U U^T) phi_p||``
+        for every row ``phi_p`` of ``phi_id`` (the support function of the sum); ``None`` when the
+        inner set has no such method, so that the planner takes the generic path."""
+        own = getattr(self.inner, "rectangular_bonus", None)
+        inner = own(phi_id) if callable(own) else None
+        if inner is None:
+            return None
+        return np.asarray(inner, dtype=float) + self.epsilon * np.linalg.norm(self.complement(phi_id), axis=-1)
+
     # -- membership ---------------------------------------------------------------------------------
 
     def required_epsilon(self, theta: Any) -> float:
@@ -280,6 +290,8 @@ class SubspaceErrorSet(ConfidenceSet):
         """``theta_hat`` plus the projection of ``theta - theta_hat`` onto
         ``span(inner) + range(U)^perp``: the complement part stays (when ``epsilon > 0``), and
         the part in ``range(U)`` is projected onto ``U^T span(inner)``."""
+        if getattr(self.inner, "spans_everything", False):  # the span is R^d: nothing to project
+            return theta
         basis = getattr(self.inner, "basis", None)
         if basis is None:
             raise ValueError(f"project=True needs an inner set with a basis; {type(self.inner).__name__} has none")
