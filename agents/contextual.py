@@ -26,6 +26,7 @@ import math
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse
 from scipy.special import expit
 
@@ -134,6 +135,45 @@ class BilinearCoordinates:
             before += count
         return scipy.sparse.csr_matrix((values, columns, indptr), shape=(n, self.dimension))
 
+    def weighted_gram(self, contexts: np.ndarray, vectors: Any, weights: np.ndarray) -> np.ndarray:
+        """``sum_j w_j f_j f_j^T`` for the features ``f_j`` of :meth:`features`: ``(k, k)``, dense.
+
+        Block by pair of context directions ``i = (k, alpha)``, ``i' = (k', alpha')``: the entries
+        are ``R_k^T (Z^T diag(w y_i y_i') Z) R_k'`` with ``y_i = (L_k^T x_j)_alpha`` and ``Z`` the
+        rows ``v_j``. With sparse ``v_j`` and identity right sides these are products of the
+        sparse ``(n, d)`` rows with ``d x d`` output (at most ``nnz(v_j)^2`` terms per row): a few
+        seconds at ``d = 2000`` and 50,000 pairs where the product of the ``(n, k)`` design with
+        itself (``k^2`` output entries, ``((d_x + d) r)^2`` terms per pair's row) takes tens.
+        Other right sides go through the dense ``Z R_k`` ``(n, b_k)``.
+        """
+        sparse = scipy.sparse.issparse(vectors)
+        rows = scipy.sparse.csr_matrix(vectors) if sparse else np.asarray(vectors, dtype=float)
+        transposed = rows.T.tocsr() if sparse else rows.T
+        directions = []  # (coordinate range, y_i, Z R_k or None for the identity)
+        start = 0
+        for (left, right), identity in zip(self.blocks, self._identity_right):
+            mapped = None if identity else np.asarray(rows @ right)
+            y = contexts @ left
+            for alpha in range(left.shape[1]):
+                directions.append((slice(start + alpha * right.shape[1], start + (alpha + 1) * right.shape[1]),
+                                   y[:, alpha], mapped))
+            start += left.shape[1] * right.shape[1]
+        gram = np.empty((self.dimension, self.dimension))
+        for i, (range_i, y_i, mapped_i) in enumerate(directions):
+            for range_j, y_j, mapped_j in directions[i:]:
+                scale = weights * y_i * y_j
+                if mapped_j is None:
+                    right_side = rows.multiply(scale[:, None]).tocsr() if sparse else rows * scale[:, None]
+                else:
+                    right_side = mapped_j * scale[:, None]
+                block = (transposed @ right_side) if mapped_i is None else mapped_i.T @ right_side
+                block = block.toarray() if scipy.sparse.issparse(block) else np.asarray(block)
+                if range_j == range_i:  # exactly symmetric whatever the order of the sums
+                    block = 0.5 * (block + block.T)
+                gram[range_i, range_j] = block
+                gram[range_j, range_i] = block.T
+        return gram
+
     def matrix(self, kappa: np.ndarray) -> np.ndarray:
         """``Theta_c = sum_k L_k K_k R_k^T`` for the vectorised blocks ``kappa``."""
         total = 0.0
@@ -182,6 +222,7 @@ class _ContextualEstimator(RewardEstimator):
         self.kappa_hat = fit.theta[0]
         self._fisher_cache: dict[tuple[float, bytes], np.ndarray] = {}
         self._features = features
+        self._design_rows = (data.contexts, data.differences)  # what the features are built from
         self.theta_c_hat = coordinates.matrix(self.kappa_hat)
         first_rows = np.unique(data.users, return_index=True)[1]
         user_contexts = np.zeros((data.n_users, data.contexts.shape[1]))
@@ -203,12 +244,11 @@ class _ContextualEstimator(RewardEstimator):
             features = self._features
             eta = self._data.offsets + self.beta * (features @ center)
             weights = self.beta**2 * expit(eta) * expit(-eta)
-            if scipy.sparse.issparse(features):
-                gram = features.T @ features.multiply(weights[:, None]).tocsr()
-                gram = gram.toarray() if scipy.sparse.issparse(gram) else np.asarray(gram)
+            if scipy.sparse.issparse(features):  # block by block from the sparse pair rows
+                gram = self.coordinates_.weighted_gram(*self._design_rows, weights)
             else:
                 gram = (features.T * weights) @ features
-            gram = 0.5 * (gram + gram.T)
+                gram = 0.5 * (gram + gram.T)
             gram[np.diag_indices_from(gram)] += ridge
             self._fisher_cache[key] = gram[None]
         return self._fisher_cache[key]
@@ -253,7 +293,12 @@ class _ContextualEstimator(RewardEstimator):
                 parts = _ellipsoid_parts(matrix, center, radius)
             else:
                 solutions, fishers = self._inference_fit()
-                if self.confidence == "wald":
+                if self.confidence == "wald" and self._structured_sets():
+                    # The Fisher matrix is symmetric by construction (_fisher): factored without the
+                    # symmetrising copy and the entrywise check, each seconds at k = 10,000.
+                    parts = {"center": solutions[0], "matrix": fishers[0], "radius": wald_radius(k, self._set_delta),
+                             "factor": _factor_of_symmetric(fishers[0])}
+                elif self.confidence == "wald":
                     parts = _ellipsoid_parts(fishers[0], solutions[0], wald_radius(k, self._set_delta))
                 else:
                     level = None  # Wilks' level beyond 64 coordinates: the bootstrap refits k x k problems
@@ -497,6 +542,14 @@ class LoCoPRS(_ContextualEstimator):
         outside = theta_c - self.context_subspace @ (self.context_subspace.T @ theta_c)
         dropped = outside - (outside @ self.subspace) @ self.subspace.T
         return bool(covered and np.linalg.norm(dropped, ord=2) <= self._dropped_block_epsilon() * (1 + 1e-12))
+
+
+def _factor_of_symmetric(matrix: np.ndarray) -> np.ndarray:
+    """The lower Cholesky factor of a matrix symmetric by construction (LAPACK ``potrf``)."""
+    try:
+        return scipy.linalg.cholesky(matrix, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        raise ValueError("the Fisher matrix is not positive definite") from None
 
 
 def rtv_coordinates(context_subspace: np.ndarray, feature_subspace: np.ndarray) -> BilinearCoordinates:

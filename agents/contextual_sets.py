@@ -158,23 +158,52 @@ class ContextualSetParts:
         return np.tril(block) + np.tril(block, -1).T
 
     def span_matrix(self, weights: np.ndarray) -> np.ndarray:
-        """``S_x = B_x M^{-1} B_x^T = sum_ij y_i y_j R_i (M^{-1})_ij R_j^T``, ``(d, d)``."""
+        """``S_x = B_x M^{-1} B_x^T = sum_ij y_i y_j R_i (M^{-1})_ij R_j^T``, ``(d, d)``.
+
+        Pairs of identity directions add their ``d x d`` blocks of ``M^{-1}`` read from its lower
+        triangle (one pass over each block); the pairs involving a block ``R_k`` (``d x b_k``) are
+        summed in that block's ``b_k`` columns first and mapped by ``R_k`` once."""
         d = self.n_features
-        total = np.zeros((d, d))
-        for i, (_, rows, right_i) in enumerate(self.directions):
+        inverse = self._lower_inverse
+        lower = np.zeros((d, d))  # sum over pairs i <= j of identity directions, lower-stored
+        diagonal = np.zeros((d, d))
+        mapped: dict[int, np.ndarray] = {}  # block k -> sum_i y_i y_j (M^{-1})_ji over identity i, (b_k, d)
+        pairs: dict[tuple[int, int], np.ndarray] = {}  # blocks (k, k') -> sum y_j y_j' (M^{-1})_jj'
+        for i, (block_i, rows_i, right_i) in enumerate(self.directions):
+            if weights[i] == 0.0:
+                continue
             for j in range(i, len(self.directions)):
-                _, columns, right_j = self.directions[j]
+                block_j, rows_j, right_j = self.directions[j]
                 weight = weights[i] * weights[j]
                 if weight == 0.0:
                     continue
-                term = self.inverse_block(rows, columns)
-                if right_i is not None:
-                    term = right_i @ term
-                if right_j is not None:
-                    term = term @ right_j.T
-                total += weight * term
-                if j != i:
-                    total += weight * term.T
+                if right_i is None and right_j is None:
+                    if j == i:
+                        diagonal += weight * np.tril(inverse[rows_i, rows_i])
+                    else:  # rows_j after rows_i: (M^{-1})_ji is in the lower triangle
+                        lower += weight * inverse[rows_j, rows_i]
+                elif right_i is None:
+                    term = weight * inverse[rows_j, rows_i]
+                    mapped[block_j] = mapped[block_j] + term if block_j in mapped else term
+                else:
+                    term = weight * self.inverse_block(rows_i, rows_j)
+                    if block_j == block_i and j != i:  # both orders of the pair, in one block's columns
+                        term = term + term.T
+                    key = (block_i, block_j)
+                    pairs[key] = pairs[key] + term if key in pairs else term
+        total = diagonal + diagonal.T
+        total[np.diag_indices(d)] -= np.diagonal(diagonal)
+        total += lower
+        total += lower.T
+        for block, term in mapped.items():
+            image = self.blocks[block][1] @ term  # R_k sum y_i y_j (M^{-1})_ji: (d, d) of rank b_k
+            total += image
+            total += image.T
+        for (block_i, block_j), term in pairs.items():
+            image = self.blocks[block_i][1] @ term @ self.blocks[block_j][1].T
+            total += image
+            if block_i != block_j:
+                total += image.T
         return 0.5 * (total + total.T)
 
     # -- the rectangular bonus ------------------------------------------------------------------------------

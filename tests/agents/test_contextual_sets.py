@@ -60,7 +60,7 @@ def coordinates_of(kind, rng, d_x, d, r):
 @pytest.mark.parametrize("kind", ["rtv", "rtv full context rank", "full rank"])
 def test_operations_equal_the_dense_ellipsoid(kind):
     rng = np.random.default_rng(["rtv", "rtv full context rank", "full rank"].index(kind))
-    d_x, d, r = 3, 7, 2
+    d_x, d, r = 4, 7, 2  # two directions in each RTV block
     coordinates, context_subspace = coordinates_of(kind, rng, d_x, d, r)
     parts, matrix = random_parts(rng, coordinates, None)
     vectors = rng.normal(size=(5, d))
@@ -104,7 +104,7 @@ def test_rectangular_bonus_equals_the_dense_one(features, kind):
     one-hot (h, s, a) features take the generic one. Also inside a SubspaceErrorSet."""
     rng = np.random.default_rng(11)
     mdp = random_mdp(4, 2, 3, features=features, n_features=6 if features == "dense" else None, seed=3)
-    d, d_x, r = mdp.n_features, 3, 2
+    d, d_x, r = mdp.n_features, 4, 2
     hidden = unidentified_directions(mdp)
     coordinates, context_subspace = coordinates_of(kind, rng, d_x, d, r)
     parts, matrix = random_parts(rng, coordinates, hidden)
@@ -192,3 +192,23 @@ def test_fisher_cache_is_keyed_by_ridge_and_centre(contextual_world):
     weights = estimator.beta**2 / (2.0 + 2.0 * np.cosh(eta))  # sigmoid'(eta)
     expected = (features.T * weights) @ features + 0.5 * np.eye(features.shape[1])
     np.testing.assert_allclose(elsewhere[0], expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["rtv", "full rank"])
+def test_weighted_gram_equals_the_product_of_the_design(kind):
+    """The Fisher matrix block by block (sparse pair rows) equals ``F^T diag(w) F`` of the design."""
+    rng = np.random.default_rng(21)
+    mdp = random_mdp(5, 3, 4, seed=6)
+    rewards = contextual_rewards(mdp.n_features, 4, 2, n_users=12, mdp=mdp, seed=7)
+    dataset = collect_preferences(mdp, rewards, 10, seed=8)
+    differences = dataset.feature_differences(mdp, sparse=True)
+    coordinates, _ = coordinates_of(kind, rng, 4, mdp.n_features, 2)
+    weights = rng.uniform(0.01, 0.25, size=dataset.contexts.shape[0])
+    design = coordinates.features(dataset.contexts, differences)
+    design = design.toarray() if hasattr(design, "toarray") else design
+    expected = (design.T * weights) @ design
+    assert hasattr(differences, "toarray")  # the sparse path, and the dense one below
+    for rows in (differences, differences.toarray()):
+        gram = coordinates.weighted_gram(dataset.contexts, rows, weights)
+        np.testing.assert_allclose(gram, expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(gram, gram.T)
