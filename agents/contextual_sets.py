@@ -38,6 +38,9 @@ from .confidence import _within as within_radius
 
 __all__ = ["ContextualEllipsoid", "ContextualSetParts"]
 
+# Right-hand sides of one batched solve hold about this many coordinates (a few tens of MB).
+_BATCH_ENTRIES = 2**22
+
 
 def _as_value(value: np.ndarray) -> np.ndarray | float:
     return float(value) if np.ndim(value) == 0 else value
@@ -378,6 +381,68 @@ class ContextualEllipsoid(ConfidenceSet):
         y = np.asarray(self.weights)
         squared = tensor.reshape(tensor.shape[0], -1) @ np.outer(y, y).ravel()
         return self.radius * np.sqrt(np.maximum(squared, 0.0))
+
+    # -- many contexts at once ------------------------------------------------------------------------------
+
+    @staticmethod
+    def batch_dual_norm(sets: Any, vectors: Any) -> np.ndarray:
+        """:meth:`dual_norm` of ``vectors[i]`` for ``sets[i]``: the sets sharing one
+        :class:`ContextualSetParts` (every context of a fit) take one triangular solve with many
+        right-hand sides (``O(k^2)`` per set at matrix-matrix speed, where one solve per set is
+        bound by reading the ``k x k`` factor each time).
+
+        Parameters
+        ----------
+        sets : sequence of ContextualEllipsoid
+        vectors : array_like, shape (len(sets), d)
+
+        Returns
+        -------
+        ndarray, shape (len(sets),)
+        """
+        return ContextualEllipsoid._batch_support(sets, vectors)[1]
+
+    @staticmethod
+    def batch_lower(sets: Any, vectors: Any) -> np.ndarray:
+        """:meth:`lower` of ``vectors[i]`` for ``sets[i]`` (see :meth:`batch_dual_norm`).
+
+        Parameters
+        ----------
+        sets : sequence of ContextualEllipsoid
+        vectors : array_like, shape (len(sets), d)
+
+        Returns
+        -------
+        ndarray, shape (len(sets),)
+        """
+        sets = list(sets)
+        centre_values, norms = ContextualEllipsoid._batch_support(sets, vectors)
+        return centre_values - np.array([item.radius for item in sets]) * norms
+
+    @staticmethod
+    def _batch_support(sets: Any, vectors: Any) -> tuple[np.ndarray, np.ndarray]:
+        sets = list(sets)
+        if not all(isinstance(item, ContextualEllipsoid) for item in sets):
+            raise TypeError("sets must be a sequence of ContextualEllipsoid")
+        vectors = as_real_array("vectors", vectors, (2,))
+        if not sets:
+            return np.zeros(0), np.zeros(0)
+        if vectors.shape != (len(sets), sets[0].n_features):
+            raise ValueError(f"vectors must have shape ({len(sets)}, d={sets[0].n_features}), got {vectors.shape}")
+        centre_values = np.einsum("nd,nd->n", vectors, np.stack([item.theta_hat for item in sets]))
+        norms = np.empty(len(sets))
+        groups: dict[int, list[int]] = {}
+        for index, item in enumerate(sets):
+            groups.setdefault(id(item.parts), []).append(index)
+        for members in groups.values():
+            parts = sets[members[0]].parts
+            # Blocks of right-hand sides of about _BATCH_ENTRIES coordinates.
+            size = max(1, _BATCH_ENTRIES // max(1, parts.dimension))
+            for first in range(0, len(members), size):
+                chosen = members[first:first + size]
+                coordinates = np.stack([sets[i].coordinates(vectors[i]) for i in chosen])
+                norms[chosen] = np.linalg.norm(parts.whiten(coordinates), axis=-1)
+        return centre_values, norms
 
     # -- span, distance and membership ----------------------------------------------------------------------
 

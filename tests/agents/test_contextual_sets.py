@@ -212,3 +212,39 @@ def test_weighted_gram_equals_the_product_of_the_design(kind):
         gram = coordinates.weighted_gram(dataset.contexts, rows, weights)
         np.testing.assert_allclose(gram, expected, rtol=1e-12, atol=1e-12)
         np.testing.assert_array_equal(gram, gram.T)
+
+
+def test_batched_support_equals_one_set_at_a_time(monkeypatch):
+    rng = np.random.default_rng(31)
+    coordinates, context_subspace = coordinates_of("rtv", rng, 4, 7, 2)
+    parts, _ = random_parts(rng, coordinates, None)
+    other, _ = random_parts(rng, coordinates, None)  # a second fit: its own group
+    sets = [ContextualEllipsoid(parts if i % 3 else other, rng.normal(size=4)) for i in range(7)]
+    vectors = rng.normal(size=(7, 7))
+    monkeypatch.setattr("agents.contextual_sets._BATCH_ENTRIES", 40)  # several blocks of two sets
+    np.testing.assert_allclose(ContextualEllipsoid.batch_lower(sets, vectors),
+                               [item.lower(v) for item, v in zip(sets, vectors)], rtol=RTOL)
+    np.testing.assert_allclose(ContextualEllipsoid.batch_dual_norm(sets, vectors),
+                               [item.dual_norm(v) for item, v in zip(sets, vectors)], rtol=RTOL)
+    with pytest.raises(ValueError, match="vectors"):
+        ContextualEllipsoid.batch_lower(sets, vectors[:3])
+    with pytest.raises(TypeError, match="sets"):
+        ContextualEllipsoid.batch_lower([object()], vectors[:1])
+
+
+def test_bad_input_names_the_argument():
+    rng = np.random.default_rng(41)
+    coordinates, _ = coordinates_of("rtv", rng, 4, 7, 2)
+    parts, _ = random_parts(rng, coordinates, None)
+    with pytest.raises(TypeError, match="parts"):
+        ContextualEllipsoid(object(), np.zeros(4))
+    with pytest.raises(ValueError, match="context"):
+        ContextualEllipsoid(parts, np.zeros(5))
+    with pytest.raises(ValueError, match="context"):
+        ContextualEllipsoid(parts, np.array([np.nan, 0.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="center"):
+        ContextualSetParts(coordinates, np.zeros(3), parts.factor, 1.0)
+    with pytest.raises(ValueError, match="radius"):
+        ContextualSetParts(coordinates, parts.center, parts.factor, -1.0)
+    with pytest.raises(ValueError, match="theta"):
+        ContextualEllipsoid(parts, np.ones(4)).distance(np.zeros(3))
