@@ -487,11 +487,11 @@ class ContextualEllipsoid(ConfidenceSet):
             raise AttributeError("the set spans all of R^d")
         return self._span
 
-    @cached_property
     def _span_factor(self) -> tuple[np.ndarray, bool]:
         """The Cholesky factor of ``S_x`` restricted to the span (``S_x`` itself, or
         ``E^T S_x E`` for the span's basis ``E``), or its pseudo-inverse root when rounding makes
-        it singular (flag ``False``)."""
+        it singular (flag ``False``). Not kept: ``d x d`` per set, and a caller going through
+        many contexts (agents.evaluate) holds many sets at once."""
         matrix = self.parts.span_matrix(np.asarray(self.weights))
         if self._span is not None:
             matrix = self._span.T @ matrix @ self._span
@@ -520,9 +520,9 @@ class ContextualEllipsoid(ConfidenceSet):
         smallest ``||w - kappa_0||_M`` over coordinates ``w`` with ``B_x w`` that projection (as
         :meth:`agents.Ellipsoid.distance`)."""
         along, _ = self._span_parts(theta)
-        factor, triangular = self._span_factor
         if along.shape[0] == 0:
             return 0.0
+        factor, triangular = self._span_factor()
         if triangular:
             return float(np.linalg.norm(scipy.linalg.solve_triangular(factor, along, lower=True, check_finite=False)))
         return float(np.linalg.norm(along @ factor))
