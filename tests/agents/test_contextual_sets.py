@@ -248,3 +248,26 @@ def test_bad_input_names_the_argument():
         ContextualSetParts(coordinates, parts.center, parts.factor, -1.0)
     with pytest.raises(ValueError, match="theta"):
         ContextualEllipsoid(parts, np.ones(4)).distance(np.zeros(3))
+
+
+def test_inverse_root_norm_bounds_the_largest_eigenvalue_tightly():
+    """Lanczos on the factor gives ``||M^{-1/2}||_2`` from above within its tolerance (the
+    eigenvalues of M span e^{-1.5} .. e^{1.5}, with a cluster at the smallest)."""
+    rng = np.random.default_rng(51)
+    k = 300
+    q = orthonormal(rng, k, k)
+    values = np.exp(rng.uniform(-1.5, 1.5, size=k))
+    values[:3] = np.exp(-1.5) * np.array([1.0, 1.0 + 1e-6, 1.001])
+    matrix = (q * values) @ q.T
+    matrix = 0.5 * (matrix + matrix.T)
+    exact = 1.0 / np.sqrt(np.linalg.eigvalsh(matrix)[0])
+    bound = contextual._inverse_root_norm(np.linalg.cholesky(matrix))
+    assert exact <= bound <= exact * (1 + 1e-8)
+
+
+def test_coordinate_spread_by_lanczos_equals_the_eigenvalue_one(contextual_world, monkeypatch):
+    mdp, _, dataset = contextual_world
+    estimator = LoCoPRS(2, ridge=0.5).fit(dataset, mdp)
+    dense = estimator._coordinate_spread()
+    monkeypatch.setattr(contextual, "_DENSE_SPREAD_MAX", 0)
+    assert dense <= estimator._coordinate_spread() <= dense * (1 + 1e-8)
