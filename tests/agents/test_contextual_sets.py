@@ -126,6 +126,16 @@ def test_rectangular_bonus_equals_the_dense_one(features, kind):
                                planning.rectangular_bonus(mdp, wrapped_dense), rtol=RTOL, atol=1e-12)
     vectors = rng.normal(size=(3, d))
     np.testing.assert_allclose(wrapped_fast[0].lower(vectors), wrapped_dense[0].lower(vectors), rtol=RTOL)
+    # Membership of the wrapper (its exact split), with and without projection onto the span.
+    for one, other in zip(wrapped_fast[:2], wrapped_dense[:2]):
+        for scale in (0.5, 3.0):
+            theta = one.minimizer(rng.normal(size=d)) + scale * 0.2 * rng.normal(size=d)
+            assert one.contains(theta) == other.contains(theta)
+            assert one.contains(theta, project=True) == other.contains(theta, project=True)
+            # A required epsilon of zero comes out as the square root of a rounding-level residual:
+            # sqrt(eps) ~ 1.5e-8 times the problem's scale (O(1) here).
+            needed = one.required_epsilon(theta)
+            assert needed == pytest.approx(other.required_epsilon(theta), rel=1e-7, abs=1e-6)
 
 
 def test_robust_optimize_optimum_equals_the_dense_one():
