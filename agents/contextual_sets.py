@@ -504,6 +504,21 @@ class ContextualEllipsoid(ConfidenceSet):
             keep = values > matrix.shape[0] * np.finfo(float).eps * max(values[-1], 0.0)
             return vectors[:, keep] / np.sqrt(values[keep]), False
 
+    def feature_root(self) -> np.ndarray:
+        """A ``d x rho`` matrix ``A`` with ``A A^T = S_x = B_x M^{-1} B_x^T`` (``rho`` the rank of the
+        span): the set is ``{theta_hat + A z : ||z|| <= radius}``, the same as
+        ``{theta_hat + K^T z}`` of its seminorm with ``k`` coordinates, in ``d`` or fewer."""
+        span = self._span
+        matrix = self.parts.span_matrix(np.asarray(self.weights))
+        if span is not None:
+            matrix = span.T @ matrix @ span
+        try:
+            root = scipy.linalg.cholesky(matrix, lower=True, check_finite=False) if matrix.size else matrix
+        except np.linalg.LinAlgError:
+            values, vectors = np.linalg.eigh(matrix)
+            root = vectors * np.sqrt(np.maximum(values, 0.0))
+        return root if span is None else span @ root
+
     def _span_parts(self, theta: Any) -> tuple[np.ndarray, np.ndarray]:
         """``theta - theta_hat`` in the span's coordinates, and its part off the span."""
         theta = as_real_array("theta", theta, (1,))
@@ -548,3 +563,7 @@ class _ContextSeminorm(Seminorm):
 
     def adjoint(self, coordinates: np.ndarray) -> np.ndarray:
         return self.owner.image(self.owner.parts.unwhiten_adjoint(np.asarray(coordinates, dtype=float)))
+
+    def feature_root(self) -> np.ndarray:
+        """``A`` with ``A A^T = K^T K`` in at most ``d`` columns (:meth:`ContextualEllipsoid.feature_root`)."""
+        return self.owner.feature_root()

@@ -308,8 +308,15 @@ class SubspaceErrorSet(ConfidenceSet):
 
     def _required_epsilon_seminorm(self, theta: np.ndarray, term: Seminorm) -> float:
         residual = theta - self.theta_hat
-        adjoint = np.asarray(term.matrix, dtype=float).T if isinstance(term, LinearSeminorm) else \
-            np.asarray(term.adjoint(np.eye(term.whiten(np.zeros(self.n_features)).shape[-1])), dtype=float).T
+        # Any A with A A^T = K^T K describes the same set {theta_hat + A z : ||z|| <= radius}: a term
+        # with many coordinates (a context's set of a contextual estimator, k > d) supplies one in d.
+        root = getattr(term, "feature_root", None)
+        if callable(root):
+            adjoint = np.asarray(root(), dtype=float)
+        elif isinstance(term, LinearSeminorm):
+            adjoint = np.asarray(term.matrix, dtype=float).T
+        else:
+            adjoint = np.asarray(term.adjoint(np.eye(term.whiten(np.zeros(self.n_features)).shape[-1])), dtype=float).T
         radius = float(term.radius)
         scale = max(1.0, float(np.linalg.norm(residual)), float(np.abs(adjoint).max(initial=0.0)) * radius)
         constraint = self.subspace.T @ adjoint  # (r, m): U^T K^T

@@ -78,6 +78,10 @@ def test_operations_equal_the_dense_ellipsoid(kind):
         np.testing.assert_allclose(term.whiten(vectors), dense_term.whiten(vectors), rtol=RTOL, atol=1e-12)
         z = rng.normal(size=(2, coordinates.dimension))
         np.testing.assert_allclose(term.adjoint(z), dense_term.adjoint(z), rtol=RTOL, atol=1e-12)
+        # The set in feature space: A A^T = B_x M^{-1} B_x^T.
+        root = fast.feature_root()
+        np.testing.assert_allclose(root @ root.T, dense.basis @ np.linalg.solve(matrix, dense.basis.T),
+                                   rtol=1e-8, atol=1e-12)
         # Distance and membership: points on the span at several M-distances, and points off it.
         span = dense.range_factors.left
         assert fast.spans_everything == (span.shape[1] == d)
