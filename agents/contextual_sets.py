@@ -140,37 +140,39 @@ class ContextualSetParts:
     # -- blocks of M^{-1} --------------------------------------------------------------------------------
 
     @cached_property
-    def _lower_inverse(self) -> np.ndarray:
-        """``M^{-1}`` from the factor (LAPACK ``potri``), valid in its lower triangle: ``O(k^3)``
-        once per fit, ``k^2`` floats."""
+    def _upper_inverse(self) -> np.ndarray:
+        """``M^{-1}`` from the factor (LAPACK ``potri``), valid in its upper triangle and C-ordered
+        (the transpose of LAPACK's lower-valid column-major result, so that blocks of rows are
+        read contiguously): ``O(k^3)`` once per fit, ``k^2`` floats."""
         if self.dimension == 0:
             return np.zeros((0, 0))
         inverse, info = scipy.linalg.lapack.dpotri(self.factor, lower=1)
         if info != 0:
             raise ValueError(f"the factor of the set's matrix is singular (potri info {info})")
-        return inverse
+        return inverse.T
 
     def inverse_block(self, rows: slice, columns: slice) -> np.ndarray:
         """The block of ``M^{-1}`` at two ranges of context directions (equal or disjoint)."""
-        inverse = self._lower_inverse
-        if rows.start >= columns.stop:
+        inverse = self._upper_inverse
+        if rows.stop <= columns.start:
             return inverse[rows, columns]
-        if columns.start >= rows.stop:
+        if columns.stop <= rows.start:
             return inverse[columns, rows].T
         block = inverse[rows, columns]
-        return np.tril(block) + np.tril(block, -1).T
+        return np.triu(block) + np.triu(block, 1).T
 
     def span_matrix(self, weights: np.ndarray) -> np.ndarray:
         """``S_x = B_x M^{-1} B_x^T = sum_ij y_i y_j R_i (M^{-1})_ij R_j^T``, ``(d, d)``.
 
-        Pairs of identity directions add their ``d x d`` blocks of ``M^{-1}`` read from its lower
-        triangle (one pass over each block); the pairs involving a block ``R_k`` (``d x b_k``) are
-        summed in that block's ``b_k`` columns first and mapped by ``R_k`` once."""
+        Pairs of identity directions add their ``d x d`` blocks of ``M^{-1}`` read from its upper
+        triangle (one pass over each block, rows contiguous); the pairs involving a block ``R_k``
+        (``d x b_k``) are summed in that block's ``b_k`` columns first and mapped by ``R_k`` once."""
         d = self.n_features
-        inverse = self._lower_inverse
-        lower = np.zeros((d, d))  # sum over pairs i <= j of identity directions, lower-stored
-        diagonal = np.zeros((d, d))
-        mapped: dict[int, np.ndarray] = {}  # block k -> sum_i y_i y_j (M^{-1})_ji over identity i, (b_k, d)
+        inverse = self._upper_inverse
+        upper = np.zeros((d, d))  # sum over pairs i < j of identity directions of y_i y_j (M^{-1})_ij
+        diagonal = np.zeros((d, d))  # sum over i of y_i^2 (M^{-1})_ii, valid in its upper triangle
+        scaled = np.empty((d, d))  # one scratch block (no temporary per pair)
+        mapped: dict[int, np.ndarray] = {}  # block k -> sum y_i y_j (M^{-1})_ij over identity i, (d, b_k)
         pairs: dict[tuple[int, int], np.ndarray] = {}  # blocks (k, k') -> sum y_j y_j' (M^{-1})_jj'
         for i, (block_i, rows_i, right_i) in enumerate(self.directions):
             if weights[i] == 0.0:
@@ -181,12 +183,12 @@ class ContextualSetParts:
                 if weight == 0.0:
                     continue
                 if right_i is None and right_j is None:
-                    if j == i:
-                        diagonal += weight * np.tril(inverse[rows_i, rows_i])
-                    else:  # rows_j after rows_i: (M^{-1})_ji is in the lower triangle
-                        lower += weight * inverse[rows_j, rows_i]
+                    # rows_i before rows_j: (M^{-1})_ij is in the upper triangle; a diagonal block
+                    # is valid in its own upper triangle, all that is read of the sum below.
+                    np.multiply(inverse[rows_i, rows_j], weight, out=scaled)
+                    np.add(diagonal if j == i else upper, scaled, out=diagonal if j == i else upper)
                 elif right_i is None:
-                    term = weight * inverse[rows_j, rows_i]
+                    term = weight * inverse[rows_i, rows_j]
                     mapped[block_j] = mapped[block_j] + term if block_j in mapped else term
                 else:
                     term = weight * self.inverse_block(rows_i, rows_j)
@@ -194,12 +196,13 @@ class ContextualSetParts:
                         term = term + term.T
                     key = (block_i, block_j)
                     pairs[key] = pairs[key] + term if key in pairs else term
+        diagonal = np.triu(diagonal)
         total = diagonal + diagonal.T
         total[np.diag_indices(d)] -= np.diagonal(diagonal)
-        total += lower
-        total += lower.T
+        total += upper
+        total += upper.T
         for block, term in mapped.items():
-            image = self.blocks[block][1] @ term  # R_k sum y_i y_j (M^{-1})_ji: (d, d) of rank b_k
+            image = term @ self.blocks[block][1].T  # sum y_i y_j (M^{-1})_ij R_k^T: (d, d) of rank b_k
             total += image
             total += image.T
         for (block_i, block_j), term in pairs.items():
