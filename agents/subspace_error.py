@@ -30,6 +30,7 @@ independent fit, held as a :class:`SubspaceErrorSet` around the span of each use
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -203,7 +204,7 @@ class SubspaceErrorSet(ConfidenceSet):
         inner = own(phi_id) if callable(own) else None
         if inner is None:
             return None
-        return np.asarray(inner, dtype=float) + self.epsilon * np.linalg.norm(self.complement(phi_id), axis=-1)
+        return np.asarray(inner, dtype=float) + self.epsilon * _complement_norms(np.asarray(self.subspace), phi_id)
 
     # -- membership ---------------------------------------------------------------------------------
 
@@ -361,6 +362,26 @@ class SubspaceErrorSet(ConfidenceSet):
             length = min(1.0, max(0.0, gap / max(float(step @ step), 1e-300)))
             point = point - length * step
         raise RuntimeError("the membership test did not decide within its Frank-Wolfe budget")
+
+
+# The last (rows, subspace) of _complement_norms and its answer: the sets of all contexts of a
+# fit share both, and each would otherwise redo an O(m d r) product (seconds over 1000 contexts).
+_LAST_COMPLEMENT_NORMS: list = [None]
+
+
+def _complement_norms(subspace: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``||(I - U U^T) phi_p||`` for the rows of ``rows``, remembered for the last rows (by
+    identity, held weakly) and subspace (by value)."""
+    key = subspace.tobytes()
+    last = _LAST_COMPLEMENT_NORMS[0]
+    if last is not None and last[0]() is rows and last[1] == key and last[2].shape == subspace.shape:
+        return last[3]
+    norms = np.linalg.norm(rows - (rows @ subspace) @ subspace.T, axis=-1)
+    try:
+        _LAST_COMPLEMENT_NORMS[0] = (weakref.ref(rows), key, subspace, norms)
+    except TypeError:  # rows that cannot be referenced weakly are not remembered
+        pass
+    return norms
 
 
 def _ball_least_squares(matrix: np.ndarray, target: np.ndarray, radius: float) -> float:

@@ -285,3 +285,18 @@ def test_coordinate_spread_by_lanczos_equals_the_eigenvalue_one(contextual_world
     dense = estimator._coordinate_spread()
     monkeypatch.setattr(contextual, "_DENSE_SPREAD_MAX", 0)
     assert dense <= estimator._coordinate_spread() <= dense * (1 + 1e-8)
+
+
+def test_wrapper_bonus_follows_its_own_subspace_for_the_same_rows():
+    """The complement norms are remembered for the last rows and subspace: another subspace (or
+    other rows) gets its own."""
+    rng = np.random.default_rng(61)
+    coordinates, _ = coordinates_of("rtv", rng, 4, 7, 2)
+    parts, _ = random_parts(rng, coordinates, None)
+    inner = ContextualEllipsoid(parts, rng.normal(size=4))
+    rows = rng.normal(size=(5, 7))
+    for subspace in (orthonormal(rng, 7, 2), orthonormal(rng, 7, 3), orthonormal(rng, 7, 2)):
+        for phi in (rows, rows, rows.copy()):
+            expected = inner.rectangular_bonus(phi) + 0.7 * np.linalg.norm(phi - phi @ subspace @ subspace.T, axis=1)
+            np.testing.assert_allclose(SubspaceErrorSet(inner, subspace, 0.7).rectangular_bonus(phi), expected,
+                                       rtol=1e-12)
