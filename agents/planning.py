@@ -206,9 +206,18 @@ def _bonus_rows(mdp: TabularMDP, items: list[ConfidenceSet], phi_id: np.ndarray,
     """:func:`rectangular_bonus` of ``items`` on the rows of ``phi_id``: ``(len(items), rows)``.
 
     ``coordinates_by_basis`` caches ``phi_id G`` across calls (an estimator's sets usually share
-    ``G``); ``first`` is the index of ``items[0]`` among all sets (for messages)."""
+    ``G``); ``first`` is the index of ``items[0]`` among all sets (for messages). A set with a
+    method ``rectangular_bonus(phi_id)`` returning the ``(rows,)`` bonus (or ``None`` to decline)
+    supplies its own."""
     b = np.empty((len(items), phi_id.shape[0]))
     for index, item in enumerate(items):
+        # A set may compute its bonus in its own structure (agents.contextual_sets: no d x k map
+        # per context); None declines.
+        own = getattr(item, "rectangular_bonus", None)
+        bonus = own(phi_id) if callable(own) else None
+        if bonus is not None:
+            b[index] = bonus
+            continue
         if isinstance(item, Ellipsoid):
             if item.dimension == 0:
                 b[index] = 0.0

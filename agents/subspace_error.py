@@ -30,6 +30,7 @@ independent fit, held as a :class:`SubspaceErrorSet` around the span of each use
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -195,6 +196,16 @@ class SubspaceErrorSet(ConfidenceSet):
             return None
         return (*terms, ComplementSeminorm(self.epsilon, np.asarray(self.subspace)))
 
+    def rectangular_bonus(self, phi_id: np.ndarray) -> np.ndarray | None:
+        """The inner set's own rectangular bonus (when it has one) plus ``epsilon ||(I - U U^T) phi_p||``
+        for every row ``phi_p`` of ``phi_id`` (the support function of the sum); ``None`` when the
+        inner set has no such method, so that the planner takes the generic path."""
+        own = getattr(self.inner, "rectangular_bonus", None)
+        inner = own(phi_id) if callable(own) else None
+        if inner is None:
+            return None
+        return np.asarray(inner, dtype=float) + self.epsilon * _complement_norms(np.asarray(self.subspace), phi_id)
+
     # -- membership ---------------------------------------------------------------------------------
 
     def required_epsilon(self, theta: Any) -> float:
@@ -280,6 +291,8 @@ class SubspaceErrorSet(ConfidenceSet):
         """``theta_hat`` plus the projection of ``theta - theta_hat`` onto
         ``span(inner) + range(U)^perp``: the complement part stays (when ``epsilon > 0``), and
         the part in ``range(U)`` is projected onto ``U^T span(inner)``."""
+        if getattr(self.inner, "spans_everything", False):  # the span is R^d: nothing to project
+            return theta
         basis = getattr(self.inner, "basis", None)
         if basis is None:
             raise ValueError(f"project=True needs an inner set with a basis; {type(self.inner).__name__} has none")
@@ -296,8 +309,15 @@ class SubspaceErrorSet(ConfidenceSet):
 
     def _required_epsilon_seminorm(self, theta: np.ndarray, term: Seminorm) -> float:
         residual = theta - self.theta_hat
-        adjoint = np.asarray(term.matrix, dtype=float).T if isinstance(term, LinearSeminorm) else \
-            np.asarray(term.adjoint(np.eye(term.whiten(np.zeros(self.n_features)).shape[-1])), dtype=float).T
+        # Any A with A A^T = K^T K describes the same set {theta_hat + A z : ||z|| <= radius}: a term
+        # with many coordinates (a context's set of a contextual estimator, k > d) supplies one in d.
+        root = getattr(term, "feature_root", None)
+        if callable(root):
+            adjoint = np.asarray(root(), dtype=float)
+        elif isinstance(term, LinearSeminorm):
+            adjoint = np.asarray(term.matrix, dtype=float).T
+        else:
+            adjoint = np.asarray(term.adjoint(np.eye(term.whiten(np.zeros(self.n_features)).shape[-1])), dtype=float).T
         radius = float(term.radius)
         scale = max(1.0, float(np.linalg.norm(residual)), float(np.abs(adjoint).max(initial=0.0)) * radius)
         constraint = self.subspace.T @ adjoint  # (r, m): U^T K^T
@@ -342,6 +362,26 @@ class SubspaceErrorSet(ConfidenceSet):
             length = min(1.0, max(0.0, gap / max(float(step @ step), 1e-300)))
             point = point - length * step
         raise RuntimeError("the membership test did not decide within its Frank-Wolfe budget")
+
+
+# The last (rows, subspace) of _complement_norms and its answer: the sets of all contexts of a
+# fit share both, and each would otherwise redo an O(m d r) product (seconds over 1000 contexts).
+_LAST_COMPLEMENT_NORMS: list = [None]
+
+
+def _complement_norms(subspace: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``||(I - U U^T) phi_p||`` for the rows of ``rows``, remembered for the last rows (by
+    identity, held weakly) and subspace (by value)."""
+    key = subspace.tobytes()
+    last = _LAST_COMPLEMENT_NORMS[0]
+    if last is not None and last[0]() is rows and last[1] == key and last[2].shape == subspace.shape:
+        return last[3]
+    norms = np.linalg.norm(rows - (rows @ subspace) @ subspace.T, axis=-1)
+    try:
+        _LAST_COMPLEMENT_NORMS[0] = (weakref.ref(rows), key, subspace, norms)
+    except TypeError:  # rows that cannot be referenced weakly are not remembered
+        pass
+    return norms
 
 
 def _ball_least_squares(matrix: np.ndarray, target: np.ndarray, radius: float) -> float:

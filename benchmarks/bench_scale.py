@@ -25,7 +25,13 @@ of taking the machine down):
   greedy and with rectangular pessimism (the estimator is not refitted; the planners' time, not
   the bootstrap's);
 - ``evaluate greedy``, ``evaluate rect.``: :func:`agents.evaluate` of those agents (exact values,
-  optimal policies, pessimism diagnostics; the policies already planned).
+  optimal policies, pessimism diagnostics; the policies already planned);
+- with ``--loco-planning`` (or by name with ``--stages``): ``loco-prs ignore`` (LoCo-PRS with
+  ``subspace_error="ignore"`` on the contextual data), ``loco first set`` (the first context's set:
+  inference refit, ``k x k`` Fisher matrix, its factor), ``loco further sets`` (every other user's),
+  ``loco rect. bonus`` (:func:`agents.planning.rectangular_bonus` of all users' sets: ``M^{-1}``
+  and the bonus tensor once, then each context), ``loco greedy planning`` / ``loco rect. planning``
+  and ``evaluate loco greedy`` / ``evaluate loco rect.`` (as above, under the contextual truth).
 
 Stages are the entries of ``STAGES``: a name and a function of the cell's state (a dict holding
 ``mdp``, ``rewards``, ``dataset`` and the options), so later stages (planning, evaluation) are
@@ -234,6 +240,67 @@ def _loco_prs(state: dict) -> None:
     state.setdefault("fitted", {})["loco-prs"] = estimator
 
 
+def _loco_ignore(state: dict) -> None:
+    """LoCo-PRS with ``subspace_error="ignore"`` (the sets of the RTV coordinates alone, no dropped-block
+    bootstrap) on the contextual data: the estimator of the LoCo planning stages."""
+    import agents
+
+    if "contextual" not in state:
+        raise RuntimeError("needs the 'loco-prs joint' stage first")
+    rewards, dataset = state["contextual"]
+    estimator = agents.LoCoPRS(RANK, ridge=state["ridge"], subspace_error="ignore").fit(dataset, state["mdp"])
+    state.setdefault("fitted", {})["loco-prs ignore"] = estimator
+
+
+def _loco_sets(step: str) -> Callable[[dict], None]:
+    """The per-context sets of ``loco-prs ignore``: the first (the inference refit, the ``k x k``
+    Fisher matrix and its factor), every further user's context, and the rectangular bonus of all
+    of them (``M^{-1}`` and the bonus tensor once, then each context)."""
+    def sets(state: dict) -> None:
+        from agents import planning
+
+        estimator = _fitted(state, "loco-prs ignore")
+        if step == "first":
+            estimator.confidence_set(0)
+        elif step == "further":
+            for user in range(1, estimator.user_contexts.shape[0]):
+                estimator.confidence_set(user)
+        else:
+            items = [estimator.confidence_set(user) for user in range(estimator.user_contexts.shape[0])]
+            planning.rectangular_bonus(state["mdp"], items)
+
+    return sets
+
+
+def _loco_planning(pessimism: str) -> Callable[[dict], None]:
+    """Every user's policy from ``loco-prs ignore``'s sets of the users' contexts, greedy or rectangular."""
+    def plan(state: dict) -> None:
+        import agents
+
+        rewards, dataset = state["contextual"]
+        agent = agents.PessimisticAgent(_AlreadyFitted(_fitted(state, "loco-prs ignore")), pessimism=pessimism)
+        agent.fit(dataset, state["mdp"])
+        agent.policies()
+        state.setdefault("agents", {})[f"loco {pessimism}"] = agent
+
+    return plan
+
+
+def _loco_evaluate(pessimism: str) -> Callable[[dict], None]:
+    """``agents.evaluate`` of the LoCo agent planned by its planning stage, under the contextual truth."""
+    def evaluate(state: dict) -> None:
+        import agents
+
+        if f"loco {pessimism}" not in state.get("agents", {}):
+            raise RuntimeError(f"needs the 'loco {pessimism}' planning stage first")
+        table = agents.evaluate(state["agents"][f"loco {pessimism}"], state["mdp"], state["contextual"][0],
+                                progress=False)
+        state.setdefault("notes", {}).setdefault(f"evaluate loco {pessimism}", {})["suboptimality"] = float(
+            table["suboptimality"].mean())
+
+    return evaluate
+
+
 STAGES: list[tuple[str, Callable[[dict], None]]] = [
     ("world", _world),
     ("collect", _collect),
@@ -257,7 +324,18 @@ STAGES: list[tuple[str, Callable[[dict], None]]] = [
     # features; its report (contextual rewards) has reward errors only, no sets.
     ("loco-prs", _loco_prs),
     ("report loco-prs", _report("loco-prs")),
+    # LoCo-PRS's per-context sets and planning (with --loco-planning or --stages).
+    ("loco-prs ignore", _loco_ignore),
+    ("loco first set", _loco_sets("first")),
+    ("loco further sets", _loco_sets("further")),
+    ("loco rect. bonus", _loco_sets("bonus")),
+    ("loco greedy planning", _loco_planning("none")),
+    ("evaluate loco greedy", _loco_evaluate("none")),
+    ("loco rect. planning", _loco_planning("rectangular")),
+    ("evaluate loco rect.", _loco_evaluate("rectangular")),
 ]
+#: Stages run only when asked for (--loco-planning, or by name with --stages): minutes at d = 2000.
+LOCO_PLANNING_STAGES = [name for name, _ in STAGES[STAGES.index(("loco-prs ignore", _loco_ignore)):]]
 
 
 # -- one cell, in its own process --------------------------------------------------------------------
@@ -291,6 +369,10 @@ def _needs(stage: str) -> set[tuple[str, str]]:
         return {("fitted", stage.removeprefix("report "))}
     if stage in ("greedy planning", "rect. planning"):
         return {("fitted", "p-sharelora ignore")}
+    if stage.startswith("loco ") and stage != "loco-prs joint":
+        return {("fitted", "loco-prs ignore")}
+    if stage.startswith("evaluate loco "):
+        return {("agents", {"evaluate loco greedy": "loco none", "evaluate loco rect.": "loco rectangular"}[stage])}
     if stage.startswith("evaluate "):
         return {("agents", {"evaluate greedy": "none", "evaluate rect.": "rectangular"}[stage])}
     return set()
@@ -304,7 +386,7 @@ def _release(state: dict, later: list[str]) -> None:
         for name in list(state.get(kind, {})):
             if (kind, name) not in needed:
                 del state[kind][name]
-    if not any(stage.startswith("loco-prs") or stage == "report loco-prs" for stage in later):
+    if not any(stage.startswith(("loco", "evaluate loco")) or stage == "report loco-prs" for stage in later):
         state.pop("contextual", None)
 
 
@@ -461,7 +543,10 @@ def main() -> None:
     parser.add_argument("--ridge", type=float, default=10.0, help="fixed ridge of every fit")
     parser.add_argument("--select", action="store_true", help="default ridge selection instead of --ridge")
     parser.add_argument("--sklearn-tol", type=float, default=1e-6, help="tol of scikit-learn's per-user fits")
-    parser.add_argument("--stages", nargs="*", default=[name for name, _ in STAGES], help="stages to run")
+    parser.add_argument("--stages", nargs="*", help="stages to run (default: all but LoCo's planning stages)")
+    parser.add_argument("--loco-planning", action="store_true",
+                        help="also LoCo-PRS's per-context sets, planning and evaluation (" +
+                        ", ".join(LOCO_PLANNING_STAGES) + ")")
     parser.add_argument("--blas-threads", type=int, default=1, help="BLAS threads (0: no limit)")
     parser.add_argument("--memory-limit", type=float, default=8.0, help="address-space limit of a cell, GB")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
@@ -474,7 +559,9 @@ def main() -> None:
         return
     users = tuple(arguments.users or (FULL_USERS if arguments.full else QUICK_USERS))
     features = tuple(arguments.features or (FULL_FEATURES if arguments.full else QUICK_FEATURES))
-    stages = [name for name, _ in STAGES if name in arguments.stages]
+    chosen = arguments.stages if arguments.stages is not None else \
+        [name for name, _ in STAGES if arguments.loco_planning or name not in LOCO_PLANNING_STAGES]
+    stages = [name for name, _ in STAGES if name in chosen]
     grid = {}
     for d in features:
         for n in users:
