@@ -20,6 +20,7 @@ from .confidence import (
     wald_radius,
 )
 from .contextual import BilinearCoordinates, FullRankContextual, LoCoPRS, rtv_coordinates
+from .contextual_sets import ContextualEllipsoid, ContextualSetParts
 from .data import ComparisonData, comparison_data
 from .evaluation import evaluate
 from .exceptions import NotFittedError
@@ -52,6 +53,8 @@ __all__ = [
     "ConfidenceSet",
     "ConvergenceWarning",
     "DEFAULT_RIDGE_GRID",
+    "ContextualEllipsoid",
+    "ContextualSetParts",
     "Ellipsoid",
     "FactoredFit",
     "FullRankContextual",

@@ -16,6 +16,7 @@ from lr_mdp_env.rewards import ContextualRewards, LowRankRewards, reward_matrix
 
 from .agent import Agent
 from .confidence import ELLIPSOIDS, Ellipsoid
+from .contextual_sets import ContextualEllipsoid
 from .confidence import _within as within_radius
 
 
@@ -174,7 +175,20 @@ def _diagnostics(mdp: TabularMDP, sets: list, thetas: np.ndarray, gaps: np.ndarr
         diagnostics["coverage_term"][ellipsoids] = Ellipsoid.batch_dual_norm(chosen, optimal_gaps[ellipsoids])
         distances, residuals[ellipsoids] = Ellipsoid.span_distances(chosen, thetas[ellipsoids])
         in_set[ellipsoids] = within_radius(distances, radii)  # contains(theta, project=True)
-    for user in np.flatnonzero(~ellipsoids):
+    # The sets of a contextual fit's contexts: support values in one batch per fit; membership
+    # (a d x d factorisation per context, where the set spans all of R^d) one at a time.
+    contextual = np.array([isinstance(item, ContextualEllipsoid) for item in sets], dtype=bool)
+    if np.any(contextual):
+        members = [sets[i] for i in np.flatnonzero(contextual)]
+        diagnostics["lower_bound"][contextual] = ContextualEllipsoid.batch_lower(members, gaps[contextual])
+        diagnostics["coverage_term"][contextual] = ContextualEllipsoid.batch_dual_norm(members, optimal_gaps[contextual])
+        widths[contextual] = 2 * np.array([item.radius for item in members]) * diagnostics["coverage_term"][contextual]
+        for user in np.flatnonzero(contextual):
+            item = sets[user]
+            in_set[user] = item.contains(thetas[user], project=True)
+            if not item.spans_everything:
+                residuals[user] = thetas[user] - theory.affine_projection(thetas[user], item.offset, item.basis)
+    for user in np.flatnonzero(~ellipsoids & ~contextual):
         item = sets[user]
         diagnostics["lower_bound"][user] = item.lower(gaps[user])
         widths[user] = item.width(optimal_gaps[user])

@@ -43,7 +43,8 @@ from lr_mdp_env.dynamic_programming import (
 from lr_mdp_env.identifiability import project_identifiable, unidentified_directions
 
 from . import column_generation, interior_point
-from .confidence import ConfidenceSet, Ellipsoid, LinearSeminorm
+from .confidence import ELLIPSOIDS, ConfidenceSet, Ellipsoid, LinearSeminorm
+from .contextual_sets import ContextualEllipsoid
 from .likelihood_set import LikelihoodRatioSet
 from .logistic import ConvergenceWarning, _PaddedProblems
 
@@ -151,8 +152,25 @@ def pessimistic_value(mdp: TabularMDP, confidence_set: Any, reference_features: 
     d_pi = np.atleast_2d(expected_features(mdp, policy))
     if d_pi.shape[0] != len(sets):
         raise ValueError(f"policy must hold one policy per set ({len(sets)}), got {d_pi.shape[0]}")
-    L = np.array([item.lower(g) for item, g in zip(sets, d_pi - d_ref)])
+    L = _lowers(sets, d_pi - d_ref)
     return L if batched else float(L[0])
+
+
+def _lowers(sets: Any, vectors: np.ndarray) -> np.ndarray:
+    """``sets[i].lower(vectors[i])`` for every set: the ellipsoids (of the independent and
+    reduced estimators, or the contexts of a contextual fit) in one batch per kind, each solve
+    with a shared factor taken for many right-hand sides at once; any other set on its own."""
+    lowers = np.empty(len(sets))
+    done = np.zeros(len(sets), dtype=bool)
+    for kinds, batch_lower in ((ELLIPSOIDS, Ellipsoid.batch_lower),
+                               ((ContextualEllipsoid,), ContextualEllipsoid.batch_lower)):
+        chosen = np.array([isinstance(item, kinds) for item in sets], dtype=bool)
+        if np.any(chosen):
+            lowers[chosen] = batch_lower([sets[i] for i in np.flatnonzero(chosen)], vectors[chosen])
+            done |= chosen
+    for i in np.flatnonzero(~done):
+        lowers[i] = sets[i].lower(vectors[i])
+    return lowers
 
 
 # -- rectangular pessimism ---------------------------------------------------------------------
@@ -340,7 +358,7 @@ def rectangular(
         d_pi[users] = expected_features(mdp, policy[users])
     b = bonus.reshape((n_sets, -1, mdp.n_states, mdp.n_actions))
     b = b if b.shape[1] == mdp.horizon else np.broadcast_to(b, (n_sets,) + shape)
-    L = np.array([item.lower(g) for item, g in zip(items, d_pi - d_ref)])
+    L = _lowers(items, d_pi - d_ref)
     safeguarded = np.zeros(len(items), dtype=bool)
     if reference_policies is not None:
         safeguarded = L < 0.0  # L(ref) = lower(0) = 0 for every set
@@ -348,7 +366,7 @@ def rectangular(
         if users.size:
             policy[users] = reference_policies[users]
             g = expected_features(mdp, policy[users]) - d_ref[users]
-            L[users] = [items[i].lower(g_i) for i, g_i in zip(users, g)]
+            L[users] = _lowers([items[i] for i in users], g)
     if not batched:
         return RectangularSolution(policy[0], float(L[0]), np.array(b[0]), bool(safeguarded[0]))
     return RectangularSolution(policy, L, b, safeguarded)

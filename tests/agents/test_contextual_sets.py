@@ -300,3 +300,24 @@ def test_wrapper_bonus_follows_its_own_subspace_for_the_same_rows():
             expected = inner.rectangular_bonus(phi) + 0.7 * np.linalg.norm(phi - phi @ subspace @ subspace.T, axis=1)
             np.testing.assert_allclose(SubspaceErrorSet(inner, subspace, 0.7).rectangular_bonus(phi), expected,
                                        rtol=1e-12)
+
+
+@pytest.mark.parametrize("pessimism", ["rectangular", "exact"])
+def test_evaluate_with_structured_sets_equals_the_dense_sets(contextual_world, pessimism, monkeypatch):
+    """The whole evaluate table (policies, lower bounds, coverage terms, membership, bounds) is the
+    same whether the contexts' sets are dense ellipsoids or structured ones, batched or not."""
+    import agents
+
+    mdp, rewards, dataset = contextual_world
+
+    def table():
+        agent = agents.make("loco-prs", rank=2, ridge=0.5, subspace_error="ignore", pessimism=pessimism)
+        return agents.evaluate(agent.fit(dataset, mdp), mdp, rewards)
+
+    dense = table()
+    monkeypatch.setattr(contextual, "_DENSE_BASIS_MAX_ENTRIES", 0)
+    structured = table()
+    assert dense["coverage_term"].notna().all() and structured["coverage_term"].notna().all()
+    assert list(structured["truth_in_set"]) == list(dense["truth_in_set"])
+    for column in ("value", "lower_bound", "coverage_term", "misspecification", "bound"):
+        np.testing.assert_allclose(structured[column], dense[column], rtol=1e-7, atol=1e-9, err_msg=column)
