@@ -878,7 +878,8 @@ def _solve_interior_point(run: _Run, users: np.ndarray, max_iterations: int) -> 
     transitions = np.asarray(mdp.transitions).reshape(horizon, pairs, n_states)
     # One-hot features and one ball of nearly full dimension: Newton systems in y = Psi z, which
     # need no product with Psi (interior_point.FeatureCoordinates).
-    in_features = (phi is None and len(first.blocks) == 1
+    # (k > S A: the solve stays in z, whose k x k systems the second estimate counts.)
+    in_features = (phi is None and len(first.blocks) == 1 and k <= pairs
                    and interior_point.feature_coordinates_pay(horizon, n_states, n_actions, k))
     if in_features:
         # Psi (in the set's structure and stacked) and Psi^+, the metric, the S A x S A system in
