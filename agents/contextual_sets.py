@@ -490,37 +490,40 @@ class ContextualEllipsoid(ConfidenceSet):
             raise AttributeError("the set spans all of R^d")
         return self._span
 
-    def _span_factor(self) -> tuple[np.ndarray, bool]:
-        """The Cholesky factor of ``S_x`` restricted to the span (``S_x`` itself, or
-        ``E^T S_x E`` for the span's basis ``E``), or its pseudo-inverse root when rounding makes
-        it singular (flag ``False``). Not kept: ``d x d`` per set, and a caller going through
-        many contexts (agents.evaluate) holds many sets at once."""
+    def _span_matrix_and_factor(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """``S_x`` restricted to the span (``S_x`` itself, or ``E^T S_x E`` for the span's basis
+        ``E``) and its Cholesky factor, ``None`` where rounding makes it singular. Not kept:
+        ``d x d`` per set, and a caller going through many contexts (agents.evaluate) holds many
+        sets at once."""
         matrix = self.parts.span_matrix(np.asarray(self.weights))
         if self._span is not None:
             matrix = self._span.T @ matrix @ self._span
         if matrix.shape[0] == 0:
-            return np.zeros((0, 0)), True
+            return matrix, matrix
         try:
-            return scipy.linalg.cholesky(matrix, lower=True, check_finite=False), True
+            return matrix, scipy.linalg.cholesky(matrix, lower=True, check_finite=False)
         except np.linalg.LinAlgError:
-            values, vectors = np.linalg.eigh(matrix)
-            keep = values > matrix.shape[0] * np.finfo(float).eps * max(values[-1], 0.0)
-            return vectors[:, keep] / np.sqrt(values[keep]), False
+            return matrix, None
+
+    def _span_factor(self) -> tuple[np.ndarray, bool]:
+        """The Cholesky factor of ``S_x`` restricted to the span, or its pseudo-inverse root when
+        rounding makes it singular (flag ``False``)."""
+        matrix, factor = self._span_matrix_and_factor()
+        if factor is not None:
+            return factor, True
+        values, vectors = np.linalg.eigh(matrix)
+        keep = values > matrix.shape[0] * np.finfo(float).eps * max(values[-1], 0.0)
+        return vectors[:, keep] / np.sqrt(values[keep]), False
 
     def feature_root(self) -> np.ndarray:
         """A ``d x rho`` matrix ``A`` with ``A A^T = S_x = B_x M^{-1} B_x^T`` (``rho`` the rank of the
         span): the set is ``{theta_hat + A z : ||z|| <= radius}``, the same as
         ``{theta_hat + K^T z}`` of its seminorm with ``k`` coordinates, in ``d`` or fewer."""
-        span = self._span
-        matrix = self.parts.span_matrix(np.asarray(self.weights))
-        if span is not None:
-            matrix = span.T @ matrix @ span
-        try:
-            root = scipy.linalg.cholesky(matrix, lower=True, check_finite=False) if matrix.size else matrix
-        except np.linalg.LinAlgError:
+        matrix, root = self._span_matrix_and_factor()
+        if root is None:
             values, vectors = np.linalg.eigh(matrix)
             root = vectors * np.sqrt(np.maximum(values, 0.0))
-        return root if span is None else span @ root
+        return root if self._span is None else self._span @ root
 
     def _span_parts(self, theta: Any) -> tuple[np.ndarray, np.ndarray]:
         """``theta - theta_hat`` in the span's coordinates, and its part off the span."""
