@@ -207,7 +207,7 @@ class PessimisticAgent:
             elif self.pessimism == "rectangular" and context is None:
                 self._plan_rectangular_all()
             else:
-                self._policies[key] = self._plan_one(user, context)
+                self._policies[key] = frozen(self._plan_one(user, context))
         return self._policies[key]
 
     def policies(self) -> np.ndarray:
@@ -216,12 +216,16 @@ class PessimisticAgent:
         if "mdp_" not in self.__dict__:
             raise not_fitted(self, "policies")
         if self._all_policies is None and self.pessimism == "exact":
-            if any(user not in self._policies for user in range(self.n_users)):
-                sets = [self.confidence_set(user) for user in range(self.n_users)]
-                solutions = planning.robust_optimize(self.mdp_, sets, self._reference_rows(), self.tol,
-                                                     reference_policy=self.reference_policy)
-                for user, solution in enumerate(solutions):
-                    self._solutions[user], self._policies[user] = solution, solution.policy
+            # Users already planned one at a time keep their solutions; the rest are solved together.
+            missing = np.array([user for user in range(self.n_users) if user not in self._policies], dtype=int)
+            if len(missing):
+                sets = [self.confidence_set(int(user)) for user in missing]
+                per_user = self.reference_policy.ndim == 4
+                solutions = planning.robust_optimize(
+                    self.mdp_, sets, self._reference_rows()[missing], self.tol,
+                    reference_policy=self.reference_policy[missing] if per_user else self.reference_policy)
+                for user, solution in zip(missing, solutions):
+                    self._solutions[int(user)], self._policies[int(user)] = solution, solution.policy
             self._keep_policies(np.stack([self._policies[user] for user in range(self.n_users)]))
         elif self._all_policies is None:
             self.policy(0)  # greedy and rectangular planning plan every user in one batch

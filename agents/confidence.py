@@ -79,6 +79,13 @@ class Seminorm(ABC):
         """``||K v||`` for ``v`` of shape ``(..., d)``: shape ``(...)``."""
         return np.linalg.norm(self.whiten(vectors), axis=-1)
 
+    def feature_adjoint(self, n_features: int) -> np.ndarray:
+        """A ``d x m'`` matrix ``A`` with ``A A^T = K^T K``: the term's ball is
+        ``{A z : ||z|| <= radius}``. ``K^T`` itself here; a term with more coordinates than
+        features (a context's set of a contextual estimator) returns one with at most ``d``
+        columns instead."""
+        return np.asarray(self.whiten(np.eye(n_features)), dtype=float)  # row i is K e_i
+
 
 @dataclass(frozen=True, eq=False)
 class LinearSeminorm(Seminorm):
@@ -92,6 +99,9 @@ class LinearSeminorm(Seminorm):
 
     def adjoint(self, coordinates: np.ndarray) -> np.ndarray:
         return np.asarray(coordinates, dtype=float) @ self.matrix
+
+    def feature_adjoint(self, n_features: int) -> np.ndarray:
+        return np.asarray(self.matrix, dtype=float).T
 
 
 @dataclass(frozen=True, eq=False)

@@ -43,7 +43,7 @@ from lr_mdp_env.dynamic_programming import (
 from lr_mdp_env.identifiability import project_identifiable, unidentified_directions
 
 from . import column_generation, interior_point
-from .confidence import ELLIPSOIDS, ConfidenceSet, Ellipsoid, LinearSeminorm
+from .confidence import ELLIPSOIDS, ConfidenceSet, Ellipsoid
 from .contextual_sets import ContextualEllipsoid
 from .likelihood_set import LikelihoodRatioSet
 from .logistic import ConvergenceWarning, _PaddedProblems
@@ -675,10 +675,7 @@ def _structure(confidence_set: ConfidenceSet) -> _Structure | None:
     for term in terms:
         if term.radius == 0:
             continue
-        if isinstance(term, LinearSeminorm):
-            adjoint = np.asarray(term.matrix, dtype=float).T
-        else:
-            adjoint = np.asarray(term.whiten(np.eye(d)), dtype=float)  # (d, m): row i is K e_i
+        adjoint = term.feature_adjoint(d)
         if adjoint.shape[1] == 0 or not np.any(adjoint):
             continue
         columns.append(term.radius * adjoint)

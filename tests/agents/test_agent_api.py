@@ -186,6 +186,29 @@ def test_policies_are_valid_for_every_planner_and_transition_model(world):
             np.testing.assert_array_equal(agent.policy(1), policies[1])
 
 
+def test_exact_policies_keep_users_planned_one_at_a_time_and_solve_only_the_others(world, monkeypatch):
+    mdp, _, dataset = world
+    agent = agents.make("independent", ridge=1.0, pessimism="exact").fit(dataset, mdp)
+    alone = agent.policy(2)
+    assert not alone.flags.writeable
+    solved_sets = []
+    original = agents.planning.robust_optimize
+
+    def counting(mdp_, sets, *args, **kwargs):
+        solved_sets.append(len(sets) if isinstance(sets, list) else 1)
+        return original(mdp_, sets, *args, **kwargs)
+
+    monkeypatch.setattr(agents.planning, "robust_optimize", counting)
+    policies = agent.policies()
+    assert solved_sets == [dataset.n_users - 1]
+    np.testing.assert_array_equal(policies[2], alone)
+    # The batch answers for the others equal one-at-a-time answers to the solver's tolerance.
+    fresh = agents.make("independent", ridge=1.0, pessimism="exact").fit(dataset, mdp)
+    reference = lr_mdp_env.expected_features(mdp, fresh.policy(4))
+    np.testing.assert_allclose(lr_mdp_env.expected_features(mdp, policies[4]) @ fresh.theta_hat[4],
+                               reference @ fresh.theta_hat[4], atol=1e-6)
+
+
 def test_behaviour_policy_is_uniform_or_empirical(world):
     mdp, rewards, dataset = world
     np.testing.assert_allclose(behaviour_policy(dataset), lr_mdp_env.uniform_policy(mdp))
