@@ -136,8 +136,12 @@ def immutable(array: np.ndarray) -> np.ndarray:
 
 
 def is_immutable(array: np.ndarray) -> bool:
-    """Whether no one can write to ``array``'s memory: it and every array it is a view of are
-    read-only, down to memory numpy owns."""
+    """Whether ``array`` and every array it is a view of are read-only, down to memory numpy owns.
+
+    Not a proof that the memory never changes: a view taken while the owner was still
+    writable keeps its own write access, and numpy cannot list an array's views. The library
+    makes its trusted arrays read-only when it creates them (:func:`immutable` copies), so no
+    such view of them exists."""
     while isinstance(array, np.ndarray):
         if array.flags.writeable:
             return False
