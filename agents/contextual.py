@@ -300,7 +300,7 @@ class _ContextualEstimator(RewardEstimator):
                     # The Fisher matrix is symmetric by construction (_fisher): factored without the
                     # symmetrising copy and the entrywise check, each seconds at k = 10,000.
                     parts = {"center": solutions[0], "matrix": fishers[0], "radius": wald_radius(k, self._set_delta),
-                             "factor": _factor_of_symmetric(fishers[0])}
+                             "factor": Ellipsoid.checked_factor(fishers[0], symmetric=True)}
                 elif self.confidence == "wald":
                     parts = _ellipsoid_parts(fishers[0], solutions[0], wald_radius(k, self._set_delta))
                 else:
@@ -570,14 +570,6 @@ def _inverse_root_norm(factor: np.ndarray, tol: float = 1e-10) -> float:
     largest = scipy.sparse.linalg.eigsh(operator, k=1, which="LA", tol=tol, return_eigenvectors=False,
                                         v0=np.ones(k))[0]
     return float(np.sqrt(largest * (1.0 + tol)))
-
-
-def _factor_of_symmetric(matrix: np.ndarray) -> np.ndarray:
-    """The lower Cholesky factor of a matrix symmetric by construction (LAPACK ``potrf``)."""
-    try:
-        return scipy.linalg.cholesky(matrix, lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        raise ValueError("the Fisher matrix is not positive definite") from None
 
 
 def rtv_coordinates(context_subspace: np.ndarray, feature_subspace: np.ndarray) -> BilinearCoordinates:
